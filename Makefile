@@ -1,0 +1,41 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+# Everything else is set up on the way, idempotently.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint bench setup services clean
+
+setup: $(STAMP)
+
+# The virtual env with the project (editable, so twistd finds the plugins in
+# twisted/plugins/) and every pinned dependency.
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
+	  { echo "relay needs Python 3.11 (found $$($(PYTHON) --version))"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt \
+	  --config-settings editable_mode=compat -e '.[test]'
+	touch $@
+
+services:
+	tools/ensure-rabbitmq
+
+run: setup services
+	$(BIN)/python tools/run_local.py
+
+test: setup services
+	$(BIN)/ruff check relay tests bench tools twisted
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check relay tests bench tools twisted
+	$(BIN)/mypy relay
+
+bench: setup services
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf var build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

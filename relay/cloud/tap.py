@@ -1,0 +1,87 @@
+"""
+C{twistd relay-cloud}: the command-line options and the cloud's service tree.
+
+This is the only module of the cloud side that reads the command line and
+the configuration file, and the only one that touches the global reactor.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from klein import Klein
+from twisted.application import strports
+from twisted.application.service import IService, MultiService
+from twisted.python import usage
+from twisted.web.server import Site
+
+from relay.cloud.config import CloudConfig
+from relay.config import load_or_exit, prepare_data_dir, relative_to
+from relay.db import Database, Schema
+from relay.health import Health
+from relay.metrics import Metrics
+from relay.process import GracefulStop
+
+DEFAULT_CONFIG = "etc/cloud.toml"
+
+#: The schemas of every component with tables in the cloud's database.
+SCHEMAS: list[Schema] = []
+
+
+class Options(usage.Options):
+    """
+    C{twistd relay-cloud} options.  Each override replaces the key of the
+    configuration file named in its help.
+    """
+
+    optParameters = [
+        ["config", "c", None, f"configuration file [default: $RELAY_CONFIG or {DEFAULT_CONFIG}]"],
+        ["listen", "l", None, "endpoint for health and metrics (overrides cloud.listen)"],
+        ["data-dir", "d", None, "state directory (overrides cloud.data_dir)"],
+        ["amqp-url", None, None, "the broker's amqp:// or amqps:// URL (overrides link.url)"],
+    ]
+
+    def overrides(self) -> dict[str, Any]:
+        return {
+            "cloud.listen": self["listen"],
+            "cloud.data_dir": self["data-dir"],
+            "link.url": self["amqp-url"],
+        }
+
+
+def config_path(given: str | None) -> Path:
+    return Path(given or os.environ.get("RELAY_CONFIG") or DEFAULT_CONFIG)
+
+
+def makeService(options: Options) -> IService:
+    """
+    Read the configuration and build the cloud's service tree.
+    """
+    config = load_or_exit(
+        CloudConfig, config_path(options["config"]), options.overrides(), "relay-cloud"
+    )
+    from twisted.internet import reactor
+
+    service = cloud_service(config, reactor)
+    GracefulStop(reactor).setServiceParent(service)
+    return service
+
+
+def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:
+    """
+    The cloud's services, in start order (they stop in reverse).
+    """
+    data_dir = prepare_data_dir(relative_to(Path.cwd(), config.cloud.data_dir))
+    root = MultiService()
+    db = Database(reactor, data_dir / "cloud.db", schemas=SCHEMAS)
+    db.setServiceParent(root)
+
+    metrics = Metrics()
+    health = Health(reactor, "cloud", metrics)
+    status = Klein()
+    health.routes(status)
+    listener = strports.service(config.cloud.listen, Site(status.resource()), reactor=reactor)
+    listener.setServiceParent(root)
+    return root

@@ -1,0 +1,90 @@
+"""
+C{twistd relay-edge}: the command-line options and the edge's service tree.
+
+This is the only module of the edge that reads the command line and the
+configuration file, and the only one that touches the global reactor; every
+object below it is handed what it needs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService
+from twisted.python import usage
+from twisted.web.server import Site
+
+from relay.config import load_or_exit, prepare_data_dir, relative_to
+from relay.db import Database, Schema
+from relay.edge.config import EdgeConfig
+from relay.edge.web.app import EdgeWeb
+from relay.health import Health
+from relay.metrics import Metrics
+from relay.process import GracefulStop
+
+DEFAULT_CONFIG = "etc/edge.toml"
+
+#: The schemas of every component with tables in the edge's database.
+SCHEMAS: list[Schema] = []
+
+
+class Options(usage.Options):
+    """
+    C{twistd relay-edge} options.  Each override replaces the key of the
+    configuration file named in its help.
+    """
+
+    optParameters = [
+        ["config", "c", None, f"configuration file [default: $RELAY_CONFIG or {DEFAULT_CONFIG}]"],
+        ["listen", "l", None, "endpoint for the web UI and API (overrides edge.listen)"],
+        ["data-dir", "d", None, "state directory (overrides edge.data_dir)"],
+        ["edge-id", None, None, "this edge's name (overrides edge.id)"],
+        ["amqp-url", None, None, "the broker's amqp:// or amqps:// URL (overrides link.url)"],
+    ]
+
+    def overrides(self) -> dict[str, Any]:
+        return {
+            "edge.listen": self["listen"],
+            "edge.data_dir": self["data-dir"],
+            "edge.id": self["edge-id"],
+            "link.url": self["amqp-url"],
+        }
+
+
+def config_path(given: str | None) -> Path:
+    return Path(given or os.environ.get("RELAY_CONFIG") or DEFAULT_CONFIG)
+
+
+def makeService(options: Options) -> IService:
+    """
+    Read the configuration and build the edge's service tree.
+    """
+    config = load_or_exit(
+        EdgeConfig, config_path(options["config"]), options.overrides(), "relay-edge"
+    )
+    from twisted.internet import reactor
+
+    service = edge_service(config, reactor)
+    GracefulStop(reactor).setServiceParent(service)
+    return service
+
+
+def edge_service(config: EdgeConfig, reactor: Any) -> MultiService:
+    """
+    The edge's services, in start order (they stop in reverse): the
+    database first, the web listener last.
+    """
+    data_dir = prepare_data_dir(relative_to(Path.cwd(), config.edge.data_dir))
+    root = MultiService()
+    db = Database(reactor, data_dir / "edge.db", schemas=SCHEMAS)
+    db.setServiceParent(root)
+
+    metrics = Metrics()
+    health = Health(reactor, "edge", metrics)
+    web = EdgeWeb(health)
+    listener = strports.service(config.edge.listen, Site(web.app.resource()), reactor=reactor)
+    listener.setServiceParent(root)
+    return root

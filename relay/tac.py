@@ -1,0 +1,40 @@
+"""
+What the C{.tac} files call: an Application holding the same service tree
+the twistd plugin builds, with the configuration file from C{$RELAY_CONFIG}
+(or the side's default) and the log format from the file's C{[log]} table.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from twisted.application.service import Application
+from twisted.logger import ILogObserver
+
+from relay import logs
+from relay.process import GracefulStop
+
+
+def application_for(side: Literal["edge", "cloud"]) -> Application:
+    from twisted.internet import reactor
+
+    from relay.config import load_or_exit
+
+    if side == "edge":
+        from relay.edge import tap as edge_tap
+        from relay.edge.config import EdgeConfig
+
+        edge_config = load_or_exit(EdgeConfig, edge_tap.config_path(None), {}, "relay-edge")
+        service, log_format = edge_tap.edge_service(edge_config, reactor), edge_config.log.format
+    else:
+        from relay.cloud import tap as cloud_tap
+        from relay.cloud.config import CloudConfig
+
+        cloud_config = load_or_exit(CloudConfig, cloud_tap.config_path(None), {}, "relay-cloud")
+        service, log_format = cloud_tap.cloud_service(cloud_config, reactor), cloud_config.log.format
+    GracefulStop(reactor).setServiceParent(service)
+    application = Application(f"relay-{side}")
+    if log_format == "json":
+        application.setComponent(ILogObserver, logs.json())
+    service.setServiceParent(application)
+    return application

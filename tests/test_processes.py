@@ -1,0 +1,179 @@
+"""
+relay's two processes as ops run them: twistd plugins and .tac files,
+started as subprocesses on free loopback ports, checked over HTTP, stopped
+with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, free_port
+
+SAMPLE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? -?[0-9.e+-]+$")
+
+
+def get(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.headers["content-type"], response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["content-type"], e.read()
+
+
+def wait_until_up(url: str, process: subprocess.Popen, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            get(url)
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer within {seconds} s")
+
+
+def assert_prometheus(text: str) -> None:
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert lines
+    for line in lines:
+        assert SAMPLE.match(line), line
+
+
+def stop(process: subprocess.Popen) -> tuple[int, float]:
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    status = process.wait(timeout=10)
+    return status, time.monotonic() - started
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen]]:
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def config(tmp_path: Path, side: str, port: int) -> Path:
+    path = tmp_path / f"{side}.toml"
+    path.write_text(
+        f'[{side}]\nlisten = "tcp:{port}:interface=127.0.0.1"\ndata_dir = "{tmp_path / side}"\n'
+    )
+    return path
+
+
+def test_both_processes_serve_health_and_stop_on_sigterm(
+    tmp_path: Path, twistd: list[str], clean_env: dict[str, str], processes: list[subprocess.Popen]
+) -> None:
+    ports = {"edge": free_port(), "cloud": free_port()}
+    for side, port in ports.items():
+        processes.append(
+            subprocess.Popen(
+                [*twistd, f"relay-{side}", "--config", str(config(tmp_path, side, port))],
+                cwd=tmp_path,
+                env=clean_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    for (side, port), process in zip(ports.items(), processes, strict=True):
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(base + "/healthz", process)
+        status, kind, body = get(base + "/healthz")
+        assert status == 200
+        assert kind == "application/json"
+        report = json.loads(body)
+        assert report["role"] == side
+        assert report["ok"] is True
+        assert report["version"]
+        assert report["uptime"] >= 0
+        status, kind, body = get(base + "/metrics")
+        assert status == 200
+        assert kind.startswith("text/plain; version=0.0.4")
+        assert_prometheus(body.decode())
+        assert (tmp_path / side / f"{side}.db").exists()
+    for process in processes:
+        status, took = stop(process)
+        assert status == 0, process.communicate()
+        assert took < 5
+
+
+def test_command_line_overrides_the_file(
+    tmp_path: Path, twistd: list[str], clean_env: dict[str, str], processes: list[subprocess.Popen]
+) -> None:
+    port = free_port()
+    path = config(tmp_path, "edge", free_port())
+    process = subprocess.Popen(
+        [*twistd, "relay-edge", "--config", str(path), "--listen", f"tcp:{port}:interface=127.0.0.1",
+         "--data-dir", str(tmp_path / "elsewhere")],
+        cwd=tmp_path,
+        env=clean_env,
+    )
+    processes.append(process)
+    wait_until_up(f"http://127.0.0.1:{port}/healthz", process)
+    assert (tmp_path / "elsewhere" / "edge.db").exists()
+    assert stop(process)[0] == 0
+
+
+@pytest.mark.parametrize("side", ["edge", "cloud"])
+def test_tac_builds_the_same_tree(
+    tmp_path: Path, twistd: list[str], clean_env: dict[str, str], processes: list[subprocess.Popen], side: str
+) -> None:
+    """
+    twistd -ny tac/<side>.tac reads $RELAY_CONFIG; [log] format = "json"
+    makes every log line a JSON object.
+    """
+    port = free_port()
+    path = config(tmp_path, side, port)
+    path.write_text(path.read_text() + '\n[log]\nformat = "json"\n')
+    process = subprocess.Popen(
+        [*twistd, "-y", str(ROOT / "tac" / f"{side}.tac")],
+        cwd=tmp_path,
+        env=dict(clean_env, RELAY_CONFIG=str(path)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    processes.append(process)
+    wait_until_up(f"http://127.0.0.1:{port}/healthz", process)
+    assert json.loads(get(f"http://127.0.0.1:{port}/healthz")[2])["role"] == side
+    assert stop(process)[0] == 0
+    out, err = process.communicate()
+    events = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert events, err
+    assert all("log_namespace" in event for event in events)
+
+
+def test_json_logger_for_the_plugin(
+    tmp_path: Path, twistd: list[str], clean_env: dict[str, str], processes: list[subprocess.Popen]
+) -> None:
+    port = free_port()
+    [executable, *options] = twistd
+    process = subprocess.Popen(
+        [executable, *options, "--logger", "relay.logs.json", "relay-edge", "--config",
+         str(config(tmp_path, "edge", port))],
+        cwd=tmp_path,
+        env=clean_env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    processes.append(process)
+    wait_until_up(f"http://127.0.0.1:{port}/healthz", process)
+    assert stop(process)[0] == 0
+    out, _ = process.communicate()
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        json.loads(line)
