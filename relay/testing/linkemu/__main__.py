@@ -1,0 +1,5 @@
+"""C{python -m relay.testing.linkemu}: see L{relay.testing.linkemu.cli}."""
+
+from .cli import main
+
+main()
