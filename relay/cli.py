@@ -15,6 +15,7 @@ from relay import __version__
 from relay.cloud.config import CloudConfig
 from relay.config import ConfigError, load
 from relay.edge.config import EdgeConfig
+from relay.link import admin as link_admin
 
 
 def check_config(args: argparse.Namespace) -> int:
@@ -41,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("side", choices=["edge", "cloud"])
     check.add_argument("path")
     check.set_defaults(run=check_config)
+
+    link_admin.add_commands(commands)
     return top
 
 

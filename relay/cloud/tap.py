@@ -21,13 +21,17 @@ from relay.cloud.config import CloudConfig
 from relay.config import load_or_exit, prepare_data_dir, relative_to
 from relay.db import Database, Schema
 from relay.health import Health
+from relay.link import inbox, outbox
+from relay.link.bridge import Bridge
+from relay.link.catalogue import Catalogue
+from relay.link.envelope import JOBS, TO_CLOUD
 from relay.metrics import Metrics
 from relay.process import GracefulStop
 
 DEFAULT_CONFIG = "etc/cloud.toml"
 
 #: The schemas of every component with tables in the cloud's database.
-SCHEMAS: list[Schema] = []
+SCHEMAS: list[Schema] = [outbox.SCHEMA, inbox.SCHEMA]
 
 
 class Options(usage.Options):
@@ -80,6 +84,13 @@ def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:
 
     metrics = Metrics()
     health = Health(reactor, "cloud", metrics)
+    catalogue = Catalogue()
+    bridge = Bridge(
+        reactor, db, metrics, health, catalogue,
+        url=config.link.url, heartbeat=config.link.heartbeat, source="cloud",
+        consume=TO_CLOUD, declare=[JOBS],
+    )
+    bridge.setServiceParent(root)
     status = Klein()
     health.routes(status)
     listener = strports.service(config.cloud.listen, Site(status.resource()), reactor=reactor)

@@ -22,13 +22,17 @@ from relay.db import Database, Schema
 from relay.edge.config import EdgeConfig
 from relay.edge.web.app import EdgeWeb
 from relay.health import Health
+from relay.link import inbox, outbox
+from relay.link.bridge import Bridge
+from relay.link.catalogue import Catalogue
+from relay.link.envelope import TO_CLOUD, to_edge
 from relay.metrics import Metrics
 from relay.process import GracefulStop
 
 DEFAULT_CONFIG = "etc/edge.toml"
 
 #: The schemas of every component with tables in the edge's database.
-SCHEMAS: list[Schema] = []
+SCHEMAS: list[Schema] = [outbox.SCHEMA, inbox.SCHEMA]
 
 
 class Options(usage.Options):
@@ -84,6 +88,13 @@ def edge_service(config: EdgeConfig, reactor: Any) -> MultiService:
 
     metrics = Metrics()
     health = Health(reactor, "edge", metrics)
+    catalogue = Catalogue()
+    bridge = Bridge(
+        reactor, db, metrics, health, catalogue,
+        url=config.link.url, heartbeat=config.link.heartbeat, source=f"edge:{config.edge.id}",
+        consume=to_edge(config.edge.id), declare=[TO_CLOUD],
+    )
+    bridge.setServiceParent(root)
     web = EdgeWeb(health)
     listener = strports.service(config.edge.listen, Site(web.app.resource()), reactor=reactor)
     listener.setServiceParent(root)

@@ -1,0 +1,148 @@
+"""
+The link as one service: the broker connection, the topology, the outbox
+pump and the inbox consumer, with their health and metrics.
+
+Both processes build one L{Bridge}.  On every (re)connection it declares the
+queues idempotently, hands the channel to the outbox (which republishes
+everything unconfirmed) and starts consuming its own queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from relay.db import Database
+from relay.health import Health
+from relay.link.backoff import Backoff
+from relay.link.catalogue import Catalogue
+from relay.link.channel import Channel
+from relay.link.connection import LinkService
+from relay.link.inbox import Inbox
+from relay.link.outbox import Outbox
+from relay.metrics import Metrics
+
+
+class Bridge(MultiService):
+    """
+    One process's end of the link.
+
+    @param consume: the queue this process reads (its inbox).
+    @param declare: the queues to declare on every connect (durable quorum
+        queues; declaring is idempotent).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        db: Database,
+        metrics: Metrics,
+        health: Health,
+        catalogue: Catalogue,
+        *,
+        url: str,
+        heartbeat: int,
+        source: str,
+        consume: str,
+        declare: Sequence[str],
+        window: int = 1000,
+        prefetch: int = 200,
+        backoff: Backoff | None = None,
+        tls_trust_root: Any = None,
+    ) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self._consume = consume
+        self._declare = list(dict.fromkeys([*declare, consume]))
+        self._prefetch = prefetch
+        self.catalogue = catalogue
+        self.outbox = Outbox(db, reactor, metrics, source=source, window=window)
+        self.inbox = Inbox(db, reactor, catalogue, metrics, queue=consume, on_applied=self.outbox.wake)
+        self.link = LinkService(
+            url,
+            reactor=reactor,
+            heartbeat=heartbeat,
+            backoff=backoff,
+            on_connected=self._connected,
+            on_disconnected=self._disconnected,
+            connection_name=source,
+            tls_trust_root=tls_trust_root,
+        )
+        self.link.setServiceParent(self)
+        TimerService(1.0, lambda: Deferred.fromCoroutine(self._housekeeping())).setServiceParent(self)
+        health.add_section("link", self.report)
+        metrics.gauge("link_up", "1 while the broker connection is up.", lambda: int(self.link.health.connected))
+        metrics.gauge("link_reconnects", "Reconnections since start.", lambda: self.link.health.reconnects)
+
+    def report(self) -> dict[str, Any]:
+        """
+        The C{link} section of C{/healthz}.  It has no C{ok} field on purpose:
+        the link being down is the situation relay is built for, not a reason
+        to take the process out of a load balancer.
+        """
+        health = self.link.health
+        return {
+            "up": health.connected,
+            "blocked": health.blocked,
+            "reconnects": health.reconnects,
+            "last_error": health.last_error,
+            "outbox": {
+                "state": self.outbox.state,
+                "depth": self.outbox.depth,
+                "in_flight": self.outbox.in_flight,
+                "oldest_age": round(self.outbox.oldest_age(), 3),
+            },
+            "dead_letters": self.inbox.dead_letters,
+        }
+
+    async def _connected(self, channel: Channel) -> None:
+        for queue in self._declare:
+            await channel.declare_quorum_queue(queue)
+        channel.on_consumer_cancelled = self._consumer_cancelled
+        self.outbox.attach(channel)
+        await channel.consume(self._consume, self.inbox.deliver, prefetch=self._prefetch)
+
+    def _disconnected(self, reason: Failure) -> None:
+        self.outbox.detach()
+
+    def _consumer_cancelled(self, consumer_tag: str) -> None:
+        """
+        The broker cancelled our consumer (the queue was deleted, or a
+        quorum queue lost its leader): declare and subscribe again.
+        """
+        self.log.warn("broker cancelled consumer {tag} on {queue}; resubscribing", tag=consumer_tag, queue=self._consume)
+        channel = self.link.channel
+        if channel is None:
+            return
+
+        async def resubscribe() -> None:
+            await channel.declare_quorum_queue(self._consume)
+            await channel.consume(self._consume, self.inbox.deliver, prefetch=self._prefetch)
+
+        Deferred.fromCoroutine(resubscribe()).addErrback(
+            lambda f: self.log.failure("could not resubscribe; dropping the connection", f)
+            or self._reconnect()
+        )
+
+    def _reconnect(self) -> None:
+        session = self.link._session
+        if session is not None:
+            session.abort()
+
+    async def _housekeeping(self) -> None:
+        try:
+            self.outbox.set_blocked(self.link.health.blocked)
+            await self.inbox.replay_requested()
+        except Exception:
+            self.log.failure("link housekeeping failed")
+
+    def drained(self) -> Deferred[None]:
+        return self.outbox.drained()

@@ -1,0 +1,353 @@
+"""The AMQP channel as relay's outbox and inbox use it.
+
+One :class:`Channel` lives exactly as long as one broker connection: confirm
+sequence numbers and delivery tags mean nothing on another, so a new one is
+handed out after every reconnect (see :class:`relay.link.connection.LinkService`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txamqp.client import ChannelClosed, Closed
+from txamqp.content import Content
+from txamqp.message import Message
+from txamqp.protocol import AMQChannel
+
+from relay.link.txfix import encode_table
+
+log = Logger()
+
+PERSISTENT = 2
+# Message properties by their Python names (content_type, message_id, ...).
+PROPERTY_NAMES = frozenset(
+    {
+        "content_type",
+        "content_encoding",
+        "delivery_mode",
+        "priority",
+        "correlation_id",
+        "reply_to",
+        "expiration",
+        "message_id",
+        "timestamp",
+        "type",
+        "user_id",
+        "app_id",
+    }
+)
+
+
+class LinkDown(Exception):
+    """The channel is gone (its connection was lost or closed); wait for the next one."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message handed to a consumer. Settle it exactly once, on ``channel``."""
+
+    body: bytes
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+    delivery_tag: int
+    redelivered: bool
+    exchange: str
+    routing_key: str
+    consumer_tag: str
+    channel: Channel = field(repr=False, compare=False)
+
+    def ack(self) -> None:
+        self.channel.ack(self.delivery_tag)
+
+    def nack(self, requeue: bool = True) -> None:
+        self.channel.nack(self.delivery_tag, requeue=requeue)
+
+    def reject(self, requeue: bool = True) -> None:
+        self.channel.reject(self.delivery_tag, requeue=requeue)
+
+
+@dataclass(frozen=True)
+class ReturnedMessage:
+    """A mandatory message that no queue took (``basic.return``); its ack follows."""
+
+    reply_code: int
+    reply_text: str
+    exchange: str
+    routing_key: str
+    body: bytes
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+
+
+# Whatever it returns is ignored, unless awaitable: then its failure is logged.
+ConsumerCallback = Callable[[Delivery], object]
+
+
+def _split_properties(content: Content) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
+    props = {name.replace("-", "_"): value for name, value in content.properties.items()}
+    headers = props.pop("headers", None) or {}
+    return content.body, headers, props
+
+
+class Channel:
+    """Channel 1 of a live broker connection, in confirm mode.
+
+    Set the callbacks right after receiving the channel (they are per channel):
+    ``on_ack(seq, multiple)`` / ``on_nack(seq, multiple)`` for publisher
+    confirms (``multiple`` covers every sequence number up to ``seq``),
+    ``on_return(ReturnedMessage)``, ``on_consumer_cancelled(consumer_tag)``.
+    Calls on a channel whose connection is gone raise :class:`LinkDown`.
+    """
+
+    def __init__(self, amqp_channel: AMQChannel) -> None:
+        self._channel = amqp_channel
+        self._closed: Failure | None = None
+        self._next_seq = 1
+        self._consumers: dict[str, ConsumerCallback] = {}
+        self._tags = itertools.count(1)
+        self.on_ack: Callable[[int, bool], object] | None = None
+        self.on_nack: Callable[[int, bool], object] | None = None
+        self.on_return: Callable[[ReturnedMessage], object] | None = None
+        self.on_consumer_cancelled: Callable[[str], object] | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._closed is None and not self._channel.closed
+
+    @property
+    def next_publish_seq(self) -> int:
+        """The sequence number the next :meth:`publish` will get."""
+        return self._next_seq
+
+    def _check_open(self) -> None:
+        if self._closed is not None:
+            raise LinkDown(f"channel closed: {self._closed.getErrorMessage()}")
+        if self._channel.closed:
+            raise LinkDown(f"channel closed: {self._channel.reason}")
+
+    async def _call(self, request: Deferred[Any]) -> Any:
+        """Await a method with a reply; the connection going away is LinkDown."""
+        try:
+            return await request
+        except ChannelClosed:
+            raise  # the broker refused something: a real error, keep its reply code
+        except Closed as e:
+            raise LinkDown(f"connection closed: {e}") from e
+
+    def _send(self, sent: Deferred[Any]) -> None:
+        # Methods without a reply: txAMQP only fails them if the channel
+        # closed in the meantime, which the connection reports on its own.
+        sent.addErrback(lambda f: log.debug("send failed: {f}", f=f.getErrorMessage()))
+
+    async def declare_quorum_queue(
+        self, name: str, arguments: Mapping[str, Any] | None = None
+    ) -> int:
+        """Declare a durable quorum queue (idempotent); return its message count.
+
+        Declaring an existing queue with other arguments is a channel error
+        (406), which closes this channel and so the connection.
+        """
+        self._check_open()
+        args = {"x-queue-type": "quorum", **(arguments or {})}
+        reply = await self._call(
+            self._channel.queue_declare(queue=name, durable=True, arguments=args)
+        )
+        return int(reply.message_count)
+
+    async def delete_queue(self, name: str) -> int:
+        """Delete a queue; return how many messages went with it."""
+        self._check_open()
+        reply = await self._call(self._channel.queue_delete(queue=name))
+        return int(reply.message_count)
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        properties: Mapping[str, Any] | None = None,
+        mandatory: bool = True,
+    ) -> int:
+        """Publish a persistent message; return its confirm sequence number.
+
+        Only the broker's ack for that number means the message is safe; a
+        nack, a lost connection, or silence mean publish it again.
+        """
+        self._check_open()
+        if not isinstance(body, bytes | bytearray | memoryview):
+            raise TypeError(f"body must be bytes, not {type(body).__name__}")
+        props = dict(properties or {})
+        unknown = set(props) - PROPERTY_NAMES
+        if unknown:
+            raise ValueError(f"unknown message properties: {sorted(unknown)}")
+        wire = {name.replace("_", "-"): value for name, value in props.items()}
+        wire.setdefault("delivery-mode", PERSISTENT)
+        if headers:
+            encode_table(headers)  # raise here, not later in the frame writer
+            wire["headers"] = dict(headers)
+        seq = self._next_seq
+        self._next_seq += 1
+        self._send(
+            self._channel.basic_publish(
+                exchange=exchange,
+                routing_key=routing_key,
+                mandatory=mandatory,
+                content=Content(bytes(body), properties=wire),
+            )
+        )
+        return seq
+
+    async def consume(
+        self,
+        queue: str,
+        callback: ConsumerCallback,
+        *,
+        prefetch: int = 64,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Consume ``queue`` with manual acks; return the consumer tag.
+
+        ``callback`` gets each :class:`Delivery` and must settle it (ack,
+        nack or reject); at most ``prefetch`` stay unsettled at once. If it
+        returns an awaitable, its failure is logged, nothing more.
+        """
+        self._check_open()
+        await self._call(self._channel.basic_qos(prefetch_count=prefetch))
+        tag = f"relay-{next(self._tags)}"
+        # Registered first: deliveries may follow consume-ok immediately.
+        self._consumers[tag] = callback
+        try:
+            await self._call(
+                self._channel.basic_consume(
+                    queue=queue, consumer_tag=tag, arguments=dict(arguments or {})
+                )
+            )
+        except BaseException:
+            self._consumers.pop(tag, None)
+            raise
+        return tag
+
+    async def cancel(self, consumer_tag: str) -> None:
+        """Stop a consumer; unsettled deliveries may still be settled."""
+        self._check_open()
+        await self._call(self._channel.basic_cancel(consumer_tag=consumer_tag))
+        self._consumers.pop(consumer_tag, None)
+
+    def ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        self._check_open()
+        self._send(self._channel.basic_ack(delivery_tag=delivery_tag, multiple=multiple))
+
+    def nack(self, delivery_tag: int, multiple: bool = False, requeue: bool = True) -> None:
+        self._check_open()
+        self._send(
+            self._channel.basic_nack(delivery_tag=delivery_tag, multiple=multiple, requeue=requeue)
+        )
+
+    def reject(self, delivery_tag: int, requeue: bool = True) -> None:
+        self._check_open()
+        self._send(self._channel.basic_reject(delivery_tag=delivery_tag, requeue=requeue))
+
+    # -- events from the connection (see LinkService) -------------------------
+
+    def _delivered(self, message: Message) -> None:
+        callback = self._consumers.get(message.consumer_tag)
+        if callback is None:
+            log.warn("delivery for unknown consumer {tag}", tag=message.consumer_tag)
+            return
+        body, headers, props = _split_properties(message.content)
+        delivery = Delivery(
+            body=body,
+            headers=headers,
+            properties=props,
+            delivery_tag=message.delivery_tag,
+            redelivered=bool(message.redelivered),
+            exchange=message.exchange,
+            routing_key=message.routing_key,
+            consumer_tag=message.consumer_tag,
+            channel=self,
+        )
+        result = callback(delivery)
+        if isinstance(result, Deferred) or hasattr(result, "__await__"):
+            ensureDeferred(result).addErrback(  # type: ignore[arg-type]
+                lambda f: log.failure("consumer {tag} failed", f, tag=message.consumer_tag)
+            )
+
+    def _returned(self, message: Message) -> None:
+        body, headers, props = _split_properties(message.content)
+        returned = ReturnedMessage(
+            reply_code=message.reply_code,
+            reply_text=message.reply_text,
+            exchange=message.exchange,
+            routing_key=message.routing_key,
+            body=body,
+            headers=headers,
+            properties=props,
+        )
+        if self.on_return is not None:
+            self.on_return(returned)
+
+    def _confirmed(self, delivery_tag: int, multiple: bool, ack: bool) -> None:
+        callback = self.on_ack if ack else self.on_nack
+        if callback is not None:
+            callback(delivery_tag, multiple)
+
+    def _consumer_cancelled(self, consumer_tag: str) -> None:
+        self._consumers.pop(consumer_tag, None)
+        if self.on_consumer_cancelled is not None:
+            self.on_consumer_cancelled(consumer_tag)
+
+    def _lost(self, reason: Failure) -> None:
+        if self._closed is None:
+            self._closed = reason
+            self._consumers.clear()
+
+
+class ConfirmTracker:
+    """Turns ``on_ack``/``on_nack`` (with ``multiple``) into one result per message.
+
+    ``tracker.attach(channel)``, then ``tracker.expect(channel.publish(...))``
+    gives a Deferred that fires ``True`` (acked) or ``False`` (nacked), or
+    fails with :class:`LinkDown` from :meth:`fail_all`.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, Deferred[bool]] = {}
+
+    def attach(self, channel: Channel) -> None:
+        channel.on_ack = self.ack
+        channel.on_nack = self.nack
+
+    def expect(self, seq: int) -> Deferred[bool]:
+        waiting: Deferred[bool] = Deferred()
+        self._waiting[seq] = waiting
+        return waiting
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._waiting)
+
+    def ack(self, seq: int, multiple: bool) -> None:
+        self._settle(seq, multiple, True)
+
+    def nack(self, seq: int, multiple: bool) -> None:
+        self._settle(seq, multiple, False)
+
+    def fail_all(self, reason: BaseException) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for deferred in waiting.values():
+            deferred.errback(Failure(reason))
+
+    def _settle(self, seq: int, multiple: bool, acked: bool) -> None:
+        tags = sorted(t for t in self._waiting if t <= seq) if multiple else [seq]
+        for tag in tags:
+            deferred = self._waiting.pop(tag, None)
+            if deferred is not None:
+                deferred.callback(acked)

@@ -1,0 +1,373 @@
+"""
+The inbox: every message's effect is applied exactly once.
+
+A delivery is parsed, validated against the catalogue and handed to the
+handler registered for its type.  The handler runs on the database thread,
+inside one transaction that also records the message id; only after that
+transaction commits is the delivery acked.  A message seen before (the
+sender republished it after a lost confirm) is acked and ignored.
+
+Messages of a stream (C{stream}, C{seq}) are applied in sequence order: one
+that arrives ahead of a gap is held in the database until the gap is filled,
+then applied with the ones it unblocks, in the same transaction.
+
+A poison message (not an envelope, an unknown type, a body its schema
+rejects, or one whose handler failed C{max_attempts} times) goes to the
+C{dead_letter} table with the reason and is acked, so it never blocks the
+queue.  C{relay dead-letters} lists and replays them: a replay is picked up
+by the running process's inbox.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from relay.db import Database, Schema
+from relay.link.catalogue import Catalogue, InvalidBody, UnknownType
+from relay.link.channel import Delivery, LinkDown
+from relay.link.envelope import BadEnvelope, Envelope
+from relay.metrics import Metrics
+
+#: A handler applies one message inside the inbox's transaction.
+Handler = Callable[[sqlite3.Connection, Envelope], None]
+
+SCHEMA = Schema(
+    "inbox",
+    [
+        """
+        CREATE TABLE inbox_seen (
+            id TEXT PRIMARY KEY,
+            type TEXT NOT NULL,
+            source TEXT NOT NULL,
+            applied REAL NOT NULL
+        );
+        CREATE TABLE inbox_stream (
+            stream TEXT PRIMARY KEY,
+            last_seq INTEGER NOT NULL
+        );
+        CREATE TABLE inbox_held (
+            stream TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            body BLOB NOT NULL,
+            PRIMARY KEY (stream, seq)
+        );
+        CREATE TABLE inbox_failure (
+            id TEXT PRIMARY KEY,
+            attempts INTEGER NOT NULL,
+            last_error TEXT NOT NULL
+        );
+        CREATE TABLE dead_letter (
+            number INTEGER PRIMARY KEY AUTOINCREMENT,
+            message_id TEXT,
+            type TEXT,
+            queue TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            body BLOB NOT NULL,
+            received REAL NOT NULL,
+            state TEXT NOT NULL DEFAULT 'dead'
+                CHECK (state IN ('dead', 'replay', 'replayed', 'dropped'))
+        );
+        """,
+    ],
+)
+
+
+class Poison(Exception):
+    """
+    A message that can never be applied; it goes to the dead letters.
+    """
+
+
+class Inbox:
+    """
+    Applies the messages of one queue through registered handlers.
+
+    @param on_applied: called on the reactor thread after each transaction
+        that applied something commits (the outbox's C{wake}, so that
+        messages the handlers put are published at once).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        db: Database,
+        reactor: IReactorTime,
+        catalogue: Catalogue,
+        metrics: Metrics,
+        *,
+        queue: str,
+        max_attempts: int = 5,
+        on_applied: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._db = db
+        self._reactor = reactor
+        self._catalogue = catalogue
+        self.queue = queue
+        self._max_attempts = max_attempts
+        self._on_applied = on_applied
+        self._handlers: dict[str, Handler] = {}
+        self._applied = metrics.counter("inbox_applied", "Messages applied.")
+        self._duplicates = metrics.counter("inbox_duplicates", "Duplicate deliveries ignored.")
+        self._dead = metrics.counter("inbox_dead_lettered", "Messages moved to the dead letters.")
+        self.dead_letters = 0
+        metrics.gauge("dead_letters", "Dead letters awaiting attention.", lambda: self.dead_letters)
+
+    def register(self, type: str, handler: Handler) -> None:
+        """
+        Apply messages of C{type} with C{handler}.  The type must be in the
+        catalogue.
+        """
+        if type not in self._catalogue:
+            raise ValueError(f"message type {type!r} is not in the catalogue")
+        if type in self._handlers:
+            raise ValueError(f"message type {type!r} already has a handler")
+        self._handlers[type] = handler
+
+    async def refresh(self) -> None:
+        self.dead_letters = await self._db.read(_count_dead)
+
+    # -- deliveries ------------------------------------------------------------
+
+    async def deliver(self, delivery: Delivery) -> None:
+        """
+        The consumer callback: apply, then settle the delivery.
+        """
+        try:
+            outcome = await self.receive(delivery.body)
+        except Exception:
+            # The database failed (disk full, say): the message stays on the
+            # broker and comes back.
+            self.log.failure("inbox could not record a delivery; requeueing")
+            _settle(delivery.nack)
+            return
+        if outcome == "retry":
+            _settle(delivery.nack)
+        else:
+            _settle(delivery.ack)
+
+    async def receive(self, body: bytes) -> str:
+        """
+        Apply one message's bytes.  Returns C{"applied"}, C{"held"},
+        C{"duplicate"}, C{"dead"} or C{"retry"} (the handler failed; the
+        delivery should be requeued).
+        """
+        try:
+            message = Envelope.from_bytes(body)
+            self._catalogue.validate(message)
+            if message.type not in self._handlers:
+                raise UnknownType(f"no handler for {message.type!r} on {self.queue}")
+        except (BadEnvelope, UnknownType, InvalidBody) as e:
+            message_id = _peek_id(body)
+            await self._db.run(_bury, message_id, _peek_type(body), self.queue, str(e), body, self._reactor.seconds())
+            return self._buried(message_id, str(e))
+        try:
+            outcome = await self._db.run(self._apply, message, body)
+        except Exception as e:
+            reason = f"{type(e).__name__}: {e}"
+            attempts = await self._db.run(_failed, message.id, reason)
+            if attempts < self._max_attempts:
+                self.log.warn(
+                    "handler for {type} failed on {id} (attempt {attempts}): {reason}",
+                    type=message.type, id=message.id, attempts=attempts, reason=reason,
+                )
+                return "retry"
+            reason = f"handler failed {attempts} times; last: {reason}"
+            await self._db.run(_bury, message.id, message.type, self.queue, reason, body, self._reactor.seconds())
+            return self._buried(message.id, reason)
+        if outcome == "duplicate":
+            self._duplicates.inc()
+        else:
+            self._on_applied()
+        return outcome
+
+    def _buried(self, message_id: str | None, reason: str) -> str:
+        self._dead.inc()
+        self.dead_letters += 1
+        self.log.error("dead letter on {queue}: message {id}: {reason}", queue=self.queue, id=message_id, reason=reason)
+        return "dead"
+
+    def _apply(self, conn: sqlite3.Connection, message: Envelope, body: bytes) -> str:
+        """
+        On the database thread, in the transaction: the whole effect of one
+        delivery.
+        """
+        if conn.execute("SELECT 1 FROM inbox_seen WHERE id = ?", (message.id,)).fetchone():
+            return "duplicate"
+        if message.stream is None:
+            self._run_handler(conn, message)
+            return "applied"
+        row = conn.execute("SELECT last_seq FROM inbox_stream WHERE stream = ?", (message.stream,)).fetchone()
+        last = 0 if row is None else int(row[0])
+        assert message.seq is not None
+        if message.seq <= last:
+            return "duplicate"
+        if message.seq > last + 1:
+            conn.execute(
+                "INSERT OR IGNORE INTO inbox_held (stream, seq, body) VALUES (?, ?, ?)",
+                (message.stream, message.seq, body),
+            )
+            return "held"
+        self._run_handler(conn, message)
+        last = message.seq
+        while True:
+            held = conn.execute(
+                "SELECT body FROM inbox_held WHERE stream = ? AND seq = ?", (message.stream, last + 1)
+            ).fetchone()
+            if held is None:
+                break
+            conn.execute("DELETE FROM inbox_held WHERE stream = ? AND seq = ?", (message.stream, last + 1))
+            following = Envelope.from_bytes(bytes(held[0]))
+            if not conn.execute("SELECT 1 FROM inbox_seen WHERE id = ?", (following.id,)).fetchone():
+                self._run_handler(conn, following)
+            last += 1
+        conn.execute(
+            "INSERT INTO inbox_stream (stream, last_seq) VALUES (?, ?) "
+            "ON CONFLICT (stream) DO UPDATE SET last_seq = excluded.last_seq",
+            (message.stream, last),
+        )
+        return "applied"
+
+    def _run_handler(self, conn: sqlite3.Connection, message: Envelope) -> None:
+        self._handlers[message.type](conn, message)
+        conn.execute(
+            "INSERT INTO inbox_seen (id, type, source, applied) VALUES (?, ?, ?, ?)",
+            (message.id, message.type, message.source, self._reactor.seconds()),
+        )
+        conn.execute("DELETE FROM inbox_failure WHERE id = ?", (message.id,))
+        self._applied.inc()
+
+    # -- replays ---------------------------------------------------------------
+
+    async def replay_requested(self) -> int:
+        """
+        Apply the dead letters an operator marked for replay (C{relay
+        dead-letters replay}); return how many were applied.  Called by a
+        timer.
+        """
+        replays = await self._db.read(_replays, self.queue)
+        applied = 0
+        for number, body in replays:
+            await self._db.run(_clear_failure, _peek_id(body))
+            outcome = await self.receive(body)
+            state = "replayed" if outcome in ("applied", "duplicate", "held") else "dead"
+            await self._db.run(_replayed, number, state)
+            applied += state == "replayed"
+        await self.refresh()
+        return applied
+
+
+def _settle(action: Callable[[], None]) -> None:
+    try:
+        action()
+    except LinkDown:
+        # The channel went away: the broker redelivers the message, and the
+        # inbox recognises it by its id.
+        pass
+
+
+def _peek(body: bytes, field: str) -> str | None:
+    try:
+        value = json.loads(body).get(field)
+    except Exception:
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _peek_id(body: bytes) -> str | None:
+    return _peek(body, "id")
+
+
+def _peek_type(body: bytes) -> str | None:
+    return _peek(body, "type")
+
+
+def _bury(
+    conn: sqlite3.Connection, message_id: str | None, type: str | None, queue: str, reason: str,
+    body: bytes, now: float,
+) -> None:
+    conn.execute(
+        "INSERT INTO dead_letter (message_id, type, queue, reason, body, received) VALUES (?, ?, ?, ?, ?, ?)",
+        (message_id, type, queue, reason, body, now),
+    )
+    if message_id is not None:
+        conn.execute("DELETE FROM inbox_failure WHERE id = ?", (message_id,))
+
+
+def _failed(conn: sqlite3.Connection, message_id: str, reason: str) -> int:
+    row = conn.execute(
+        "INSERT INTO inbox_failure (id, attempts, last_error) VALUES (?, 1, ?) "
+        "ON CONFLICT (id) DO UPDATE SET attempts = attempts + 1, last_error = excluded.last_error "
+        "RETURNING attempts",
+        (message_id, reason),
+    ).fetchone()
+    return int(row[0])
+
+
+def _clear_failure(conn: sqlite3.Connection, message_id: str | None) -> None:
+    conn.execute("DELETE FROM inbox_failure WHERE id = ?", (message_id,))
+
+
+def _count_dead(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM dead_letter WHERE state = 'dead'").fetchone()[0])
+
+
+def _replays(conn: sqlite3.Connection, queue: str) -> list[tuple[int, bytes]]:
+    return [
+        (row[0], bytes(row[1]))
+        for row in conn.execute(
+            "SELECT number, body FROM dead_letter WHERE state = 'replay' AND queue = ? ORDER BY number",
+            (queue,),
+        )
+    ]
+
+
+def _replayed(conn: sqlite3.Connection, number: int, state: str) -> None:
+    if state == "replayed":
+        conn.execute("UPDATE dead_letter SET state = 'replayed' WHERE number = ?", (number,))
+        return
+    # The replay failed again and was buried anew; the old record is done.
+    conn.execute("UPDATE dead_letter SET state = 'dropped' WHERE number = ?", (number,))
+
+
+def dead_letters(conn: sqlite3.Connection, state: str | None = "dead") -> list[dict[str, Any]]:
+    """
+    The dead letters (for C{relay dead-letters list}).
+    """
+    query = "SELECT number, message_id, type, queue, reason, received, state, length(body) AS size FROM dead_letter"
+    args: tuple[Any, ...] = ()
+    if state is not None:
+        query += " WHERE state = ?"
+        args = (state,)
+    return [dict(row) for row in conn.execute(query + " ORDER BY number", args)]
+
+
+def request_replay(conn: sqlite3.Connection, numbers: list[int]) -> int:
+    """
+    Mark dead letters for replay by the running process; return how many.
+    """
+    changed = 0
+    for number in numbers:
+        changed += conn.execute(
+            "UPDATE dead_letter SET state = 'replay' WHERE number = ? AND state = 'dead'", (number,)
+        ).rowcount
+    return changed
+
+
+def drop(conn: sqlite3.Connection, numbers: list[int]) -> int:
+    """
+    Give up on dead letters; return how many.
+    """
+    changed = 0
+    for number in numbers:
+        changed += conn.execute(
+            "UPDATE dead_letter SET state = 'dropped' WHERE number = ? AND state = 'dead'", (number,)
+        ).rowcount
+    return changed
+

@@ -1,0 +1,363 @@
+"""
+The outbox: nothing a process says is lost on the way to the broker.
+
+A message is first committed to the local database, in the same transaction
+as whatever caused it (L{Outbox.put}).  The pump then publishes it with
+publisher confirms and C{mandatory}, at most C{window} at a time, and deletes
+it only when the broker acks it.  A nack, a lost connection or a
+C{basic.return} (no queue took it) leave it in the table; after a reconnect,
+everything unconfirmed is published again, which is why receivers
+deduplicate by message id (L{relay.link.inbox}).
+
+The pump's states: C{down} (no channel), C{running}, C{blocked} (the broker
+said C{connection.blocked}: publishing waits).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from relay.db import Database, Schema
+from relay.link.channel import Channel, LinkDown, ReturnedMessage
+from relay.link.envelope import Envelope
+from relay.metrics import Metrics
+
+SCHEMA = Schema(
+    "outbox",
+    [
+        """
+        CREATE TABLE outbox (
+            position INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            queue TEXT NOT NULL,
+            type TEXT NOT NULL,
+            body BLOB NOT NULL,
+            created REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            not_before REAL NOT NULL DEFAULT 0,
+            last_error TEXT
+        );
+        CREATE TABLE outbox_stream (
+            stream TEXT PRIMARY KEY,
+            last_seq INTEGER NOT NULL
+        );
+        """,
+    ],
+)
+
+
+@dataclass
+class _InFlight:
+    position: int
+    id: str
+
+
+class Outbox:
+    """
+    The outgoing messages of one process, and the pump that publishes them.
+
+    @param source: who this process is in envelopes (C{"edge:<id>"},
+        C{"cloud"}).
+    @param window: how many messages may await their confirm at once; on a
+        300 ms round trip, the window (not the round trip) bounds the rate.
+    @param retry_returned: seconds before a returned (unroutable) message is
+        published again.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        db: Database,
+        reactor: IReactorTime,
+        metrics: Metrics,
+        *,
+        source: str,
+        window: int = 1000,
+        batch: int = 500,
+        retry_returned: float = 5.0,
+    ) -> None:
+        self._db = db
+        self._reactor = reactor
+        self._source = source
+        self._window = window
+        self._batch = batch
+        self._retry_returned = retry_returned
+        self._channel: Channel | None = None
+        self._blocked = False
+        self._in_flight: dict[int, _InFlight] = {}
+        self._queued: set[int] = set()
+        self._cursor = 0
+        self._acked: list[int] = []
+        self._filling = False
+        self._more = True
+        self._deleting: Deferred[None] | None = None
+        self._retry_call: IDelayedCall | None = None
+        self._returned_ids: set[str] = set()
+        self.depth = 0
+        self.oldest: float | None = None
+        self._published = metrics.counter("outbox_published", "Messages published (including republished).")
+        self._confirmed = metrics.counter("outbox_confirmed", "Messages the broker confirmed.")
+        self._returned = metrics.counter("outbox_returned", "Messages no queue took (alarm).")
+        self._nacked = metrics.counter("outbox_nacked", "Messages the broker refused (nack).")
+        metrics.gauge("outbox_depth", "Messages not yet confirmed.", lambda: self.depth)
+        metrics.gauge("outbox_in_flight", "Messages awaiting their confirm.", lambda: len(self._in_flight))
+        metrics.gauge("outbox_oldest_age_seconds", "Age of the oldest unconfirmed message.", self.oldest_age)
+
+    # -- writing ---------------------------------------------------------------
+
+    def put(
+        self,
+        conn: sqlite3.Connection,
+        type: str,
+        body: dict[str, Any],
+        *,
+        to: str,
+        stream: str | None = None,
+    ) -> Envelope:
+        """
+        Add a message inside the caller's transaction (on the database
+        thread).  Call L{wake} once the transaction has committed.
+
+        @param to: the queue the message is for.
+        @param stream: messages of one stream get consecutive C{seq}
+            numbers, in commit order, so the receiver can apply them in
+            order.
+        """
+        seq = None
+        if stream is not None:
+            row = conn.execute(
+                "INSERT INTO outbox_stream (stream, last_seq) VALUES (?, 1) "
+                "ON CONFLICT (stream) DO UPDATE SET last_seq = last_seq + 1 "
+                "RETURNING last_seq",
+                (stream,),
+            ).fetchone()
+            seq = int(row[0])
+        message = Envelope(
+            type=type, source=self._source, time=self._reactor.seconds(), body=body,
+            stream=stream, seq=seq,
+        )
+        conn.execute(
+            "INSERT INTO outbox (id, queue, type, body, created) VALUES (?, ?, ?, ?, ?)",
+            (message.id, to, type, message.to_bytes(), message.time),
+        )
+        return message
+
+    async def send(
+        self, type: str, body: dict[str, Any], *, to: str, stream: str | None = None
+    ) -> Envelope:
+        """
+        Commit one message on its own and wake the pump.  The message is
+        safe when this returns; it reaches the broker when the link allows.
+        """
+        message = await self._db.run(self.put, type, body, to=to, stream=stream)
+        self.wake()
+        return message
+
+    # -- the pump --------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        if self._channel is None:
+            return "down"
+        return "blocked" if self._blocked else "running"
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def oldest_age(self) -> float:
+        return 0.0 if self.oldest is None else max(0.0, self._reactor.seconds() - self.oldest)
+
+    def attach(self, channel: Channel) -> None:
+        """
+        A channel is up: publish everything unconfirmed, from the start.
+        """
+        self._channel = channel
+        channel.on_ack = self._on_ack
+        channel.on_nack = self._on_nack
+        channel.on_return = self._on_return
+        self._in_flight.clear()
+        self._queued.clear()
+        self._cursor = 0
+        self._more = True
+        self.wake()
+
+    def detach(self) -> None:
+        """
+        The channel is gone: whatever awaited a confirm is published again on
+        the next one.
+        """
+        self._channel = None
+        self._in_flight.clear()
+        self._queued.clear()
+
+    def set_blocked(self, blocked: bool) -> None:
+        """
+        The broker blocked (or unblocked) publishing on this connection.
+        """
+        was, self._blocked = self._blocked, blocked
+        if was and not blocked:
+            self.wake()
+
+    def wake(self) -> None:
+        """
+        There may be new messages: publish what the window allows.
+        """
+        self._more = True
+        if not self._filling:
+            Deferred.fromCoroutine(self._fill())
+
+    async def _fill(self) -> None:
+        self._filling = True
+        try:
+            while (
+                self._more
+                and self._channel is not None
+                and not self._blocked
+                and len(self._in_flight) < self._window
+            ):
+                self._more = False
+                channel = self._channel
+                rows = await self._db.read(
+                    _pending, self._cursor, self._batch, self._reactor.seconds()
+                )
+                if len(rows) < self._batch:
+                    # Caught up: a good moment to count what is left.
+                    await self._refresh_depth()
+                if channel is not self._channel:
+                    self._more = True
+                    continue
+                for position, message_id, queue, body in rows:
+                    self._cursor = max(self._cursor, position)
+                    if position in self._queued:
+                        continue
+                    try:
+                        seq = channel.publish(
+                            "", queue, body,
+                            properties={"message_id": message_id, "content_type": "application/json"},
+                        )
+                    except LinkDown:
+                        break
+                    self._queued.add(position)
+                    self._in_flight[seq] = _InFlight(position, message_id)
+                    self._published.inc()
+                if len(rows) == self._batch:
+                    self._more = True
+        except Exception:
+            self.log.failure("outbox pump failed; retrying shortly")
+            self._reactor.callLater(1.0, self.wake)
+        finally:
+            self._filling = False
+
+    async def _refresh_depth(self) -> None:
+        self.depth, self.oldest = await self._db.read(_depth)
+
+    def _settled(self, seq: int, multiple: bool) -> list[_InFlight]:
+        seqs = [s for s in self._in_flight if s <= seq] if multiple else [seq]
+        return [entry for s in seqs if (entry := self._in_flight.pop(s, None)) is not None]
+
+    def _on_ack(self, seq: int, multiple: bool) -> None:
+        for entry in self._settled(seq, multiple):
+            if entry.id in self._returned_ids:
+                # Returned first, then acked: nobody took it; retry later.
+                self._returned_ids.discard(entry.id)
+                self._queued.discard(entry.position)
+                continue
+            self._acked.append(entry.position)
+            self._confirmed.inc()
+        self._flush_acked()
+        self.wake()
+
+    def _on_nack(self, seq: int, multiple: bool) -> None:
+        for entry in self._settled(seq, multiple):
+            self._nacked.inc()
+            self._queued.discard(entry.position)
+            self._cursor = min(self._cursor, entry.position - 1)
+        self.wake()
+
+    def _on_return(self, returned: ReturnedMessage) -> None:
+        message_id = str(returned.properties.get("message_id", ""))
+        self._returned.inc()
+        self._returned_ids.add(message_id)
+        self.log.error(
+            "message {id} to {queue} was returned ({code} {text}): no queue took it; "
+            "retrying in {delay}s",
+            id=message_id, queue=returned.routing_key, code=returned.reply_code,
+            text=returned.reply_text, delay=self._retry_returned,
+        )
+        Deferred.fromCoroutine(self._postpone(message_id, f"{returned.reply_code} {returned.reply_text}"))
+
+    async def _postpone(self, message_id: str, error: str) -> None:
+        await self._db.run(_postpone, message_id, self._reactor.seconds() + self._retry_returned, error)
+        if self._retry_call is None or not self._retry_call.active():
+            self._retry_call = self._reactor.callLater(self._retry_returned, self._retry)
+
+    def _retry(self) -> None:
+        self._cursor = 0
+        self.wake()
+
+    def _flush_acked(self) -> None:
+        if self._deleting is not None or not self._acked:
+            return
+        positions, self._acked = self._acked, []
+
+        def done(_: object) -> Deferred[None]:
+            self._queued.difference_update(positions)
+            self._deleting = None
+            self._flush_acked()
+            return Deferred.fromCoroutine(self._refresh_depth())
+
+        self._deleting = self._db.run(_delete, positions)
+        self._deleting.addCallback(done).addErrback(
+            lambda f: self.log.failure("could not delete confirmed messages", f)
+        )
+
+    def drained(self) -> Deferred[None]:
+        """
+        Fires when nothing is left to send (for tests and orderly shutdown).
+        """
+        return Deferred.fromCoroutine(self._wait_drained())
+
+    async def _wait_drained(self) -> None:
+        from twisted.internet.task import deferLater
+
+        while True:
+            await self._refresh_depth()
+            if self.depth == 0:
+                return
+            await deferLater(self._reactor, 0.05, lambda: None)
+
+
+def _pending(conn: sqlite3.Connection, after: int, limit: int, now: float) -> list[tuple[int, str, str, bytes]]:
+    return [
+        (row[0], row[1], row[2], bytes(row[3]))
+        for row in conn.execute(
+            "SELECT position, id, queue, body FROM outbox "
+            "WHERE position > ? AND not_before <= ? ORDER BY position LIMIT ?",
+            (after, now, limit),
+        )
+    ]
+
+
+def _depth(conn: sqlite3.Connection) -> tuple[int, float | None]:
+    row = conn.execute("SELECT count(*), min(created) FROM outbox").fetchone()
+    return int(row[0]), row[1]
+
+
+def _delete(conn: sqlite3.Connection, positions: list[int]) -> None:
+    conn.executemany("DELETE FROM outbox WHERE position = ?", [(p,) for p in positions])
+
+
+def _postpone(conn: sqlite3.Connection, message_id: str, not_before: float, error: str) -> None:
+    conn.execute(
+        "UPDATE outbox SET attempts = attempts + 1, not_before = ?, last_error = ? WHERE id = ?",
+        (not_before, error, message_id),
+    )
+
