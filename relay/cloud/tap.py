@@ -88,7 +88,7 @@ def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:
     bridge = Bridge(
         reactor, db, metrics, health, catalogue,
         url=config.link.url, heartbeat=config.link.heartbeat, source="cloud",
-        consume=TO_CLOUD, declare=[JOBS],
+        consume=TO_CLOUD, declare=[JOBS], declare_destinations=True,
     )
     bridge.setServiceParent(root)
     status = Klein()

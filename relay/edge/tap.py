@@ -25,7 +25,7 @@ from relay.health import Health
 from relay.link import inbox, outbox
 from relay.link.bridge import Bridge
 from relay.link.catalogue import Catalogue
-from relay.link.envelope import TO_CLOUD, to_edge
+from relay.link.envelope import to_edge
 from relay.metrics import Metrics
 from relay.process import GracefulStop
 
@@ -92,7 +92,7 @@ def edge_service(config: EdgeConfig, reactor: Any) -> MultiService:
     bridge = Bridge(
         reactor, db, metrics, health, catalogue,
         url=config.link.url, heartbeat=config.link.heartbeat, source=f"edge:{config.edge.id}",
-        consume=to_edge(config.edge.id), declare=[TO_CLOUD],
+        consume=to_edge(config.edge.id), declare=[],
     )
     bridge.setServiceParent(root)
     web = EdgeWeb(health)

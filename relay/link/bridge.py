@@ -22,7 +22,7 @@ from relay.db import Database
 from relay.health import Health
 from relay.link.backoff import Backoff
 from relay.link.catalogue import Catalogue
-from relay.link.channel import Channel
+from relay.link.channel import Channel, LinkDown
 from relay.link.connection import LinkService
 from relay.link.inbox import Inbox
 from relay.link.outbox import Outbox
@@ -34,8 +34,11 @@ class Bridge(MultiService):
     One process's end of the link.
 
     @param consume: the queue this process reads (its inbox).
-    @param declare: the queues to declare on every connect (durable quorum
-        queues; declaring is idempotent).
+    @param declare: the destinations to declare on every connect, besides
+        the one consumed (an exchange and a durable quorum queue of that name,
+        bound; declaring is idempotent).
+    @param declare_destinations: also declare any other destination before
+        publishing to it (see L{Outbox}).
     """
 
     log = Logger()
@@ -57,6 +60,8 @@ class Bridge(MultiService):
         prefetch: int = 200,
         backoff: Backoff | None = None,
         tls_trust_root: Any = None,
+        declare_destinations: bool = False,
+        connection_name: str | None = None,
     ) -> None:
         super().__init__()
         self._reactor = reactor
@@ -64,7 +69,10 @@ class Bridge(MultiService):
         self._declare = list(dict.fromkeys([*declare, consume]))
         self._prefetch = prefetch
         self.catalogue = catalogue
-        self.outbox = Outbox(db, reactor, metrics, source=source, window=window)
+        self.outbox = Outbox(
+            db, reactor, metrics, source=source, window=window,
+            declare_destinations=declare_destinations,
+        )
         self.inbox = Inbox(db, reactor, catalogue, metrics, queue=consume, on_applied=self.outbox.wake)
         self.link = LinkService(
             url,
@@ -73,7 +81,8 @@ class Bridge(MultiService):
             backoff=backoff,
             on_connected=self._connected,
             on_disconnected=self._disconnected,
-            connection_name=source,
+            on_blocked=self.outbox.set_blocked,
+            connection_name=connection_name or source,
             tls_trust_root=tls_trust_root,
         )
         self.link.setServiceParent(self)
@@ -104,8 +113,8 @@ class Bridge(MultiService):
         }
 
     async def _connected(self, channel: Channel) -> None:
-        for queue in self._declare:
-            await channel.declare_quorum_queue(queue)
+        for destination in self._declare:
+            await channel.declare_destination(destination)
         channel.on_consumer_cancelled = self._consumer_cancelled
         self.outbox.attach(channel)
         await channel.consume(self._consume, self.inbox.deliver, prefetch=self._prefetch)
@@ -124,13 +133,16 @@ class Bridge(MultiService):
             return
 
         async def resubscribe() -> None:
-            await channel.declare_quorum_queue(self._consume)
+            await channel.declare_destination(self._consume)
             await channel.consume(self._consume, self.inbox.deliver, prefetch=self._prefetch)
 
-        Deferred.fromCoroutine(resubscribe()).addErrback(
-            lambda f: self.log.failure("could not resubscribe; dropping the connection", f)
-            or self._reconnect()
-        )
+        def failed(reason: Failure) -> None:
+            if reason.check(LinkDown):
+                return  # the connection is going away; the next one subscribes
+            self.log.failure("could not resubscribe; dropping the connection", reason)
+            self._reconnect()
+
+        Deferred.fromCoroutine(resubscribe()).addErrback(failed)
 
     def _reconnect(self) -> None:
         session = self.link._session
@@ -139,7 +151,6 @@ class Bridge(MultiService):
 
     async def _housekeeping(self) -> None:
         try:
-            self.outbox.set_blocked(self.link.health.blocked)
             await self.inbox.replay_requested()
         except Exception:
             self.log.failure("link housekeeping failed")

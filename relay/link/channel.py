@@ -160,6 +160,21 @@ class Channel:
         )
         return int(reply.message_count)
 
+    async def declare_destination(self, name: str) -> None:
+        """Declare destination ``name``: a durable direct exchange and a
+        durable quorum queue of that name, bound with routing key ``name``
+        (idempotent).
+
+        relay publishes to a destination's exchange rather than through the
+        default exchange, because a broker permission can then limit which
+        destinations a user may write to (the default exchange reaches every
+        queue).
+        """
+        self._check_open()
+        await self._channel.exchange_declare(exchange=name, type="direct", durable=True)
+        await self.declare_quorum_queue(name)
+        await self._channel.queue_bind(queue=name, exchange=name, routing_key=name)
+
     async def delete_queue(self, name: str) -> int:
         """Delete a queue; return how many messages went with it."""
         self._check_open()

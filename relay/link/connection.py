@@ -208,6 +208,7 @@ class LinkService(Service):
         heartbeat: int = 10,
         on_connected: OnConnected | None = None,
         on_disconnected: OnDisconnected | None = None,
+        on_blocked: Callable[[bool], object] | None = None,
         connection_name: str = "relay",
         handshake_timeout: float = 30.0,
         connect_timeout: float = 30.0,
@@ -219,6 +220,7 @@ class LinkService(Service):
         self._heartbeat = heartbeat
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
+        self._on_blocked = on_blocked
         self._handshake_timeout = handshake_timeout
         self._client_properties = {
             "product": "relay",
@@ -391,6 +393,8 @@ class LinkService(Service):
 
     def _set_blocked(self, blocked: bool, reason: str) -> None:
         self._blocked = blocked
+        if self._on_blocked is not None:
+            self._on_blocked(blocked)
         if blocked:
             log.warn("broker blocked publishing: {reason}", reason=reason)
         else:

@@ -23,6 +23,9 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+#: The AMQP header that carries the envelope of a message with a payload.
+ENVELOPE_HEADER = "relay-envelope"
+
 #: Queue names (durable quorum queues, declared on every connect).
 TO_CLOUD = "relay.to-cloud"
 JOBS = "relay.jobs"
@@ -56,12 +59,21 @@ class Envelope:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     stream: str | None = None
     seq: int | None = None
+    #: Binary content beside the JSON body (a chunk of a small file): on the
+    #: wire it is the AMQP body, and the envelope travels in the
+    #: C{relay-envelope} header.
+    payload: bytes | None = field(default=None, repr=False)
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
+        """
+        The envelope as JSON, without the payload.
+        """
+        fields = asdict(self)
+        del fields["payload"]
+        return json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Envelope:
+    def from_bytes(cls, data: bytes, payload: bytes | None = None) -> Envelope:
         try:
             raw = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -99,4 +111,5 @@ class Envelope:
             body=raw["body"],
             stream=stream,
             seq=seq,
+            payload=payload,
         )

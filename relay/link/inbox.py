@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from relay.db import Database, Schema
 from relay.link.catalogue import Catalogue, InvalidBody, UnknownType
 from relay.link.channel import Delivery, LinkDown
-from relay.link.envelope import BadEnvelope, Envelope
+from relay.link.envelope import ENVELOPE_HEADER, BadEnvelope, Envelope
 from relay.metrics import Metrics
 
 #: A handler applies one message inside the inbox's transaction.
@@ -74,6 +74,9 @@ SCHEMA = Schema(
                 CHECK (state IN ('dead', 'replay', 'replayed', 'dropped'))
         );
         """,
+        # Binary payloads (small-file chunks) beside the JSON envelope.
+        "ALTER TABLE inbox_held ADD COLUMN payload BLOB;\n"
+        "ALTER TABLE dead_letter ADD COLUMN payload BLOB;",
     ],
 )
 
@@ -139,8 +142,13 @@ class Inbox:
         """
         The consumer callback: apply, then settle the delivery.
         """
+        header = delivery.headers.get(ENVELOPE_HEADER)
         try:
-            outcome = await self.receive(delivery.body)
+            if header is None:
+                outcome = await self.receive(delivery.body)
+            else:
+                envelope = header.encode() if isinstance(header, str) else bytes(header)
+                outcome = await self.receive(envelope, delivery.body)
         except Exception:
             # The database failed (disk full, say): the message stays on the
             # broker and comes back.
@@ -152,20 +160,24 @@ class Inbox:
         else:
             _settle(delivery.ack)
 
-    async def receive(self, body: bytes) -> str:
+    async def receive(self, body: bytes, payload: bytes | None = None) -> str:
         """
-        Apply one message's bytes.  Returns C{"applied"}, C{"held"},
+        Apply one message: its envelope's bytes, and its binary payload if it
+        has one.  Returns C{"applied"}, C{"held"},
         C{"duplicate"}, C{"dead"} or C{"retry"} (the handler failed; the
         delivery should be requeued).
         """
         try:
-            message = Envelope.from_bytes(body)
+            message = Envelope.from_bytes(body, payload)
             self._catalogue.validate(message)
             if message.type not in self._handlers:
                 raise UnknownType(f"no handler for {message.type!r} on {self.queue}")
         except (BadEnvelope, UnknownType, InvalidBody) as e:
             message_id = _peek_id(body)
-            await self._db.run(_bury, message_id, _peek_type(body), self.queue, str(e), body, self._reactor.seconds())
+            await self._db.run(
+                _bury, message_id, _peek_type(body), self.queue, str(e), body, payload,
+                self._reactor.seconds(),
+            )
             return self._buried(message_id, str(e))
         try:
             outcome = await self._db.run(self._apply, message, body)
@@ -179,7 +191,10 @@ class Inbox:
                 )
                 return "retry"
             reason = f"handler failed {attempts} times; last: {reason}"
-            await self._db.run(_bury, message.id, message.type, self.queue, reason, body, self._reactor.seconds())
+            await self._db.run(
+                _bury, message.id, message.type, self.queue, reason, body, payload,
+                self._reactor.seconds(),
+            )
             return self._buried(message.id, reason)
         if outcome == "duplicate":
             self._duplicates.inc()
@@ -210,20 +225,21 @@ class Inbox:
             return "duplicate"
         if message.seq > last + 1:
             conn.execute(
-                "INSERT OR IGNORE INTO inbox_held (stream, seq, body) VALUES (?, ?, ?)",
-                (message.stream, message.seq, body),
+                "INSERT OR IGNORE INTO inbox_held (stream, seq, body, payload) VALUES (?, ?, ?, ?)",
+                (message.stream, message.seq, body, message.payload),
             )
             return "held"
         self._run_handler(conn, message)
         last = message.seq
         while True:
             held = conn.execute(
-                "SELECT body FROM inbox_held WHERE stream = ? AND seq = ?", (message.stream, last + 1)
+                "SELECT body, payload FROM inbox_held WHERE stream = ? AND seq = ?",
+                (message.stream, last + 1),
             ).fetchone()
             if held is None:
                 break
             conn.execute("DELETE FROM inbox_held WHERE stream = ? AND seq = ?", (message.stream, last + 1))
-            following = Envelope.from_bytes(bytes(held[0]))
+            following = Envelope.from_bytes(bytes(held[0]), None if held[1] is None else bytes(held[1]))
             if not conn.execute("SELECT 1 FROM inbox_seen WHERE id = ?", (following.id,)).fetchone():
                 self._run_handler(conn, following)
             last += 1
@@ -253,9 +269,9 @@ class Inbox:
         """
         replays = await self._db.read(_replays, self.queue)
         applied = 0
-        for number, body in replays:
+        for number, body, payload in replays:
             await self._db.run(_clear_failure, _peek_id(body))
-            outcome = await self.receive(body)
+            outcome = await self.receive(body, payload)
             state = "replayed" if outcome in ("applied", "duplicate", "held") else "dead"
             await self._db.run(_replayed, number, state)
             applied += state == "replayed"
@@ -290,11 +306,12 @@ def _peek_type(body: bytes) -> str | None:
 
 def _bury(
     conn: sqlite3.Connection, message_id: str | None, type: str | None, queue: str, reason: str,
-    body: bytes, now: float,
+    body: bytes, payload: bytes | None, now: float,
 ) -> None:
     conn.execute(
-        "INSERT INTO dead_letter (message_id, type, queue, reason, body, received) VALUES (?, ?, ?, ?, ?, ?)",
-        (message_id, type, queue, reason, body, now),
+        "INSERT INTO dead_letter (message_id, type, queue, reason, body, payload, received) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (message_id, type, queue, reason, body, payload, now),
     )
     if message_id is not None:
         conn.execute("DELETE FROM inbox_failure WHERE id = ?", (message_id,))
@@ -318,11 +335,12 @@ def _count_dead(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT count(*) FROM dead_letter WHERE state = 'dead'").fetchone()[0])
 
 
-def _replays(conn: sqlite3.Connection, queue: str) -> list[tuple[int, bytes]]:
+def _replays(conn: sqlite3.Connection, queue: str) -> list[tuple[int, bytes, bytes | None]]:
     return [
-        (row[0], bytes(row[1]))
+        (row[0], bytes(row[1]), None if row[2] is None else bytes(row[2]))
         for row in conn.execute(
-            "SELECT number, body FROM dead_letter WHERE state = 'replay' AND queue = ? ORDER BY number",
+            "SELECT number, body, payload FROM dead_letter WHERE state = 'replay' AND queue = ? "
+            "ORDER BY number",
             (queue,),
         )
     ]
@@ -340,7 +358,10 @@ def dead_letters(conn: sqlite3.Connection, state: str | None = "dead") -> list[d
     """
     The dead letters (for C{relay dead-letters list}).
     """
-    query = "SELECT number, message_id, type, queue, reason, received, state, length(body) AS size FROM dead_letter"
+    query = (
+        "SELECT number, message_id, type, queue, reason, received, state, "
+        "length(body) + coalesce(length(payload), 0) AS size FROM dead_letter"
+    )
     args: tuple[Any, ...] = ()
     if state is not None:
         query += " WHERE state = ?"

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from relay.db import Database, Schema
 from relay.link.channel import Channel, LinkDown, ReturnedMessage
-from relay.link.envelope import Envelope
+from relay.link.envelope import ENVELOPE_HEADER, Envelope
 from relay.metrics import Metrics
 
 SCHEMA = Schema(
@@ -48,6 +48,8 @@ SCHEMA = Schema(
             last_seq INTEGER NOT NULL
         );
         """,
+        # Binary payloads (small-file chunks) beside the JSON envelope.
+        "ALTER TABLE outbox ADD COLUMN payload BLOB;",
     ],
 )
 
@@ -68,6 +70,11 @@ class Outbox:
         300 ms round trip, the window (not the round trip) bounds the rate.
     @param retry_returned: seconds before a returned (unroutable) message is
         published again.
+    @param declare_destinations: declare each destination (exchange, queue,
+        binding) before the first message to it on a connection.  The cloud
+        does, so that an edge's queue exists before the edge ever connected;
+        an edge does not (its broker user may only write to the cloud's
+        exchange, which the cloud declares).
     """
 
     log = Logger()
@@ -82,6 +89,7 @@ class Outbox:
         window: int = 1000,
         batch: int = 500,
         retry_returned: float = 5.0,
+        declare_destinations: bool = False,
     ) -> None:
         self._db = db
         self._reactor = reactor
@@ -89,6 +97,8 @@ class Outbox:
         self._window = window
         self._batch = batch
         self._retry_returned = retry_returned
+        self._declare_destinations = declare_destinations
+        self._declared: set[str] = set()
         self._channel: Channel | None = None
         self._blocked = False
         self._in_flight: dict[int, _InFlight] = {}
@@ -120,6 +130,7 @@ class Outbox:
         *,
         to: str,
         stream: str | None = None,
+        payload: bytes | None = None,
     ) -> Envelope:
         """
         Add a message inside the caller's transaction (on the database
@@ -141,11 +152,11 @@ class Outbox:
             seq = int(row[0])
         message = Envelope(
             type=type, source=self._source, time=self._reactor.seconds(), body=body,
-            stream=stream, seq=seq,
+            stream=stream, seq=seq, payload=payload,
         )
         conn.execute(
-            "INSERT INTO outbox (id, queue, type, body, created) VALUES (?, ?, ?, ?, ?)",
-            (message.id, to, type, message.to_bytes(), message.time),
+            "INSERT INTO outbox (id, queue, type, body, created, payload) VALUES (?, ?, ?, ?, ?, ?)",
+            (message.id, to, type, message.to_bytes(), message.time, payload),
         )
         return message
 
@@ -156,7 +167,7 @@ class Outbox:
         Commit one message on its own and wake the pump.  The message is
         safe when this returns; it reaches the broker when the link allows.
         """
-        message = await self._db.run(self.put, type, body, to=to, stream=stream)
+        message = await self._db.run(lambda conn: self.put(conn, type, body, to=to, stream=stream))
         self.wake()
         return message
 
@@ -180,6 +191,8 @@ class Outbox:
         A channel is up: publish everything unconfirmed, from the start.
         """
         self._channel = channel
+        self._blocked = False
+        self._declared = set()
         channel.on_ack = self._on_ack
         channel.on_nack = self._on_nack
         channel.on_return = self._on_return
@@ -234,15 +247,31 @@ class Outbox:
                 if channel is not self._channel:
                     self._more = True
                     continue
-                for position, message_id, queue, body in rows:
-                    self._cursor = max(self._cursor, position)
+                for position, message_id, queue, body, payload in rows:
                     if position in self._queued:
+                        self._cursor = max(self._cursor, position)
                         continue
+                    if self._declare_destinations and queue not in self._declared:
+                        await channel.declare_destination(queue)
+                        self._declared.add(queue)
+                        if channel is not self._channel:
+                            break
+                    self._cursor = max(self._cursor, position)
                     try:
-                        seq = channel.publish(
-                            "", queue, body,
-                            properties={"message_id": message_id, "content_type": "application/json"},
-                        )
+                        if payload is None:
+                            seq = channel.publish(
+                                queue, queue, body,
+                                properties={"message_id": message_id, "content_type": "application/json"},
+                            )
+                        else:
+                            seq = channel.publish(
+                                queue, queue, payload,
+                                headers={ENVELOPE_HEADER: body.decode()},
+                                properties={
+                                    "message_id": message_id,
+                                    "content_type": "application/octet-stream",
+                                },
+                            )
                     except LinkDown:
                         break
                     self._queued.add(position)
@@ -335,11 +364,13 @@ class Outbox:
             await deferLater(self._reactor, 0.05, lambda: None)
 
 
-def _pending(conn: sqlite3.Connection, after: int, limit: int, now: float) -> list[tuple[int, str, str, bytes]]:
+def _pending(
+    conn: sqlite3.Connection, after: int, limit: int, now: float
+) -> list[tuple[int, str, str, bytes, bytes | None]]:
     return [
-        (row[0], row[1], row[2], bytes(row[3]))
+        (row[0], row[1], row[2], bytes(row[3]), None if row[4] is None else bytes(row[4]))
         for row in conn.execute(
-            "SELECT position, id, queue, body FROM outbox "
+            "SELECT position, id, queue, body, payload FROM outbox "
             "WHERE position > ? AND not_before <= ? ORDER BY position LIMIT ?",
             (after, now, limit),
         )

@@ -21,7 +21,7 @@ def bury(path: Path, count: int) -> None:
     for n in range(count):
         transaction(
             conn,
-            lambda c, n=n: inbox._bury(c, f"m{n}", "job.submit", "relay.to-cloud", f"reason {n}", b"{}", 1.0),
+            lambda c, n=n: inbox._bury(c, f"m{n}", "job.submit", "relay.to-cloud", f"reason {n}", b"{}", None, 1.0),
         )
     conn.close()
 
