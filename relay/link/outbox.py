@@ -248,6 +248,9 @@ class Outbox:
                     self._more = True
                     continue
                 for position, message_id, queue, body, payload in rows:
+                    if len(self._in_flight) >= self._window:
+                        self._more = True
+                        break
                     if position in self._queued:
                         self._cursor = max(self._cursor, position)
                         continue

@@ -1,0 +1,88 @@
+"""
+The inbox's decisions without a broker: duplicates, stream order, poison.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from relay.db import Schema
+from relay.link import inbox
+from relay.link.catalogue import Catalogue
+from relay.link.envelope import Envelope
+from relay.link.inbox import Inbox
+from relay.metrics import Metrics
+from relay.testing.db import SynchronousDatabase
+
+SEEN = Schema("seen", ["CREATE TABLE seen (n INTEGER NOT NULL);"])
+
+
+def message(n: int, stream: str | None = None, seq: int | None = None, id: str | None = None) -> Envelope:
+    extra = {"id": id} if id else {}
+    return Envelope("t", "edge:a", 0.0, {"n": n}, stream=stream, seq=seq, **extra)  # type: ignore[arg-type]
+
+
+class InboxTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.db = SynchronousDatabase(Path(self.mktemp()), [inbox.SCHEMA, SEEN])
+        catalogue = Catalogue()
+        catalogue.register("t", {"type": "object", "properties": {"n": {"type": "integer"}}})
+        self.applied: list[int] = []
+        self.inbox = Inbox(self.db, Clock(), catalogue, Metrics(), queue="q", max_attempts=2)  # type: ignore[arg-type]
+
+        def handler(conn: sqlite3.Connection, m: Envelope) -> None:
+            if m.body["n"] < 0:
+                raise RuntimeError("negative")
+            conn.execute("INSERT INTO seen (n) VALUES (?)", (m.body["n"],))
+            self.applied.append(m.body["n"])
+
+        self.inbox.register("t", handler)
+
+    def receive(self, m: Envelope) -> str:
+        return self.successResultOf(self.inbox.receive(m.to_bytes()))  # type: ignore[arg-type]
+
+    def test_duplicate_is_ignored(self) -> None:
+        m = message(1)
+        self.assertEqual(self.receive(m), "applied")
+        self.assertEqual(self.receive(m), "duplicate")
+        self.assertEqual(self.applied, [1])
+
+    def test_stream_holds_until_the_gap_fills(self) -> None:
+        self.assertEqual(self.receive(message(3, "s", 3)), "held")
+        self.assertEqual(self.receive(message(2, "s", 2)), "held")
+        self.assertEqual(self.applied, [])
+        self.assertEqual(self.receive(message(1, "s", 1)), "applied")
+        self.assertEqual(self.applied, [1, 2, 3])
+        self.assertEqual(self.receive(message(2, "s", 2)), "duplicate")
+        self.assertEqual(self.receive(message(4, "s", 4)), "applied")
+        self.assertEqual(self.applied, [1, 2, 3, 4])
+
+    def test_failing_handler_retries_then_dead_letters(self) -> None:
+        m = message(-1)
+        self.assertEqual(self.receive(m), "retry")
+        self.assertEqual(self.receive(m), "dead")
+        rows = self.db.run_now(inbox.dead_letters)
+        self.assertEqual(len(rows), 1)
+        self.assertIn("handler failed 2 times; last: RuntimeError: negative", rows[0]["reason"])
+        self.assertEqual(self.db.conn.execute("SELECT count(*) FROM seen").fetchone()[0], 0)
+
+    def test_handler_failure_changes_nothing(self) -> None:
+        def half(conn: sqlite3.Connection, m: Envelope) -> None:
+            conn.execute("INSERT INTO seen (n) VALUES (99)")
+            raise RuntimeError("half-done")
+
+        self.inbox._handlers["t"] = half
+        self.assertEqual(self.receive(message(5)), "retry")
+        self.assertEqual(self.db.conn.execute("SELECT count(*) FROM seen").fetchone()[0], 0)
+        self.assertEqual(self.db.conn.execute("SELECT count(*) FROM inbox_seen").fetchone()[0], 0)
+
+    def test_poison_never_reaches_a_handler(self) -> None:
+        for body in [b"", b"[]", b'{"id": 1}', Envelope("zz", "a", 0.0, {}).to_bytes(),
+                     Envelope("t", "a", 0.0, {"n": "x"}).to_bytes()]:
+            self.assertEqual(self.successResultOf(self.inbox.receive(body)), "dead")  # type: ignore[arg-type]
+        self.assertEqual(self.applied, [])
+        self.assertEqual(len(self.db.run_now(inbox.dead_letters)), 5)

@@ -1,0 +1,162 @@
+"""
+The outbox pump's states and decisions, without sockets: a fake channel
+records what is published and the test plays the broker's confirms, nacks
+and returns.  Time is a Clock; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from relay.link import outbox
+from relay.link.channel import LinkDown, ReturnedMessage
+from relay.link.outbox import Outbox
+from relay.metrics import Metrics
+from relay.testing.db import SynchronousDatabase
+
+
+class FakeChannel:
+    """
+    Records publishes; numbers them like a confirm-mode channel.
+    """
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, str, bytes, dict[str, Any]]] = []
+        self.declared: list[str] = []
+        self.open = True
+        self.on_ack: Any = None
+        self.on_nack: Any = None
+        self.on_return: Any = None
+
+    def publish(self, exchange: str, routing_key: str, body: bytes, *, headers: Any = None,
+                properties: Any = None, mandatory: bool = True) -> int:
+        if not self.open:
+            raise LinkDown("gone")
+        self.published.append((exchange, routing_key, body, dict(properties or {})))
+        return len(self.published)
+
+    async def declare_destination(self, name: str) -> None:
+        self.declared.append(name)
+
+    def numbers(self) -> list[int]:
+        return [json.loads(body)["body"]["n"] for _, _, body, _ in self.published]
+
+
+class PumpTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.db = SynchronousDatabase(Path(self.mktemp()), [outbox.SCHEMA])
+        self.metrics = Metrics()
+        self.outbox = Outbox(self.db, self.clock, self.metrics, source="edge:t", window=3, batch=2)  # type: ignore[arg-type]
+
+    def put(self, *numbers: int, to: str = "relay.to-cloud", stream: str | None = None) -> None:
+        for n in numbers:
+            self.db.run_now(lambda c, n=n: self.outbox.put(c, "t", {"n": n}, to=to, stream=stream))
+        self.outbox.wake()
+
+    def depth(self) -> int:
+        return int(self.db.conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+    def test_down_until_attached(self) -> None:
+        self.put(1, 2)
+        self.assertEqual(self.outbox.state, "down")
+        channel = FakeChannel()
+        self.outbox.attach(channel)  # type: ignore[arg-type]
+        self.assertEqual(self.outbox.state, "running")
+        self.assertEqual(channel.numbers(), [1, 2])
+        self.assertEqual(channel.published[0][:2], ("relay.to-cloud", "relay.to-cloud"))
+
+    def test_window_bounds_in_flight(self) -> None:
+        channel = FakeChannel()
+        self.outbox.attach(channel)  # type: ignore[arg-type]
+        self.put(*range(10))
+        self.assertEqual(channel.numbers(), [0, 1, 2])
+        self.assertEqual(self.outbox.in_flight, 3)
+        channel.on_ack(2, True)  # acks 1 and 2
+        self.assertEqual(channel.numbers(), [0, 1, 2, 3, 4])
+        self.assertEqual(self.depth(), 8)
+
+    def test_only_acked_messages_are_deleted(self) -> None:
+        channel = FakeChannel()
+        self.outbox.attach(channel)  # type: ignore[arg-type]
+        self.put(1, 2, 3)
+        channel.on_ack(2, False)
+        self.assertEqual(self.depth(), 2)
+        self.assertEqual(self.outbox.depth, 2)
+        self.assertEqual(self.metrics.counter("outbox_confirmed", "").value(), 1)
+
+    def test_reconnect_republishes_everything_unconfirmed_in_order(self) -> None:
+        first = FakeChannel()
+        self.outbox.attach(first)  # type: ignore[arg-type]
+        self.put(1, 2, 3)
+        first.on_ack(1, False)
+        self.outbox.detach()
+        self.assertEqual(self.outbox.state, "down")
+        first.open = False
+        second = FakeChannel()
+        self.outbox.attach(second)  # type: ignore[arg-type]
+        self.assertEqual(second.numbers(), [2, 3])
+
+    def test_nack_publishes_again(self) -> None:
+        channel = FakeChannel()
+        self.outbox.attach(channel)  # type: ignore[arg-type]
+        self.put(1, 2)
+        channel.on_nack(1, False)
+        self.assertEqual(channel.numbers(), [1, 2, 1])
+        self.assertEqual(self.depth(), 2)
+
+    def test_returned_message_is_kept_and_retried_later(self) -> None:
+        channel = FakeChannel()
+        self.outbox.attach(channel)  # type: ignore[arg-type]
+        self.put(1)
+        [(_, key, body, properties)] = channel.published
+        channel.on_return(ReturnedMessage(312, "NO_ROUTE", key, key, body, {}, properties))
+        channel.on_ack(1, False)  # RabbitMQ acks a returned message too
+        self.assertEqual(self.depth(), 1)
+        self.assertEqual(len(channel.published), 1)
+        self.assertEqual(self.metrics.counter("outbox_returned", "").value(), 1)
+        row = self.db.conn.execute("SELECT attempts, last_error FROM outbox").fetchone()
+        self.assertEqual(tuple(row), (1, "312 NO_ROUTE"))
+        self.clock.advance(5.0)
+        self.assertEqual(channel.numbers(), [1, 1])
+
+    def test_blocked_pauses_publishing(self) -> None:
+        channel = FakeChannel()
+        self.outbox.attach(channel)  # type: ignore[arg-type]
+        self.outbox.set_blocked(True)
+        self.assertEqual(self.outbox.state, "blocked")
+        self.put(1, 2)
+        self.assertEqual(channel.published, [])
+        self.outbox.set_blocked(False)
+        self.assertEqual(channel.numbers(), [1, 2])
+
+    def test_streams_number_their_messages(self) -> None:
+        channel = FakeChannel()
+        self.outbox.attach(channel)  # type: ignore[arg-type]
+        self.put(1, 2, stream="job:7")
+        self.put(3, stream="job:8")
+        seqs = [(json.loads(b)["stream"], json.loads(b)["seq"]) for _, _, b, _ in channel.published]
+        self.assertEqual(seqs, [("job:7", 1), ("job:7", 2), ("job:8", 1)])
+
+    def test_declares_each_destination_once_per_connection(self) -> None:
+        self.outbox = Outbox(self.db, self.clock, Metrics(), source="cloud", declare_destinations=True)  # type: ignore[arg-type]
+        channel = FakeChannel()
+        self.outbox.attach(channel)  # type: ignore[arg-type]
+        self.put(1, 2, to="relay.to-edge.a")
+        self.put(3, to="relay.to-edge.b")
+        self.assertEqual(channel.declared, ["relay.to-edge.a", "relay.to-edge.b"])
+        again = FakeChannel()
+        self.outbox.attach(again)  # type: ignore[arg-type]
+        self.assertEqual(again.declared, ["relay.to-edge.a", "relay.to-edge.b"])
+
+    def test_oldest_age(self) -> None:
+        self.clock.advance(100)
+        self.put(1)
+        self.clock.advance(7)
+        self.outbox.attach(FakeChannel())  # type: ignore[arg-type]
+        self.assertEqual(self.outbox.oldest_age(), 7)
