@@ -99,10 +99,20 @@ def test_both_processes_serve_health_and_stop_on_sigterm(
         assert report["ok"] is True
         assert report["version"]
         assert report["uptime"] >= 0
+        # The AMQP link comes up on its own (RabbitMQ runs for the tests).
+        deadline = time.monotonic() + 15
+        while not report["link"]["up"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+            report = json.loads(get(base + "/healthz")[2])
+        assert report["link"]["up"] is True, report
+        assert report["link"]["outbox"] == {"state": "running", "depth": 0, "in_flight": 0, "oldest_age": 0.0}
+        assert report["link"]["dead_letters"] == 0
         status, kind, body = get(base + "/metrics")
         assert status == 200
         assert kind.startswith("text/plain; version=0.0.4")
         assert_prometheus(body.decode())
+        assert "relay_link_up 1" in body.decode()
+        assert "relay_outbox_depth 0" in body.decode()
         assert (tmp_path / side / f"{side}.db").exists()
     for process in processes:
         status, took = stop(process)
