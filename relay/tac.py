@@ -10,12 +10,13 @@ from typing import Literal
 
 from twisted.application.service import Application
 from twisted.logger import ILogObserver
+from twisted.python.components import Componentized
 
 from relay import logs
 from relay.process import GracefulStop
 
 
-def application_for(side: Literal["edge", "cloud"]) -> Application:
+def application_for(side: Literal["edge", "cloud"]) -> Componentized:
     from twisted.internet import reactor
 
     from relay.config import load_or_exit

@@ -44,7 +44,7 @@ def open_database(args: argparse.Namespace) -> Database:
         raise SystemExit(f"relay: no database at {path}")
     from twisted.internet import reactor
 
-    return Database(reactor, path, [inbox.SCHEMA])
+    return Database(reactor, path, [inbox.SCHEMA])  # type: ignore[arg-type]
 
 
 def run(args: argparse.Namespace) -> int:

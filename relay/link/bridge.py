@@ -140,14 +140,9 @@ class Bridge(MultiService):
             if reason.check(LinkDown):
                 return  # the connection is going away; the next one subscribes
             self.log.failure("could not resubscribe; dropping the connection", reason)
-            self._reconnect()
+            self.link.drop("could not resubscribe after a consumer cancel")
 
         Deferred.fromCoroutine(resubscribe()).addErrback(failed)
-
-    def _reconnect(self) -> None:
-        session = self.link._session
-        if session is not None:
-            session.abort()
 
     async def _housekeeping(self) -> None:
         try:

@@ -275,6 +275,12 @@ class LinkService(Service):
         if waiter in self._waiters:
             self._waiters.remove(waiter)
 
+    def drop(self, why: str) -> None:
+        """Drop the current connection (if any); the service reconnects."""
+        session = self._session
+        if session is not None:
+            session.abort(why)
+
     def startService(self) -> None:
         super().startService()
         self._stopping = False
