@@ -28,6 +28,7 @@ run: setup services
 
 test: setup services
 	$(BIN)/ruff check relay tests bench tools twisted
+	$(BIN)/mypy relay
 	$(BIN)/pytest
 
 lint: setup
