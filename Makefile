@@ -8,7 +8,9 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test lint bench setup services clean
 
-setup: $(STAMP)
+WEB    := web/node_modules/.installed
+
+setup: $(STAMP) $(WEB)
 
 # The virtual env with the project (editable, so twistd finds the plugins in
 # twisted/plugins/) and every pinned dependency.
@@ -18,6 +20,13 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt \
 	  --config-settings editable_mode=compat -e '.[test]'
+	touch $@
+
+# The front end's npm packages (Uppy; tus-js-client for the client tests),
+# exactly as locked.
+$(WEB): web/package.json web/package-lock.json
+	tools/ensure-packages node:nodejs npm:npm
+	cd web && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 services:
