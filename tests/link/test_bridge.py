@@ -1,0 +1,76 @@
+"""
+The bridge's reactions to the broker, against the real RabbitMQ: a consumer
+cancelled by the broker (its queue deleted) subscribes again; the health
+section reports the link.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from relay.link.envelope import Envelope
+
+from ._broker import PORT, rabbitmqctl, sleep, unique, wait_for
+from .test_exactly_once import Side
+
+
+class BridgeTests(unittest.TestCase):
+    timeout = 60
+
+    async def test_consumer_cancelled_by_the_broker_resubscribes(self) -> None:
+        tmp = Path(self.mktemp())
+        tmp.mkdir(parents=True)
+        consume = unique("cancelled")
+        side = Side(tmp, unique("side"), f"amqp://guest:guest@127.0.0.1:{PORT}/", consume=consume, peer=consume)
+        side.start()
+        self.addCleanup(side.stop)
+        self.addCleanup(lambda: rabbitmqctl("delete_queue", consume))
+        channel = await side.bridge.link.whenConnected()
+        reconnects = side.bridge.link.health.reconnects
+
+        await rabbitmqctl("delete_queue", consume)
+
+        async def subscribed_again() -> bool:
+            listing = await rabbitmqctl("list_queues", "name", "consumers")
+            return f"{consume}\t1" in listing
+
+        for _ in range(100):
+            if await subscribed_again():
+                break
+            await sleep(0.1)
+        self.assertTrue(await subscribed_again())
+        # The same connection carried on: a re-subscription, not a reconnect.
+        self.assertIs(side.bridge.link.channel, channel)
+        self.assertEqual(side.bridge.link.health.reconnects, reconnects)
+
+        channel.publish(consume, consume, Envelope("test.count", "t", 0.0, {"n": 1}).to_bytes())
+
+        def applied(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT count(*) FROM effect").fetchone()[0])
+
+        for _ in range(100):
+            if await side.db.read(applied) == 1:
+                break
+            await sleep(0.05)
+        self.assertEqual(await side.db.read(applied), 1)
+
+    async def test_health_section(self) -> None:
+        tmp = Path(self.mktemp())
+        tmp.mkdir(parents=True)
+        queue = unique("health")
+        side = Side(tmp, unique("side"), f"amqp://guest:guest@127.0.0.1:{PORT}/", consume=queue, peer=queue)
+        report = side.bridge.report()
+        self.assertEqual(report["up"], False)
+        self.assertEqual(report["outbox"]["state"], "down")
+        side.db.startService()
+        await side.send_batch(range(3))  # committed while the link is down
+        side.bridge.startService()
+        self.addCleanup(side.stop)
+        self.addCleanup(lambda: rabbitmqctl("delete_queue", queue))
+        await side.bridge.link.whenConnected()
+        await wait_for(lambda: side.bridge.report()["outbox"]["depth"] == 0, timeout=10)
+        report = side.bridge.report()
+        self.assertEqual((report["up"], report["outbox"]["state"], report["dead_letters"]), (True, "running", 0))
