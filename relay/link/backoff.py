@@ -83,6 +83,19 @@ class Backoff:
         self._cancel_pending_reset()
         self._pending_reset = self._clock.callLater(self.healthy_after, self._healthy)
 
+    def proven(self) -> None:
+        """The connection did real work (the broker confirmed or delivered a
+        message): start over from the initial delay now.
+
+        On a link that resets every few seconds a connection never lasts
+        ``healthy_after``, and delays would grow to the cap although every
+        connection works; a connection that carried messages is evidence
+        enough.  Handshakes that fail still back off.
+        """
+        if self.attempts:
+            self.log.debug("link proved itself; backoff reset after {attempts} attempts", attempts=self.attempts)
+        self.reset()
+
     def disconnected(self) -> None:
         """The connection went away: failures keep counting from where they were."""
         self._cancel_pending_reset()

@@ -22,7 +22,7 @@ from relay.db import Database
 from relay.health import Health
 from relay.link.backoff import Backoff
 from relay.link.catalogue import Catalogue
-from relay.link.channel import Channel, LinkDown
+from relay.link.channel import Channel, Delivery, LinkDown
 from relay.link.connection import LinkService
 from relay.link.inbox import Inbox
 from relay.link.outbox import Outbox
@@ -69,16 +69,18 @@ class Bridge(MultiService):
         self._declare = list(dict.fromkeys([*declare, consume]))
         self._prefetch = prefetch
         self.catalogue = catalogue
+        self._backoff = backoff if backoff is not None else Backoff(reactor)
+        self._proven = False
         self.outbox = Outbox(
             db, reactor, metrics, source=source, window=window,
-            declare_destinations=declare_destinations,
+            declare_destinations=declare_destinations, on_confirmed=self._progress,
         )
         self.inbox = Inbox(db, reactor, catalogue, metrics, queue=consume, on_applied=self.outbox.wake)
         self.link = LinkService(
             url,
             reactor=reactor,
             heartbeat=heartbeat,
-            backoff=backoff,
+            backoff=self._backoff,
             on_connected=self._connected,
             on_disconnected=self._disconnected,
             on_blocked=self.outbox.set_blocked,
@@ -113,11 +115,24 @@ class Bridge(MultiService):
         }
 
     async def _connected(self, channel: Channel) -> None:
-        for destination in self._declare:
-            await channel.declare_destination(destination)
+        await channel.declare_destinations(self._declare)
         channel.on_consumer_cancelled = self._consumer_cancelled
+        self._proven = False
         self.outbox.attach(channel)
-        await channel.consume(self._consume, self.inbox.deliver, prefetch=self._prefetch)
+        await channel.consume(self._consume, self._deliver, prefetch=self._prefetch)
+
+    def _deliver(self, delivery: Delivery) -> Deferred[None]:
+        self._progress()
+        return Deferred.fromCoroutine(self.inbox.deliver(delivery))
+
+    def _progress(self) -> None:
+        """
+        Messages are flowing on this connection: the link works, whatever
+        failed before (see L{Backoff.proven}).
+        """
+        if not self._proven:
+            self._proven = True
+            self._backoff.proven()
 
     def _disconnected(self, reason: Failure) -> None:
         self.outbox.detach()
@@ -134,7 +149,7 @@ class Bridge(MultiService):
 
         async def resubscribe() -> None:
             await channel.declare_destination(self._consume)
-            await channel.consume(self._consume, self.inbox.deliver, prefetch=self._prefetch)
+            await channel.consume(self._consume, self._deliver, prefetch=self._prefetch)
 
         def failed(reason: Failure) -> None:
             if reason.check(LinkDown):
@@ -149,6 +164,11 @@ class Bridge(MultiService):
             await self.inbox.replay_requested()
         except Exception:
             self.log.failure("link housekeeping failed")
+
+    def stopService(self) -> Deferred[None]:
+        stopped = super().stopService()
+        self.outbox.stop()
+        return stopped  # type: ignore[no-any-return]
 
     def drained(self) -> Deferred[None]:
         return self.outbox.drained()

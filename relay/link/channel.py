@@ -8,7 +8,7 @@ handed out after every reconnect (see :class:`relay.link.connection.LinkService`
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +140,19 @@ class Channel:
         except Closed as e:
             raise LinkDown(f"connection closed: {e}") from e
 
+    async def _call_all(self, requests: Sequence[Deferred[Any]]) -> list[Any]:
+        """Await methods sent back to back, in order; on the first failure
+        the later ones (which fail too) are silenced and the first raised."""
+        results = []
+        for index, request in enumerate(requests):
+            try:
+                results.append(await self._call(request))
+            except BaseException:
+                for later in requests[index + 1 :]:
+                    later.addErrback(lambda _: None)
+                raise
+        return results
+
     def _send(self, sent: Deferred[Any]) -> None:
         # Methods without a reply: txAMQP only fails them if the channel
         # closed in the meantime, which the connection reports on its own.
@@ -170,10 +183,24 @@ class Channel:
         destinations a user may write to (the default exchange reaches every
         queue).
         """
+        await self.declare_destinations([name])
+
+    async def declare_destinations(self, names: Sequence[str]) -> None:
+        """Declare several destinations in one round trip.
+
+        The methods are sent back to back without waiting for each reply:
+        the broker handles a channel's methods in order, so the binding
+        follows its exchange and queue.  On a 300 ms link this saves two
+        round trips per destination at every connect.
+        """
         self._check_open()
-        await self._channel.exchange_declare(exchange=name, type="direct", durable=True)
-        await self.declare_quorum_queue(name)
-        await self._channel.queue_bind(queue=name, exchange=name, routing_key=name)
+        args = {"x-queue-type": "quorum"}
+        replies: list[Deferred[Any]] = []
+        for name in names:
+            replies.append(self._channel.exchange_declare(exchange=name, type="direct", durable=True))
+            replies.append(self._channel.queue_declare(queue=name, durable=True, arguments=args))
+            replies.append(self._channel.queue_bind(queue=name, exchange=name, routing_key=name))
+        await self._call_all(replies)
 
     async def delete_queue(self, name: str) -> int:
         """Delete a queue; return how many messages went with it."""
@@ -235,15 +262,18 @@ class Channel:
         returns an awaitable, its failure is logged, nothing more.
         """
         self._check_open()
-        await self._call(self._channel.basic_qos(prefetch_count=prefetch))
         tag = f"relay-{next(self._tags)}"
         # Registered first: deliveries may follow consume-ok immediately.
         self._consumers[tag] = callback
         try:
-            await self._call(
-                self._channel.basic_consume(
-                    queue=queue, consumer_tag=tag, arguments=dict(arguments or {})
-                )
+            # qos and consume back to back: one round trip, not two.
+            await self._call_all(
+                [
+                    self._channel.basic_qos(prefetch_count=prefetch),
+                    self._channel.basic_consume(
+                        queue=queue, consumer_tag=tag, arguments=dict(arguments or {})
+                    ),
+                ]
             )
         except BaseException:
             self._consumers.pop(tag, None)

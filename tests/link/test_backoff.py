@@ -100,6 +100,21 @@ class BackoffTests(SynchronousTestCase):
         self.assertEqual(backoff.next_delay(), 32.0)
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_a_connection_that_carried_messages_resets_at_once(self) -> None:
+        """On a link that resets every few seconds no connection lasts the
+        healthy period; one that moved messages proves the link works."""
+        clock = Clock()
+        backoff = Backoff(clock, initial=1.0, factor=2.0, cap=60.0, healthy_after=30.0, jitter="none")
+        for _ in range(4):
+            backoff.next_delay()
+        backoff.connected()
+        clock.advance(3.0)
+        backoff.proven()
+        backoff.disconnected()
+        self.assertEqual(backoff.attempts, 0)
+        self.assertEqual(backoff.next_delay(), 1.0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
     def test_reconnect_restarts_the_healthy_timer(self) -> None:
         clock = Clock()
         backoff = Backoff(clock, healthy_after=10.0, jitter="none")
