@@ -9,7 +9,7 @@ everything unconfirmed) and starts consuming its own queue.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -69,6 +69,7 @@ class Bridge(MultiService):
         self._declare = list(dict.fromkeys([*declare, consume]))
         self._prefetch = prefetch
         self.catalogue = catalogue
+        self._up_hooks: list[Callable[[], object]] = []
         self._backoff = backoff if backoff is not None else Backoff(reactor)
         self._proven = False
         self.outbox = Outbox(
@@ -92,6 +93,14 @@ class Bridge(MultiService):
         health.add_section("link", self.report)
         metrics.gauge("link_up", "1 while the broker connection is up.", lambda: int(self.link.health.connected))
         metrics.gauge("link_reconnects", "Reconnections since start.", lambda: self.link.health.reconnects)
+
+    def when_up(self, hook: Callable[[], object]) -> None:
+        """
+        Call C{hook} every time the link comes (back) up, once the queues
+        are declared and the consumer runs: components that catch up after
+        an outage (the replica's sync) start there.
+        """
+        self._up_hooks.append(hook)
 
     def report(self) -> dict[str, Any]:
         """
@@ -120,6 +129,11 @@ class Bridge(MultiService):
         self._proven = False
         self.outbox.attach(channel)
         await channel.consume(self._consume, self._deliver, prefetch=self._prefetch)
+        for hook in self._up_hooks:
+            try:
+                hook()
+            except Exception:
+                self.log.failure("link-up hook {hook} failed", hook=hook)
 
     def _deliver(self, delivery: Delivery) -> Deferred[None]:
         self._progress()
