@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from relay import __version__
+from relay.cloud import admin as registry_admin
 from relay.cloud.config import CloudConfig
 from relay.config import ConfigError, load
 from relay.edge.config import EdgeConfig
@@ -44,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
     check.set_defaults(run=check_config)
 
     link_admin.add_commands(commands)
+    registry_admin.add_commands(commands)
     return top
 
 

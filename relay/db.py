@@ -17,6 +17,12 @@ Each component owns a L{Schema}: a name and an ordered list of steps.  The
 database remembers, per schema, how many steps it has applied, and applies
 the rest at startup, each step in its own transaction.  Steps are never
 edited once released; a change is a new step.
+
+The cloud's database may instead be PostgreSQL (give L{Database} a
+C{postgresql://} DSN).  The same steps and units of work run there through
+L{relay.postgresql.PostgresConnection}, which takes C{?} placeholders and
+translates the few SQLite spellings relay uses (see that module); write
+portable SQL otherwise.  L{dialect} tells a unit of work which one it has.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Union
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -34,12 +40,19 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+if TYPE_CHECKING:
+    from relay.postgresql import PostgresConnection
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: What a unit of work receives: SQLite's connection, or the PostgreSQL
+#: adapter with the same C{execute} / C{executemany} / rows interface.
+Connection = Union[sqlite3.Connection, "PostgresConnection"]
+
 #: A migration step: SQL (one or more statements) or a function of the
 #: connection for changes SQL alone cannot express.
-Step = str | Callable[[sqlite3.Connection], None]
+Step = str | Callable[[Any], None]
 
 
 @dataclass(frozen=True)
@@ -87,11 +100,51 @@ def connect(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
-def transaction(conn: sqlite3.Connection, work: Callable[..., R], *args: Any) -> R:
+def is_postgresql(target: Path | str) -> bool:
+    """
+    Whether a database target is a PostgreSQL DSN rather than a file.
+    """
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+
+
+def open_connection(target: Path | str) -> Connection:
+    """
+    Connect to a SQLite file or, for a C{postgresql://} DSN, to PostgreSQL.
+    """
+    if is_postgresql(target):
+        from relay.postgresql import PostgresConnection
+
+        return PostgresConnection(str(target))
+    return connect(target)
+
+
+def dialect(conn: Connection) -> str:
+    """
+    C{"sqlite"} or C{"postgresql"}: for the rare statement that must differ.
+    """
+    return "sqlite" if isinstance(conn, sqlite3.Connection) else "postgresql"
+
+
+def database_errors() -> tuple[type[BaseException], ...]:
+    """
+    The exception classes a failing statement raises, for either dialect.
+    """
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is optional for SQLite
+        return (sqlite3.Error,)
+    return (sqlite3.Error, psycopg.Error)
+
+
+def transaction(conn: Connection, work: Callable[..., R], *args: Any) -> R:
     """
     Run C{work(conn, *args)} in one transaction: commit on return, roll back
-    on an exception.
+    on an exception.  On PostgreSQL the transaction is serializable and is
+    run again (a bounded number of times) when the server reports a
+    serialization failure, so C{work} must only touch the database.
     """
+    if not isinstance(conn, sqlite3.Connection):
+        return conn.transaction(work, *args)
     conn.execute("BEGIN IMMEDIATE")
     try:
         result = work(conn, *args)
@@ -102,13 +155,13 @@ def transaction(conn: sqlite3.Connection, work: Callable[..., R], *args: Any) ->
     return result
 
 
-def applied_version(conn: sqlite3.Connection, name: str) -> int:
+def applied_version(conn: Connection, name: str) -> int:
     conn.execute(_BOOKKEEPING)
     row = conn.execute("SELECT version FROM schema_version WHERE schema = ?", (name,)).fetchone()
     return 0 if row is None else int(row[0])
 
 
-def migrate(conn: sqlite3.Connection, schema: Schema, upto: int | None = None) -> int:
+def migrate(conn: Connection, schema: Schema, upto: int | None = None) -> int:
     """
     Apply the steps of C{schema} the database has not seen, up to step
     C{upto} (default: all).  Return the version now applied.
@@ -123,7 +176,7 @@ def migrate(conn: sqlite3.Connection, schema: Schema, upto: int | None = None) -
     for index in range(current, target):
         step = schema.steps[index]
 
-        def apply(conn: sqlite3.Connection, step: Step = step, index: int = index) -> None:
+        def apply(conn: Connection, step: Step = step, index: int = index) -> None:
             if callable(step):
                 step(conn)
             else:
@@ -137,7 +190,7 @@ def migrate(conn: sqlite3.Connection, schema: Schema, upto: int | None = None) -
 
         try:
             transaction(conn, apply)
-        except sqlite3.Error as e:
+        except database_errors() as e:
             raise MigrationError(f"schema {schema.name!r} step {index + 1} failed: {e}") from e
     return max(current, target)
 
@@ -160,7 +213,7 @@ def _statements(sql: str) -> list[str]:
 
 class Database(Service):
     """
-    A SQLite database used from the reactor thread.
+    A SQLite (or PostgreSQL) database used from the reactor thread.
 
     Migrations run synchronously in the constructor: that happens at
     startup, before the reactor serves anyone.  Afterwards all work goes
@@ -168,6 +221,9 @@ class Database(Service):
     thread on C{startService} and waits for queued work on C{stopService};
     add it to the service tree before the services that use it, so that it
     stops after them.
+
+    @ivar path: the SQLite file, or C{None} on PostgreSQL.
+    @ivar dialect: C{"sqlite"} or C{"postgresql"}.
     """
 
     log = Logger()
@@ -175,13 +231,15 @@ class Database(Service):
     def __init__(
         self, reactor: IReactorThreads, path: Path | str, schemas: Sequence[Schema] = ()
     ) -> None:
-        self.path = Path(path)
+        self.path: Path | None = None if is_postgresql(path) else Path(path)
         self._reactor = reactor
-        self._conn = connect(self.path)
+        self._conn: Connection = open_connection(path if self.path is None else self.path)
+        self.dialect = dialect(self._conn)
         for schema in schemas:
             version = migrate(self._conn, schema)
             self.log.debug("schema {schema} at version {version}", schema=schema.name, version=version)
-        self._pool = ThreadPool(minthreads=1, maxthreads=1, name=f"db:{self.path.name}")
+        name = self.path.name if self.path is not None else "postgresql"
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name=f"db:{name}")
 
     def startService(self) -> None:
         super().startService()
@@ -217,3 +275,9 @@ class Database(Service):
         for tools (the C{relay} command line) that have no reactor running.
         """
         return transaction(self._conn, work, *args)
+
+    def close(self) -> None:
+        """
+        Close the connection of a database that was never started (tools).
+        """
+        self._conn.close()

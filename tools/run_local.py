@@ -115,6 +115,11 @@ def main() -> int:
         )
         wait_for("the local S3 server", lambda: port_open(S3_ADDRESS), children)
         say(f"local S3 server on http://{S3_ADDRESS[0]}:{S3_ADDRESS[1]}/ (bucket 'relay' in var/objects)")
+        # The first start creates the first admin and prints a one-time
+        # password ($RELAY_ADMIN_USER / $RELAY_ADMIN_PASSWORD choose them).
+        subprocess.run(
+            [str(BIN / "relay"), "admin", "bootstrap", "--config", "etc/cloud.toml"], check=True
+        )
         for side in ("cloud", "edge"):
             children.append(
                 subprocess.Popen(

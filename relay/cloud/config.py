@@ -39,6 +39,43 @@ class S3Section:
     #: A TOML file with C{access_key_id} and C{secret_access_key}; empty to
     #: use the AWS default chain (instance role, environment).
     credentials_file: str = ""
+    #: The endpoint signed into the presigned URLs edges PUT parts to
+    #: (empty: endpoint_url), e.g. an S3 Transfer Acceleration endpoint.
+    presign_endpoint_url: str = ""
+    #: Seconds a presigned part URL lives (at most 7 days).
+    presign_expiry: int = 3600
+    #: Threads for boto3 calls (each blocks one).
+    max_threads: int = 16
+    #: After completing an upload, read the object back and check its sha256
+    #: (the per-part MD5s and the multipart ETag are checked anyway).
+    verify_readback: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.presign_expiry <= 7 * 86400:
+            raise ValueError(f"s3.presign_expiry: expected 1 to 604800 seconds, got {self.presign_expiry}")
+        if not 1 <= self.max_threads <= 256:
+            raise ValueError(f"s3.max_threads: expected 1 to 256, got {self.max_threads}")
+
+
+@dataclass(frozen=True)
+class RegistrySection:
+    """
+    The C{[registry]} table: where the cloud's database lives (the
+    registry, its event log, and the link's inbox and outbox, which must
+    share the registry's transactions).
+    """
+
+    #: Empty: SQLite, C{cloud.db} in C{cloud.data_dir}.  A
+    #: C{postgresql://user@host/db} URL: that PostgreSQL database.
+    dsn: str = ""
+
+    def __post_init__(self) -> None:
+        if self.dsn and not self.dsn.startswith(("postgresql://", "postgres://")):
+            scheme = self.dsn.split(":", 1)[0]
+            raise ValueError(
+                f"registry.dsn: expected empty (SQLite in cloud.data_dir) or a postgresql:// URL, "
+                f"got a value starting with {scheme!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -49,5 +86,17 @@ class CloudConfig:
 
     cloud: CloudSection = field(default_factory=CloudSection)
     s3: S3Section = field(default_factory=S3Section)
+    registry: RegistrySection = field(default_factory=RegistrySection)
     link: LinkConfig = field(default_factory=LinkConfig)
     log: LogConfig = field(default_factory=LogConfig)
+
+
+def database_target(config: CloudConfig, base: Path) -> Path | str:
+    """
+    The cloud's database: the PostgreSQL DSN if one is configured, else the
+    SQLite file in the data directory (relative to C{base}).
+    """
+    if config.registry.dsn:
+        return config.registry.dsn
+    data_dir = config.cloud.data_dir
+    return (data_dir if data_dir.is_absolute() else base / data_dir) / "cloud.db"

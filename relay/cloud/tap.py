@@ -17,7 +17,10 @@ from twisted.application.service import IService, MultiService
 from twisted.python import usage
 from twisted.web.server import Site
 
-from relay.cloud.config import CloudConfig
+from relay.cloud import registry, sync, transfers
+from relay.cloud.commands import CloudCommands
+from relay.cloud.config import CloudConfig, database_target
+from relay.cloud.transfers import RegistryFiles, build_transfers
 from relay.config import load_or_exit, prepare_data_dir, relative_to
 from relay.db import Database, Schema
 from relay.health import Health
@@ -27,11 +30,12 @@ from relay.link.catalogue import Catalogue
 from relay.link.envelope import JOBS, TO_CLOUD
 from relay.metrics import Metrics
 from relay.process import GracefulStop
+from relay.sync_messages import register_types as register_sync_types
 
 DEFAULT_CONFIG = "etc/cloud.toml"
 
 #: The schemas of every component with tables in the cloud's database.
-SCHEMAS: list[Schema] = [outbox.SCHEMA, inbox.SCHEMA]
+SCHEMAS: list[Schema] = [outbox.SCHEMA, inbox.SCHEMA, registry.SCHEMA, sync.SCHEMA, transfers.SCHEMA]
 
 
 class Options(usage.Options):
@@ -77,20 +81,33 @@ def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:
     """
     The cloud's services, in start order (they stop in reverse).
     """
-    data_dir = prepare_data_dir(relative_to(Path.cwd(), config.cloud.data_dir))
+    prepare_data_dir(relative_to(Path.cwd(), config.cloud.data_dir))
     root = MultiService()
-    db = Database(reactor, data_dir / "cloud.db", schemas=SCHEMAS)
+    # SQLite in the data directory, or the PostgreSQL of registry.dsn.
+    db = Database(reactor, database_target(config, Path.cwd()), schemas=SCHEMAS)
     db.setServiceParent(root)
 
     metrics = Metrics()
     health = Health(reactor, "cloud", metrics)
     catalogue = Catalogue()
+    register_sync_types(catalogue)
     bridge = Bridge(
         reactor, db, metrics, health, catalogue,
         url=config.link.url, heartbeat=config.link.heartbeat, source="cloud",
         consume=TO_CLOUD, declare=[JOBS], declare_destinations=True,
     )
     bridge.setServiceParent(root)
+    # The registry: edge commands and sync requests arrive through the
+    # inbox; the publisher sends each edge the events it has not had.
+    events = sync.EventLog(reactor)
+    the_registry = registry.Registry(events, reactor)
+    CloudCommands(the_registry).register(bridge.inbox)
+    sync.SyncResponder(bridge.outbox, reactor).register(bridge.inbox)
+    publisher = sync.SyncPublisher(bridge.outbox, reactor)
+    sync.SyncPublishing(db, publisher, bridge.outbox, reactor).setServiceParent(root)
+    # The transfer stage: edges' multipart uploads, registered in the
+    # registry when complete.
+    build_transfers(config.s3, reactor, db, bridge, RegistryFiles(the_registry), Path.cwd()).setServiceParent(root)
     status = Klein()
     health.routes(status)
     listener = strports.service(config.cloud.listen, Site(status.resource()), reactor=reactor)

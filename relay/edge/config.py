@@ -33,11 +33,95 @@ class EdgeSection:
 
 
 @dataclass(frozen=True)
+class UploadsSection:
+    """
+    The C{[uploads]} table: the tus receiver's limits and its spool.
+    Sizes are in bytes, times in seconds.
+    """
+
+    #: The largest upload accepted (C{Tus-Max-Size}; larger ones get 413).
+    max_size: int = 64 << 30
+    #: Bytes one user's uploads may hold at this edge until they reach the
+    #: cloud (413 beyond it); 0 for no cap.
+    user_quota: int = 100 << 30
+    #: Free disk the spool always leaves (507 when an upload would eat it).
+    disk_reserve: int = 1 << 30
+    #: An unfinished upload is erased this long after its last write.
+    expiry: int = 24 * 3600
+    #: How often expired uploads are looked for.
+    housekeeping_interval: int = 300
+    #: A connection may wait this long for its request headers.
+    header_timeout: int = 30
+    #: A request body may pause this long between bytes.
+    body_timeout: int = 60
+    #: A newer request takes over an upload whose writer has been silent
+    #: this long; a busy writer keeps it, and the newcomer gets 423 after
+    #: waiting lock_wait.
+    lock_stale_after: float = 2.0
+    lock_wait: float = 5.0
+    #: Origins whose scripts may upload (CORS), e.g. "https://app.example.com".
+    cors_origins: tuple[str, ...] = ()
+    #: The encrypted spool (default: <data_dir>/spool) and the master key
+    #: file, which must lie outside it (default: <data_dir>/spool.key).
+    spool_dir: Path | None = None
+    master_key: Path | None = None
+
+    def __post_init__(self) -> None:
+        positive = ("max_size", "housekeeping_interval", "header_timeout", "body_timeout", "expiry")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                value = getattr(self, name)
+                raise ValueError(f"uploads.{name}: expected a positive number, got {value}")
+        for name in ("user_quota", "disk_reserve"):
+            if getattr(self, name) < 0:
+                value = getattr(self, name)
+                raise ValueError(f"uploads.{name}: expected 0 or more, got {value}")
+        if self.lock_stale_after <= 0 or self.lock_wait < 0:
+            raise ValueError("uploads.lock_stale_after and lock_wait: expected positive seconds")
+
+
+@dataclass(frozen=True)
+class TransferSection:
+    """
+    The C{[transfer]} table: how staged uploads go to S3 (C{docs/transfer.md}).
+    Sizes in bytes, times in seconds.
+    """
+
+    #: Part PUTs in flight at once, over all uploads.
+    concurrency: int = 16
+    #: Bytes per second all part PUTs may use together (0: no cap), to
+    #: leave room for interactive traffic on a thin link.
+    bandwidth_limit: int = 0
+    #: An attempt during which no byte moved for this long is abandoned.
+    stall_timeout: float = 45.0
+    #: An attempt is abandoned after this long anyway.
+    part_timeout: float = 1800.0
+    #: Backoff between attempts of a part: first ceiling, largest.
+    retry_initial: float = 1.0
+    retry_cap: float = 30.0
+    #: A request to the cloud unanswered this long is sent again.
+    request_timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.concurrency <= 256:
+            raise ValueError(f"transfer.concurrency: expected 1 to 256, got {self.concurrency}")
+        if self.bandwidth_limit < 0:
+            raise ValueError(f"transfer.bandwidth_limit: expected 0 or more, got {self.bandwidth_limit}")
+        for name in ("stall_timeout", "part_timeout", "retry_initial", "retry_cap", "request_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"transfer.{name}: expected a positive number, got {getattr(self, name)}")
+        if self.retry_initial > self.retry_cap:
+            raise ValueError("transfer.retry_initial: expected at most transfer.retry_cap")
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     """
     Everything C{relay-edge} is configured with.
     """
 
     edge: EdgeSection = field(default_factory=EdgeSection)
+    uploads: UploadsSection = field(default_factory=UploadsSection)
+    transfer: TransferSection = field(default_factory=TransferSection)
     link: LinkConfig = field(default_factory=LinkConfig)
     log: LogConfig = field(default_factory=LogConfig)

@@ -9,17 +9,27 @@ object below it is handed what it needs.
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
+from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 from twisted.web.server import Site
 
 from relay.config import load_or_exit, prepare_data_dir, relative_to
 from relay.db import Database, Schema
+from relay.edge import identity as identity_module
+from relay.edge import replica
+from relay.edge.auth import IAuthenticator, IProjectAccess
 from relay.edge.config import EdgeConfig
+from relay.edge.transfer import journal as transfer_journal
+from relay.edge.transfer.service import build_transfers
+from relay.edge.uploads import store as upload_store
+from relay.edge.uploads.component import NobodyAuthenticated, NoProjectAccess, build_uploads
+from relay.edge.uploads.handoff import IUploadSink
 from relay.edge.web.app import EdgeWeb
 from relay.health import Health
 from relay.link import inbox, outbox
@@ -28,11 +38,15 @@ from relay.link.catalogue import Catalogue
 from relay.link.envelope import to_edge
 from relay.metrics import Metrics
 from relay.process import GracefulStop
+from relay.sync_messages import register_types as register_sync_types
 
 DEFAULT_CONFIG = "etc/edge.toml"
 
 #: The schemas of every component with tables in the edge's database.
-SCHEMAS: list[Schema] = [outbox.SCHEMA, inbox.SCHEMA]
+SCHEMAS: list[Schema] = [
+    outbox.SCHEMA, inbox.SCHEMA, upload_store.SCHEMA, transfer_journal.SCHEMA,
+    replica.SCHEMA, identity_module.SCHEMA,
+]
 
 
 class Options(usage.Options):
@@ -76,10 +90,17 @@ def makeService(options: Options) -> IService:
     return service
 
 
-def edge_service(config: EdgeConfig, reactor: Any) -> MultiService:
+def edge_service(
+    config: EdgeConfig,
+    reactor: Any,
+    authenticator: IAuthenticator | None = None,
+    projects: IProjectAccess | None = None,
+    upload_sink: IUploadSink | None = None,
+) -> MultiService:
     """
     The edge's services, in start order (they stop in reverse): the
-    database first, the web listener last.
+    database first, the web listener last.  Tests (and .tac files) may
+    hand in the identity seams and the transfer stage's upload sink.
     """
     data_dir = prepare_data_dir(relative_to(Path.cwd(), config.edge.data_dir))
     root = MultiService()
@@ -89,13 +110,48 @@ def edge_service(config: EdgeConfig, reactor: Any) -> MultiService:
     metrics = Metrics()
     health = Health(reactor, "edge", metrics)
     catalogue = Catalogue()
+    register_sync_types(catalogue)
     bridge = Bridge(
         reactor, db, metrics, health, catalogue,
         url=config.link.url, heartbeat=config.link.heartbeat, source=f"edge:{config.edge.id}",
         consume=to_edge(config.edge.id), declare=[],
     )
     bridge.setServiceParent(root)
+    # The replica of the cloud registry, and identity checked against it
+    # (scrypt runs on the reactor's thread pool, never on its thread).
+    applier = replica.ReplicaApplier(config.edge.id, bridge.outbox, reactor)
+    applier.register(bridge.inbox)
+    monitor = replica.SyncMonitor(db, applier, bridge.outbox)
+    monitor.setServiceParent(root)
+    bridge.when_up(monitor.link_up)
+    identity = identity_module.Identity(
+        db, reactor, partial(deferToThreadPool, reactor, reactor.getThreadPool())
+    )
+    authenticator = authenticator if authenticator is not None else identity
+    projects = projects if projects is not None else identity
+    # The transfer stage moves staged uploads to S3 (unless a test hands in
+    # its own sink).
+    transfers = None
+    if upload_sink is None:
+        transfers = build_transfers(config.transfer, reactor, db, bridge, metrics)
+        upload_sink = transfers
+    uploads = build_uploads(
+        config.uploads, data_dir, reactor, db, metrics,
+        authenticator if authenticator is not None else NobodyAuthenticated(),
+        projects if projects is not None else NoProjectAccess(),
+        upload_sink,
+    )  # fmt: skip
+    uploads.set_service_parent(root)
+    if transfers is not None:
+        transfers.bind(uploads.spool, uploads.service.store)
+        transfers.setServiceParent(root)
     web = EdgeWeb(health)
-    listener = strports.service(config.edge.listen, Site(web.app.resource()), reactor=reactor)
+    uploads.add_routes(web.app)
+    identity.routes(web.app)
+    # Upload bodies stream to the spool instead of being buffered whole.
+    site = Site(web.app.resource(), requestFactory=uploads.request_factory,
+                timeout=uploads.header_timeout, reactor=reactor)  # fmt: skip
+    site.displayTracebacks = False
+    listener = strports.service(config.edge.listen, site, reactor=reactor)
     listener.setServiceParent(root)
     return root

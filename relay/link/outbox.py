@@ -23,6 +23,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from zope.interface import Interface, implementer
 
 from relay.db import Database, Schema
 from relay.link.channel import Channel, LinkDown, ReturnedMessage
@@ -55,12 +56,35 @@ SCHEMA = Schema(
 )
 
 
+class IOutbox(Interface):
+    """
+    What components that send messages need of the outbox (the fake is
+    L{relay.testing.sync.FakeOutbox}).
+    """
+
+    def put(
+        conn: Any, type: str, body: dict[str, Any], *, to: str, stream: str | None = None,
+        payload: bytes | None = None,
+    ) -> Envelope:
+        """
+        Add a message inside the caller's transaction (on the database
+        thread); it is published after the transaction commits.
+        """
+
+    def wake() -> None:
+        """
+        New messages were committed: publish them now rather than at the
+        next poll.
+        """
+
+
 @dataclass
 class _InFlight:
     position: int
     id: str
 
 
+@implementer(IOutbox)
 class Outbox:
     """
     The outgoing messages of one process, and the pump that publishes them.

@@ -161,3 +161,15 @@ class PumpTests(SynchronousTestCase):
         self.outbox.attach(FakeChannel())  # type: ignore[arg-type]
         self.clock.advance(7)
         self.assertEqual(self.outbox.oldest_age(), 7)
+
+
+class InterfaceTests(SynchronousTestCase):
+    def test_outbox_and_its_fake_provide_the_interface(self) -> None:
+        from zope.interface.verify import verifyObject
+
+        from relay.link.outbox import IOutbox
+        from relay.testing.sync import FakeOutbox
+
+        db = SynchronousDatabase(Path(self.mktemp()), [outbox.SCHEMA])
+        self.assertTrue(verifyObject(IOutbox, Outbox(db, Clock(), Metrics(), source="x")))  # type: ignore[arg-type]
+        self.assertTrue(verifyObject(IOutbox, FakeOutbox("x", Clock())))  # type: ignore[arg-type]

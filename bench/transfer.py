@@ -1,0 +1,382 @@
+"""
+bench/transfer: how long a file takes to get into S3 over an emulated
+China link, through relay and the ways a user would otherwise try.
+
+The link (relay.testing.linkemu, in this process): 150 ms one way (300 ms
+RTT), about 512 KiB/s per connection, each connection reset on average
+every 20 s, a generous aggregate cap.  The S3 side is moto's server mode
+(or ``--s3 rclone``) on loopback.  In the same run:
+
+  - the user's tus upload to the edge (loopback: the edge is near them),
+  - relay: the edge moves the staged file to S3 (parallel parts over
+    presigned URLs; the AMQP link to the cloud crosses the same emulated
+    link), until the cloud has completed, verified and registered it,
+  - boto3 ``put_object``: one stream, botocore's retries, started over
+    until the cap,
+  - boto3 ``upload_file`` with its default TransferConfig (8 MiB parts, 10
+    threads), started over until the cap.
+
+Targets (issue 6): relay at least 8x faster than the single stream and
+1.5x faster than upload_file, and 100 % completion.  A contender that does
+not finish within ``--cap`` seconds is reported as such; relay's speed-up
+over it is then at least cap / relay's time.
+
+    python bench/transfer.py              # 256 MiB, several minutes
+    python bench/transfer.py --size 64    # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater, react
+from twisted.internet.threads import deferToThread
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from relay.testing.linkemu import LinkEmulator, LinkProfile  # noqa: E402
+from relay.testing.s3servers import S3Server, free_port, start_moto, start_rclone  # noqa: E402
+from relay.testing.transfer_world import (  # noqa: E402
+    AMQP_PORT,
+    BIN,
+    MiB,
+    Vhost,
+    cloud_node,
+    job_view,
+    pattern,
+    seed_cloud,
+    upload_view,
+    write_config,
+)
+
+KEY = "bench-key"
+# Registry ids are 32 hex digits.
+USER = "be" * 16
+PROJECT = "ca" * 16
+
+EDGE_TAC = f"""
+import os
+from twisted.application.service import Application
+from twisted.internet import reactor
+from relay.config import load
+from relay.edge.config import EdgeConfig
+from relay.edge.tap import edge_service
+from relay.testing.auth import FakeAuthenticator, FakeProjectAccess
+auth = FakeAuthenticator()
+auth.add_user({USER!r}, key={KEY!r})
+projects = FakeProjectAccess()
+projects.grant({USER!r}, {PROJECT!r})
+config = load(EdgeConfig, os.environ["RELAY_CONFIG"])
+application = Application("relay-edge-bench")
+edge_service(config, reactor, authenticator=auth, projects=projects).setServiceParent(application)
+"""
+
+
+@dataclass
+class Row:
+    contender: str
+    measured: str
+    seconds: float | None
+    completed: bool
+    notes: str = ""
+
+
+def china(args: argparse.Namespace) -> LinkProfile:
+    return LinkProfile(
+        latency_ms=args.latency_ms,
+        rate_bytes_per_s=args.rate_kib * 1024,
+        aggregate_bytes_per_s=args.aggregate_mib * MiB,
+        reset_mean_s=args.reset_mean_s or None,
+    )
+
+
+async def sleep(seconds: float) -> None:
+    from twisted.internet import reactor
+
+    await deferLater(reactor, seconds, lambda: None)
+
+
+# The user's tus upload to the edge (loopback).
+
+
+def tus_upload(port: int, source: Path, size: int) -> str:
+    """POST then one PATCH with the whole file (as Uppy does); returns the upload id."""
+
+    def request(method: str, path: str, headers: dict[str, str], body: Path | None) -> tuple[int, dict[str, str]]:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            length = size if body is not None else 0
+            lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close",
+                     f"Content-Length: {length}", "Tus-Resumable: 1.0.0", f"Authorization: Bearer {KEY}",
+                     *(f"{k}: {v}" for k, v in headers.items())]  # fmt: skip
+            s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+            if body is not None:
+                with body.open("rb") as f:
+                    s.sendfile(f)
+            reply = b""
+            while b"\r\n\r\n" not in reply:
+                more = s.recv(65536)
+                if not more:
+                    break
+                reply += more
+        head = reply.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+        found = {}
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            found[name.strip().lower()] = value.strip()
+        return int(head[0].split()[1]), found
+
+    metadata = f"filename YmVuY2guYmlu,project {base64.b64encode(PROJECT.encode()).decode()}"
+    status, headers = request("POST", "/files/", {"Upload-Length": str(size), "Upload-Metadata": metadata},
+                              None)  # fmt: skip
+    assert status == 201, (status, headers)
+    location = urllib.parse.urlsplit(headers["location"]).path
+    status, headers = request("PATCH", location, {"Upload-Offset": "0",
+                                                  "Content-Type": "application/offset+octet-stream"}, source)  # fmt: skip
+    assert status == 204 and int(headers["upload-offset"]) == size, (status, headers)
+    return location.rstrip("/").rsplit("/", 1)[-1]
+
+
+def wait_port(port: int, process: subprocess.Popen[bytes], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the edge exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("the edge did not start")
+
+
+# The contenders.
+
+
+async def run_relay(args: argparse.Namespace, work: Path, s3: S3Server, source: Path, size: int,
+                    sha256: str, rows: list[Row]) -> None:  # fmt: skip
+    from twisted.internet import reactor
+
+    vhost = Vhost()
+    await deferToThread(vhost.create)
+    s3_link = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{s3.port}", china(args),
+                           random.Random(args.seed))  # fmt: skip
+    amqp_link = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{AMQP_PORT}", china(args),
+                             random.Random(args.seed + 1))  # fmt: skip
+    await s3_link.start()
+    await amqp_link.start()
+    seed_cloud(work / "cloud", "bench", user_id=USER, project_id=PROJECT)
+    credentials = s3.write_credentials(work / "s3.toml")
+    cloud = cloud_node(work, amqp_url=vhost.url(), listen_port=free_port(), s3={
+        "bucket": s3.bucket, "endpoint_url": s3.endpoint, "addressing_style": "path",
+        "presign_endpoint_url": f"http://127.0.0.1:{s3_link.port}", "credentials_file": str(credentials),
+    })  # fmt: skip
+    cloud.start()
+    port = free_port()
+    (work / "edge.tac").write_text(EDGE_TAC)
+    config = write_config(work / "edge.toml", {
+        "edge": {"id": "bench", "listen": f"tcp:{port}:interface=127.0.0.1", "data_dir": str(work / "edge")},
+        "link": {"url": vhost.url(amqp_link.port), "heartbeat": 5},
+        "uploads": {"disk_reserve": 0},
+        "transfer": {"concurrency": args.concurrency},
+    })  # fmt: skip
+    log = (work / "edge.log").open("ab")
+    edge = subprocess.Popen(
+        [str(BIN / "twistd"), "-n", "--pidfile=", "-y", str(work / "edge.tac")],
+        env={**os.environ, "RELAY_CONFIG": str(config)}, cwd=work, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        await deferToThread(wait_port, port, edge)
+        await sleep(2)  # the uploads service recovers before it accepts uploads
+        started = time.monotonic()
+        upload_id = await deferToThread(tus_upload, port, source, size)
+        staged = time.monotonic()
+        rows.append(Row("the user's tus upload to the edge", "upload complete (loopback)", staged - started,
+                        True, "what the user waits for"))  # fmt: skip
+        print(f"  tus upload done in {staged - started:.1f} s; relay transfer running ...", flush=True)
+        deadline = staged + args.cap
+        done = False
+        while time.monotonic() < deadline:
+            job = job_view(work / "edge", upload_id)
+            if job is not None and job.state in ("done", "failed"):
+                done = job.state == "done"
+                break
+            await sleep(0.2)
+        seconds = time.monotonic() - staged
+        job = job_view(work / "edge", upload_id)
+        ok = done and await deferToThread(_object_sha256, s3, f"projects/{PROJECT}/files/{upload_id}") == sha256
+        state = upload_view(work / "edge", upload_id)[0]
+        rows.append(Row(
+            "relay (edge -> S3, 16 parts at once)", "staged -> in S3, verified, registered",
+            seconds if ok else None, ok,
+            f"{s3_link.counters.resets_injected} resets, {getattr(job, 'restarts', '?')} restarts, "
+            f"{s3_link.counters.bytes_to_upstream / size:.2f}x bytes sent, upload {state}",
+        ))  # fmt: skip
+    finally:
+        edge.terminate()
+        await deferToThread(edge.wait)
+        log.close()
+        await deferToThread(cloud.stop)
+        await s3_link.stop()
+        await amqp_link.stop()
+        await deferToThread(vhost.delete)
+
+
+def _object_sha256(s3: S3Server, key: str) -> str:
+    body = s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"]
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: body.read(MiB), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def run_boto3(args: argparse.Namespace, s3: S3Server, source: Path, size: int, sha256: str,
+                    how: str, rows: list[Row]) -> None:  # fmt: skip
+    """
+    One baseline through its own emulated link (same profile), started over
+    after each failure until it succeeds or the cap passes.
+    """
+    from twisted.internet import reactor
+
+    link = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{s3.port}", china(args),
+                        random.Random(args.seed + 2))  # fmt: skip
+    await link.start()
+    # boto3's defaults, but its checksums off as for relay (the S3 servers
+    # here reject aws-chunked bodies) and the classic transfer path.
+    client = s3.client(f"http://127.0.0.1:{link.port}")
+    key = f"baseline/{how}"
+    attempts = 0
+    stop = {"now": False}
+    started = time.monotonic()
+
+    def attempt() -> None:
+        if how == "put_object":
+            with source.open("rb") as f:
+                client.put_object(Bucket=s3.bucket, Key=key, Body=f)
+        else:
+            client.upload_file(str(source), s3.bucket, key)
+
+    async def cap() -> None:
+        await sleep(args.cap)
+        stop["now"] = True
+        # Make the attempt in progress fail fast.
+        await link.close_listener()
+        link.reset_all()
+
+    capper = Deferred.fromCoroutine(cap())
+    ok, error = False, ""
+    while not stop["now"]:
+        attempts += 1
+        try:
+            await deferToThread(attempt)
+            ok = True
+            break
+        except Exception as e:
+            error = f"{type(e).__name__}: {str(e)[:80]}"
+            print(f"  {how} attempt {attempts} failed after {time.monotonic() - started:.0f} s: {error}",
+                  flush=True)  # fmt: skip
+    seconds = time.monotonic() - started
+    capper.cancel()
+    capper.addErrback(lambda f: None)
+    if ok:
+        ok = await deferToThread(_object_sha256, s3, key) == sha256
+    label = {"put_object": "boto3 put_object (single stream)",
+             "upload_file": "boto3 upload_file (default TransferConfig)"}[how]  # fmt: skip
+    notes = f"{attempts} attempt(s), {link.counters.resets_injected} resets"
+    if not ok:
+        notes += f"; did not finish in {args.cap:.0f} s; last: {error}"
+    rows.append(Row(label, "in S3", seconds if ok else None, ok, notes))
+    await link.stop()
+
+
+def table(rows: list[Row], size: int, args: argparse.Namespace) -> str:
+    relay = next((r for r in rows if r.contender.startswith("relay")), None)
+    lines = [
+        f"bench/transfer: {size // MiB} MiB, link {args.latency_ms * 2:.0f} ms RTT, "
+        f"{args.rate_kib} KiB/s per connection, reset every {args.reset_mean_s:.0f} s on average, "
+        f"aggregate {args.aggregate_mib} MiB/s; S3 = {args.s3}",
+        "",
+        f"{'contender':44} {'time (s)':>9} {'MiB/s':>7} {'done':>5} {'relay is':>10}  notes",
+    ]
+    for row in rows:
+        seconds = f"{row.seconds:.1f}" if row.seconds is not None else f">{args.cap:.0f}"
+        rate = f"{size / MiB / row.seconds:.2f}" if row.seconds else "-"
+        speedup = "-"
+        if relay is not None and relay.seconds and row is not relay and not row.contender.startswith("the user"):
+            if row.seconds:
+                speedup = f"{row.seconds / relay.seconds:.1f}x"
+            else:
+                speedup = f">{args.cap / relay.seconds:.1f}x"
+        lines.append(f"{row.contender:44} {seconds:>9} {rate:>7} {'yes' if row.completed else 'NO':>5} "
+                     f"{speedup:>10}  {row.notes}")  # fmt: skip
+    ideal = size / (args.rate_kib * 1024)
+    lines.append("")
+    lines.append(f"one stream at the full {args.rate_kib} KiB/s with no reset at all would take "
+                 f"{ideal:.0f} s" + (f" (relay is {ideal / relay.seconds:.1f}x faster than even that)"
+                                     if relay is not None and relay.seconds else ""))  # fmt: skip
+    return "\n".join(lines)
+
+
+async def main(reactor: Any, args: argparse.Namespace) -> None:
+    size = args.size * MiB
+    work = Path(tempfile.mkdtemp(prefix="relay-bench-transfer-"))
+    s3 = start_moto() if args.s3 == "moto" else start_rclone(work / "objects")
+    rows: list[Row] = []
+    try:
+        source = work / "source.bin"
+        digest = hashlib.sha256()
+        with source.open("wb") as f:
+            for block in pattern(args.seed, size):
+                digest.update(block)
+                f.write(block)
+        sha256 = digest.hexdigest()
+        print(f"relay ({size // MiB} MiB) ...", flush=True)
+        await run_relay(args, work, s3, source, size, sha256, rows)
+        for how in ("put_object", "upload_file"):
+            if how in args.skip:
+                continue
+            print(f"boto3 {how} ...", flush=True)
+            await run_boto3(args, s3, source, size, sha256, how, rows)
+    finally:
+        s3.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"(kept {work})")
+    print()
+    print(table(rows, size, args))
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=256, help="MiB (default 256)")
+    parser.add_argument("--s3", choices=("moto", "rclone"), default="moto")
+    parser.add_argument("--latency-ms", type=float, default=150.0, help="one way")
+    parser.add_argument("--rate-kib", type=int, default=512, help="per connection, KiB/s")
+    parser.add_argument("--aggregate-mib", type=int, default=100, help="whole link, MiB/s")
+    parser.add_argument("--reset-mean-s", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=16, help="relay's parts at once")
+    parser.add_argument("--cap", type=float, default=300.0, help="seconds each contender may take")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("put_object", "upload_file"))
+    parser.add_argument("--seed", type=int, default=6)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    react(main, (parse(),))

@@ -1,0 +1,92 @@
+"""
+The registry's tables.  Portable SQL: the same steps run on SQLite and on
+PostgreSQL (L{relay.db}); steps are never edited once released.
+"""
+
+from __future__ import annotations
+
+from relay.db import Schema
+
+SCHEMA = Schema(
+    "registry",
+    [
+        """
+        CREATE TABLE users (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            password_hash TEXT NOT NULL,
+            is_admin INTEGER NOT NULL DEFAULT 0,
+            disabled INTEGER NOT NULL DEFAULT 0,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users (id),
+            key_hash TEXT NOT NULL,
+            label TEXT NOT NULL DEFAULT '',
+            created_at DOUBLE PRECISION NOT NULL,
+            revoked_at DOUBLE PRECISION
+        );
+        CREATE INDEX api_keys_user ON api_keys (user_id);
+        CREATE TABLE projects (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            description TEXT NOT NULL DEFAULT '',
+            owner_id TEXT NOT NULL REFERENCES users (id),
+            is_default INTEGER NOT NULL DEFAULT 0,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE UNIQUE INDEX projects_owner_name ON projects (owner_id, name);
+        CREATE TABLE members (
+            project_id TEXT NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+            user_id TEXT NOT NULL REFERENCES users (id),
+            role TEXT NOT NULL CHECK (role IN ('owner', 'member', 'viewer')),
+            PRIMARY KEY (project_id, user_id)
+        );
+        CREATE INDEX members_user ON members (user_id);
+        CREATE TABLE files (
+            id TEXT PRIMARY KEY,
+            project_id TEXT NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            size BIGINT NOT NULL,
+            sha256 TEXT,
+            object_key TEXT,
+            state TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX files_project ON files (project_id);
+        CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            project_id TEXT NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+            kind TEXT NOT NULL,
+            parameters TEXT NOT NULL,
+            inputs TEXT NOT NULL,
+            state TEXT NOT NULL
+                CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+            progress DOUBLE PRECISION NOT NULL DEFAULT 0,
+            submitted_by TEXT NOT NULL REFERENCES users (id),
+            created_at DOUBLE PRECISION NOT NULL,
+            started_at DOUBLE PRECISION,
+            finished_at DOUBLE PRECISION,
+            result_files TEXT NOT NULL DEFAULT '[]',
+            error TEXT
+        );
+        CREATE INDEX jobs_project ON jobs (project_id);
+        CREATE TABLE commands (
+            command_id TEXT PRIMARY KEY,
+            edge TEXT NOT NULL,
+            type TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('applied', 'rejected')),
+            reason TEXT,
+            code TEXT,
+            seq BIGINT NOT NULL,
+            decided_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX commands_edge ON commands (edge, seq);
+        """,
+    ],
+)

@@ -1,0 +1,385 @@
+"""
+Who is asking, answered at the edge from the replica: passwords (scrypt
+hashes) and API keys (SHA-256 of their secret) are checked against what the
+cloud replicated, so logging in never waits on, or needs, the link.
+
+Browsers get a session: a random token in a cookie (C{HttpOnly},
+C{SameSite=Strict}, C{Secure} over TLS) stored only as its hash, and a CSRF
+token that every state-changing request (anything but GET, HEAD, OPTIONS)
+must echo in the C{X-CSRF-Token} header.  A session ends on logout, after
+C{idle_timeout} without use, after C{max_age}, when its user is disabled, or
+when the user's password changes (the session remembers a digest of the
+hash it was opened with).  Tools send C{Authorization: Bearer <api key>};
+a revoked key or a disabled user is refused as soon as the replica has the
+event.
+
+Routes: C{POST /api/login} (JSON C{name}, C{password}), C{POST
+/api/logout}, C{GET /api/me}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+from relay.credentials import (
+    DEFAULT_COST,
+    ScryptCost,
+    dummy_hash,
+    new_session_token,
+    parse_api_key,
+    session_token_hash,
+    verify_api_key,
+    verify_password,
+)
+from relay.db import Database, Schema
+from relay.edge.auth import IAuthenticator, IProjectAccess, Principal
+from relay.edge.login_throttle import LoginThrottle
+
+SCHEMA = Schema(
+    "identity",
+    [
+        """
+        CREATE TABLE sessions (
+            token_hash TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            csrf_token TEXT NOT NULL,
+            credential TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            seen_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX sessions_user ON sessions (user_id);
+        """,
+    ],
+)
+
+COOKIE = b"relay_session"
+CSRF_HEADER = b"x-csrf-token"
+SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+MAX_BODY = 64 * 1024
+
+#: Runs a CPU-heavy function (scrypt) off the reactor thread.
+CpuRunner = Callable[..., Deferred[Any]]
+
+
+@dataclass(frozen=True)
+class Session:
+    """
+    A session just opened: C{token} goes into the cookie, C{csrf_token} to
+    the page.
+    """
+
+    principal: Principal
+    token: str
+    csrf_token: str
+
+
+class LoginRefused(Exception):
+    """
+    A login failed; C{str()} is what the person is told, C{status} the HTTP
+    status.
+    """
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _credential(password_hash: str) -> str:
+    return hashlib.sha256(password_hash.encode()).hexdigest()
+
+
+@implementer(IAuthenticator, IProjectAccess)
+class Identity:
+    """
+    Logins, sessions, API keys and project access, from the replica.
+
+    @param cpu: runs password verification off the reactor (the tap passes
+        a bounded thread pool; tests may run it inline).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, db: Database, clock: IReactorTime, cpu: CpuRunner, *,
+        idle_timeout: float = 8 * 3600, max_age: float = 7 * 86400,
+        throttle: LoginThrottle | None = None, cost: ScryptCost = DEFAULT_COST,
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._cpu = cpu
+        self._idle_timeout = idle_timeout
+        self._max_age = max_age
+        self._throttle = throttle or LoginThrottle(clock)
+        self._cost = cost
+        self._dummy: str | None = None
+
+    # -- IAuthenticator --------------------------------------------------------
+
+    def authenticate(self, request: IRequest) -> Deferred[Principal | None]:
+        return Deferred.fromCoroutine(self._principal(request))
+
+    async def _principal(self, request: IRequest) -> Principal | None:
+        principal, _ = await self._check(request)
+        return principal
+
+    async def _check(self, request: IRequest) -> tuple[Principal | None, str | None]:
+        """
+        The request's principal, or C{None} and why (for relay's own routes).
+        """
+        authorization = request.getHeader(b"authorization")
+        if authorization is not None:
+            return await self._api_key(authorization)
+        token = request.getCookie(COOKIE)
+        if not token:
+            return None, "not logged in"
+        try:
+            token_text = token.decode("ascii")
+        except UnicodeDecodeError:
+            return None, "not logged in"
+        now = self._clock.seconds()
+        session = await self._db.read(_session, session_token_hash(token_text))
+        if session is None:
+            return None, "not logged in"
+        if (
+            now - session["seen_at"] > self._idle_timeout
+            or now - session["created_at"] > self._max_age
+            or session["disabled"]
+            or not hmac.compare_digest(session["credential"], _credential(session["password_hash"]))
+        ):
+            return None, "the session has ended; log in again"
+        if request.method not in SAFE_METHODS:
+            given = request.getHeader(CSRF_HEADER) or b""
+            if not hmac.compare_digest(given, session["csrf_token"].encode()):
+                return None, "missing or wrong CSRF token"
+        if now - session["seen_at"] > 60:
+            await self._db.run(_touch, session["token_hash"], now)
+        principal = Principal(session["user_id"], session["name"], "session", bool(session["is_admin"]))
+        return principal, None
+
+    async def _api_key(self, authorization: bytes) -> tuple[Principal | None, str | None]:
+        scheme, _, token = authorization.decode("latin-1").partition(" ")
+        parsed = parse_api_key(token.strip()) if scheme.lower() == "bearer" else None
+        if parsed is None:
+            return None, "malformed API key"
+        key_id, secret = parsed
+        row = await self._db.read(_key, key_id)
+        if row is None or not verify_api_key(secret, row["key_hash"]):
+            return None, "unknown API key"
+        if row["revoked_at"] is not None:
+            return None, "the API key was revoked"
+        if row["disabled"]:
+            return None, "the account is disabled"
+        return Principal(row["user_id"], row["name"], "key", bool(row["is_admin"]), key_id), None
+
+    # -- IProjectAccess --------------------------------------------------------
+
+    def can_write(self, user_id: str, project_id: str) -> Deferred[bool]:
+        return self._db.read(_can_write, user_id, project_id)
+
+    def default_project(self, user_id: str) -> Deferred[str]:
+        return self._db.read(_default_project, user_id)
+
+    # -- sessions --------------------------------------------------------------
+
+    def login(self, name: str, password: str) -> Deferred[Session]:
+        """
+        Check a password against the replica and open a session.
+
+        @raise LoginRefused: wrong name or password, a disabled account, or
+            too many failures for this name lately.
+        """
+        return Deferred.fromCoroutine(self._login(name, password))
+
+    async def _login(self, name: str, password: str) -> Session:
+        if self._throttle.blocked(name):
+            raise LoginRefused("too many failed logins; try again in a few minutes", 429)
+        user = await self._db.read(_user_by_name, name)
+        if user is None:
+            # Spend the same time as for a real user, so timing says nothing.
+            if self._dummy is None:
+                self._dummy = await self._cpu(dummy_hash, self._cost)
+            await self._cpu(verify_password, password, self._dummy)
+            self._throttle.failed(name)
+            raise LoginRefused("wrong name or password")
+        if not await self._cpu(verify_password, password, user["password_hash"]):
+            self._throttle.failed(name)
+            raise LoginRefused("wrong name or password")
+        if user["disabled"]:
+            raise LoginRefused("this account is disabled", 403)
+        self._throttle.succeeded(name)
+        token, token_hash = new_session_token()
+        csrf = secrets.token_urlsafe(32)
+        now = self._clock.seconds()
+        await self._db.run(
+            _open_session, token_hash, user["id"], csrf, _credential(user["password_hash"]), now,
+            now - self._max_age, now - self._idle_timeout,
+        )
+        self.log.info("{name} logged in", name=name)
+        return Session(Principal(user["id"], user["name"], "session", bool(user["is_admin"])), token, csrf)
+
+    def logout(self, token: str) -> Deferred[None]:
+        return self._db.run(_close_session, session_token_hash(token))
+
+    # -- routes ----------------------------------------------------------------
+
+    def routes(self, app: Klein) -> None:
+        """
+        Add C{/api/login}, C{/api/logout} and C{/api/me} to the edge's app.
+        """
+
+        @app.route("/api/login", methods=["POST"])
+        async def login(request: IRequest) -> bytes:
+            body = _json_body(request)
+            if isinstance(body, bytes):
+                return body
+            name, password = body.get("name"), body.get("password")
+            if not isinstance(name, str) or not isinstance(password, str) or not name or not password:
+                return _answer(request, 400, {"error": "send a JSON object with 'name' and 'password'"})
+            try:
+                session = await self.login(name, password)
+            except LoginRefused as refused:
+                return _answer(request, refused.status, {"error": str(refused)})
+            request.addCookie(  # type: ignore[call-arg]
+                COOKIE, session.token.encode(), path=b"/", httpOnly=True, sameSite="strict",
+                secure=request.isSecure(), max_age=str(int(self._max_age)).encode(),
+            )
+            return _answer(request, 200, {"user": _user(session.principal), "csrf_token": session.csrf_token})
+
+        @app.route("/api/logout", methods=["POST"])
+        async def logout(request: IRequest) -> bytes:
+            principal, problem = await self._check(request)
+            if principal is None or principal.via != "session":
+                return _answer(request, 401 if problem != "missing or wrong CSRF token" else 403,
+                               {"error": problem or "not logged in with a session"})
+            await self.logout(request.getCookie(COOKIE).decode("ascii"))
+            request.addCookie(  # type: ignore[call-arg]
+                COOKIE, b"", path=b"/", httpOnly=True, sameSite="strict", secure=request.isSecure(),
+                max_age=b"0",
+            )
+            return _answer(request, 200, {"ok": True})
+
+        @app.route("/api/me", methods=["GET"])
+        async def me(request: IRequest) -> bytes:
+            principal, problem = await self._check(request)
+            if principal is None:
+                return _answer(request, 401, {"error": problem})
+            answer: dict[str, Any] = {"user": _user(principal), "via": principal.via}
+            if principal.via == "session":
+                token = request.getCookie(COOKIE).decode("ascii")
+                answer["csrf_token"] = await self._db.read(_csrf, session_token_hash(token))
+            return _answer(request, 200, answer)
+
+
+def _user(principal: Principal) -> dict[str, Any]:
+    return {"id": principal.user_id, "name": principal.name, "is_admin": principal.is_admin}
+
+
+def _answer(request: IRequest, status: int, body: dict[str, Any]) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(body).encode()
+
+
+def _json_body(request: IRequest) -> dict[str, Any] | bytes:
+    """
+    The request's JSON object, or the error answer (bytes) to return.
+    Requiring C{application/json} also keeps plain HTML forms (which cannot
+    send it across origins) from posting here.
+    """
+    content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+    if content_type != b"application/json":
+        return _answer(request, 415, {"error": "send application/json"})
+    data = request.content.read(MAX_BODY + 1)
+    if len(data) > MAX_BODY:
+        return _answer(request, 413, {"error": "request body too large"})
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return _answer(request, 400, {"error": "the body is not valid JSON"})
+    if not isinstance(body, dict):
+        return _answer(request, 400, {"error": "send a JSON object"})
+    return body
+
+
+# -- queries (on the database thread) -------------------------------------------
+
+
+def _session(conn: Any, token_hash: str) -> Any:
+    return conn.execute(
+        "SELECT s.token_hash, s.user_id, s.csrf_token, s.credential, s.created_at, s.seen_at, "
+        "u.name, u.is_admin, u.disabled, u.password_hash "
+        "FROM sessions s JOIN replica_users u ON u.id = s.user_id WHERE s.token_hash = ?",
+        (token_hash,),
+    ).fetchone()
+
+
+def _csrf(conn: Any, token_hash: str) -> str | None:
+    row = conn.execute("SELECT csrf_token FROM sessions WHERE token_hash = ?", (token_hash,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _touch(conn: Any, token_hash: str, now: float) -> None:
+    conn.execute("UPDATE sessions SET seen_at = ? WHERE token_hash = ?", (now, token_hash))
+
+
+def _key(conn: Any, key_id: str) -> Any:
+    return conn.execute(
+        "SELECT k.user_id, k.key_hash, k.revoked_at, u.name, u.is_admin, u.disabled "
+        "FROM replica_api_keys k JOIN replica_users u ON u.id = k.user_id WHERE k.id = ?",
+        (key_id,),
+    ).fetchone()
+
+
+def _user_by_name(conn: Any, name: str) -> Any:
+    return conn.execute(
+        "SELECT id, name, password_hash, is_admin, disabled FROM replica_users WHERE name = ?", (name,)
+    ).fetchone()
+
+
+def _open_session(
+    conn: Any, token_hash: str, user_id: str, csrf: str, credential: str, now: float,
+    created_before: float, seen_before: float,
+) -> None:
+    # Opening one is a good moment to forget the ones that ended.
+    conn.execute("DELETE FROM sessions WHERE created_at < ? OR seen_at < ?", (created_before, seen_before))
+    conn.execute(
+        "INSERT INTO sessions (token_hash, user_id, csrf_token, credential, created_at, seen_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (token_hash, user_id, csrf, credential, now, now),
+    )
+
+
+def _close_session(conn: Any, token_hash: str) -> None:
+    conn.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
+
+
+def _can_write(conn: Any, user_id: str, project_id: str) -> bool:
+    row = conn.execute(
+        "SELECT m.role, u.disabled FROM replica_members m JOIN replica_users u ON u.id = m.user_id "
+        "WHERE m.project_id = ? AND m.user_id = ?",
+        (project_id, user_id),
+    ).fetchone()
+    return row is not None and not row["disabled"] and row["role"] in ("owner", "member")
+
+
+def _default_project(conn: Any, user_id: str) -> str:
+    row = conn.execute(
+        "SELECT id FROM replica_projects WHERE owner_id = ? AND is_default = 1", (user_id,)
+    ).fetchone()
+    if row is None:
+        raise LookupError(f"user {user_id} has no default project (yet) in this edge's replica")
+    return str(row[0])

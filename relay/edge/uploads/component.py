@@ -1,0 +1,110 @@
+"""
+Assembling the uploads component from its configuration: the spool and
+its master key, the service, housekeeping, the routes, and the request
+factory the edge's L{Site} must use so that upload bodies stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from klein import Klein
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, succeed
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+from relay.config import relative_to
+from relay.crypto import MasterKeyError, load_or_create_master_key
+from relay.db import Database
+from relay.edge.auth import IAuthenticator, IProjectAccess, Principal
+from relay.edge.config import UploadsSection
+from relay.edge.uploads.handoff import IUploadSink, LocalStaging
+from relay.edge.uploads.housekeeping import UploadHousekeeping
+from relay.edge.uploads.request import StreamingSettings, streaming_request_factory
+from relay.edge.uploads.resource import UploadRoutes
+from relay.edge.uploads.service import UploadLimits, UploadService
+from relay.edge.uploads.spool import Spool
+from relay.edge.uploads.store import UploadStore
+from relay.metrics import Metrics
+
+PREFIX = "/files/"
+
+
+@implementer(IAuthenticator)
+class NobodyAuthenticated:
+    """Until an authenticator is wired in, nobody is (every upload gets 401)."""
+
+    def authenticate(self, request: IRequest) -> Deferred[Principal | None]:
+        return succeed(None)
+
+
+@implementer(IProjectAccess)
+class NoProjectAccess:
+    """Until the replica's project access is wired in, no project is writable."""
+
+    def can_write(self, user_id: str, project_id: str) -> Deferred[bool]:
+        return succeed(False)
+
+    def default_project(self, user_id: str) -> Deferred[str]:
+        return succeed(f"home-{user_id}")
+
+
+@dataclass
+class Uploads:
+    """The assembled component; C{services} joins the edge's service tree."""
+
+    service: UploadService
+    routes: UploadRoutes
+    housekeeping: UploadHousekeeping
+    spool: Spool
+    sink: IUploadSink
+    request_factory: Any
+    header_timeout: int
+
+    def add_routes(self, app: Klein) -> None:
+        self.routes.routes(app)
+
+    def set_service_parent(self, parent: MultiService) -> None:
+        self.service.setServiceParent(parent)
+        self.housekeeping.setServiceParent(parent)
+
+
+def build_uploads(
+    config: UploadsSection,
+    data_dir: Path,
+    reactor: Any,
+    db: Database,
+    metrics: Metrics,
+    authenticator: IAuthenticator,
+    projects: IProjectAccess,
+    sink: IUploadSink | None = None,
+) -> Uploads:
+    spool_dir = relative_to(data_dir, config.spool_dir or Path("spool"))
+    key_path = relative_to(data_dir, config.master_key or Path("spool.key"))
+    try:
+        master_key = load_or_create_master_key(key_path, outside=spool_dir)
+    except MasterKeyError as e:
+        raise SystemExit(f"relay-edge: {e}") from None
+    spool = Spool(spool_dir, master_key)
+    limits = UploadLimits(
+        max_size=config.max_size,
+        user_quota=config.user_quota,
+        disk_reserve=config.disk_reserve,
+        expiry=float(config.expiry),
+        lock_stale_after=config.lock_stale_after,
+        lock_wait=config.lock_wait,
+    )
+    sink = sink if sink is not None else LocalStaging()
+    service = UploadService(reactor, UploadStore(db), spool, sink, projects, limits, PREFIX)
+    routes = UploadRoutes(service, authenticator, config.cors_origins, PREFIX)
+    housekeeping = UploadHousekeeping(service, config.housekeeping_interval, reactor)
+    housekeeping.clock = reactor
+    metrics.gauge("uploads_active", "Uploads receiving a body now.", lambda: len(service.locks))
+    metrics.gauge("spool_free_bytes", "Free bytes on the spool's disk.", spool.free_bytes)
+    factory = streaming_request_factory(
+        StreamingSettings(reactor, PREFIX.rstrip("/").encode(), float(config.body_timeout))
+    )
+    return Uploads(service, routes, housekeeping, spool, sink, factory, config.header_timeout)

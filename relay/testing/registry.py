@@ -1,0 +1,150 @@
+"""
+A cloud (registry, commands, event log) and edges (replica, identity,
+commands) assembled with the fake link of L{relay.testing.sync}, the way the
+taps assemble them with the real one.  Tests drive time with a C{Clock} and
+messages with L{InProcessLink}.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import Clock
+
+from relay.cloud import registry as registry_schema
+from relay.cloud import sync
+from relay.cloud.commands import CloudCommands
+from relay.cloud.registry import Registry
+from relay.credentials import ScryptCost, hash_password
+from relay.edge import identity as identity_module
+from relay.edge.auth import Principal
+from relay.edge.identity import Identity
+from relay.edge.replica import SCHEMA as REPLICA_SCHEMA
+from relay.edge.replica import CommandIssuer, ReplicaApplier
+from relay.link.catalogue import Catalogue
+from relay.link.envelope import TO_CLOUD, to_edge
+from relay.replication import dump
+from relay.sync_messages import register_types
+from relay.testing.immediate import ImmediateDatabase
+from relay.testing.sync import SCHEMA as FAKE_LINK_SCHEMA
+from relay.testing.sync import Endpoint, FakeInbox, FakeOutbox, InProcessLink
+
+#: scrypt at a cost tests can afford by the hundred.
+TEST_COST = ScryptCost(log_n=4, r=1, p=1)
+
+
+_CATALOGUE: Catalogue | None = None
+
+
+def catalogue() -> Catalogue:
+    """
+    The registry's message types (built once: checking the schemas is slow).
+    """
+    global _CATALOGUE
+    if _CATALOGUE is None:
+        _CATALOGUE = Catalogue()
+        register_types(_CATALOGUE)
+    return _CATALOGUE
+
+
+def inline(function: Any, *args: Any) -> Deferred[Any]:
+    """
+    A CPU runner for L{Identity} that runs in the calling thread.
+    """
+    return maybeDeferred(function, *args)
+
+
+class CloudSide:
+    """
+    The cloud's registry components on one database, with a fake link.
+    """
+
+    def __init__(
+        self, target: Path | str, clock: Clock, link: InProcessLink | None = None, *, dedupe: bool = True
+    ) -> None:
+        self.clock = clock
+        self.db = ImmediateDatabase(target, [registry_schema.SCHEMA, sync.SCHEMA, FAKE_LINK_SCHEMA])
+        self.log = sync.EventLog(clock)
+        self.registry = Registry(self.log, clock)
+        self.outbox = FakeOutbox("cloud", clock)
+        self.inbox = FakeInbox(self.db, catalogue(), dedupe=dedupe)
+        self.commands = CloudCommands(self.registry)
+        self.commands.register(self.inbox)
+        self.responder = sync.SyncResponder(self.outbox, clock)
+        self.responder.register(self.inbox)
+        self.publisher = sync.SyncPublisher(self.outbox, clock)
+        if link is not None:
+            link.attach(Endpoint(TO_CLOUD, self.db, self.outbox, self.inbox))
+
+    def run(self, work: Any, *args: Any) -> Any:
+        return self.db.run_now(work, *args)
+
+    def publish(self) -> int:
+        return int(self.db.run_now(self.publisher.publish))
+
+    def dump(self) -> dict[str, Any]:
+        return self.db.run_now(dump)
+
+    def add_user(self, name: str, password: str, *, is_admin: bool = False) -> dict[str, Any]:
+        password_hash = hash_password(password, TEST_COST)
+        return dict(self.run(lambda c: self.registry.add_user(c, name, password_hash, is_admin=is_admin)))
+
+    def user(self, name: str) -> Any:
+        return self.run(self.registry.user_by_name, name)
+
+    def default_project(self, user_id: str) -> str:
+        row = self.run(
+            lambda c: c.execute("SELECT id FROM projects WHERE owner_id = ? AND is_default = 1", (user_id,)).fetchone()
+        )
+        return str(row[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class EdgeSide:
+    """
+    One edge's replica components on one database, with a fake link.
+    L{restart} builds them anew on the same database, as a restarted
+    process would.
+    """
+
+    def __init__(
+        self, edge_id: str, target: Path | str, clock: Clock, link: InProcessLink | None = None, *,
+        dedupe: bool = True,
+    ) -> None:
+        self.edge_id = edge_id
+        self.target = target
+        self.clock = clock
+        self.link = link
+        self.dedupe = dedupe
+        self._build()
+
+    def _build(self) -> None:
+        self.db = ImmediateDatabase(self.target, [REPLICA_SCHEMA, identity_module.SCHEMA, FAKE_LINK_SCHEMA])
+        self.outbox = FakeOutbox(f"edge:{self.edge_id}", self.clock)
+        self.inbox = FakeInbox(self.db, catalogue(), dedupe=self.dedupe)
+        self.applier = ReplicaApplier(self.edge_id, self.outbox, self.clock)
+        self.applier.register(self.inbox)
+        self.issuer = CommandIssuer(self.outbox, self.clock)
+        self.identity = Identity(self.db, self.clock, inline, cost=TEST_COST)
+        if self.link is not None:
+            self.link.attach(Endpoint(to_edge(self.edge_id), self.db, self.outbox, self.inbox))
+
+    def restart(self) -> None:
+        self.db.close()
+        self._build()
+
+    def tick(self, hello: bool = False) -> bool:
+        return bool(self.db.run_now(self.applier.tick, hello))
+
+    def issue(self, principal: Principal, type: str, **fields: Any) -> str:
+        return str(self.db.run_now(self.issuer.issue, principal, type, fields))
+
+    def dump(self) -> dict[str, Any]:
+        return self.db.run_now(dump, "replica_")
+
+    def close(self) -> None:
+        self.db.close()

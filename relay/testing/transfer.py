@@ -1,0 +1,171 @@
+"""
+Fakes for the transfer stage's seams: an in-memory object store for the
+cloud side (L{FakeObjectStore} provides L{IObjectStore}) and a scriptable
+part target for the edge's uploader (L{FakePartTarget} provides
+L{IPartTarget}).  Both answer with Deferreds that have already fired, or
+that the test fires, so tests drive them with a C{Clock} and no sockets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IConsumer
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from relay.cloud.objects import IObjectStore, NoSuchUpload, ObjectInfo, ObjectStoreError, PartInfo
+from relay.edge.transfer.uploader import IPartTarget, PartResponse
+
+
+@dataclass
+class _Upload:
+    key: str
+    metadata: dict[str, str]
+    parts: dict[int, bytes] = field(default_factory=dict)
+
+
+@implementer(IObjectStore)
+class FakeObjectStore:
+    """
+    S3 in a dictionary.  Tests put parts with L{put_part} (as an edge's PUT
+    would), and may make the next calls fail with L{fail_next}.
+    """
+
+    def __init__(self) -> None:
+        self.uploads: dict[str, _Upload] = {}
+        self.objects: dict[str, tuple[bytes, dict[str, str]]] = {}
+        self.calls: list[str] = []
+        self._ids = itertools.count(1)
+        self._failures: list[ObjectStoreError] = []
+
+    def fail_next(self, error: ObjectStoreError) -> None:
+        self._failures.append(error)
+
+    def put_part(self, upload_id: str, number: int, data: bytes) -> None:
+        self.uploads[upload_id].parts[number] = data
+
+    def _check(self, name: str) -> None:
+        self.calls.append(name)
+        if self._failures:
+            raise self._failures.pop(0)
+
+    def _upload(self, upload_id: str) -> _Upload:
+        upload = self.uploads.get(upload_id)
+        if upload is None:
+            raise NoSuchUpload()
+        return upload
+
+    def _answer(self, name: str, work: Callable[[], Any]) -> Deferred[Any]:
+        try:
+            self._check(name)
+            return succeed(work())
+        except Exception as e:
+            return fail(e)
+
+    def create_upload(self, key: str, metadata: Mapping[str, str], content_type: str) -> Deferred[str]:
+        def work() -> str:
+            upload_id = f"upload-{next(self._ids)}"
+            self.uploads[upload_id] = _Upload(key, dict(metadata))
+            return upload_id
+
+        return self._answer("create_upload", work)
+
+    def presign_parts(
+        self, key: str, upload_id: str, parts: Sequence[tuple[int, str]], expires_in: int
+    ) -> Deferred[dict[int, str]]:
+        return self._answer("presign_parts", lambda: {
+            n: f"https://s3.example/{key}?uploadId={upload_id}&partNumber={n}&X-Amz-Signature=secret"
+            for n, _ in parts
+        })  # fmt: skip
+
+    def list_parts(self, key: str, upload_id: str) -> Deferred[list[PartInfo]]:
+        return self._answer("list_parts", lambda: [
+            PartInfo(n, len(data), hashlib.md5(data).hexdigest())
+            for n, data in sorted(self._upload(upload_id).parts.items())
+        ])  # fmt: skip
+
+    def complete_upload(self, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> Deferred[str]:
+        def work() -> str:
+            upload = self._upload(upload_id)
+            data = b"".join(upload.parts[n] for n, _ in parts)
+            md5s = [hashlib.md5(upload.parts[n]).digest() for n, _ in parts]
+            self.objects[key] = (data, upload.metadata)
+            del self.uploads[upload_id]
+            return f"{hashlib.md5(b''.join(md5s)).hexdigest()}-{len(md5s)}"
+
+        return self._answer("complete_upload", work)
+
+    def head(self, key: str) -> Deferred[ObjectInfo | None]:
+        def work() -> ObjectInfo | None:
+            found = self.objects.get(key)
+            if found is None:
+                return None
+            return ObjectInfo(len(found[0]), hashlib.md5(found[0]).hexdigest(), found[1])
+
+        return self._answer("head", work)
+
+    def abort_upload(self, key: str, upload_id: str) -> Deferred[None]:
+        return self._answer("abort_upload", lambda: self.uploads.pop(upload_id, None) and None)
+
+    def sha256(self, key: str) -> Deferred[str]:
+        return self._answer("sha256", lambda: hashlib.sha256(self.objects[key][0]).hexdigest())
+
+
+@implementer(IConsumer)
+class _Collector:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.producer: Any = None
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+@dataclass
+class PartRequest:
+    """One PUT the uploader made: what it sent, and how to answer it."""
+
+    url: str
+    headers: dict[str, str]
+    body: IBodyProducer
+    answer: Deferred[PartResponse]
+    received: _Collector = field(default_factory=_Collector)
+    produced: Deferred[None] | None = None
+
+
+@implementer(IPartTarget)
+class FakePartTarget:
+    """
+    Records each PUT and lets the test answer it: C{requests[-1].answer}
+    is the Deferred the uploader waits on.  C{consume=True} reads the body
+    producer to the end first (into C{received}), as a server would.
+    """
+
+    def __init__(self, consume: bool = True) -> None:
+        self.requests: list[PartRequest] = []
+        self._consume = consume
+
+    def put(self, url: str, headers: Mapping[str, str], body: IBodyProducer) -> Deferred[PartResponse]:
+        request = PartRequest(url, dict(headers), body, Deferred(lambda d: self._cancelled(request)))
+        self.requests.append(request)
+        if self._consume:
+            request.produced = body.startProducing(request.received)
+        return request.answer
+
+    def _cancelled(self, request: PartRequest) -> None:
+        request.body.stopProducing()
+
+    def pending(self) -> list[PartRequest]:
+        return [r for r in self.requests if not r.answer.called]

@@ -1,0 +1,205 @@
+"""
+Edge commands on the cloud: what each role may do, decided against the
+registry whatever the edge believed.  Every refusal (a non-member, a
+viewer, a disabled user, a revoked key) is answered with a reason and
+changes nothing; each allowed command is applied exactly once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from relay.cloud import sync
+from relay.link.envelope import Envelope
+from relay.testing.registry import CloudSide
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class Setting:
+    """
+    alice owns Apollo (with a file and a queued job of hers); bob is a
+    member, carol a viewer, dave no member; erin was a member and is now
+    disabled; alice has an API key that was revoked and one that was not.
+    """
+
+    cloud: CloudSide
+    users: dict[str, str]
+    project: str
+    file: str
+    job: str
+    revoked_key: str
+    key: str
+
+    def actor(self, who: str, via: str = "session") -> dict[str, Any]:
+        if via == "revoked key":
+            return {"user_id": self.users[who], "via": "key", "key_id": self.revoked_key}
+        if via == "key":
+            return {"user_id": self.users[who], "via": "key", "key_id": self.key}
+        return {"user_id": self.users[who], "via": "session"}
+
+    def send(self, type: str, actor: dict[str, Any], **fields: Any) -> str:
+        command_id = new_id()
+        message = Envelope(
+            type=type, source="edge:shanghai-1", time=self.cloud.clock.seconds(),
+            body={"command_id": command_id, "actor": actor, **fields},
+        )
+        self.cloud.inbox.deliver(message)
+        return command_id
+
+    def outcome(self, command_id: str) -> tuple[str, str | None]:
+        row = self.cloud.run(
+            lambda c: c.execute("SELECT status, reason FROM commands WHERE command_id = ?", (command_id,)).fetchone()
+        )
+        return row[0], row[1]
+
+
+@pytest.fixture
+def setting(cloud: CloudSide) -> Setting:
+    users = {name: cloud.add_user(name, "a long password")["id"] for name in ("alice", "bob", "carol", "dave", "erin")}
+    r = cloud.registry
+    project = cloud.run(r.create_project, users["alice"], "Apollo")
+    cloud.run(r.set_member, project, users["bob"], "member")
+    cloud.run(r.set_member, project, users["carol"], "viewer")
+    cloud.run(r.set_member, project, users["erin"], "member")
+    cloud.run(r.set_disabled, users["erin"], True)
+    file = cloud.run(lambda c: r.put_file(c, project, "data.csv", 10, sha256="c" * 64))
+    job = cloud.run(r.submit_job, project, users["alice"], "render", {}, [file])
+    revoked = cloud.run(r.create_key, users["alice"], "old").key_id
+    cloud.run(r.revoke_key, revoked)
+    key = cloud.run(r.create_key, users["alice"], "new").key_id
+    return Setting(cloud, users, project, file, job, revoked, key)
+
+
+def commands(s: Setting) -> dict[str, tuple[str, dict[str, Any]]]:
+    """
+    One command of each type, each of which alice (the owner) may give.
+    """
+    return {
+        "rename": ("project.rename", {"project_id": s.project, "name": "Artemis"}),
+        "delete": ("project.delete", {"project_id": s.project}),
+        "add member": ("project.member.add", {"project_id": s.project, "user_id": s.users["dave"], "role": "viewer"}),
+        "remove member": ("project.member.remove", {"project_id": s.project, "user_id": s.users["bob"]}),
+        "submit": ("job.submit", {"project_id": s.project, "job_id": new_id(), "kind": "render",
+                                  "parameters": {"frames": 10}, "inputs": [s.file]}),
+        "cancel": ("job.cancel", {"job_id": s.job}),
+        "delete file": ("file.delete", {"file_id": s.file}),
+        "create": ("project.create", {"project_id": new_id(), "name": "Mine", "description": ""}),
+    }
+
+
+
+
+@pytest.mark.parametrize(
+    "who, via, names",
+    [
+        ("dave", "session", ["rename", "delete", "add member", "remove member", "submit", "cancel", "delete file"]),
+        ("carol", "session", ["rename", "delete", "add member", "remove member", "submit", "cancel", "delete file"]),
+        ("erin", "session", None),
+        ("alice", "revoked key", None),
+    ],
+    ids=["non-member", "viewer", "disabled user", "revoked key"],
+)
+def test_refused_with_a_reason_and_nothing_changes(setting: Setting, who: str, via: str, names: list[str] | None) -> None:
+    cloud = setting.cloud
+    for name, (type, fields) in commands(setting).items():
+        if names is not None and name not in names:
+            continue
+        before = cloud.dump()
+        head = cloud.run(sync.head)
+        command_id = setting.send(type, setting.actor(who, via), **fields)
+        status, reason = setting.outcome(command_id)
+        assert status == "rejected", f"{name} by {who} via {via} was applied"
+        assert reason, f"{name} by {who}: no reason"
+        assert cloud.dump() == before, f"{name} by {who} changed the registry"
+        # Exactly one event: the refusal, for the edge to show.
+        (event,) = cloud.run(sync.events, head, head + 10)
+        assert event["kind"] == "command.rejected"
+        assert event["data"] == {"command_id": command_id, "edge": "shanghai-1", "reason": reason,
+                                 "code": event["data"]["code"]}
+
+
+@pytest.mark.parametrize("via", ["session", "key"])
+def test_the_owner_may_do_each(setting: Setting, via: str) -> None:
+    """
+    The control for the refusals above: the same commands, by the owner,
+    are applied (so a refusal is about the actor, not the command).
+    """
+    for name, (type, fields) in commands(setting).items():
+        if name == "delete":
+            continue  # last, below
+        command_id = setting.send(type, setting.actor("alice", via), **fields)
+        assert setting.outcome(command_id) == ("applied", None), name
+    command_id = setting.send("project.delete", setting.actor("alice", via), project_id=setting.project)
+    assert setting.outcome(command_id) == ("applied", None)
+    assert setting.project not in [p["id"] for p in setting.cloud.dump()["projects"]]
+
+
+def test_reasons(setting: Setting) -> None:
+    s = setting
+    reason = lambda who, via, name: s.outcome(s.send(commands(s)[name][0], s.actor(who, via), **commands(s)[name][1]))[1]  # noqa: E731
+    assert reason("dave", "session", "rename") == "no such project"
+    assert reason("dave", "session", "cancel") == "no such job"
+    assert reason("dave", "session", "delete file") == "no such file"
+    assert reason("carol", "session", "rename") == "a viewer may not rename this project"
+    assert reason("carol", "session", "submit") == "a viewer may not submit jobs in this project"
+    assert reason("erin", "session", "create") == "user erin is disabled"
+    assert reason("alice", "revoked key", "rename") == "the API key was revoked"
+
+
+def test_member_rules(setting: Setting) -> None:
+    s = setting
+    bob = s.actor("bob")
+    assert s.outcome(s.send("project.rename", bob, project_id=s.project, name="X"))[0] == "rejected"
+    assert s.outcome(s.send("job.cancel", bob, job_id=s.job)) == (
+        "rejected", "only the project's owner may cancel other people's jobs"
+    )
+    mine = new_id()
+    assert s.outcome(s.send("job.submit", bob, project_id=s.project, job_id=mine, kind="k", parameters={}, inputs=[]))[0] == "applied"
+    assert s.outcome(s.send("job.cancel", bob, job_id=mine))[0] == "applied"
+    # A member or viewer may leave; not remove someone else.
+    carol = s.actor("carol")
+    assert s.outcome(s.send("project.member.remove", carol, project_id=s.project, user_id=s.users["bob"]))[0] == "rejected"
+    assert s.outcome(s.send("project.member.remove", carol, project_id=s.project, user_id=s.users["carol"]))[0] == "applied"
+
+
+def test_unknown_user_and_foreign_key(setting: Setting) -> None:
+    s = setting
+    ghost = {"user_id": new_id(), "via": "session"}
+    assert s.outcome(s.send("project.create", ghost, project_id=new_id(), name="x", description="")) == (
+        "rejected", "unknown user"
+    )
+    bob_with_alices_key = {"user_id": s.users["bob"], "via": "key", "key_id": s.key}
+    assert s.outcome(s.send("project.create", bob_with_alices_key, project_id=new_id(), name="x", description="")) == (
+        "rejected", "unknown API key"
+    )
+
+
+def test_a_command_is_applied_once(setting: Setting) -> None:
+    """
+    The same command twice (the edge sent it again in a new message): one
+    effect, one answer.
+    """
+    s = setting
+    project_id = new_id()
+    body = {"command_id": new_id(), "actor": s.actor("bob"), "project_id": project_id, "name": "Twice",
+            "description": ""}
+    for _ in range(2):
+        s.cloud.inbox.deliver(Envelope(type="project.create", source="edge:e1", time=0.0, body=body))
+    assert [p["name"] for p in s.cloud.dump()["projects"]].count("Twice") == 1
+    answers = [e for e in s.cloud.run(sync.events, 0, 10**9) if e["command_id"] == body["command_id"]]
+    assert [e["kind"] for e in answers] == ["project.put", "member.put", "command.applied"]
+
+
+def test_conflicting_new_id_is_refused(setting: Setting) -> None:
+    s = setting
+    outcome = s.outcome(s.send("job.submit", s.actor("alice"), project_id=s.project, job_id=s.job, kind="k",
+                               parameters={}, inputs=[]))
+    assert outcome == ("rejected", "a job with this id exists already")

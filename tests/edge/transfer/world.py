@@ -1,0 +1,152 @@
+"""
+The transfer tests' world: an S3-compatible server, RabbitMQ (a vhost of
+the test's own), C{relay-cloud} and C{relay-edge} as real twistd
+subprocesses, and link emulators in the test's reactor between the edge and
+S3 (part PUTs) and between the edge and the broker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+
+from relay.testing.linkemu import LinkEmulator, LinkProfile
+from relay.testing.s3servers import S3Server, free_port
+from relay.testing.transfer_world import (
+    AMQP_PORT,
+    JobView,
+    Node,
+    Vhost,
+    cloud_node,
+    edge_node,
+    job_view,
+    seed_cloud,
+    stage_upload,
+    upload_view,
+)
+
+#: Short timeouts, so that faults cost seconds, not minutes.
+TEST_TRANSFER = {
+    "stall_timeout": 8.0, "request_timeout": 15.0, "retry_initial": 0.3, "retry_cap": 3.0,
+}  # fmt: skip
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+class TransferWorld:
+    def __init__(
+        self,
+        root: Path,
+        s3: S3Server,
+        *,
+        s3_link: LinkProfile,
+        amqp_link: LinkProfile | None = None,
+        transfer: dict[str, Any] | None = None,
+        cloud_s3: dict[str, Any] | None = None,
+        seed: int = 1,
+    ) -> None:
+        self.root = root
+        self.s3 = s3
+        self.vhost = Vhost()
+        self.s3_link = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{s3.port}",
+                                    s3_link, random.Random(seed))  # fmt: skip
+        self.amqp_link = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{AMQP_PORT}",
+                                      amqp_link or LinkProfile(), random.Random(seed + 1))  # fmt: skip
+        self._transfer = {**TEST_TRANSFER, **(transfer or {})}
+        self._cloud_s3 = cloud_s3 or {}
+        self.edge_dir = root / "edge"
+        self.edge_port = free_port()
+
+    async def start(self) -> None:
+        await deferToThread(self.vhost.create)
+        await self.s3_link.start()
+        await self.amqp_link.start()
+        self.user, self.project = seed_cloud(self.root / "cloud")
+        credentials = self.s3.write_credentials(self.root / "s3-credentials.toml")
+        self.cloud: Node = cloud_node(self.root, amqp_url=self.vhost.url(), listen_port=free_port(), s3={
+            "bucket": self.s3.bucket, "endpoint_url": self.s3.endpoint, "addressing_style": "path",
+            "presign_endpoint_url": f"http://127.0.0.1:{self.s3_link.port}",
+            "credentials_file": str(credentials), **self._cloud_s3,
+        })  # fmt: skip
+        self.edge: Node = edge_node(self.root, edge_id="edge-1", amqp_url=self.vhost.url(self.amqp_link.port),
+                                    listen_port=self.edge_port, transfer=self._transfer)  # fmt: skip
+        self.cloud.start()
+
+    async def stop(self) -> None:
+        for node in (getattr(self, "edge", None), getattr(self, "cloud", None)):
+            if node is not None:
+                await deferToThread(node.stop)
+        await self.s3_link.stop()
+        await self.amqp_link.stop()
+        await deferToThread(self.vhost.delete)
+
+    def stage(self, size: int, seed: int) -> tuple[str, str]:
+        return stage_upload(self.edge_dir, size, seed=seed, owner=self.user, project=self.project)
+
+    def job(self, upload_id: str) -> JobView | None:
+        return job_view(self.edge_dir, upload_id)
+
+    def upload(self, upload_id: str) -> tuple[str, int, str]:
+        return upload_view(self.edge_dir, upload_id)
+
+    async def wait_for(self, what: str, predicate: Callable[[], bool], timeout: float) -> None:
+        waited = 0.0
+        while not predicate():
+            for node in (self.edge, self.cloud):
+                if node.process is not None and not node.alive and node.process.returncode not in (-9, 0):
+                    raise AssertionError(f"{node.plugin} exited ({node.process.returncode}):\n"
+                                         f"{node.log_text()[-3000:]}")  # fmt: skip
+            if waited >= timeout:
+                raise AssertionError(f"{what}: not within {timeout}s; edge log:\n{self.edge.log_text()[-4000:]}")
+            await sleep(0.1)
+            waited += 0.1
+
+    async def wait_done(self, upload_ids: list[str], timeout: float) -> None:
+        def done() -> bool:
+            jobs = [self.job(u) for u in upload_ids]
+            failed = [j for j in jobs if j is not None and j.state == "failed"]
+            if failed:
+                raise AssertionError(f"a transfer failed: {[self.upload(u) for u in upload_ids]}")
+            return all(j is not None and j.state == "done" for j in jobs)
+
+        await self.wait_for("transfers done", done, timeout)
+
+    def object_key(self, upload_id: str) -> str:
+        return f"projects/{self.project}/files/{upload_id}"
+
+    async def object_sha256(self, upload_id: str) -> str:
+        def work() -> str:
+            body = self.s3.client().get_object(Bucket=self.s3.bucket, Key=self.object_key(upload_id))["Body"]
+            digest = hashlib.sha256()
+            for chunk in iter(lambda: body.read(1 << 20), b""):
+                digest.update(chunk)
+            return digest.hexdigest()
+
+        return await deferToThread(work)
+
+    def edge_metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.edge_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#") and "{" not in line:
+                name, _, value = line.partition(" ")
+                values[name] = float(value)
+        return values
+
+    def cloud_registered(self, upload_id: str) -> tuple[Any, ...] | None:
+        from relay.testing.transfer_world import read_db
+
+        rows = read_db(self.root / "cloud" / "cloud.db",
+                       "SELECT size, sha256, object_key, state FROM files WHERE id = ?", (upload_id,))  # fmt: skip
+        return tuple(rows[0]) if rows else None
