@@ -16,22 +16,22 @@ from pathlib import Path
 from typing import Any
 
 from relay.config import ConfigError, load, relative_to
-from relay.db import Database
+from relay.db import Database, is_postgresql
 from relay.link import inbox
 
 
-def database_path(args: argparse.Namespace) -> Path:
+def database_path(args: argparse.Namespace) -> Path | str:
     """
-    The side's database: from C{--db}, or the data directory named by its
-    configuration file.
+    The side's database: from C{--db}, or as its configuration file says (a
+    file in the data directory, or the cloud's PostgreSQL).
     """
     if args.db:
-        return Path(args.db)
+        return args.db if is_postgresql(args.db) else Path(args.db)
     if args.side == "cloud":
-        from relay.cloud.config import CloudConfig
+        from relay.cloud.config import CloudConfig, database_target
 
         cloud = load(CloudConfig, args.config or "etc/cloud.toml")
-        return relative_to(Path.cwd(), cloud.cloud.data_dir) / "cloud.db"
+        return database_target(cloud, Path.cwd())
     from relay.edge.config import EdgeConfig
 
     edge = load(EdgeConfig, args.config or "etc/edge.toml")
@@ -40,7 +40,7 @@ def database_path(args: argparse.Namespace) -> Path:
 
 def open_database(args: argparse.Namespace) -> Database:
     path = database_path(args)
-    if not path.exists():
+    if isinstance(path, Path) and not path.exists():
         raise SystemExit(f"relay: no database at {path}")
     from twisted.internet import reactor
 
@@ -93,7 +93,7 @@ def add_commands(commands: Any) -> None:
     letters.add_argument("numbers", nargs="*", type=int, help="dead letter numbers (replay, drop)")
     letters.add_argument("--side", choices=["edge", "cloud"], default="edge")
     letters.add_argument("--config", help="the side's configuration file (finds its data directory)")
-    letters.add_argument("--db", help="the database file itself")
+    letters.add_argument("--db", help="the database itself: a SQLite file or a postgresql:// URL")
     letters.add_argument("--all", action="store_true", help="list replayed and dropped ones too")
     letters.add_argument("--json", action="store_true", help="machine-readable output")
     letters.set_defaults(run=run)
