@@ -275,14 +275,17 @@ class CloudTransfers(Service):
                         continue
                     self._resting.pop(request.transfer_id, None)
                     self._busy.add(request.transfer_id)
-                    d = self._slots.run(lambda r=request: Deferred.fromCoroutine(self._process(r)))
+                    d = self._slots.run(self._process, request)
                     self._working.add(d)
-                    d.addBoth(lambda _, d=d: self._working.discard(d))
+                    d.addBoth(self._finished, d)
         except Exception:
             self.log.failure("could not read transfer requests; trying again shortly")
             self._schedule(1.0)
         finally:
             self._draining = False
+
+    def _finished(self, result: Any, d: Deferred[None]) -> None:
+        self._working.discard(d)
 
     async def _process(self, request: Request) -> None:
         try:
@@ -315,7 +318,7 @@ class CloudTransfers(Service):
 
     async def _handle(self, request: Request) -> None:
         transfer = await self._db.read(load_transfer, request.transfer_id)
-        handler: Callable[[Request, Transfer | None], Any] = {
+        handler: Callable[[Request, Any], Any] = {
             BEGIN: self._begin, PRESIGN: self._presign, STATUS: self._status,
             FINISH: self._finish, ABORT: self._abort,
         }[request.kind]  # fmt: skip

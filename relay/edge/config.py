@@ -101,6 +101,9 @@ class TransferSection:
     retry_cap: float = 30.0
     #: A request to the cloud unanswered this long is sent again.
     request_timeout: float = 120.0
+    #: At a transfer's tail, idle slots PUT the slowest parts again, up to
+    #: this many copies of a part at once (1: never); the first answer wins.
+    tail_copies: int = 3
 
     def __post_init__(self) -> None:
         if not 1 <= self.concurrency <= 256:
@@ -110,6 +113,8 @@ class TransferSection:
         for name in ("stall_timeout", "part_timeout", "retry_initial", "retry_cap", "request_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"transfer.{name}: expected a positive number, got {getattr(self, name)}")
+        if not 1 <= self.tail_copies <= 8:
+            raise ValueError(f"transfer.tail_copies: expected 1 to 8, got {self.tail_copies}")
         if self.retry_initial > self.retry_cap:
             raise ValueError("transfer.retry_initial: expected at most transfer.retry_cap")
 

@@ -14,8 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer
+from twisted.python.failure import Failure
+from twisted.web._newclient import ResponseNeverReceived
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
@@ -158,14 +160,16 @@ class FakePartTarget:
         self._consume = consume
 
     def put(self, url: str, headers: Mapping[str, str], body: IBodyProducer) -> Deferred[PartResponse]:
-        request = PartRequest(url, dict(headers), body, Deferred(lambda d: self._cancelled(request)))
+        request = PartRequest(url, dict(headers), body, Deferred(lambda d: self._cancelled(request, d)))
         self.requests.append(request)
         if self._consume:
             request.produced = body.startProducing(request.received)
         return request.answer
 
-    def _cancelled(self, request: PartRequest) -> None:
+    def _cancelled(self, request: PartRequest, d: Deferred[PartResponse]) -> None:
         request.body.stopProducing()
+        # As twisted.web's agent reports a cancelled request.
+        d.errback(ResponseNeverReceived([Failure(CancelledError())]))
 
     def pending(self) -> list[PartRequest]:
         return [r for r in self.requests if not r.answer.called]

@@ -144,7 +144,7 @@ def seed_cloud(data_dir: Path, name: str = "alice", *, user_id: str | None = Non
     clock.advance(time.time())
     registry = Registry(EventLog(clock), clock)
     try:
-        user = db.run(lambda conn: registry.add_user(conn, name, "not-a-login", user_id=user_id)).result
+        user: Any = db.run(lambda conn: registry.add_user(conn, name, "not-a-login", user_id=user_id)).result
         if project_id is not None:
             db.run(lambda conn: registry.create_project(conn, user["id"], "Uploads", project_id=project_id))
             return str(user["id"]), project_id

@@ -143,8 +143,9 @@ class TransferRun:
         """
         if self._woken or self._stopped:
             return True
-        self._waiter = Deferred()
-        timer = self._clock.callLater(timeout, lambda: self._waiter and self._waiter.cancel())
+        waiter: Deferred[None] = Deferred()
+        self._waiter = waiter
+        timer = self._clock.callLater(timeout, waiter.cancel)
         try:
             await self._waiter
             return True
@@ -172,6 +173,7 @@ class TransferRun:
     async def _measure(self, job: Job) -> None:
         service = self._service
         spool = service.spool
+        assert spool is not None
 
         def work() -> Any:
             with spool.reader(job.spool_id) as reader:
@@ -186,8 +188,7 @@ class TransferRun:
             plan, digests = await service.blocking(work)
         except (SpoolError, ValueError) as e:
             # The staged bytes are gone or not what was staged: nothing to send.
-            await service.db.run(journal.set_state, job.upload_id, JobState.FAILED, self._clock.seconds(),
-                                 error=f"the spool file cannot be read: {e}")  # fmt: skip
+            await service.fail(job, f"the spool file cannot be read: {e}")
             return
         await service.db.run(journal.set_plan, job.upload_id, plan, digests, self._clock.seconds())
         self.log.info("upload {upload_id}: {count} parts of {part_size} bytes, sha256 {sha256} "
@@ -275,8 +276,7 @@ class TransferRun:
         if outcome == "gone":
             await service.start_over(job, "S3 no longer has the multipart upload")
         elif outcome == "failed":
-            await service.db.run(journal.set_state, job.upload_id, JobState.FAILED, self._clock.seconds(),
-                                 transfer_id=job.transfer_id, error="S3 keeps refusing a part")  # fmt: skip
+            await service.fail(job, "S3 keeps refusing a part")
         elif outcome == "done":
             try:
                 await service.db.run(self._put, job, FINISH, {"transfer_id": job.transfer_id},
@@ -312,10 +312,12 @@ class _PartSender:
     """
     Sends one transfer's parts: a bounded window of parts in progress (the
     uploader's slots decide how many are on the wire), and at the tail,
-    when slots would otherwise idle, a second PUT of the parts that have
-    been in flight longest (the same bytes to the same URL: whichever
-    finishes first counts, the other is cancelled).  On a link that resets
+    when slots would otherwise idle, more PUTs of the parts that have been
+    in flight longest (the same bytes to the same URL: whichever finishes
+    first counts, the others are cancelled).  On a link that resets
     connections the last parts otherwise dominate the transfer's time.
+    (Per-connection caps make the copies nearly free; an aggregate cap
+    makes them cost the few parts still going some bandwidth.)
     """
 
     def __init__(self, run: TransferRun, job: Job, todo: list[JournalPart], book: UrlBook) -> None:
@@ -331,7 +333,6 @@ class _PartSender:
         self._losers: set[Deferred[Any]] = set()
         self._outcome = "done"
         self._done: Deferred[None] = Deferred()
-        self.hedges = 0
 
     async def run(self) -> str:
         self._start_next()
@@ -361,20 +362,30 @@ class _PartSender:
     def _start_next(self) -> None:
         while self._queue and len(self._racing) < self._window and self._going():
             self._launch(self._queue.pop(0))
-        if not self._queue and self._going() and self._service.settings.hedge_tail:
+        if not self._queue and self._going() and self._service.settings.tail_copies > 1:
             self._hedge()
         if not self._run._sending and not self._done.called:
             self._done.callback(None)
 
     def _hedge(self) -> None:
+        """
+        At the tail (at most half the slots' worth of parts left), give the
+        parts in flight longest more copies on the slots that are free, up
+        to C{tail_copies} each, round-robin.
+        """
         concurrency = self._service.settings.concurrency
         if len(self._racing) > concurrency // 2:
-            return  # not the tail yet: the slots are busy with first attempts
+            return
         free = self._service.uploader.slots.tokens
-        single = sorted((self._since[n], n) for n, ds in self._racing.items() if len(ds) == 1)
-        for _, number in single[:max(0, free)]:
-            self.hedges += 1
-            self._launch(self._parts[number])
+        oldest_first = [n for _, n in sorted((self._since[n], n) for n in self._racing)]
+        for copies in range(1, self._service.settings.tail_copies):
+            for number in oldest_first:
+                if free <= 0:
+                    return
+                if len(self._racing.get(number, ())) == copies:
+                    self._service.hedges += 1
+                    self._launch(self._parts[number])
+                    free -= 1
 
     def _sent(self, result: Any, d: Deferred[Any], part: JournalPart) -> None:
         self._run._sending.remove(d)

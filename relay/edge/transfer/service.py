@@ -77,9 +77,9 @@ class TransferSettings:
     min_part_size: int = MIN_PART_SIZE
     max_restarts: int = 5
     read_threads: int = 4
-    #: At the tail of a transfer, PUT the slowest parts a second time on
-    #: slots that would otherwise idle.
-    hedge_tail: bool = True
+    #: At the tail of a transfer, PUT the slowest parts again on slots that
+    #: would otherwise idle, up to this many copies at once (1: never).
+    tail_copies: int = 3
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,7 @@ class TransferService(Service):
         self._progress: dict[str, TransferProgress] = {}
         self.restarts = 0
         self.presign_requests = 0
+        self.hedges = 0
         if metrics is not None:
             self._metrics(metrics)
 
@@ -167,6 +168,8 @@ class TransferService(Service):
                       lambda: stats.refreshed_urls)  # fmt: skip
         metrics.gauge("transfer_bytes_sent", "Part bytes written to S3 connections.", lambda: stats.bytes_sent)
         metrics.gauge("transfer_restarts", "Transfers started over.", lambda: self.restarts)
+        metrics.gauge("transfer_part_copies", "Extra PUTs of tail parts (first answer wins).",
+                      lambda: self.hedges)  # fmt: skip
         metrics.gauge("transfer_presign_requests", "transfer.presign requests sent.",
                       lambda: self.presign_requests)  # fmt: skip
 
@@ -229,7 +232,11 @@ class TransferService(Service):
     def _run_failed(self, failure: Failure, upload_id: str) -> None:
         self.log.failure("the transfer of upload {upload_id} failed; trying again in 30 s", failure,
                          upload_id=upload_id)  # fmt: skip
-        self.clock.callLater(30.0, lambda: self.running and self._start(upload_id, resumed=True))
+        self.clock.callLater(30.0, self._restart_run, upload_id)
+
+    def _restart_run(self, upload_id: str) -> None:
+        if self.running:
+            self._start(upload_id, resumed=True)
 
     def _run_over(self, _: Any, upload_id: str, run: TransferRun) -> None:
         if self._runs.get(upload_id) is run:
@@ -314,6 +321,13 @@ class TransferService(Service):
         self.restarts += 1
         self.log.warn("upload {upload_id}: transfer {old} starts over as {new}: {reason}",
                       upload_id=upload_id, old=transfer_id, new=new, reason=reason)  # fmt: skip
+
+    async def fail(self, job: Job, reason: str) -> None:
+        """The transfer cannot go on (the run then reports it: L{failed})."""
+        await self.db.run(lambda conn: journal.set_state(
+            conn, job.upload_id, JobState.FAILED, self.clock.seconds(), transfer_id=job.transfer_id,
+            error=reason,
+        ))  # fmt: skip
 
     async def erase(self, job: Job) -> None:
         """
@@ -408,6 +422,7 @@ def build_transfers(
         retry_initial=section.retry_initial,
         retry_cap=section.retry_cap,
         request_timeout=section.request_timeout,
+        tail_copies=section.tail_copies,
     )
     service = TransferService(reactor, db, bridge.outbox, settings, metrics=metrics)
     service.register(bridge.inbox)

@@ -83,10 +83,10 @@ class HTTPPartTarget:
     """
 
     def __init__(self, reactor: Any, connections: int = 16, *, connect_timeout: float = 30.0,
-                 idle_timeout: float = 50.0) -> None:  # fmt: skip
+                 idle_timeout: int = 50) -> None:  # fmt: skip
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = connections
-        self._pool.cachedConnectionTimeout = idle_timeout
+        self._pool.cachedConnectionTimeout = int(idle_timeout)
         # A body producer cannot be replayed: retries are ours.
         self._pool.retryAutomatically = False
         self._pool._factory = _QuietFactory
@@ -94,7 +94,7 @@ class HTTPPartTarget:
         self._reactor = reactor
 
     def put(self, url: str, headers: Mapping[str, str], body: IBodyProducer) -> Deferred[PartResponse]:
-        d = self._http.put(url, data=body, headers={k: [v] for k, v in headers.items()},
+        d = self._http.put(url, data=body, headers={k: [v] for k, v in headers.items()},  # type: ignore[arg-type]
                            allow_redirects=False, unbuffered=True, reactor=self._reactor)  # fmt: skip
         return d.addCallback(lambda response: Deferred.fromCoroutine(_answer(response)))
 
@@ -265,14 +265,17 @@ class PartUploader:
         watchdog = [self._clock.callLater(1.0, watch)]
         try:
             return await d
-        except CancelledError as e:
-            if not stalled[0]:
-                raise
-            self.stats.stalls += 1
-            self.log.info("part {number}: no progress for {timeout}s; abandoning the attempt",
-                          number=part.number, timeout=self.policy.stall_timeout)  # fmt: skip
-            return e
         except Exception as e:
+            if stalled[0]:
+                self.stats.stalls += 1
+                self.log.info("part {number}: no progress for {timeout}s; abandoning the attempt",
+                              number=part.number, timeout=self.policy.stall_timeout)  # fmt: skip
+                return e
+            if _cancelled(e):
+                # Cancelled by our caller (the part arrived another way, the
+                # transfer stops): the agent reports it wrapped as a failed
+                # request, which must not read as a network failure.
+                raise CancelledError() from e
             self.log.debug("part {number}: {error}", number=part.number, error=type(e).__name__)
             return e
         finally:
@@ -281,3 +284,14 @@ class PartUploader:
             if watchdog[0].active():
                 watchdog[0].cancel()
             body.stopProducing()
+
+
+def _cancelled(error: BaseException) -> bool:
+    """
+    Whether C{error} is a cancellation, possibly wrapped by the HTTP client
+    (C{ResponseNeverReceived}, C{RequestTransmissionFailed} ... carry the
+    underlying failures in C{reasons}).
+    """
+    if isinstance(error, CancelledError):
+        return True
+    return any(reason.check(CancelledError) for reason in getattr(error, "reasons", ()) or ())

@@ -53,7 +53,7 @@ class Edge:
         self.service = TransferService(
             self.clock, self.db, self.outbox,  # type: ignore[arg-type]
             TransferSettings(**{"min_part_size": MiB, "concurrency": 2, "request_timeout": 60,
-                                "hedge_tail": False, **settings}),
+                                "tail_copies": 1, **settings}),
             target=self.target, blocking=lambda f, *a: maybeDeferred(f, *a),
         )  # fmt: skip
         self.service.bind(self.spool, self.store)
@@ -214,11 +214,11 @@ class TransferServiceTests(SynchronousTestCase):
 
     def test_tail_parts_are_raced(self) -> None:
         """
-        When the last part is the only one left on the wire, an idle slot
-        PUTs it a second time; the first answer counts, the other PUT is
-        cancelled, the part is confirmed once.
+        When the last part is the only one left on the wire, idle slots PUT
+        it again; the first answer counts, the other PUTs are cancelled
+        (not retried), the part is confirmed once.
         """
-        edge = self.edge(concurrency=4, hedge_tail=True)
+        edge = self.edge(concurrency=4, tail_copies=3)
         tid = self.begin(edge)
         edge.urls(tid, [1, 2, 3, 4])
         first = {int(r.url.split("partNumber=")[1].split("&")[0]): r for r in edge.target.pending()}
@@ -228,12 +228,41 @@ class TransferServiceTests(SynchronousTestCase):
             request.answer.callback(PartResponse(200, hashlib.md5(bytes(request.received.data)).hexdigest()))
             edge.turn()
         pending = edge.target.pending()
-        self.assertEqual(len(pending), 2, "part 4 twice")
-        second = pending[1]
-        self.assertIn("partNumber=4", second.url)
-        second.answer.callback(PartResponse(200, hashlib.md5(bytes(second.received.data)).hexdigest()))
+        self.assertEqual(len(pending), 3, "part 4 three times at most, on the idle slots")
+        self.assertTrue(all("partNumber=4" in r.url for r in pending))
+        third = pending[2]
+        third.answer.callback(PartResponse(200, hashlib.md5(bytes(third.received.data)).hexdigest()))
         edge.turn()
-        self.assertTrue(first[4].answer.called, "the slower PUT was cancelled")
-        self.assertEqual(edge.target.pending(), [])
+        self.assertEqual(edge.target.pending(), [], "the slower PUTs were cancelled")
+        self.assertEqual(edge.service.hedges, 3)  # part 3 once, then part 4 twice
         self.assertEqual(edge.sent(), [("transfer.finish", {"transfer_id": tid})])
         self.assertEqual(edge.job().confirmed_bytes, SIZE)
+        edge.turn(100)
+        self.assertEqual(len(edge.target.requests), 7)
+
+    def test_unreadable_spool_file_fails_the_upload(self) -> None:
+        edge = self.edge()
+        edge.service.startService()
+        staged = edge.stage()
+        edge.spool.erase(staged.spool_id)
+        edge.service.upload_staged(staged)
+        edge.turn()
+        self.assertEqual(edge.sent(), [])
+        self.assertEqual(edge.job().state, journal.JobState.FAILED)
+        upload = edge.store.get("u" * 32).result  # type: ignore[attr-defined]
+        self.assertEqual(upload.state, UploadState.FAILED)
+        self.assertIn("cannot be read", upload.error)
+
+    def test_part_refused_for_good(self) -> None:
+        edge = self.edge()
+        tid = self.begin(edge)
+        edge.urls(tid, [1, 2, 3, 4])
+        for _ in range(20):
+            for request in edge.target.pending():
+                if not request.answer.called:
+                    request.answer.callback(PartResponse(400, "", "BadDigest"))
+            edge.turn(40)
+        self.assertEqual(edge.job().state, journal.JobState.FAILED)
+        self.assertEqual(edge.target.pending(), [], "the other parts stopped")
+        self.assertTrue(edge.spool.exists("u" * 32), "kept whatever fails")
+        self.assertEqual(edge.store.get("u" * 32).result.state, UploadState.FAILED)  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ import hashlib
 import random
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -248,9 +248,25 @@ class UploaderTests(SynchronousTestCase):
         self.assertEqual(h.uploader.in_flight, 0)
 
     def test_cancel_stops_the_body(self) -> None:
+        """
+        Cancelling a send (the part arrived another way, the transfer
+        stops) ends it: the agent's wrapped CancelledError is not taken for
+        a network failure to retry.
+        """
         h = Harness(consume=False)
         d = h.send(PART)
         d.cancel()
-        self.failureResultOf(d)
+        self.failureResultOf(d, CancelledError)
         self.assertEqual(h.closed, 1)
         self.assertEqual(h.uploader.slots.tokens, 16)
+        h.clock.advance(100)
+        self.assertEqual(len(h.target.requests), 1, "no retry")
+
+    def test_cancel_during_backoff(self) -> None:
+        h = Harness()
+        d = h.send(PART)
+        h.answer(ConnectionLost())
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        h.clock.advance(100)
+        self.assertEqual(len(h.target.requests), 1)
