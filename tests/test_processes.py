@@ -52,7 +52,7 @@ def assert_prometheus(text: str) -> None:
 def stop(process: subprocess.Popen) -> tuple[int, float]:
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
-    status = process.wait(timeout=10)
+    status = process.wait(timeout=30)
     return status, time.monotonic() - started
 
 
