@@ -8,8 +8,34 @@ import signal
 from types import FrameType
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
+
+
+class InOrder(MultiService):
+    """
+    Children start in the order they were added and stop one at a time in
+    the reverse order, each only once the one added after it has finished.
+
+    L{MultiService} calls every child's C{stopService} at once, so a
+    service still at work during shutdown (recovering uploads, flushing an
+    outbox) would find the database it writes to already closed and wait
+    for it forever.  Here the database, added first, stops last.
+    """
+
+    log = Logger()
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_children())
+
+    async def _stop_children(self) -> None:
+        for child in reversed(list(self)):
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                self.log.failure("stopping {service} failed", service=child)
 
 
 class GracefulStop(Service):

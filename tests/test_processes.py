@@ -140,6 +140,24 @@ def test_command_line_overrides_the_file(
 
 
 @pytest.mark.parametrize("side", ["edge", "cloud"])
+def test_sigterm_right_after_start_stops_promptly(
+    tmp_path: Path, twistd: list[str], clean_env: dict[str, str], processes: list[subprocess.Popen], side: str
+) -> None:
+    # Stopping while startup work (upload recovery, the AMQP handshake) is
+    # still running once hung: the database closed under it.
+    for attempt in range(3):
+        port = free_port()
+        (tmp_path / str(attempt)).mkdir()
+        path = config(tmp_path / str(attempt), side, port)
+        process = subprocess.Popen([*twistd, f"relay-{side}", "--config", str(path)], cwd=tmp_path, env=clean_env)
+        processes.append(process)
+        wait_until_up(f"http://127.0.0.1:{port}/healthz", process)
+        status, took = stop(process)
+        assert status == 0
+        assert took < 5
+
+
+@pytest.mark.parametrize("side", ["edge", "cloud"])
 def test_tac_builds_the_same_tree(
     tmp_path: Path, twistd: list[str], clean_env: dict[str, str], processes: list[subprocess.Popen], side: str
 ) -> None:

@@ -29,7 +29,7 @@ from relay.link.bridge import Bridge
 from relay.link.catalogue import Catalogue
 from relay.link.envelope import JOBS, TO_CLOUD
 from relay.metrics import Metrics
-from relay.process import GracefulStop
+from relay.process import GracefulStop, InOrder
 from relay.sync_messages import register_types as register_sync_types
 
 DEFAULT_CONFIG = "etc/cloud.toml"
@@ -82,7 +82,7 @@ def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:
     The cloud's services, in start order (they stop in reverse).
     """
     prepare_data_dir(relative_to(Path.cwd(), config.cloud.data_dir))
-    root = MultiService()
+    root = InOrder()
     # SQLite in the data directory, or the PostgreSQL of registry.dsn.
     db = Database(reactor, database_target(config, Path.cwd()), schemas=SCHEMAS)
     db.setServiceParent(root)

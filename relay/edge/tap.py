@@ -37,7 +37,7 @@ from relay.link.bridge import Bridge
 from relay.link.catalogue import Catalogue
 from relay.link.envelope import to_edge
 from relay.metrics import Metrics
-from relay.process import GracefulStop
+from relay.process import GracefulStop, InOrder
 from relay.sync_messages import register_types as register_sync_types
 
 DEFAULT_CONFIG = "etc/edge.toml"
@@ -103,7 +103,7 @@ def edge_service(
     hand in the identity seams and the transfer stage's upload sink.
     """
     data_dir = prepare_data_dir(relative_to(Path.cwd(), config.edge.data_dir))
-    root = MultiService()
+    root = InOrder()
     db = Database(reactor, data_dir / "edge.db", schemas=SCHEMAS)
     db.setServiceParent(root)
 

@@ -142,6 +142,7 @@ class Outbox:
         self.depth = 0
         self._last_count = float("-inf")
         self._count_call: IDelayedCall | None = None
+        self._stopped = False
         self.oldest: float | None = None
         self._published = metrics.counter("outbox_published", "Messages published (including republished).")
         self._confirmed = metrics.counter("outbox_confirmed", "Messages the broker confirmed.")
@@ -223,6 +224,7 @@ class Outbox:
         """
         self._channel = channel
         self._blocked = False
+        self._stopped = False
         self._declared = set()
         channel.on_ack = self._on_ack
         channel.on_nack = self._on_nack
@@ -329,7 +331,7 @@ class Outbox:
         metrics, at most once a second: counting the table after every
         confirm cost the edge a tenth of its time at full speed.
         """
-        if self._count_call is not None and self._count_call.active():
+        if self._stopped or (self._count_call is not None and self._count_call.active()):
             return
         wait = max(0.0, self._last_count + 1.0 - self._reactor.seconds())
 
@@ -378,7 +380,7 @@ class Outbox:
 
     async def _postpone(self, message_id: str, error: str) -> None:
         await self._db.run(_postpone, message_id, self._reactor.seconds() + self._retry_returned, error)
-        if self._retry_call is None or not self._retry_call.active():
+        if not self._stopped and (self._retry_call is None or not self._retry_call.active()):
             self._retry_call = self._reactor.callLater(self._retry_returned, self._retry)
 
     def _retry(self) -> None:
@@ -405,8 +407,10 @@ class Outbox:
 
     def stop(self) -> None:
         """
-        Cancel the pump's timers (the process is stopping).
+        Cancel the pump's timers and set no more (the process is stopping;
+        confirms may still arrive while the connection closes).
         """
+        self._stopped = True
         for call in (self._count_call, self._retry_call):
             if call is not None and call.active():
                 call.cancel()
