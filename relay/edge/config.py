@@ -24,6 +24,9 @@ class EdgeSection:
     #: Where the edge keeps its state (database, spool); relative paths are
     #: relative to the working directory.
     data_dir: Path = Path("var/edge")
+    #: The browser front end's files (templates, static files and the npm
+    #: packages of web/package.json); relative to the working directory.
+    web_dir: Path = Path("web")
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", self.id):

@@ -145,7 +145,7 @@ def edge_service(
     if transfers is not None:
         transfers.bind(uploads.spool, uploads.service.store)
         transfers.setServiceParent(root)
-    web = EdgeWeb(health)
+    web = EdgeWeb(health, relative_to(Path.cwd(), config.edge.web_dir))
     uploads.add_routes(web.app)
     identity.routes(web.app)
     # Upload bodies stream to the spool instead of being buffered whole.

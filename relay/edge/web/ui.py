@@ -1,0 +1,104 @@
+"""
+The browser front end: one page (C{web/templates/index.html}), its script
+and style (C{web/static/}), and Uppy's browser bundle from the npm package
+that C{web/package.json} locks (C{web/node_modules/uppy/dist/}).
+
+Only the files named here are served: nothing else under C{web/} (or above
+it) can be reached through a URL.  A deployment without the front end's
+files (a wheel installed without C{web/}) still serves the API and tus; its
+page says where the files were looked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from twisted.web.static import File
+
+from relay import __version__
+
+log = Logger()
+
+#: URL path under /static/ -> (file under the web directory, content type).
+STATIC = {
+    "app.mjs": ("static/app.mjs", "text/javascript; charset=utf-8"),
+    "app.css": ("static/app.css", "text/css; charset=utf-8"),
+    "vendor/uppy.min.mjs": ("node_modules/uppy/dist/uppy.min.mjs", "text/javascript; charset=utf-8"),
+    "vendor/uppy.min.css": ("node_modules/uppy/dist/uppy.min.css", "text/css; charset=utf-8"),
+}
+
+#: The page loads only its own files and talks only to its own edge.
+SECURITY_HEADERS = {
+    b"content-security-policy": (
+        b"default-src 'self'; script-src 'self'; connect-src 'self'; "
+        b"img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+        b"object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+    ),
+    b"x-content-type-options": b"nosniff",
+    b"referrer-policy": b"same-origin",
+    b"x-frame-options": b"DENY",
+}
+
+
+class UserInterface:
+    """
+    Serves the page and its static files from C{web_dir}.
+    """
+
+    def __init__(self, web_dir: Path) -> None:
+        self.web_dir = web_dir
+        missing = [path for path, _ in [("templates/index.html", ""), *STATIC.values()]
+                   if not (web_dir / path).is_file()]  # fmt: skip
+        self.available = not missing
+        if missing:
+            log.warn(
+                "the browser front end is not available: {missing} missing under {web_dir} "
+                "(run `make setup`, or set edge.web_dir)",
+                missing=", ".join(missing), web_dir=web_dir,
+            )
+
+    def routes(self, app: Klein) -> None:
+        @app.route("/", methods=["GET", "HEAD"])
+        def index(request: IRequest) -> bytes:
+            _secure(request)
+            request.setHeader(b"content-type", b"text/html; charset=utf-8")
+            request.setHeader(b"cache-control", b"no-cache")
+            if not self.available:
+                return _fallback(self.web_dir).encode()
+            return (self.web_dir / "templates" / "index.html").read_bytes()
+
+        @app.route("/static/<path:name>", methods=["GET", "HEAD"])
+        def static(request: IRequest, name: str) -> IResource | bytes:
+            entry = STATIC.get(name)
+            if entry is None or not self.available:
+                request.setResponseCode(404)
+                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+                return b"no such file\n"
+            path, content_type = entry
+            _secure(request)
+            # Revalidated each time (Last-Modified), never stale after an upgrade.
+            request.setHeader(b"cache-control", b"no-cache")
+            resource = File(str(self.web_dir / path), defaultType=content_type)
+            resource.type, resource.encoding = content_type, None
+            resource.isLeaf = True
+            return resource
+
+
+def _secure(request: IRequest) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        request.setHeader(name, value)
+
+
+def _fallback(web_dir: Path) -> str:
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>relay</title></head>
+<body><h1>relay edge</h1>
+<p>Version {__version__}. The browser front end's files were not found under
+<code>{web_dir}</code>; the API and uploads (<code>/files/</code>, tus 1.0) work.
+Status: <a href="/healthz">/healthz</a>, <a href="/metrics">/metrics</a>.</p>
+</body></html>
+"""

@@ -1,0 +1,164 @@
+"""
+The whole way, as a person in a browser goes it: Debian's Chromium, driven
+by Playwright, logs in at a real edge (its replica synced from a real cloud
+over RabbitMQ), uploads a file with the page's Uppy over tus, and watches it
+reach S3 (moto's server) through the transfer stage, byte-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
+
+from relay.testing.s3servers import S3Server, free_port, start_moto
+from relay.testing.transfer_world import Node, Vhost, write_config
+
+from .conftest import ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Deployment:
+    edge_url: str
+    s3: S3Server
+    edge: Node
+    cloud: Node
+
+
+def _post_json(url: str, body: dict[str, str]) -> int:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    vhost = Vhost()
+    vhost.create()
+    s3 = start_moto(log_path=tmp_path / "moto.log")
+    credentials = s3.write_credentials(tmp_path / "s3-credentials.toml")
+    edge_port = free_port()
+    cloud_config = write_config(tmp_path / "cloud.toml", {
+        "cloud": {"listen": f"tcp:{free_port()}:interface=127.0.0.1", "data_dir": str(tmp_path / "cloud")},
+        "link": {"url": vhost.url(), "heartbeat": 2},
+        "s3": {"bucket": s3.bucket, "endpoint_url": s3.endpoint, "addressing_style": "path",
+               "credentials_file": str(credentials)},
+    })  # fmt: skip
+    edge_config = write_config(tmp_path / "edge.toml", {
+        "edge": {"id": "browser", "listen": f"tcp:{edge_port}:interface=127.0.0.1",
+                 "data_dir": str(tmp_path / "edge"), "web_dir": str(ROOT / "web")},
+        "link": {"url": vhost.url(), "heartbeat": 2},
+    })  # fmt: skip
+    subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "relay"), "user", "add", "alice", "--password-stdin",
+         "--config", str(cloud_config)],
+        input=PASSWORD.encode(), check=True, capture_output=True, cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "RELAY_CONFIG"},
+    )  # fmt: skip
+    cloud = Node("relay-cloud", cloud_config, tmp_path / "cloud.log", tmp_path).start()
+    edge = Node("relay-edge", edge_config, tmp_path / "edge.log", tmp_path).start()
+    edge_url = f"http://127.0.0.1:{edge_port}"
+    try:
+        # The edge knows alice once its replica has caught up with the cloud.
+        deadline = time.monotonic() + 60
+        while _post_json(f"{edge_url}/api/login", {"name": "alice", "password": PASSWORD}) != 200:
+            assert edge.alive and cloud.alive, edge.log_text()[-3000:] + cloud.log_text()[-3000:]
+            assert time.monotonic() < deadline, "alice never reached the edge's replica"
+            time.sleep(0.2)
+        yield Deployment(edge_url, s3, edge, cloud)
+    finally:
+        edge.stop()
+        cloud.stop()
+        s3.stop()
+        vhost.delete()
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: print("console:", m.type, m.text))
+            page.on("pageerror", lambda e: print("pageerror:", e))
+            yield page
+        finally:
+            browser.close()
+
+
+def log_in(page: Page, edge_url: str, password: str) -> None:
+    page.goto(edge_url + "/")
+    page.fill("#login-form input[name=name]", "alice")
+    page.fill("#login-form input[name=password]", password)
+    page.click("#login-form button[type=submit]")
+
+
+def test_a_wrong_password_is_refused_on_the_page(deployment: Deployment, page: Page) -> None:
+    log_in(page, deployment.edge_url, "not the password")
+    expect(page.locator("#login-error")).to_have_text("wrong name or password")
+    expect(page.locator("#workspace")).to_be_hidden()
+
+
+def test_upload_in_the_browser_reaches_s3_byte_identical(
+    deployment: Deployment, page: Page, tmp_path: Path
+) -> None:
+    problems: list[str] = []
+
+    def console(message: ConsoleMessage) -> None:
+        # Chromium reports every 4xx answer (401 before logging in) as well.
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            problems.append(message.text)
+
+    page.on("console", console)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+
+    log_in(page, deployment.edge_url, PASSWORD)
+    expect(page.locator("#workspace")).to_be_visible()
+    expect(page.locator("#user-name")).to_have_text("alice")
+
+    # 20 MiB: two tus PATCHes of the page's 16 MiB chunks, three S3 parts.
+    content = os.urandom(20 << 20)
+    design = tmp_path / "design.step"
+    design.write_bytes(content)
+    page.set_input_files("#dashboard input[type=file]", str(design))
+    page.click(".uppy-StatusBar-actionBtn--upload")
+
+    row = page.locator("#uploads tbody tr", has_text="design.step")
+    expect(row).to_have_attribute("data-state", "in_cloud", timeout=60_000)
+
+    # Reloading shows the same, from the edge alone; the session survives.
+    page.reload()
+    expect(page.locator("#uploads tbody tr", has_text="design.step")).to_have_attribute("data-state", "in_cloud")
+
+    objects = deployment.s3.client().list_objects_v2(Bucket=deployment.s3.bucket).get("Contents", [])
+    assert len(objects) == 1
+    body = deployment.s3.client().get_object(Bucket=deployment.s3.bucket, Key=objects[0]["Key"])["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(content).hexdigest()
+    assert problems == []
+
+
+def test_logging_out_returns_to_the_login_form(deployment: Deployment, page: Page) -> None:
+    log_in(page, deployment.edge_url, PASSWORD)
+    expect(page.locator("#workspace")).to_be_visible()
+    page.click("#logout")
+    expect(page.locator("#login")).to_be_visible()
+    page.reload()
+    expect(page.locator("#login")).to_be_visible()
