@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -68,7 +69,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         "link": {"url": vhost.url(), "heartbeat": 2},
     })  # fmt: skip
     subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "relay"), "user", "add", "alice", "--password-stdin",
+        [str(Path(sys.executable).parent / "relay"), "user", "add", "alice", "--password-stdin",
          "--config", str(cloud_config)],
         input=PASSWORD.encode(), check=True, capture_output=True, cwd=tmp_path,
         env={k: v for k, v in os.environ.items() if k != "RELAY_CONFIG"},
