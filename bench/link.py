@@ -27,6 +27,7 @@ missed speed targets are reported, not fatal.  See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import random
@@ -186,8 +187,14 @@ async def serve_cloud(reactor: Any, args: argparse.Namespace) -> None:
     bridge.startService()
     await bridge.link.whenConnected()  # declared and consuming
     cpu = cpu_seconds()
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler is not None:
+        profiler.enable()
     out.write(b"ready\n")
     await control.stop
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
     await bridge.stopService()
     await db.stopService()
     stats = {
@@ -247,8 +254,12 @@ class CloudProcess(ProcessProtocol):
         return {}
 
 
+def slug(scenario: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in scenario).strip("-")
+
+
 async def start_cloud(
-    reactor: Any, args: argparse.Namespace, db_path: Path, queue: str, peer: str
+    reactor: Any, args: argparse.Namespace, db_path: Path, queue: str, peer: str, scenario: str
 ) -> CloudProcess:
     # Create the schemas before the parent opens the file to count effects.
     Database(reactor, db_path, [outbox.SCHEMA, inbox.SCHEMA, EFFECTS]).close()
@@ -257,6 +268,8 @@ async def start_cloud(
         sys.executable, str(Path(__file__).resolve()), "--serve-cloud", str(db_path),
         "--url", broker_url(args), "--queue", queue, "--peer", peer, "--prefetch", str(args.prefetch),
     ]  # fmt: skip
+    if args.profile:
+        argv += ["--profile", str(Path(args.profile) / f"cloud-{slug(scenario)}.prof")]
     reactor.spawnProcess(process, sys.executable, argv, env=os.environ, childFDs={0: "w", 1: "r", 2: 2})
     await process.ready.addTimeout(60, reactor)
     return process
@@ -406,7 +419,7 @@ async def relay_run(
     to_cloud, to_edge = unique("to-cloud"), unique("to-edge")
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-link-", dir=args.dir))
     emulator = await emulated(reactor, args, profile)
-    cloud = await start_cloud(reactor, args, workdir / "cloud.db", to_cloud, to_edge)
+    cloud = await start_cloud(reactor, args, workdir / "cloud.db", to_cloud, to_edge, scenario)
     metrics = Metrics()
     db = Database(reactor, workdir / "edge.db", [outbox.SCHEMA, inbox.SCHEMA])
     backoff = None
@@ -431,12 +444,15 @@ async def relay_run(
     in_flight: list[int] = []  # sampled while confirms flow: is the window full?
     final: tuple[int, int, int | None, int | None] = (0, 0, None, None)
     started = reactor.seconds()
+    profiler = cProfile.Profile() if args.profile else None
     try:
         db.startService()
         for start in range(0, n, BATCH):
             await db.run(commit, range(start, min(n, start + BATCH)))
         say(f"relay, {scenario}: {n} messages committed to the outbox; starting the edge")
         started, cpu = reactor.seconds(), cpu_seconds()
+        if profiler is not None:
+            profiler.enable()
         bridge.startService()
         bridge.link.whenConnected().addCallback(lambda _: first_up.append(reactor.seconds()))
         deadline = started + args.timeout
@@ -450,6 +466,9 @@ async def relay_run(
             if confirmed_at is None and await db.read(outbox_empty):
                 confirmed_at = reactor.seconds()
                 cpu = cpu_seconds() - cpu
+                if profiler is not None:
+                    profiler.disable()
+                    profiler.dump_stats(str(Path(args.profile) / f"edge-{slug(scenario)}.prof"))
             if applied_at is None:
                 applied = await cloud.applied()
                 if first_applied is None and applied > 0:
@@ -653,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--systems", default="relay,shovel", help="relay, shovel, or both (comma-separated)")
     add("--latency-ms", type=float, default=150.0, help="one way (default 150: 300 ms RTT)")
     add("--reset-mean-s", type=float, default=5.0, help="mean time between resets (resets scenario)")
-    add("--window", type=int, default=1000, help="relay's outbox window (its default)")
+    add("--window", type=int, default=4000, help="relay's outbox window (its default)")
     add("--prefetch", type=int, default=200, help="relay's inbox prefetch (its default)")
     add("--reconnect-delay", type=float, help="fixed relay reconnect delay, like the Shovel's (default: relay's backoff)")
     add("--timeout", type=float, default=300.0, help="seconds per run before giving up")
@@ -661,6 +680,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--amqp-port", type=int, default=int(os.environ.get("RELAY_TEST_AMQP_PORT", "5672")))
     add("--dir", default=tempfile.gettempdir(), help="where the SQLite files go (default: the temp dir)")
     add("--verbose", action="store_true", help="the edge's and the emulator's log on stderr")
+    add(
+        "--profile", metavar="DIR",
+        help="cProfile relay's reactors into DIR: edge-<scenario>.prof (until the edge's outbox is "
+        "empty; the emulator runs in that process too) and cloud-<scenario>.prof",
+    )  # fmt: skip
     # The cloud side runs this same file in a child process.
     add("--serve-cloud", metavar="DB", help=argparse.SUPPRESS)
     add("--url", help=argparse.SUPPRESS)

@@ -56,7 +56,7 @@ class Bridge(MultiService):
         source: str,
         consume: str,
         declare: Sequence[str],
-        window: int = 1000,
+        window: int = 4000,
         prefetch: int = 200,
         backoff: Backoff | None = None,
         tls_trust_root: Any = None,
@@ -124,11 +124,20 @@ class Bridge(MultiService):
         }
 
     async def _connected(self, channel: Channel) -> None:
-        await channel.declare_destinations(self._declare)
         channel.on_consumer_cancelled = self._consumer_cancelled
         self._proven = False
+        declared = Deferred.fromCoroutine(channel.declare_destinations(self._declare))
+        # Sent right behind the declarations, before their replies: the
+        # broker reads a channel's methods in order, so the queue exists when
+        # it reads the consume.  One round trip less per connect.
+        consuming = Deferred.fromCoroutine(channel.consume(self._consume, self._deliver, prefetch=self._prefetch))
+        try:
+            await declared
+        except BaseException:
+            consuming.addErrback(lambda _: None)
+            raise
         self.outbox.attach(channel)
-        await channel.consume(self._consume, self._deliver, prefetch=self._prefetch)
+        await consuming
         for hook in self._up_hooks:
             try:
                 hook()

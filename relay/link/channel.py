@@ -20,7 +20,8 @@ from txamqp.content import Content
 from txamqp.message import Message
 from txamqp.protocol import AMQChannel
 
-from relay.link.txfix import encode_table
+from relay.link import frames
+from relay.link.txfix import RelayClient, encode_table
 
 log = Logger()
 
@@ -107,6 +108,10 @@ class Channel:
 
     def __init__(self, amqp_channel: AMQChannel) -> None:
         self._channel = amqp_channel
+        # relay's client encodes publishes and settlements by hand (see
+        # relay.link.frames); a stock txAMQP client (some tests) does not.
+        client = getattr(amqp_channel, "client", None)
+        self._fast: RelayClient | None = client if isinstance(client, RelayClient) else None
         self._closed: Failure | None = None
         self._next_seq = 1
         self._consumers: dict[str, ConsumerCallback] = {}
@@ -232,6 +237,18 @@ class Channel:
             raise ValueError(f"unknown message properties: {sorted(unknown)}")
         wire = {name.replace("_", "-"): value for name, value in props.items()}
         wire.setdefault("delivery-mode", PERSISTENT)
+        fast = self._fast
+        if fast is not None:
+            if headers:
+                wire["headers"] = dict(headers)
+            data = frames.encode_publish(
+                self._channel.id, exchange, routing_key, bytes(body), wire,
+                frame_max=fast.MAX_LENGTH, mandatory=mandatory,
+            )  # fmt: skip
+            seq = self._next_seq
+            self._next_seq += 1
+            fast.send_encoded(data)
+            return seq
         if headers:
             encode_table(headers)  # raise here, not later in the frame writer
             wire["headers"] = dict(headers)
@@ -288,10 +305,16 @@ class Channel:
 
     def ack(self, delivery_tag: int, multiple: bool = False) -> None:
         self._check_open()
+        if self._fast is not None:
+            self._fast.send_encoded(frames.encode_ack(self._channel.id, delivery_tag, multiple))
+            return
         self._send(self._channel.basic_ack(delivery_tag=delivery_tag, multiple=multiple))
 
     def nack(self, delivery_tag: int, multiple: bool = False, requeue: bool = True) -> None:
         self._check_open()
+        if self._fast is not None:
+            self._fast.send_encoded(frames.encode_nack(self._channel.id, delivery_tag, multiple, requeue))
+            return
         self._send(
             self._channel.basic_nack(delivery_tag=delivery_tag, multiple=multiple, requeue=requeue)
         )

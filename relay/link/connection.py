@@ -345,8 +345,15 @@ class LinkService(Service):
                 self.address.username, self.address.password, mechanism="PLAIN"
             )
             amqp_channel = await client.channel(1)
-            await amqp_channel.channel_open()
-            await amqp_channel.confirm_select()
+            # Back to back, one round trip: the broker reads a channel's
+            # methods in order, and txAMQP hands replies out in order.
+            opened = amqp_channel.channel_open()
+            confirming = amqp_channel.confirm_select()
+            try:
+                await opened
+            finally:
+                confirming.addErrback(lambda _: None)
+            await confirming
             session.channel = Channel(amqp_channel)
             if self._on_connected is not None:
                 await maybeDeferred(self._on_connected, session.channel)

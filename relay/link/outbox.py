@@ -92,7 +92,10 @@ class Outbox:
     @param source: who this process is in envelopes (C{"edge:<id>"},
         C{"cloud"}).
     @param window: how many messages may await their confirm at once; on a
-        300 ms round trip, the window (not the round trip) bounds the rate.
+        300 ms round trip, the window (not the round trip) bounds the rate:
+        at most C{window} per round trip (4000 allows ~13,000 msg/s at 300 ms;
+        1000 measured ~1,800 msg/s there with the window always full).  A
+        reconnect republishes at most this many.
     @param retry_returned: seconds before a returned (unroutable) message is
         published again.
     @param on_confirmed: called after confirmed messages were removed (the
@@ -113,7 +116,7 @@ class Outbox:
         metrics: Metrics,
         *,
         source: str,
-        window: int = 1000,
+        window: int = 4000,
         batch: int = 500,
         retry_returned: float = 5.0,
         declare_destinations: bool = False,
