@@ -155,6 +155,25 @@ def seed_cloud(data_dir: Path, name: str = "alice", *, user_id: str | None = Non
         db.close()
 
 
+def seed_api_key(data_dir: Path, user_id: str) -> str:
+    """
+    An API key for the user in the cloud's registry (before the cloud
+    starts; it reaches the edge through sync); returns its token.
+    """
+    from relay.cloud.registry import Registry
+    from relay.cloud.sync import EventLog
+    from relay.cloud.tap import SCHEMAS
+
+    db = _Immediate(data_dir / "cloud.db", SCHEMAS)
+    clock = Clock()
+    clock.advance(time.time())
+    try:
+        key: Any = db.run(lambda conn: Registry(EventLog(clock), clock).create_key(conn, user_id, "test")).result
+        return str(key.token)
+    finally:
+        db.close()
+
+
 def read_db(path: Path, query: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
     """Read another process's SQLite database (WAL: readers never block it)."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)

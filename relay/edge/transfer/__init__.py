@@ -8,5 +8,7 @@ parallel parts over presigned URLs, resumably (C{docs/transfer.md}).
   - L{body}: a part's body streamed from the spool; the bandwidth cap.
   - L{uploader}: concurrent part PUTs with timeouts and retries.
   - L{run}: one upload's transfer, state by state.
+  - L{answers}: the cloud's answers, applied to the journal.
+  - L{progress}: progress and outcome, to the upload's record and owner.
   - L{service}: the edge's transfer service (the receiver's upload sink).
 """

@@ -5,6 +5,10 @@ connection, and waits whenever the connection pushes back, so a part is
 never whole in memory.  An optional L{Throttle}, shared by every part,
 caps the transfer stage's bandwidth so that it leaves room for
 interactive traffic.
+
+A spool copy that fails authentication, ends early or is gone cannot be
+sent, however often it is tried: the body records why (L{PartBody.damage})
+and the uploader gives the part up (L{StagedCopyDamaged}).
 """
 
 from __future__ import annotations
@@ -19,8 +23,14 @@ from twisted.logger import Logger
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from relay.edge.uploads.spool import SpoolCorrupt, SpoolFileGone
+
 #: How much is written at once when throttled (a pause costs at most this).
 THROTTLED_SLICE = 64 * 1024
+
+
+class StagedCopyDamaged(Exception):
+    """The spool copy of an upload cannot be read back as it was staged."""
 
 
 class Throttle:
@@ -67,6 +77,8 @@ class PartBody:
     @ivar last_progress: when bytes were last accepted by the connection
         (the uploader's stall detector reads it).
     @ivar sent: bytes written so far.
+    @ivar damage: why the spool copy could not be read, if it could not
+        (what retrying will not change).
     """
 
     log = Logger()
@@ -92,6 +104,7 @@ class PartBody:
         self._closed = False
         self._reading = False
         self.sent = 0
+        self.damage: Exception | None = None
         self.last_progress = clock.seconds()
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
@@ -128,13 +141,17 @@ class PartBody:
                 self._reading = True
                 try:
                     block = await self._read_next()
+                except (SpoolCorrupt, SpoolFileGone) as e:
+                    self.damage = e
+                    raise
                 finally:
                     self._reading = False
                 if self._stopped:
                     self._release()
                     return
                 if not block:
-                    raise EOFError(f"the spool ended {self.length - self.sent} bytes early")
+                    self.damage = EOFError(f"the spool ended {self.length - self.sent} bytes early")
+                    raise self.damage
                 if self.sent + len(block) > self.length:
                     block = block[: self.length - self.sent]
                 await self._write(block)

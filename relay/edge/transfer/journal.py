@@ -14,10 +14,14 @@ A transfer's states (C{transfer_jobs.state}):
   - C{finishing}: every part confirmed; C{transfer.finish} sent.
   - C{registered}: C{file.registered} arrived; the spool file is erased next.
   - C{done}: erased.
-  - C{failed}: the cloud refused the file; the spool file is kept.
+  - C{failed}: the transfer cannot go on (the cloud refused the file, S3
+    keeps refusing a part, the staged copy is damaged); the spool file is
+    kept.
 
 Starting over (S3 lost the multipart upload) gives the transfer a new id,
-forgets every confirmation and goes back to C{ready}.
+forgets every confirmation and goes back to C{ready}.  Its owner retrying
+a failed transfer does the same from C{planned} (the digests are computed
+again from the spool copy) with the restart count at zero.
 """
 
 from __future__ import annotations
@@ -109,6 +113,14 @@ class Job:
     @property
     def plan(self) -> PartPlan:
         return PartPlan(self.size, self.part_size, self.part_count)
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """What S3 has confirmed of a transfer: bytes, and parts."""
+
+    bytes: int
+    parts: int
 
 
 @dataclass(frozen=True)
@@ -209,19 +221,21 @@ def parts(conn: sqlite3.Connection, upload_id: str) -> list[JournalPart]:
     ]
 
 
-def _recount(conn: sqlite3.Connection, upload_id: str, now: float) -> int:
+def _recount(conn: sqlite3.Connection, upload_id: str, now: float) -> Confirmed:
     row = conn.execute(
-        "SELECT COALESCE(SUM(size), 0) FROM transfer_parts WHERE upload_id = ? AND confirmed = 1", (upload_id,)
+        "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM transfer_parts WHERE upload_id = ? AND confirmed = 1",
+        (upload_id,),
     ).fetchone()
-    confirmed = int(row[0])
+    confirmed = Confirmed(int(row[0]), int(row[1]))
     conn.execute("UPDATE transfer_jobs SET confirmed_bytes = ?, updated = ? WHERE upload_id = ?",
-                 (confirmed, now, upload_id))  # fmt: skip
+                 (confirmed.bytes, now, upload_id))  # fmt: skip
     return confirmed
 
 
-def confirm(conn: sqlite3.Connection, upload_id: str, transfer_id: str, number: int, now: float) -> int | None:
+def confirm(conn: sqlite3.Connection, upload_id: str, transfer_id: str, number: int,
+            now: float) -> Confirmed | None:  # fmt: skip
     """
-    S3 holds part C{number} of transfer C{transfer_id}: returns the bytes
+    S3 holds part C{number} of transfer C{transfer_id}: returns what is
     confirmed now, or C{None} if the job has moved on to another transfer.
     """
     if not conn.execute("SELECT 1 FROM transfer_jobs WHERE upload_id = ? AND transfer_id = ?",
@@ -232,10 +246,10 @@ def confirm(conn: sqlite3.Connection, upload_id: str, transfer_id: str, number: 
 
 
 def reconcile(conn: sqlite3.Connection, upload_id: str, transfer_id: str,
-              held: Mapping[int, tuple[int, str]], now: float) -> int | None:  # fmt: skip
+              held: Mapping[int, tuple[int, str]], now: float) -> Confirmed | None:  # fmt: skip
     """
     What S3 holds (C{number -> (size, etag)}) decides which parts count as
-    confirmed: those with the planned size and MD5.  Returns the bytes
+    confirmed: those with the planned size and MD5.  Returns what is
     confirmed, or C{None} if the job has moved on.
     """
     if not conn.execute("SELECT 1 FROM transfer_jobs WHERE upload_id = ? AND transfer_id = ?",
@@ -276,6 +290,25 @@ def restart(conn: sqlite3.Connection, upload_id: str, old_transfer_id: str, new_
     ).rowcount
     if changed:
         conn.execute("UPDATE transfer_parts SET confirmed = 0 WHERE upload_id = ?", (upload_id,))
+    return changed == 1
+
+
+def start_again(conn: sqlite3.Connection, upload_id: str, old_transfer_id: str, new_transfer_id: str,
+                now: float) -> bool:  # fmt: skip
+    """
+    A failed transfer starts over from scratch under a new transfer id:
+    C{planned} (the digests are computed again), nothing confirmed, no
+    restarts, no error.  Only if the job is still failed on
+    C{old_transfer_id}.
+    """
+    changed = conn.execute(
+        "UPDATE transfer_jobs SET transfer_id = ?, state = 'planned', part_size = 0, part_count = 0, "
+        "sha256 = '', confirmed_bytes = 0, restarts = 0, error = '', updated = ? "
+        "WHERE upload_id = ? AND transfer_id = ? AND state = 'failed'",
+        (new_transfer_id, now, upload_id, old_transfer_id),
+    ).rowcount
+    if changed:
+        conn.execute("DELETE FROM transfer_parts WHERE upload_id = ?", (upload_id,))
     return changed == 1
 
 

@@ -21,16 +21,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relay.edge.transfer import journal
+from relay.edge.transfer.body import StagedCopyDamaged
 from relay.edge.transfer.journal import Job, JobState, JournalPart
 from relay.edge.transfer.planner import Part, measure, plan_parts
 from relay.edge.transfer.uploader import PartFailed, UploadGone
 from relay.edge.transfer.urls import UrlBook
-from relay.edge.uploads.spool import SpoolError
+from relay.edge.uploads.spool import SpoolCorrupt, SpoolError
 from relay.link.envelope import TO_CLOUD
 from relay.transfer_messages import BEGIN, FINISH, PRESIGN, STATUS
 
 if TYPE_CHECKING:
     from relay.edge.transfer.service import TransferService
+
+
+#: Why a transfer whose spool copy cannot be read back failed, for its owner.
+DAMAGED = "the staged copy is damaged; upload the file again"
 
 
 class Interrupted(Exception):
@@ -186,6 +191,10 @@ class TransferRun:
         started = self._clock.seconds()
         try:
             plan, digests = await service.blocking(work)
+        except SpoolCorrupt as e:
+            self.log.error("upload {upload_id}: {error}", upload_id=job.upload_id, error=str(e))
+            await service.fail(job, DAMAGED)
+            return
         except (SpoolError, ValueError) as e:
             # The staged bytes are gone or not what was staged: nothing to send.
             await service.fail(job, f"the spool file cannot be read: {e}")
@@ -259,7 +268,7 @@ class TransferRun:
                     raise Interrupted()
                 self.log.info("upload {upload_id}: S3 already holds {confirmed} of {size} bytes",
                               upload_id=job.upload_id, confirmed=confirmed, size=job.size)  # fmt: skip
-                service.progressed(job, confirmed)
+                service.reports.progressed(job, confirmed)
                 return
 
     async def _send(self, job: Job) -> None:
@@ -276,7 +285,9 @@ class TransferRun:
         if outcome == "gone":
             await service.start_over(job, "S3 no longer has the multipart upload")
         elif outcome == "failed":
-            await service.fail(job, "S3 keeps refusing a part")
+            await service.fail(job, "S3 keeps refusing a part", abort=True)
+        elif outcome == "damaged":
+            await service.fail(job, DAMAGED, abort=True)
         elif outcome == "done":
             try:
                 await service.db.run(self._put, job, FINISH, {"transfer_id": job.transfer_id},
@@ -290,7 +301,8 @@ class TransferRun:
 
     async def _send_parts(self, job: Job, todo: list[JournalPart]) -> str:
         """
-        Send C{todo}: C{"done"}, C{"gone"}, C{"failed"} or C{"interrupted"}.
+        Send C{todo}: C{"done"}, C{"gone"}, C{"failed"}, C{"damaged"} or
+        C{"interrupted"}.
         """
         assert self._book is not None
         sender = _PartSender(self, job, todo, self._book)
@@ -305,7 +317,7 @@ class TransferRun:
             raise Interrupted()
         if part.number in self._pending:
             self._pending.remove(part.number)
-        service.progressed(job, confirmed)
+        service.reports.progressed(job, confirmed)
 
 
 class _PartSender:
@@ -422,9 +434,9 @@ class _PartSender:
         error = failure.value
         if isinstance(error, UploadGone):
             self._outcome = "gone"
-        elif isinstance(error, PartFailed):
+        elif isinstance(error, (PartFailed, StagedCopyDamaged)):
             self._run.log.error("upload {upload_id}: {error}", upload_id=self._job.upload_id, error=str(error))
-            self._outcome = "failed"
+            self._outcome = "failed" if isinstance(error, PartFailed) else "damaged"
         elif isinstance(error, (CancelledError, Interrupted)):
             self._outcome = "interrupted"
         else:

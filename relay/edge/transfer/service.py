@@ -4,16 +4,20 @@ tus receiver (it is the receiver's L{IUploadSink}), moves each to S3 with a
 L{TransferRun}, and erases the spool file once C{file.registered} arrives,
 never before.
 
-Its inbox handlers turn the cloud's answers into journal changes in the
-inbox's own transaction (so an answer is applied exactly once, also across
-a crash) and wake the run concerned; URLs and C{transfer.parts} pages go
-straight to the run's memory.  After a restart every unfinished transfer is
+Its inbox handlers (L{relay.edge.transfer.answers}) turn the cloud's
+answers into journal changes in the inbox's own transaction and wake the
+run concerned.  After a restart every unfinished transfer is
 resumed from the journal: a transfer that was sending first asks the cloud
 which parts S3 holds.
 
-Progress (bytes S3 has confirmed) is recorded on the upload's record (the
-uploads API shows it), kept per upload (L{TransferService.progress}) and
-announced to L{TransferService.listeners} (for the live event stream).
+Progress (bytes S3 has confirmed) and each change of the upload's state
+are recorded on the upload's record (the uploads API shows them), kept per
+upload (L{TransferService.progress}) and told to the upload's owner through
+the edge's event hub (L{relay.edge.transfer.progress}).
+
+A transfer that failed for good starts over when its owner asks
+(L{TransferService.retry_transfer}): a new transfer id, the digests
+computed again from the spool copy, and C{transfer.abort} for the old one.
 """
 
 from __future__ import annotations
@@ -32,28 +36,23 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from relay.db import Database
+from relay.edge.events import EventHub
 from relay.edge.transfer import journal
+from relay.edge.transfer.answers import CloudAnswers
 from relay.edge.transfer.body import PartBody, Throttle
 from relay.edge.transfer.journal import Job, JobState
 from relay.edge.transfer.planner import MIN_PART_SIZE, Part
+from relay.edge.transfer.progress import TransferProgress, TransferReports
 from relay.edge.transfer.run import TransferRun
 from relay.edge.transfer.uploader import HTTPPartTarget, IPartTarget, PartUploader, RetryPolicy
+from relay.edge.uploads.announcer import UploadAnnouncer
 from relay.edge.uploads.handoff import IUploadSink, StagedUpload
 from relay.edge.uploads.spool import Spool
 from relay.edge.uploads.store import UploadState, UploadStore
-from relay.link.envelope import TO_CLOUD, Envelope
+from relay.link.envelope import TO_CLOUD
 from relay.metrics import Metrics
 from relay.replication import IOutbox
-from relay.transfer_messages import (
-    ABORT,
-    ABORTED,
-    FAILED,
-    PARTS,
-    REGISTERED,
-    STARTED,
-    URLS,
-    register_types,
-)
+from relay.transfer_messages import ABORT, register_types
 
 
 @dataclass(frozen=True)
@@ -82,16 +81,6 @@ class TransferSettings:
     tail_copies: int = 3
 
 
-@dataclass(frozen=True)
-class TransferProgress:
-    """What a listener hears: bytes S3 has confirmed of an upload, and its state."""
-
-    upload_id: str
-    confirmed: int
-    size: int
-    state: str
-
-
 @implementer(IUploadSink)
 class TransferService(Service):
     """
@@ -111,6 +100,7 @@ class TransferService(Service):
         target: IPartTarget | None = None,
         metrics: Metrics | None = None,
         blocking: Callable[..., Deferred[Any]] | None = None,
+        events: EventHub | None = None,
     ) -> None:
         self.reactor = self.clock = reactor
         # From the database thread back to the reactor, after the
@@ -133,10 +123,9 @@ class TransferService(Service):
         self.throttle = Throttle(reactor, settings.bandwidth_limit)
         self.spool: Spool | None = None
         self.store: UploadStore | None = None
-        self.listeners: list[Callable[[TransferProgress], None]] = []
+        self.reports = TransferReports(reactor, UploadAnnouncer(reactor, events))
         self._runs: dict[str, TransferRun] = {}
         self._running: dict[str, Deferred[None]] = {}
-        self._progress: dict[str, TransferProgress] = {}
         self.restarts = 0
         self.presign_requests = 0
         self.hedges = 0
@@ -146,16 +135,11 @@ class TransferService(Service):
     def bind(self, spool: Spool, store: UploadStore) -> None:
         """The spool the uploads are in, and their records."""
         self.spool = spool
-        self.store = store
+        self.store = self.reports.store = store
 
     def register(self, inbox: Any) -> None:
         """Apply the cloud's answers from C{inbox}."""
-        inbox.register(STARTED, self._on_started)
-        inbox.register(URLS, self._on_urls)
-        inbox.register(PARTS, self._on_parts)
-        inbox.register(FAILED, self._on_failed)
-        inbox.register(REGISTERED, self._on_registered)
-        inbox.register(ABORTED, lambda conn, message: None)
+        CloudAnswers(self).register(inbox)
 
     def _metrics(self, metrics: Metrics) -> None:
         stats = self.uploader.stats
@@ -182,7 +166,8 @@ class TransferService(Service):
         assert self.store is not None
         now = self.clock.seconds()
         await self.db.run(journal.add_job, upload, secrets.token_hex(16), now)
-        await self.store.set_state(upload.upload_id, UploadState.TRANSFERRING, now, transferred=0)
+        await self.reports.moved(upload.upload_id, upload.owner, upload.length, UploadState.TRANSFERRING,
+                                 transferred=0)  # fmt: skip
         self.log.info("upload {upload_id} queued for transfer ({length} bytes)",
                       upload_id=upload.upload_id, length=upload.length)  # fmt: skip
         if self.running:
@@ -210,6 +195,7 @@ class TransferService(Service):
 
         async def stopped() -> None:
             await DeferredList(list(self._running.values()), consumeErrors=True)
+            self.reports.announce.flush()
             close = getattr(self._target, "close", None)
             if close is not None:
                 await close()
@@ -282,22 +268,9 @@ class TransferService(Service):
                         lambda: self.blocking(next_block),
                         close, self.throttle)  # fmt: skip
 
-    def progressed(self, job: Job, confirmed: int, state: str = "transferring") -> None:
-        progress = TransferProgress(job.upload_id, confirmed, job.size, state)
-        self._progress[job.upload_id] = progress
-        if self.store is not None and state == "transferring":
-            self.store.record_transferred(job.upload_id, confirmed, self.clock.seconds()).addErrback(
-                lambda f: self.log.failure("recording progress of {upload_id}", f, upload_id=job.upload_id)
-            )
-        for listener in list(self.listeners):
-            try:
-                listener(progress)
-            except Exception:
-                self.log.failure("a progress listener failed")
-
     def progress(self, upload_id: str) -> TransferProgress | None:
         """Bytes S3 has confirmed of an upload in transfer (since this start)."""
-        return self._progress.get(upload_id)
+        return self.reports.get(upload_id)
 
     async def start_over(self, job: Job, reason: str) -> None:
         """S3 lost the multipart upload: a new transfer, from scratch."""
@@ -322,91 +295,74 @@ class TransferService(Service):
         self.log.warn("upload {upload_id}: transfer {old} starts over as {new}: {reason}",
                       upload_id=upload_id, old=transfer_id, new=new, reason=reason)  # fmt: skip
 
-    async def fail(self, job: Job, reason: str) -> None:
-        """The transfer cannot go on (the run then reports it: L{failed})."""
-        await self.db.run(lambda conn: journal.set_state(
-            conn, job.upload_id, JobState.FAILED, self.clock.seconds(), transfer_id=job.transfer_id,
-            error=reason,
-        ))  # fmt: skip
+    async def fail(self, job: Job, reason: str, *, abort: bool = False) -> None:
+        """
+        The transfer cannot go on (the run then reports it: L{failed}); with
+        C{abort}, S3 gives up its multipart upload too.
+        """
+
+        def work(conn: Any) -> None:
+            if journal.set_state(conn, job.upload_id, JobState.FAILED, self.clock.seconds(),
+                                 transfer_id=job.transfer_id, error=reason) and abort:  # fmt: skip
+                self.outbox.put(conn, ABORT, {"transfer_id": job.transfer_id}, to=TO_CLOUD)
+                self.notify_outbox()
+
+        await self.db.run(work)
+
+    def retry_transfer(self, upload_id: str) -> Deferred[bool]:
+        """
+        Start a failed transfer over (L{IUploadSink}); the spool copy is
+        still there, as every failed upload keeps it.
+        """
+        return Deferred.fromCoroutine(self._retry(upload_id))
+
+    async def _retry(self, upload_id: str) -> bool:
+        if upload_id in self._runs:
+            return False  # still failing: its run reports it first
+        job = await self.db.run(self._start_again, upload_id)
+        if job is None:
+            return False
+        self.log.info("upload {upload_id}: its failed transfer starts over as {transfer_id}",
+                      upload_id=upload_id, transfer_id=job.transfer_id)  # fmt: skip
+        await self.reports.moved(upload_id, job.owner, job.size, UploadState.TRANSFERRING, transferred=0, error="")
+        if self.running:
+            self._start(upload_id, resumed=False)
+        return True
+
+    def _start_again(self, conn: Any, upload_id: str) -> Job | None:
+        current = journal.job(conn, upload_id)
+        if current is None or current.state is not JobState.FAILED:
+            return None
+        journal.start_again(conn, upload_id, current.transfer_id, secrets.token_hex(16), self.clock.seconds())
+        # S3 may still hold the old multipart upload: of no use any more.
+        self.outbox.put(conn, ABORT, {"transfer_id": current.transfer_id}, to=TO_CLOUD)
+        self.notify_outbox()
+        return journal.job(conn, upload_id)
 
     async def erase(self, job: Job) -> None:
         """
         The cloud registered the file: crypto-erase the spool file, then
         the upload is C{in_cloud}.
         """
-        assert self.spool is not None and self.store is not None
+        assert self.spool is not None
         spool = self.spool
         await self.blocking(spool.erase, job.spool_id)
-        now = self.clock.seconds()
-        await self.store.set_state(job.upload_id, UploadState.IN_CLOUD, now, transferred=job.size)
-        await self.db.run(journal.set_state, job.upload_id, JobState.DONE, now)
+        await self.reports.moved(job.upload_id, job.owner, job.size, UploadState.IN_CLOUD, transferred=job.size)
+        await self.db.run(journal.set_state, job.upload_id, JobState.DONE, self.clock.seconds())
         self.log.info("upload {upload_id} is in the cloud; spool file erased", upload_id=job.upload_id)
-        self.progressed(job, job.size, "in_cloud")
 
     async def failed(self, job: Job) -> None:
         """The transfer failed for good: the upload says why; the spool file stays."""
         assert self.store is not None
         upload = await self.store.get(job.upload_id)
         if upload is not None and upload.state is not UploadState.FAILED:
-            await self.store.set_state(job.upload_id, UploadState.FAILED, self.clock.seconds(), error=job.error)
+            await self.reports.moved(job.upload_id, job.owner, job.size, UploadState.FAILED, error=job.error)
             self.log.error("the transfer of upload {upload_id} failed: {error}",
                            upload_id=job.upload_id, error=job.error)  # fmt: skip
-        self.progressed(job, job.confirmed_bytes, "failed")
-
-    # -- the cloud's answers (database thread, in the inbox's transaction) -----------
-
-    def _on_started(self, conn: Any, message: Envelope) -> None:
-        job = journal.job_by_transfer(conn, message.body["transfer_id"])
-        if job is not None and job.state is JobState.BEGINNING:
-            journal.set_state(conn, job.upload_id, JobState.SENDING, self.clock.seconds())
-            self._notify(self._wake, job.upload_id)
-
-    def _on_urls(self, conn: Any, message: Envelope) -> None:
-        body = message.body
-        urls = {u["number"]: u["url"] for u in body["urls"]}
-        self._notify(self._urls_arrived, body["transfer_id"], urls, body["expires_in"])
-
-    def _urls_arrived(self, transfer_id: str, urls: dict[int, str], expires_in: int) -> None:
-        run = self._run_for(transfer_id)
-        if run is not None:
-            run.urls(transfer_id, urls, expires_in)
-
-    def _on_parts(self, conn: Any, message: Envelope) -> None:
-        body = message.body
-        self._notify(self._page_arrived, body["transfer_id"], body["request_id"], body["page"],
-                     body["last"], body["parts"])  # fmt: skip
-
-    def _page_arrived(self, transfer_id: str, request_id: str, page: int, last: bool, parts: list[Any]) -> None:
-        run = self._run_for(transfer_id)
-        if run is not None:
-            run.page(transfer_id, request_id, page, last, parts)
-
-    def _on_failed(self, conn: Any, message: Envelope) -> None:
-        body = message.body
-        job = journal.job_by_transfer(conn, body["transfer_id"])
-        if job is None or job.state in (JobState.REGISTERED, JobState.DONE, JobState.FAILED):
-            return
-        now = self.clock.seconds()
-        code, reason = body["code"], body["reason"]
-        if code == "incomplete":
-            journal.unconfirm(conn, job.upload_id, job.transfer_id, body.get("missing", []), now)
-            journal.set_state(conn, job.upload_id, JobState.SENDING, now)
-        elif code == "refused":
-            journal.set_state(conn, job.upload_id, JobState.FAILED, now, error=f"refused: {reason}")
-        else:
-            self._restart(conn, job.upload_id, job.transfer_id, f"{code}: {reason}")
-        self._notify(self._wake, job.upload_id, True)
-
-    def _on_registered(self, conn: Any, message: Envelope) -> None:
-        job = journal.job_by_transfer(conn, message.body["transfer_id"])
-        if job is not None and job.state in (JobState.BEGINNING, JobState.SENDING, JobState.FINISHING):
-            journal.set_state(conn, job.upload_id, JobState.REGISTERED, self.clock.seconds())
-            self._notify(self._wake, job.upload_id, True)
-
 
 
 def build_transfers(
-    section: Any, reactor: Any, db: Database, bridge: Any, metrics: Metrics
+    section: Any, reactor: Any, db: Database, bridge: Any, metrics: Metrics, events: EventHub | None = None
 ) -> TransferService:
     """
     The edge's transfer stage from the C{[transfer]} table, with its message
@@ -424,6 +380,6 @@ def build_transfers(
         request_timeout=section.request_timeout,
         tail_copies=section.tail_copies,
     )
-    service = TransferService(reactor, db, bridge.outbox, settings, metrics=metrics)
+    service = TransferService(reactor, db, bridge.outbox, settings, metrics=metrics, events=events)
     service.register(bridge.inbox)
     return service

@@ -9,7 +9,8 @@ C{stall_timeout} seconds (a silently stalled link), or after
 C{part_timeout}.  Between attempts it backs off (bounded exponential, full
 jitter); a URL S3 refused, or one that keeps failing, is dropped so the next
 attempt gets a fresh one.  S3 saying C{NoSuchUpload} ends the whole
-transfer (L{UploadGone}).
+transfer (L{UploadGone}); a spool copy that cannot be read ends it for good
+(L{StagedCopyDamaged}).
 
 The HTTP client is treq over one persistent L{HTTPConnectionPool}, so a
 connection that survives the link is reused for the next part (no new TCP
@@ -36,7 +37,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IBodyProducer
 from zope.interface import Interface, implementer
 
-from relay.edge.transfer.body import PartBody
+from relay.edge.transfer.body import PartBody, StagedCopyDamaged
 from relay.edge.transfer.planner import Part
 from relay.edge.transfer.urls import redact
 from relay.link.backoff import Backoff
@@ -192,6 +193,7 @@ class PartUploader:
 
         @raise UploadGone: S3 answered C{NoSuchUpload}.
         @raise PartFailed: S3 refused the part C{max_refusals} times.
+        @raise StagedCopyDamaged: the part cannot be read from the spool.
         """
         backoff = Backoff(self._clock, initial=self.policy.initial, factor=self.policy.factor,
                           cap=self.policy.cap, rng=self._rng)  # fmt: skip
@@ -266,6 +268,8 @@ class PartUploader:
         try:
             return await d
         except Exception as e:
+            if body.damage is not None:
+                raise StagedCopyDamaged(f"part {part.number}: {body.damage}") from e
             if stalled[0]:
                 self.stats.stalls += 1
                 self.log.info("part {number}: no progress for {timeout}s; abandoning the attempt",

@@ -21,6 +21,7 @@ from relay.crypto import MasterKeyError, load_or_create_master_key
 from relay.db import Database
 from relay.edge.auth import IAuthenticator, IProjectAccess, Principal
 from relay.edge.config import UploadsSection
+from relay.edge.events import EventHub
 from relay.edge.uploads.handoff import IUploadSink, LocalStaging
 from relay.edge.uploads.housekeeping import UploadHousekeeping
 from relay.edge.uploads.request import StreamingSettings, streaming_request_factory
@@ -81,6 +82,7 @@ def build_uploads(
     authenticator: IAuthenticator,
     projects: IProjectAccess,
     sink: IUploadSink | None = None,
+    events: EventHub | None = None,
 ) -> Uploads:
     spool_dir = relative_to(data_dir, config.spool_dir or Path("spool"))
     key_path = relative_to(data_dir, config.master_key or Path("spool.key"))
@@ -98,7 +100,7 @@ def build_uploads(
         lock_wait=config.lock_wait,
     )
     sink = sink if sink is not None else LocalStaging()
-    service = UploadService(reactor, UploadStore(db), spool, sink, projects, limits, PREFIX)
+    service = UploadService(reactor, UploadStore(db), spool, sink, projects, limits, PREFIX, events=events)
     routes = UploadRoutes(service, authenticator, config.cors_origins, PREFIX)
     housekeeping = UploadHousekeeping(service, config.housekeeping_interval, reactor)
     housekeeping.clock = reactor

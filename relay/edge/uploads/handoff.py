@@ -52,6 +52,14 @@ class IUploadSink(Interface):
         (C{Spool.erase}) once the cloud has confirmed the object.
         """
 
+    def retry_transfer(upload_id: str) -> Deferred[bool]:
+        """
+        The upload's transfer failed for good and its owner wants it started
+        over from the spool copy (still there: it is erased only once the
+        cloud has the file).  Fires with whether it was started over
+        (C{False}: the transfer is not failed, or not done failing).
+        """
+
 
 @implementer(IUploadSink)
 class LocalStaging:
@@ -75,3 +83,7 @@ class LocalStaging:
             project=upload.project,
         )
         return succeed(None)
+
+    def retry_transfer(self, upload_id: str) -> Deferred[bool]:
+        # Nothing here ever fails.
+        return succeed(False)

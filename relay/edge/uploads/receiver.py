@@ -147,6 +147,8 @@ class BodyReceiver:
     @param limit: the offset the body may not go past (the upload's length,
         or for a deferred length the size and quota limits).
     @param limit_error: what to report when the body goes past it.
+    @param progressed: told the offset accepted so far after each batch (not
+        necessarily durable yet; for progress reports).
     """
 
     def __init__(
@@ -159,6 +161,7 @@ class BodyReceiver:
         limit_error: TusError,
         reserve: int,
         checksum_memory: int,
+        progressed: Callable[[int], object] | None = None,
     ) -> None:
         self._threads = threads
         self._spool = spool
@@ -168,6 +171,7 @@ class BodyReceiver:
         self._limit_error = limit_error
         self._reserve = reserve
         self._checksum_memory = checksum_memory
+        self._progressed = progressed
 
     async def receive(self, body: RequestBody, checksum: Checksum | None) -> Received:
         """
@@ -204,6 +208,8 @@ class BodyReceiver:
                     await run(_write_batch, self._spool, writer, batch, self._reserve)
                 accepted += size
                 self._lease.touch(accepted)
+                if self._progressed is not None:
+                    self._progressed(accepted)
                 if error is not None:
                     body.discard()
                     break

@@ -1,6 +1,7 @@
 """
-The HTTP face of the uploads component: tus 1.0 at C{/files/} and the
-upload list at C{/api/uploads}, as Klein routes.
+The HTTP face of the uploads component: tus 1.0 at C{/files/}, the
+upload list at C{/api/uploads}, and C{POST /api/uploads/<id>/retry} (start
+a failed transfer over), as Klein routes.
 
 Each route authenticates, parses the tus headers (L{relay.edge.uploads.tus})
 and asks L{UploadService}; a L{TusError} becomes its status code with a
@@ -12,7 +13,9 @@ still flushed and recorded.
 Browsers: CORS answers the configured origins and exposes the tus headers.
 tus requests are CSRF-safe without a token: every one but OPTIONS must carry
 C{Tus-Resumable}, a header a cross-site page cannot send without a
-preflight, which only the configured origins pass.
+preflight, which only the configured origins pass.  The retry route is not
+tus: a session request needs its CSRF token, which the authenticator checks
+(L{relay.edge.identity}) for every request that is not GET, HEAD or OPTIONS.
 """
 
 from __future__ import annotations
@@ -78,6 +81,10 @@ class UploadRoutes:
         @app.route("/api/uploads/<string:upload_id>", methods=["GET", "OPTIONS"])
         async def one(request: IRequest, upload_id: str) -> bytes:
             return await self._api(request, upload_id)
+
+        @app.route("/api/uploads/<string:upload_id>/retry", methods=["POST", "OPTIONS"])
+        async def retry(request: IRequest, upload_id: str) -> bytes:
+            return await self._api(request, upload_id, retry=True)
 
     # tus
 
@@ -191,19 +198,22 @@ class UploadRoutes:
 
     # The upload list.
 
-    async def _api(self, request: IRequest, upload_id: str | None) -> bytes:
+    async def _api(self, request: IRequest, upload_id: str | None, retry: bool = False) -> bytes:
         self._cors(request)
         request.setHeader(b"cache-control", b"no-store")
         if request.method == b"OPTIONS":
             return _reply(request, 204, {}, b"")
         try:
             principal = await self._principal(request)
+            status, headers = 200, {}
             if upload_id is None:
                 uploads = await self.service.listing(principal)
                 document: Any = {"uploads": [self._describe(u) for u in uploads]}
+            elif retry:
+                document = self._describe(await _shielded(self.service.retry(principal, upload_id)))
+                status = 202
             else:
                 document = self._describe(await self.service.get_owned(principal, upload_id))
-            status, headers = 200, {}
         except tus.TusError as e:
             status, headers, document = e.status, e.headers, {"error": e.message}
         except CancelledError:

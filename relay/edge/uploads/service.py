@@ -1,10 +1,12 @@
 """
 The uploads component: tus semantics over the store, the spool and the
 locks, independent of HTTP.  L{UploadService} answers "create", "status",
-"append", "terminate" and "list" for an authenticated user; the routes in
+"append", "terminate", "list" and "retry" for an authenticated user; the routes in
 L{relay.edge.uploads.resource} translate requests and replies.
 
-Anything refused raises L{TusError} before any state has changed.
+Anything refused raises L{TusError} before any state has changed.  The
+owner hears of each upload's state and bytes received as they change
+(L{relay.edge.uploads.announcer}).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from relay.edge.auth import IProjectAccess, Principal
+from relay.edge.events import EventHub
+from relay.edge.uploads.announcer import UploadAnnouncer
 from relay.edge.uploads.concatenation import concatenate
 from relay.edge.uploads.handoff import IUploadSink, StagedUpload
 from relay.edge.uploads.locks import Lease, UploadLocks
@@ -97,6 +101,7 @@ class UploadService(Service):
         limits: UploadLimits,
         prefix: str = "/files/",
         threads: int = 8,
+        events: EventHub | None = None,
     ) -> None:
         self.reactor = reactor
         self.store = store
@@ -110,6 +115,7 @@ class UploadService(Service):
         self.threads = Threads(reactor, self._pool)
         self.ready = False
         self._recovery: Deferred[None] | None = None
+        self.announce = UploadAnnouncer(reactor, events)
 
     # Lifecycle.
 
@@ -134,6 +140,7 @@ class UploadService(Service):
             d.addTimeout(30, self.reactor)
         await DeferredList(waits, consumeErrors=True)
         self._pool.stop()
+        self.announce.flush()
 
     def now(self) -> float:
         return float(self.reactor.seconds())
@@ -174,6 +181,7 @@ class UploadService(Service):
             raise TusError(507, SPACE_MESSAGE) from None
         await self.threads.run(writer.close)
         await self.store.add(upload)
+        self.announce.state(upload.owner, upload.id, upload.state.value)
         log.info("upload {upload_id} created by {user} ({length} bytes)",
                  upload_id=upload.id, user=principal.user_id, length=length)  # fmt: skip
         if length == 0:
@@ -254,6 +262,20 @@ class UploadService(Service):
         finally:
             lease.release()
         log.info("upload {upload_id} terminated", upload_id=upload_id)
+
+    async def retry(self, principal: Principal, upload_id: str) -> Upload:
+        """
+        Start a failed transfer over, from the spool copy it kept (owner
+        only); the upload as it is now.
+        """
+        self._check_ready()
+        upload = await self.owned(principal, upload_id)
+        if upload.state is not UploadState.FAILED:
+            raise TusError(409, f"the upload is {upload.state.value}; only a failed transfer can be retried")
+        if not await self.sink.retry_transfer(upload_id):
+            raise TusError(409, "the transfer cannot be started over now; reload and look again")
+        log.info("upload {upload_id}: {user} retries its transfer", upload_id=upload_id, user=principal.user_id)
+        return await self.get_owned(principal, upload_id)
 
     async def listing(self, principal: Principal) -> list[Upload]:
         """The user's uploads, newest first, with live offsets of active ones."""
@@ -353,9 +375,11 @@ class UploadService(Service):
                 raise TusError(409, f"the upload holds {writer.offset} bytes; ask with HEAD",
                                {"Upload-Offset": str(writer.offset)})  # fmt: skip
             limit, limit_error = await self._limit(upload)
+            declared = upload
             receiver = BodyReceiver(
                 self.threads, self.spool, writer, lease, limit, limit_error,
                 self.limits.disk_reserve, self.limits.checksum_memory,
+                lambda offset: self.announce.received(declared.owner, declared.id, offset, declared.length),
             )  # fmt: skip
             received: Received = await receiver.receive(body, checksum)
             now = self.now()
@@ -365,6 +389,8 @@ class UploadService(Service):
                 return Outcome(await self.complete(upload), received.error)
             upload = upload.replace(expires=now + self.limits.expiry)
             await self.store.record_offset(upload.id, received.offset, now, upload.expires)
+            # What was kept (a checksum mismatch discards what was accepted).
+            self.announce.received(upload.owner, upload.id, received.offset, upload.length)
             if received.interrupted:
                 log.info("upload {upload_id}: connection lost at {offset}, bytes kept",
                          upload_id=upload.id, offset=received.offset)  # fmt: skip
@@ -400,6 +426,7 @@ class UploadService(Service):
             await self.threads.run(writer.close)
         await self.store.mark_complete(upload.id, upload.length, UploadState.STAGED, now)
         upload = upload.replace(offset=upload.length, state=UploadState.STAGED, expires=None)
+        self.announce.state(upload.owner, upload.id, upload.state.value)
         log.info("upload {upload_id} complete ({length} bytes)",
                  upload_id=upload.id, length=upload.length)  # fmt: skip
         self.hand_off(upload)

@@ -3,8 +3,11 @@ The transfer stage end to end, against real servers and real faults: files
 staged in an edge's spool reach S3 byte-identical through a link emulator
 that resets and stalls connections, while the cloud is killed and
 restarted, while presigned URLs expire, and across a C{kill -9} of the
-edge, which then re-sends no part S3 already had.  The spool file is kept
-until the cloud has registered the file, and erased after.
+edge, which then re-sends no part S3 already had.  A spool copy damaged
+mid-transfer fails the upload for good (no retry loop, the multipart upload
+aborted), and its owner's retry starts it over once the copy is whole
+again.  The spool file is kept until the cloud has registered the file,
+and erased after.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import ClassVar
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
+from relay.edge.transfer.run import DAMAGED
 from relay.testing.linkemu import LinkProfile
 from relay.testing.s3servers import S3Server, start_moto, start_rclone
 from relay.testing.transfer_world import MiB, read_db, spool_has
@@ -157,11 +161,80 @@ class MotoFaultTests(Base):
         self.assertEqual(put_again, set(range(1, job.part_count + 1)) - set(held))
         await self.check_arrived(world, {upload_id: sha256})
 
+    async def test_damaged_copy_fails_and_a_retry_completes(self) -> None:
+        """
+        Bytes of the spool file's last part are damaged while the first
+        parts are on their way: the transfer fails at once with a reason
+        for people, S3's multipart upload is aborted, nothing more is sent
+        (no retry loop), and the spool file stays.  Once the copy is whole
+        again, the owner's C{POST /api/uploads/<id>/retry} starts the
+        transfer over and the file arrives byte-identical; only then is the
+        spool file erased.
+        """
+        world = self.world(
+            s3_link=LinkProfile(latency_ms=20, aggregate_bytes_per_s=4 * MiB),
+            transfer={"concurrency": 4, "tail_copies": 1},
+        )  # fmt: skip
+        await world.start()
+        upload_id, sha256 = world.stage(64 * MiB, seed=5)
+        world.edge.start()
+        await world.wait_for("the first parts on their way", lambda: getattr(world.job(upload_id), "state", "") ==
+                             "sending" and world.s3_link.counters.bytes_to_upstream > 4 * MiB, 60)  # fmt: skip
+        self.assertEqual(len(await deferToThread(self._multipart_uploads, world, upload_id)), 1)
+        data = world.edge_dir / "spool" / f"{upload_id}.data"
+        offset = data.stat().st_size - 3 * MiB // 2  # in the last part, read last
+        original = _flip(data, offset, b"")
+        await world.wait_for("the upload failed", lambda: world.upload(upload_id)[0] == "failed", 60)
+        state, _, error = world.upload(upload_id)
+        self.assertEqual((state, error), ("failed", DAMAGED))
+        code, body = await world.api("GET", f"/api/uploads/{upload_id}")
+        self.assertEqual((code, body["state"], body["error"]), (200, "failed", DAMAGED))
+        await world.wait_for("the multipart upload aborted",
+                             lambda: not self._multipart_uploads(world, upload_id), 30)  # fmt: skip
+        # What the emulator held of the cancelled PUTs drains first.
+        sent = -1
+        for _ in range(40):
+            if sent == world.s3_link.counters.bytes_to_upstream:
+                break
+            sent = world.s3_link.counters.bytes_to_upstream
+            await sleep(0.5)
+        await sleep(4)  # retries would come within retry_cap (3 s)
+        self.assertEqual(world.s3_link.counters.bytes_to_upstream, sent, "no retry loop")
+        self.assertEqual(world.job(upload_id).state, "failed")  # type: ignore[union-attr]
+        self.assertTrue(spool_has(world.edge_dir, upload_id), "kept whatever fails")
+        self.assertIsNone(world.cloud_registered(upload_id))
+
+        _flip(data, offset, original)
+        code, body = await world.api("POST", f"/api/uploads/{upload_id}/retry")
+        self.assertEqual((code, body["state"], body["error"]), (202, "transferring", None))
+        code, body = await world.api("POST", f"/api/uploads/{upload_id}/retry")
+        self.assertEqual(code, 409, "not failed any more")
+        await world.wait_for("sending again", lambda: getattr(world.job(upload_id), "state", "") in
+                             ("sending", "finishing", "registered", "done"), 60)  # fmt: skip
+        self.assertTrue(spool_has(world.edge_dir, upload_id), "kept until registered")
+        await world.wait_done([upload_id], 90)
+        await self.check_arrived(world, {upload_id: sha256})
+        self.assertEqual(await deferToThread(self._multipart_uploads, world, upload_id), [])
+
+    def _multipart_uploads(self, world: TransferWorld, upload_id: str) -> list[str]:
+        listed = self.server.client().list_multipart_uploads(Bucket=self.server.bucket)
+        return [u["UploadId"] for u in listed.get("Uploads", []) if u["Key"] == world.object_key(upload_id)]
+
     def _held(self, world: TransferWorld, upload_id: str, s3_upload_id: str) -> dict[int, int]:
         client = self.server.client()
         parts = client.list_parts(Bucket=self.server.bucket, Key=world.object_key(upload_id),
                                   UploadId=s3_upload_id).get("Parts", [])  # fmt: skip
         return {p["PartNumber"]: p["Size"] for p in parts}
+
+
+def _flip(path: Path, offset: int, restore: bytes) -> bytes:
+    """Damage 16 bytes at C{offset} (or put C{restore} back); returns what was there."""
+    with path.open("r+b") as f:
+        f.seek(offset)
+        before = f.read(16)
+        f.seek(offset)
+        f.write(restore or bytes(b ^ 0xA5 for b in before))
+    return before
 
 
 class RcloneFaultTests(Base):

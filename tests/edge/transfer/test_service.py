@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from relay.edge.events import EventHub
 from relay.edge.tap import SCHEMAS
 from relay.edge.transfer import journal
 from relay.edge.transfer.service import TransferService, TransferSettings
@@ -50,11 +51,12 @@ class Edge:
         register_types(catalogue)
         self.inbox = fake_link.FakeInbox(self.db, catalogue)  # type: ignore[arg-type]
         self.target = FakePartTarget()
+        self.hub = EventHub()
         self.service = TransferService(
             self.clock, self.db, self.outbox,  # type: ignore[arg-type]
             TransferSettings(**{"min_part_size": MiB, "concurrency": 2, "request_timeout": 60,
                                 "tail_copies": 1, **settings}),
-            target=self.target, blocking=lambda f, *a: maybeDeferred(f, *a),
+            target=self.target, blocking=lambda f, *a: maybeDeferred(f, *a), events=self.hub,
         )  # fmt: skip
         self.service.bind(self.spool, self.store)
         self.service.register(self.inbox)

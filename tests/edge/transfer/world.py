@@ -8,12 +8,14 @@ S3 (part PUTs) and between the edge and the broker.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import treq
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
@@ -28,6 +30,7 @@ from relay.testing.transfer_world import (
     cloud_node,
     edge_node,
     job_view,
+    seed_api_key,
     seed_cloud,
     stage_upload,
     upload_view,
@@ -72,6 +75,7 @@ class TransferWorld:
         await self.s3_link.start()
         await self.amqp_link.start()
         self.user, self.project = seed_cloud(self.root / "cloud")
+        self.api_key = seed_api_key(self.root / "cloud", self.user)
         credentials = self.s3.write_credentials(self.root / "s3-credentials.toml")
         self.cloud: Node = cloud_node(self.root, amqp_url=self.vhost.url(), listen_port=free_port(), s3={
             "bucket": self.s3.bucket, "endpoint_url": self.s3.endpoint, "addressing_style": "path",
@@ -133,6 +137,13 @@ class TransferWorld:
             return digest.hexdigest()
 
         return await deferToThread(work)
+
+    async def api(self, method: str, path: str) -> tuple[int, Any]:
+        """The edge's JSON API, with the user's API key."""
+        response = await treq.request(method, f"http://127.0.0.1:{self.edge_port}{path}",
+                                      headers={"Authorization": [f"Bearer {self.api_key}"]}, persistent=False)  # fmt: skip
+        body = await response.content()
+        return response.code, json.loads(body) if body else None
 
     def edge_metrics(self) -> dict[str, float]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.edge_port}/metrics", timeout=5) as r:

@@ -20,6 +20,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.web.server import Site
 
 from relay.db import Database
+from relay.edge.events import EventHub
 from relay.edge.uploads.handoff import LocalStaging
 from relay.edge.uploads.housekeeping import UploadHousekeeping
 from relay.edge.uploads.request import StreamingSettings, streaming_request_factory
@@ -74,6 +75,7 @@ class Edge:
     header_timeout: float = 10.0
     spool: Spool | None = None
     sink: LocalStaging = field(default_factory=LocalStaging)
+    hub: EventHub = field(default_factory=EventHub)
     cleanups: list[Any] = field(default_factory=list)
 
     async def start(self) -> Edge:
@@ -88,7 +90,7 @@ class Edge:
             self.spool = Spool(self.directory / "spool", MASTER, segment_size=1 << 16)
         self.store = UploadStore(self.db)
         self.service = UploadService(reactor, self.store, self.spool, self.sink, self.projects,
-                                     self.limits)  # fmt: skip
+                                     self.limits, events=self.hub)  # fmt: skip
         self.service.startService()
         await self.service._recovery
         self.housekeeping = UploadHousekeeping(self.service, 3600, reactor)

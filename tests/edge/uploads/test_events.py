@@ -1,0 +1,132 @@
+"""
+What an upload's owner hears as it happens: L{UploadAnnouncer}'s
+coalescing with a Clock, and the receiver's events for a real upload over
+loopback HTTP.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from relay.edge.events import Event, EventHub
+from relay.edge.uploads.announcer import UploadAnnouncer
+from relay.edge.uploads.service import UploadLimits
+
+from .harness import KEY, Edge, random_bytes, tus_headers
+
+A, B = "a" * 32, "b" * 32
+
+
+class AnnouncerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.hub = EventHub()
+        self.heard: list[Event] = []
+        self.hub.subscribe("alice", self.heard.append)
+        self.announce = UploadAnnouncer(self.clock, self.hub)
+
+    def offsets(self, upload_id: str = A) -> list[int]:
+        return [e.data["offset"] for e in self.heard if e.kind == "upload.progress" and e.data["upload_id"] == upload_id]
+
+    def test_at_most_four_a_second_and_the_latest_wins(self) -> None:
+        for offset in range(1, 101):  # a report every 10 ms for a second
+            self.announce.received("alice", A, offset, 100)
+            self.clock.advance(0.01)
+        self.clock.advance(1)
+        offsets = self.offsets()
+        self.assertEqual((len(offsets), offsets[0], offsets[-1]), (5, 1, 100))
+        times = []
+        hub, clock = EventHub(), Clock()
+        hub.subscribe("alice", lambda e: times.append(clock.seconds()))
+        announce = UploadAnnouncer(clock, hub)
+        for offset in range(1, 1001):
+            announce.transferred("alice", A, offset, 1000, 0, 1)
+            clock.advance(0.003)
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        self.assertGreaterEqual(min(gaps), 0.25 - 1e-9)
+
+    def test_uploads_and_kinds_are_coalesced_apart(self) -> None:
+        self.announce.received("alice", A, 1, 10)
+        self.announce.received("alice", B, 1, 10)
+        self.announce.transferred("alice", A, 5, 10, 1, 2)
+        self.assertEqual([(e.kind, e.data["upload_id"]) for e in self.heard],
+                         [("upload.progress", A), ("upload.progress", B), ("transfer.progress", A)])  # fmt: skip
+        self.assertEqual(self.heard[2].data, {"upload_id": A, "confirmed": 5, "total": 10,
+                                              "parts_done": 1, "parts_total": 2})  # fmt: skip
+
+    def test_a_state_sends_what_is_held_back_first(self) -> None:
+        self.announce.received("alice", A, 1, 10)
+        self.announce.received("alice", A, 10, 10)
+        self.announce.received("alice", B, 1, 10)
+        self.announce.received("alice", B, 2, 10)
+        self.announce.state("alice", A, "staged")
+        self.assertEqual([(e.kind, e.data.get("offset") or e.data.get("state")) for e in self.heard
+                          if e.data["upload_id"] == A],
+                         [("upload.progress", 1), ("upload.progress", 10), ("upload.state", "staged")])  # fmt: skip
+        self.clock.advance(1)
+        self.assertEqual(self.offsets(A), [1, 10], "not again")
+        self.assertEqual(self.offsets(B), [1, 2], "the other upload's held report, in its time")
+        self.announce.state("alice", A, "failed", "why")
+        self.assertEqual(self.heard[-1].data, {"upload_id": A, "state": "failed", "reason": "why"})
+        self.announce.received("alice", B, 3, 10)
+        self.announce.flush()
+        self.assertEqual(self.offsets(B), [1, 2, 3])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_only_the_owner_hears(self) -> None:
+        self.announce.state("bob", A, "receiving")
+        self.assertEqual(self.heard, [])
+
+    def test_no_hub(self) -> None:
+        quiet = UploadAnnouncer(self.clock, None)
+        quiet.received("alice", A, 1, 10)
+        quiet.state("alice", A, "staged")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ReceiverEventTests(TestCase):
+    timeout = 60
+
+    async def test_an_upload_over_http(self) -> None:
+        """
+        Creation says C{receiving}; a body of 8 MiB streamed over loopback
+        reports its progress (at most four times a second, ending with the
+        whole length) and then C{staged}; an interrupted body's report is
+        what the spool kept.
+        """
+        directory = Path(self.mktemp())
+        directory.mkdir(parents=True)
+        edge = await Edge(directory, limits=UploadLimits(max_size=1 << 26, disk_reserve=0)).start()
+        self.addCleanup(edge.stop)
+        heard: list[tuple[float, Event]] = []
+        edge.hub.subscribe("alice", lambda e: heard.append((reactor.seconds(), e)))  # type: ignore[attr-defined]
+        edge.hub.subscribe("bob", lambda e: self.fail(f"bob heard {e}"))
+        size = 8 << 20
+        url = await edge.create(size)
+        upload_id = url.rsplit("/", 1)[1]
+        started = reactor.seconds()  # type: ignore[attr-defined]
+        r = await edge.patch(url, 0, random_bytes(size))
+        elapsed = reactor.seconds() - started  # type: ignore[attr-defined]
+        self.assertEqual(r.code, 204)
+        events = [e for _, e in heard]
+        self.assertEqual(events[0].data, {"upload_id": upload_id, "state": "receiving"})
+        self.assertEqual(events[-1].data, {"upload_id": upload_id, "state": "staged"})
+        progress = [e.data for e in events[1:-1]]
+        self.assertTrue(progress)
+        self.assertTrue(all(p["upload_id"] == upload_id and p["length"] == size for p in progress))
+        offsets = [p["offset"] for p in progress]
+        self.assertEqual(offsets, sorted(offsets))
+        self.assertEqual(offsets[-1], size)
+        self.assertLessEqual(len(progress), elapsed / 0.25 + 2)
+        # A deferred-length upload's PATCH ends without completing it.
+        url = await edge.create(None)
+        heard.clear()
+        r = await edge.request("PATCH", url, tus_headers(KEY, Upload_Offset="0",
+                               Content_Type="application/offset+octet-stream"), random_bytes(1000))  # fmt: skip
+        self.assertEqual(r.code, 204)
+        self.assertEqual([(e.kind, e.data["offset"], e.data["length"]) for _, e in heard][-1:],
+                         [("upload.progress", 1000, None)])  # fmt: skip
