@@ -12,6 +12,7 @@ objects receive the values they need as arguments.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union
 
 from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.python import usage
 
 
 class ConfigError(Exception):
@@ -202,6 +204,27 @@ def load(cls: type[T], path: Path | str, overrides: Mapping[str, Any] | None = N
         return _build(cls, table, "")
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def config_path(given: str | None, default: str) -> Path:
+    """
+    The configuration file: the one named on the command line, else
+    C{$RELAY_CONFIG}, else the side's default (relative to the working
+    directory).
+    """
+    return Path(given or os.environ.get("RELAY_CONFIG") or default)
+
+
+class TapOptions(usage.Options):
+    """
+    A twistd plugin's options: C{--config}, and overrides that each replace
+    one key of the configuration file (C{overriding}: option -> key).
+    """
+
+    overriding: typing.ClassVar[dict[str, str]] = {}
+
+    def overrides(self) -> dict[str, Any]:
+        return {key: self[option] for option, key in self.overriding.items()}
 
 
 def relative_to(base: Path, path: Path) -> Path:

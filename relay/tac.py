@@ -19,19 +19,19 @@ from relay.process import GracefulStop
 def application_for(side: Literal["edge", "cloud"]) -> Componentized:
     from twisted.internet import reactor
 
-    from relay.config import load_or_exit
+    from relay.config import config_path, load_or_exit
 
     if side == "edge":
         from relay.edge import tap as edge_tap
         from relay.edge.config import EdgeConfig
 
-        edge_config = load_or_exit(EdgeConfig, edge_tap.config_path(None), {}, "relay-edge")
+        edge_config = load_or_exit(EdgeConfig, config_path(None, edge_tap.DEFAULT_CONFIG), {}, "relay-edge")
         service, log_format = edge_tap.edge_service(edge_config, reactor), edge_config.log.format
     else:
         from relay.cloud import tap as cloud_tap
         from relay.cloud.config import CloudConfig
 
-        cloud_config = load_or_exit(CloudConfig, cloud_tap.config_path(None), {}, "relay-cloud")
+        cloud_config = load_or_exit(CloudConfig, config_path(None, cloud_tap.DEFAULT_CONFIG), {}, "relay-cloud")
         service, log_format = cloud_tap.cloud_service(cloud_config, reactor), cloud_config.log.format
     GracefulStop(reactor).setServiceParent(service)
     application = Application(f"relay-{side}")

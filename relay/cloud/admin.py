@@ -26,7 +26,7 @@ from typing import Any, TextIO
 from relay.cloud.config import CloudConfig, database_target
 from relay.cloud.registry import Registry
 from relay.cloud.sync import EventLog
-from relay.config import ConfigError, load
+from relay.config import ConfigError, config_path, load
 from relay.credentials import (
     DEFAULT_COST,
     ScryptCost,
@@ -64,7 +64,7 @@ def open_registry(args: argparse.Namespace) -> tuple[Database, Registry]:
     if args.db:
         target: Path | str = args.db
     else:
-        path = args.config or os.environ.get("RELAY_CONFIG") or DEFAULT_CONFIG
+        path = config_path(args.config, DEFAULT_CONFIG)
         target = database_target(load(CloudConfig, path), Path.cwd())
     if not is_postgresql(target):
         Path(target).parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -7,21 +7,19 @@ the configuration file, and the only one that touches the global reactor.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from klein import Klein
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
-from twisted.python import usage
 from twisted.web.server import Site
 
 from relay.cloud import registry, sync, transfers
 from relay.cloud.commands import CloudCommands
 from relay.cloud.config import CloudConfig, database_target
 from relay.cloud.transfers import RegistryFiles, build_transfers
-from relay.config import load_or_exit, prepare_data_dir, relative_to
+from relay.config import TapOptions, config_path, load_or_exit, prepare_data_dir, relative_to
 from relay.db import Database, Schema
 from relay.health import Health
 from relay.link import inbox, outbox
@@ -38,7 +36,7 @@ DEFAULT_CONFIG = "etc/cloud.toml"
 SCHEMAS: list[Schema] = [outbox.SCHEMA, inbox.SCHEMA, registry.SCHEMA, sync.SCHEMA, transfers.SCHEMA]
 
 
-class Options(usage.Options):
+class Options(TapOptions):
     """
     C{twistd relay-cloud} options.  Each override replaces the key of the
     configuration file named in its help.
@@ -51,16 +49,11 @@ class Options(usage.Options):
         ["amqp-url", None, None, "the broker's amqp:// or amqps:// URL (overrides link.url)"],
     ]
 
-    def overrides(self) -> dict[str, Any]:
-        return {
-            "cloud.listen": self["listen"],
-            "cloud.data_dir": self["data-dir"],
-            "link.url": self["amqp-url"],
-        }
-
-
-def config_path(given: str | None) -> Path:
-    return Path(given or os.environ.get("RELAY_CONFIG") or DEFAULT_CONFIG)
+    overriding = {
+        "listen": "cloud.listen",
+        "data-dir": "cloud.data_dir",
+        "amqp-url": "link.url",
+    }
 
 
 def makeService(options: Options) -> IService:
@@ -68,7 +61,7 @@ def makeService(options: Options) -> IService:
     Read the configuration and build the cloud's service tree.
     """
     config = load_or_exit(
-        CloudConfig, config_path(options["config"]), options.overrides(), "relay-cloud"
+        CloudConfig, config_path(options["config"], DEFAULT_CONFIG), options.overrides(), "relay-cloud"
     )
     from twisted.internet import reactor
 

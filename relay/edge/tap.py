@@ -8,7 +8,6 @@ object below it is handed what it needs.
 
 from __future__ import annotations
 
-import os
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,9 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.threads import deferToThreadPool
-from twisted.python import usage
 from twisted.web.server import Site
 
-from relay.config import load_or_exit, prepare_data_dir, relative_to
+from relay.config import TapOptions, config_path, load_or_exit, prepare_data_dir, relative_to
 from relay.db import Database, Schema
 from relay.edge import identity as identity_module
 from relay.edge import replica
@@ -49,7 +47,7 @@ SCHEMAS: list[Schema] = [
 ]
 
 
-class Options(usage.Options):
+class Options(TapOptions):
     """
     C{twistd relay-edge} options.  Each override replaces the key of the
     configuration file named in its help.
@@ -63,17 +61,12 @@ class Options(usage.Options):
         ["amqp-url", None, None, "the broker's amqp:// or amqps:// URL (overrides link.url)"],
     ]
 
-    def overrides(self) -> dict[str, Any]:
-        return {
-            "edge.listen": self["listen"],
-            "edge.data_dir": self["data-dir"],
-            "edge.id": self["edge-id"],
-            "link.url": self["amqp-url"],
-        }
-
-
-def config_path(given: str | None) -> Path:
-    return Path(given or os.environ.get("RELAY_CONFIG") or DEFAULT_CONFIG)
+    overriding = {
+        "listen": "edge.listen",
+        "data-dir": "edge.data_dir",
+        "edge-id": "edge.id",
+        "amqp-url": "link.url",
+    }
 
 
 def makeService(options: Options) -> IService:
@@ -81,7 +74,7 @@ def makeService(options: Options) -> IService:
     Read the configuration and build the edge's service tree.
     """
     config = load_or_exit(
-        EdgeConfig, config_path(options["config"]), options.overrides(), "relay-edge"
+        EdgeConfig, config_path(options["config"], DEFAULT_CONFIG), options.overrides(), "relay-edge"
     )
     from twisted.internet import reactor
 
