@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Union
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -246,6 +246,8 @@ class Database(Service):
         self._pool.start()
 
     def stopService(self) -> Deferred[None]:
+        if not self.running:
+            return succeed(None)  # stopped already: the pool is gone
         super().stopService()
 
         def stopped(_: object) -> None:

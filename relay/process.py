@@ -32,6 +32,8 @@ class InOrder(MultiService):
 
     async def _stop_children(self) -> None:
         for child in reversed(list(self)):
+            if not child.running:
+                continue
             try:
                 await maybeDeferred(child.stopService)
             except Exception:

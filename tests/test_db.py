@@ -127,3 +127,10 @@ class DatabaseThreadTests(TestCase):
             await self.db.run(fail)
         count = await self.db.read(lambda c: c.execute("SELECT count(*) FROM item").fetchone()[0])
         self.assertEqual(count, 0)
+
+    async def test_stopping_twice_is_harmless(self) -> None:
+        # The cleanup stops it a third time.
+        await self.db.stopService()
+        stopped_again = self.db.stopService()
+        stopped_again.addTimeout(5, reactor)
+        await stopped_again

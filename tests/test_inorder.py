@@ -60,3 +60,18 @@ def test_a_child_that_fails_to_stop_does_not_keep_the_others_running() -> None:
     assert database.stopping is not None
     database.stopping.callback(None)
     assert done.called
+
+
+def test_stopping_a_stopped_tree_again_is_immediate() -> None:
+    events: list[str] = []
+    root = InOrder()
+    worker = Slow("worker", events)
+    worker.setServiceParent(root)
+    root.startService()
+    done = root.stopService()
+    assert worker.stopping is not None
+    worker.stopping.callback(None)
+    assert done.called
+    again = root.stopService()
+    assert again.called
+    assert events == ["stop worker", "stopped worker"]
