@@ -114,7 +114,9 @@ def edge_service(
     # (scrypt runs on the reactor's thread pool, never on its thread).
     applier = replica.ReplicaApplier(config.edge.id, bridge.outbox, reactor)
     applier.register(bridge.inbox)
-    monitor = replica.SyncMonitor(db, applier, bridge.outbox)
+    monitor = replica.SyncMonitor(
+        db, applier, bridge.outbox, connected=lambda: bridge.link.channel is not None
+    )
     monitor.setServiceParent(root)
     bridge.when_up(monitor.link_up)
     identity = identity_module.Identity(

@@ -200,7 +200,10 @@ class EdgeNode:
         self.bridge.setServiceParent(self.root)
         self.applier = ReplicaApplier(self.edge_id, self.bridge.outbox, reactor)
         self.applier.register(self.bridge.inbox)
-        monitor = SyncMonitor(self.db, self.applier, self.bridge.outbox, interval=self.monitor_interval)
+        monitor = SyncMonitor(
+            self.db, self.applier, self.bridge.outbox, interval=self.monitor_interval,
+            connected=lambda: self.bridge.link.channel is not None,
+        )
         monitor.setServiceParent(self.root)
         self.bridge.when_up(monitor.link_up)
         self.issuer = CommandIssuer(self.bridge.outbox, reactor)

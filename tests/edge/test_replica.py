@@ -333,3 +333,21 @@ def test_a_snapshot_that_stopped_coming_is_asked_for_again(cloud: CloudSide, edg
     (hello,) = sent(edge)
     assert hello.body["snapshot"] is True
     assert edge.db.run_now(lambda c: c.execute("SELECT count(*) FROM replica_snapshot_parts").fetchone()[0]) == 0
+
+
+def test_a_reconnect_does_not_ask_for_a_second_snapshot(cloud: CloudSide, edge: EdgeSide, clock: Clock) -> None:
+    assert edge.tick(hello=True)
+    assert [m.type for m in sent(edge)] == ["sync.hello"]
+    # The link resets a few seconds later; the first hello and its snapshot
+    # are still on their way.
+    clock.advance(5)
+    assert not edge.tick(hello=True)
+    assert sent(edge) == []
+    # Nothing came for longer than rerequest_after: ask again.
+    clock.advance(31)
+    assert edge.tick(hello=True)
+    assert [m.type for m in sent(edge)] == ["sync.hello"]
+    # A synced edge says hello on every reconnect (cheap: it finds gaps).
+    synced(edge, cloud)
+    clock.advance(1)
+    assert edge.tick(hello=True)

@@ -275,6 +275,13 @@ class ReplicaApplier:
         if stale:
             conn.execute("DELETE FROM replica_snapshot_parts WHERE received_at < ?", (now - 4 * self._rerequest_after,))
         quiet = now - max(state.hello_at, state.progress_at)
+        if hello and not state.synced and quiet < self._rerequest_after:
+            # A reconnect while a fresh edge waits for its snapshot: the
+            # hello (and the snapshot it asked for) are still on their way,
+            # both through outboxes, so asking again would only start a
+            # second snapshot, and on a link that resets every few seconds,
+            # one per reset.
+            hello = False
         if (
             hello
             or stale

@@ -6,6 +6,8 @@ and the periodic checks of L{ReplicaApplier.tick}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -17,14 +19,20 @@ from relay.replication import IOutbox
 
 class SyncMonitor(TimerService):
     """
-    Runs L{ReplicaApplier.tick} every C{interval} seconds; errors are logged
-    and the timer carries on.
+    Runs L{ReplicaApplier.tick} every C{interval} seconds while the link is
+    up (C{connected}); errors are logged and the timer carries on.  While
+    the link is down nothing is asked: each request would wait in the
+    outbox, and all of them would be answered once it is back.
     """
 
     log = Logger()
 
-    def __init__(self, db: Database, applier: ReplicaApplier, outbox: IOutbox, *, interval: float = 5.0) -> None:
+    def __init__(
+        self, db: Database, applier: ReplicaApplier, outbox: IOutbox, *, interval: float = 5.0,
+        connected: Callable[[], bool] = lambda: True,
+    ) -> None:
         super().__init__(interval, self.tick)
+        self._connected = connected
         self._db = db
         self._applier = applier
         self._outbox = outbox
@@ -32,14 +40,18 @@ class SyncMonitor(TimerService):
 
     def link_up(self) -> None:
         """
-        The broker connection is (back) up: say hello on the next tick.
+        The broker connection is (back) up: say hello now.
         """
         self._hello_due = True
+        if self.running:
+            self.tick()
 
     def tick(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._tick())
 
     async def _tick(self) -> None:
+        if not self._connected():
+            return
         hello, self._hello_due = self._hello_due, False
         try:
             if await self._db.run(self._applier.tick, hello):
