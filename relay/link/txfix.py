@@ -26,13 +26,11 @@ regression test in ``tests/link/`` that fails without it.
    heartbeats keep the dead link looking alive); and a lost connection that
    says why (the broker's ``connection.close`` reply, or
    :class:`HeartbeatTimeout`) instead of "closed cleanly" / "aborted".
-6. Speed, not correctness: txAMQP's generic per-field codec and its two
-   Deferred queues per frame were most of relay's link CPU. RelayClient
-   sends ``basic.publish``/``ack``/``nack`` encoded by hand and takes
-   ``basic.deliver``/``return``/``ack``/``nack`` and their content straight
-   to the delegate (:mod:`relay.link.frames`, byte-exact with the generic
-   path, tested in ``tests/link/test_frames.py``); it parses incoming data in
-   place, and sets no timer per frame for heartbeats.
+6. Speed, not correctness: txAMQP sets a timer for every frame received
+   and restarts its heartbeat loop for every frame sent; RelayClient notes
+   the time instead. The hot frames' short way past txAMQP's generic codec
+   and Deferred queues is :mod:`relay.link.fastpath`, which RelayClient
+   builds on.
 """
 
 from __future__ import annotations
@@ -54,16 +52,13 @@ from txamqp.codec import Codec
 from txamqp.connection import Body, Frame, Header, Heartbeat, Method
 from txamqp.content import Content
 from txamqp.message import Message
-from txamqp.protocol import AMQChannel, AMQClient, GarbageException
+from txamqp.protocol import AMQChannel, GarbageException
 from txamqp.queue import TimeoutDeferredQueue
 from txamqp.spec import Spec
 
-from relay.link import frames
+from relay.link.fastpath import Encoded, FastPathClient
 
 log = Logger()
-
-_FRAME_HEAD = struct.Struct("!BHI")
-
 
 class HeartbeatTimeout(Exception):
     """The broker sent nothing for three heartbeat intervals: the link is stalled."""
@@ -430,42 +425,12 @@ class RelayDelegate(TwistedDelegate):
 # -- 2 and 5. the protocol ----------------------------------------------------
 
 
-class _Encoded:
-    """Frames already encoded by :mod:`relay.link.frames`, queued behind others."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-
-class _Incoming:
-    """A ``basic.deliver`` or ``basic.return`` whose content is arriving."""
-
-    __slots__ = ("channel", "method", "args", "size", "properties", "chunks", "received")
-
-    def __init__(self, channel: AMQChannel, method: Any, args: tuple[Any, ...]) -> None:
-        self.channel = channel
-        self.method = method
-        self.args = args
-        self.size = -1  # until the content header arrives
-        self.properties: dict[str, Any] = {}
-        self.chunks: list[bytes] = []
-        self.received = 0
-
-
-class RelayClient(AMQClient):
+class RelayClient(FastPathClient):
     """txAMQP's client with relay's frame codec, bytes bodies and listener hooks.
 
     Construct with a :class:`RelayDelegate` and pass the reactor as ``clock``.
-
-    The hot frames take a fast path (see :mod:`relay.link.frames`):
-    :meth:`send_encoded` writes frames encoded by hand, and incoming
-    ``basic.deliver``/``basic.return`` with their content and incoming
-    ``basic.ack``/``basic.nack`` go straight to the delegate instead of
-    through txAMQP's per-frame Deferreds and queues. Everything else goes
-    txAMQP's way; the fast path is taken only while txAMQP's dispatcher is
-    idle, so the delegate still sees every method in arrival order.
+    The hot frames bypass txAMQP's generic machinery: see
+    :class:`relay.link.fastpath.FastPathClient`, which this builds on.
     """
 
     checkHB: IDelayedCall  # set by txAMQP when heartbeats are on
@@ -484,15 +449,6 @@ class RelayClient(AMQClient):
         ids = spec.constants.bypyname
         self._frame_ids = {kind: ids[kind].id for kind in _FRAME_KINDS}
         self._frame_kinds = {ids[kind].id: kind for kind in _FRAME_KINDS}
-        basic = spec.classes.byname["basic"]
-        self._fast_methods = {
-            frames.BASIC_DELIVER: basic.methods.byname["deliver"],
-            frames.BASIC_RETURN: basic.methods.byname["return"],
-            frames.BASIC_ACK: basic.methods.byname["ack"],
-            frames.BASIC_NACK: basic.methods.byname["nack"],
-        }
-        self._received = bytearray()
-        self._incoming: dict[int, _Incoming] = {}
         self._last_seen = self.clock.seconds()
 
     def send_init_string(self) -> None:
@@ -500,23 +456,14 @@ class RelayClient(AMQClient):
 
     # -- sending --------------------------------------------------------------
 
-    def send_encoded(self, data: bytes) -> None:
-        """Send frames encoded by :mod:`relay.link.frames`, after any frame
-        txAMQP has queued but not yet written."""
-        outgoing = self.outgoing
-        if outgoing.waiting and not outgoing.pending:
-            self.transport.write(data)  # the writer is idle: nothing queued
-        else:
-            outgoing.put(_Encoded(data))
-
     def send_frame(self, frame: Frame) -> None:
         # txAMQP restarts its heartbeat LoopingCall on every frame sent (a
         # tenth of the edge's time when publishing); relay's heartbeats go
         # out every interval regardless, which the protocol allows.
         self.transport.write(self._pack_frame(frame))
 
-    def _pack_frame(self, frame: Frame | _Encoded) -> bytes:
-        if isinstance(frame, _Encoded):
+    def _pack_frame(self, frame: Frame | Encoded) -> bytes:
+        if isinstance(frame, Encoded):
             return frame.data
         payload = encode_payload(frame.payload)
         kind = self._frame_ids[frame.payload.type]
@@ -544,86 +491,6 @@ class RelayClient(AMQClient):
             return Frame(channel, Heartbeat())
         raise GarbageException(f"frame error: unknown frame type {kind_id}")
 
-    def dataReceived(self, data: bytes) -> None:
-        # txAMQP copies the rest of its buffer after every frame; this
-        # parses in place and trims once per read.
-        if not self.frame_mode:
-            return super().dataReceived(data)  # type: ignore[no-any-return]
-        buffer = self._received
-        buffer += data
-        offset, available = 0, len(buffer)
-        try:
-            while available - offset >= 8 and not self.paused:
-                kind, channel, size = _FRAME_HEAD.unpack_from(buffer, offset)
-                end = offset + 7 + size
-                if end >= available:
-                    break
-                if buffer[end] != frames.FRAME_END:
-                    raise GarbageException(f"frame error: bad frame end {buffer[end]!r}")
-                payload = bytes(buffer[offset + 7 : end])
-                offset = end + 1
-                self._frame(kind, channel, payload)
-                if self.transport is not None and self.transport.disconnecting:
-                    break
-        finally:
-            del buffer[:offset]
-        return None
-
-    def _frame(self, kind: int, channel: int, payload: bytes) -> None:
-        incoming = self._incoming.get(channel)
-        if incoming is not None:
-            self._content_frame(incoming, kind, channel, payload)
-        elif kind == frames.FRAME_METHOD and payload[:4] in self._fast_methods and self._dispatcher_idle():
-            ch = self.channels.get(channel)
-            if ch is None or ch.closed:
-                self.frame_received(self._decode_frame(kind, channel, payload))
-                return
-            head = payload[:4]
-            method = self._fast_methods[head]
-            if head == frames.BASIC_DELIVER:
-                self._incoming[channel] = _Incoming(ch, method, frames.decode_deliver(payload))
-            elif head == frames.BASIC_RETURN:
-                self._incoming[channel] = _Incoming(ch, method, frames.decode_return(payload))
-            elif head == frames.BASIC_ACK:
-                self._deliver_message(ch, Message(method, frames.decode_ack(payload)))
-            else:
-                self._deliver_message(ch, Message(method, frames.decode_nack(payload)))
-        else:
-            self.frame_received(self._decode_frame(kind, channel, payload))
-            return
-        if self.heartbeatInterval > 0 and not self.closed:
-            self.reschedule_check_heartbeat()
-
-    def _dispatcher_idle(self) -> bool:
-        # txAMQP's worker waits for work and none is queued: every method
-        # received so far has reached the delegate.
-        return bool(self.work.waiting) and not self.work.pending
-
-    def _content_frame(self, incoming: _Incoming, kind: int, channel: int, payload: bytes) -> None:
-        if incoming.size < 0:
-            if kind != frames.FRAME_HEADER:
-                raise GarbageException(f"frame error: expected a content header on channel {channel}")
-            weight, incoming.size, incoming.properties = frames.decode_content_header(payload)
-            if weight:
-                raise GarbageException("frame error: basic content cannot have children")
-        elif kind == frames.FRAME_BODY:
-            incoming.chunks.append(payload)
-            incoming.received += len(payload)
-        else:
-            raise GarbageException(f"frame error: expected a body frame on channel {channel}")
-        if incoming.received >= incoming.size:
-            del self._incoming[channel]
-            body = incoming.chunks[0] if len(incoming.chunks) == 1 else b"".join(incoming.chunks)
-            content = Content(body, [], incoming.properties)
-            self._deliver_message(incoming.channel, Message(incoming.method, incoming.args, content))
-
-    def _deliver_message(self, channel: AMQChannel, message: Message) -> None:
-        try:
-            self.delegate.dispatch(channel, message)
-        except Exception:
-            # What txAMQP's worker does with a delegate's exception.
-            self.close(Failure())
-
     def dispatch(self, queue: TimeoutDeferredQueue) -> Deferred[None]:
         return Deferred.fromCoroutine(self._dispatch(queue))
 
@@ -634,7 +501,7 @@ class RelayClient(AMQClient):
         content = await read_content(queue) if method.content else None
         self.delegate.dispatch(channel, Message(method, frame.payload.args, content))
 
-    def writer(self, frame: Frame | _Encoded) -> None:
+    def writer(self, frame: Frame | Encoded) -> None:
         try:
             self.send_frame(frame)  # type: ignore[arg-type]
         except Exception:
