@@ -37,9 +37,10 @@ MEMBER_REMOVE = "project.member.remove"
 JOB_SUBMIT = "job.submit"
 JOB_CANCEL = "job.cancel"
 FILE_DELETE = "file.delete"
+USER_PASSWORD = "user.password"
 COMMANDS = (
     PROJECT_CREATE, PROJECT_RENAME, PROJECT_DELETE, MEMBER_ADD, MEMBER_REMOVE,
-    JOB_SUBMIT, JOB_CANCEL, FILE_DELETE,
+    JOB_SUBMIT, JOB_CANCEL, FILE_DELETE, USER_PASSWORD,
 )
 
 # Sync.
@@ -63,6 +64,12 @@ _MAYBE_TIME = {"type": ["number", "null"]}
 _FLAG = {"type": "integer", "enum": [0, 1]}
 _TEXT = {"type": "string", "maxLength": 2000}
 _NAME = {"type": "string", "minLength": 1, "maxLength": 200}
+_SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+#: The stored form of a password (L{relay.credentials.hash_password}).
+_PASSWORD_HASH = {
+    "type": "string", "maxLength": 200,
+    "pattern": r"^\$scrypt\$ln=[0-9]{1,2},r=[0-9]{1,2},p=[0-9]{1,2}\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+$",
+}
 _SEQ = {"type": "integer", "minimum": 0}
 
 
@@ -187,6 +194,11 @@ SCHEMAS: dict[str, tuple[dict[str, Any], str]] = {
     ),
     JOB_CANCEL: (_command(job_id=_ID), "edge -> cloud: cancel a queued or running job"),
     FILE_DELETE: (_command(file_id=_ID), "edge -> cloud: delete a file"),
+    USER_PASSWORD: (
+        _command(password_hash=_PASSWORD_HASH, replaces=_SHA256),
+        "edge -> cloud: the actor's new password (its scrypt hash, made at the edge), "
+        "replacing the one whose hash has the sha256 'replaces'",
+    ),
     HELLO: (
         _object({
             "edge": _EDGE, "applied": _SEQ,

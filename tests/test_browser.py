@@ -8,13 +8,11 @@ reach S3 (moto's server) through the transfer stage, byte-identical.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
 
 from relay.testing.s3servers import S3Server, free_port, start_moto
-from relay.testing.transfer_world import Node, Vhost, write_config
+from relay.testing.transfer_world import Node, Vhost, read_db, write_config
 
 from .conftest import ROOT
 
@@ -39,15 +37,11 @@ class Deployment:
     cloud: Node
 
 
-def _post_json(url: str, body: dict[str, str]) -> int:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+def _edge_knows(db: Path, name: str) -> bool:
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return 0
+        return bool(read_db(db, "SELECT 1 FROM replica_users WHERE name = ?", (name,)))
+    except sqlite3.OperationalError:
+        return False  # not created yet
 
 
 @pytest.fixture
@@ -78,9 +72,10 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     edge = Node("relay-edge", edge_config, tmp_path / "edge.log", tmp_path).start()
     edge_url = f"http://127.0.0.1:{edge_port}"
     try:
-        # The edge knows alice once its replica has caught up with the cloud.
+        # The edge knows alice once its replica has caught up with the cloud
+        # (asking by logging in would count as failed logins, and throttle).
         deadline = time.monotonic() + 60
-        while _post_json(f"{edge_url}/api/login", {"name": "alice", "password": PASSWORD}) != 200:
+        while not _edge_knows(tmp_path / "edge" / "edge.db", "alice"):
             assert edge.alive and cloud.alive, edge.log_text()[-3000:] + cloud.log_text()[-3000:]
             assert time.monotonic() < deadline, "alice never reached the edge's replica"
             time.sleep(0.2)
@@ -163,3 +158,21 @@ def test_logging_out_returns_to_the_login_form(deployment: Deployment, page: Pag
     expect(page.locator("#login")).to_be_visible()
     page.reload()
     expect(page.locator("#login")).to_be_visible()
+
+
+def test_a_new_project_shows_pending_then_settles_when_the_cloud_applies_it(
+    deployment: Deployment, page: Page
+) -> None:
+    log_in(page, deployment.edge_url, PASSWORD)
+    expect(page.locator("#workspace")).to_be_visible()
+    page.fill("#new-project input[name=name]", "Turbine blades")
+    page.click("#new-project button[type=submit]")
+    item = page.locator("#projects li", has_text="Turbine blades")
+    # At once, from the edge alone: pending until the cloud's answer.
+    expect(item).to_be_visible(timeout=2_000)
+    # The cloud applies it; the live event makes the page refetch.
+    expect(item).not_to_have_class("pending", timeout=30_000)
+    expect(item).not_to_contain_text("pending")
+    # Now it can take uploads.
+    expect(page.locator("#project option", has_text="Turbine blades")).to_have_count(1)
+    expect(page.locator("#new-project-error")).to_have_text("")

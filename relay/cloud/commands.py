@@ -17,6 +17,8 @@ non-member or a viewer is refused here whatever the edge thought.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +39,7 @@ from relay.sync_messages import (
     PROJECT_CREATE,
     PROJECT_DELETE,
     PROJECT_RENAME,
+    USER_PASSWORD,
 )
 
 _EDGE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -106,6 +109,7 @@ class CloudCommands:
             JOB_SUBMIT: self._job_submit,
             JOB_CANCEL: self._job_cancel,
             FILE_DELETE: self._file_delete,
+            USER_PASSWORD: self._user_password,
         }
 
     def register(self, inbox: Any) -> None:
@@ -210,3 +214,13 @@ class CloudCommands:
         self._access.require(conn, actor["id"], file["project_id"], "file.delete")
         self._registry.delete_file(conn, file["id"], command_id)
         self._effects.file_deleted(conn, file)
+
+    def _user_password(self, conn: Any, actor: Any, body: dict[str, Any], command_id: str) -> None:
+        # Only ever the actor's own password: the command names no user.
+        # The edge checked the current password; 'replaces' says against
+        # which hash, so a change made meanwhile (an administrator's reset)
+        # is not silently overwritten by an older request.
+        current = self._registry.user(conn, actor["id"])["password_hash"]
+        if not hmac.compare_digest(hashlib.sha256(current.encode()).hexdigest(), body["replaces"]):
+            raise Refused("the password was changed meanwhile; log in again with the current one", "conflict")
+        self._registry.set_password(conn, actor["id"], body["password_hash"], command_id)

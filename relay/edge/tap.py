@@ -23,11 +23,14 @@ from relay.edge import identity as identity_module
 from relay.edge import replica
 from relay.edge.auth import IAuthenticator, IProjectAccess
 from relay.edge.config import EdgeConfig
+from relay.edge.events import EventHub
 from relay.edge.transfer import journal as transfer_journal
 from relay.edge.transfer.service import build_transfers
 from relay.edge.uploads import store as upload_store
 from relay.edge.uploads.component import NobodyAuthenticated, NoProjectAccess, build_uploads
 from relay.edge.uploads.handoff import IUploadSink
+from relay.edge.web.announcer import ReplicaAnnouncer
+from relay.edge.web.api import api_routes
 from relay.edge.web.app import EdgeWeb
 from relay.health import Health
 from relay.link import inbox, outbox
@@ -110,31 +113,35 @@ def edge_service(
         consume=to_edge(config.edge.id), declare=[],
     )
     bridge.setServiceParent(root)
+    # Live events for the browsers (/api/events): the replica's changes,
+    # upload and transfer progress.
+    hub = EventHub()
     # The replica of the cloud registry, and identity checked against it
     # (scrypt runs on the reactor's thread pool, never on its thread).
-    applier = replica.ReplicaApplier(config.edge.id, bridge.outbox, reactor)
+    applier = replica.ReplicaApplier(
+        config.edge.id, bridge.outbox, reactor, observer=ReplicaAnnouncer(hub, reactor)
+    )
     applier.register(bridge.inbox)
     monitor = replica.SyncMonitor(
         db, applier, bridge.outbox, connected=lambda: bridge.link.channel is not None
     )
     monitor.setServiceParent(root)
     bridge.when_up(monitor.link_up)
-    identity = identity_module.Identity(
-        db, reactor, partial(deferToThreadPool, reactor, reactor.getThreadPool())
-    )
+    cpu = partial(deferToThreadPool, reactor, reactor.getThreadPool())
+    identity = identity_module.Identity(db, reactor, cpu)
     authenticator = authenticator if authenticator is not None else identity
     projects = projects if projects is not None else identity
     # The transfer stage moves staged uploads to S3 (unless a test hands in
     # its own sink).
     transfers = None
     if upload_sink is None:
-        transfers = build_transfers(config.transfer, reactor, db, bridge, metrics)
+        transfers = build_transfers(config.transfer, reactor, db, bridge, metrics, hub)
         upload_sink = transfers
     uploads = build_uploads(
         config.uploads, data_dir, reactor, db, metrics,
         authenticator if authenticator is not None else NobodyAuthenticated(),
         projects if projects is not None else NoProjectAccess(),
-        upload_sink,
+        upload_sink, events=hub,
     )  # fmt: skip
     uploads.set_service_parent(root)
     if transfers is not None:
@@ -143,6 +150,11 @@ def edge_service(
     web = EdgeWeb(health, relative_to(Path.cwd(), config.edge.web_dir))
     uploads.add_routes(web.app)
     identity.routes(web.app)
+    streams = api_routes(
+        web.app, identity, db, replica.CommandIssuer(bridge.outbox, reactor), hub, bridge.outbox.wake,
+        reactor, cpu,
+    )
+    streams.setServiceParent(root)
     # Upload bodies stream to the spool instead of being buffered whole.
     site = Site(web.app.resource(), requestFactory=uploads.request_factory,
                 timeout=uploads.header_timeout, reactor=reactor)  # fmt: skip

@@ -12,6 +12,7 @@ is what is checked.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import tempfile
@@ -85,6 +86,11 @@ def fields_for(draw: Any, run: Run, type: str, user: str) -> dict[str, Any]:
         return {"project_id": pick(projects), "job_id": job_id, "kind": "render", "parameters": {}, "inputs": []}
     if type == "job.cancel":
         return {"job_id": pick(sorted(run.jobs) + [uuid.uuid4().hex])}
+    if type == "user.password":
+        # The hash it replaces: the current one, or a stale guess.
+        (current,) = [u["password_hash"] for u in run.world.cloud.dump()["users"] if u["name"] == user]
+        replaces = pick([hashlib.sha256(current.encode()).hexdigest(), "0" * 64])
+        return {"password_hash": f"$scrypt$ln=4,r=1,p=1$x${uuid.uuid4().hex}", "replaces": replaces}
     return {"file_id": pick(run.files() + [uuid.uuid4().hex])}
 
 

@@ -122,7 +122,7 @@ async function loadProjects() {
     if (mine && !project.pending) select.append(element('option', { value: project.id }, project.name));
     const item = element('li', project.pending ? { class: 'pending' } : {},
       project.name, ' ', element('span', { class: 'muted' }, `(${project.role ?? ''})`));
-    if (project.pending) item.append(' ', element('span', { class: 'muted' }, 'pending'));
+    if (project.pending) item.append(' ', element('span', { class: 'muted' }, `${project.pending} pending`));
     list.append(item);
   }
   select.value = [...select.options].some((o) => o.value === chosen) ? chosen : '';
@@ -166,12 +166,34 @@ async function loadNotices() {
   for (const notice of answer.ok ? answer.body.notices ?? [] : []) {
     const dismiss = element('button', { type: 'button' }, 'Dismiss');
     dismiss.addEventListener('click', async () => {
-      await api('DELETE', `/api/notices/${encodeURIComponent(notice.id)}`);
+      await api('DELETE', `/api/notices/${encodeURIComponent(notice.command_id)}`);
       await loadNotices();
     });
-    box.append(element('div', { class: 'notice' }, `${notice.summary ?? notice.type ?? 'a request'} was refused: `,
-      notice.reason ?? '', ' ', dismiss));
+    box.append(element('div', { class: 'notice', 'data-command': notice.command_id },
+      `${notice.type ?? 'a request'} was refused: `, notice.reason ?? '', ' ', dismiss));
   }
+}
+
+async function createProject(event) {
+  event.preventDefault();
+  const form = new FormData(event.target);
+  const answer = await api('POST', '/api/projects', { name: form.get('name') });
+  $('#new-project-error').textContent = answer.ok ? '' : answer.body.error ?? `refused (${answer.status})`;
+  if (answer.ok) event.target.reset();
+  await loadProjects();
+}
+
+async function changePassword(event) {
+  event.preventDefault();
+  const form = new FormData(event.target);
+  const answer = await api('POST', '/api/password', {
+    current_password: form.get('current_password'), new_password: form.get('new_password'),
+  });
+  $('#password-result').textContent = answer.ok
+    ? 'sent; it takes effect here once the cloud has it'
+    : answer.body.error ?? `refused (${answer.status})`;
+  $('#password-result').className = answer.ok ? 'muted' : 'error';
+  if (answer.ok) event.target.reset();
 }
 
 // -- live updates ------------------------------------------------------------------
@@ -214,6 +236,8 @@ function stopLive() {
 
 $('#login-form').addEventListener('submit', login);
 $('#logout').addEventListener('click', logout);
+$('#new-project').addEventListener('submit', createProject);
+$('#password-form').addEventListener('submit', changePassword);
 
 const me = await api('GET', '/api/me');
 if (me.ok) await enter(me.body.user, me.body.csrf_token);

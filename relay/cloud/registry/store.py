@@ -99,8 +99,10 @@ class Registry:
         self.create_project(conn, user_id, DEFAULT_PROJECT_NAME, is_default=True)
         return dict(self.user(conn, user_id))
 
-    def set_password(self, conn: Any, user_id: str, password_hash: str) -> None:
-        self._update_user(conn, user_id, "password_hash = ?", (password_hash,))
+    def set_password(
+        self, conn: Any, user_id: str, password_hash: str, command_id: str | None = None
+    ) -> None:
+        self._update_user(conn, user_id, "password_hash = ?", (password_hash,), command_id)
 
     def set_disabled(self, conn: Any, user_id: str, disabled: bool) -> None:
         self._update_user(conn, user_id, "disabled = ?", (int(disabled),))
@@ -108,13 +110,16 @@ class Registry:
     def set_admin(self, conn: Any, user_id: str, is_admin: bool) -> None:
         self._update_user(conn, user_id, "is_admin = ?", (int(is_admin),))
 
-    def _update_user(self, conn: Any, user_id: str, assignment: str, values: tuple[Any, ...]) -> None:
+    def _update_user(
+        self, conn: Any, user_id: str, assignment: str, values: tuple[Any, ...],
+        command_id: str | None = None,
+    ) -> None:
         changed = conn.execute(
             f"UPDATE users SET {assignment}, updated_at = ? WHERE id = ?", (*values, self._now(), user_id)
         ).rowcount
         if not changed:
             raise Refused("no such user", "not_found")
-        self.log.put(conn, USERS, (user_id,))
+        self.log.put(conn, USERS, (user_id,), command_id)
 
     def create_key(self, conn: Any, user_id: str, label: str = "") -> NewApiKey:
         """

@@ -27,6 +27,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from zope.interface import Interface, implementer
 
 from relay.link.envelope import TO_CLOUD, Envelope
 from relay.replication import (
@@ -109,6 +110,50 @@ def apply_event(conn: Any, kind: str, data: dict[str, Any]) -> None:
         _delete(conn, table, data)
 
 
+class IReplicaObserver(Interface):
+    """
+    Told what the applier changes (the live event stream listens), on the
+    database thread, inside the inbox's transaction.
+    """
+
+    def starting() -> None:
+        """
+        A sync message is about to be applied.
+        """
+
+    def applying(conn: Any, kind: str, data: dict[str, Any]) -> None:
+        """
+        An event is about to be applied: the replica still shows the state
+        before it.
+        """
+
+    def replacing(conn: Any) -> None:
+        """
+        A snapshot is about to replace every replica table.
+        """
+
+    def settled() -> None:
+        """
+        The message was applied without error: what was observed since
+        L{starting} commits with it.  (A message that fails is not settled.)
+        """
+
+
+@implementer(IReplicaObserver)
+class _Unobserved:
+    def starting(self) -> None:
+        pass
+
+    def applying(self, conn: Any, kind: str, data: dict[str, Any]) -> None:
+        pass
+
+    def replacing(self, conn: Any) -> None:
+        pass
+
+    def settled(self) -> None:
+        pass
+
+
 class ReplicaApplier:
     """
     Applies C{sync.events} and C{sync.snapshot}; asks for what is missing.
@@ -117,19 +162,21 @@ class ReplicaApplier:
         snapshot) that brought nothing is made again.
     @param hello_interval: seconds between unprompted C{sync.hello}s, which
         catch an edge up whose queue lost messages while no new ones came.
+    @param observer: told about every change applied (optional).
     """
 
     log = Logger()
 
     def __init__(
         self, edge_id: str, outbox: IOutbox, clock: IReactorTime, *, rerequest_after: float = 30.0,
-        hello_interval: float = 600.0,
+        hello_interval: float = 600.0, observer: IReplicaObserver | None = None,
     ) -> None:
         self.edge_id = edge_id
         self._outbox = outbox
         self._clock = clock
         self._rerequest_after = rerequest_after
         self._hello_interval = hello_interval
+        self._observer: IReplicaObserver = observer if observer is not None else _Unobserved()
 
     def register(self, inbox: Any) -> None:
         inbox.register(EVENTS, self.on_events)
@@ -138,6 +185,7 @@ class ReplicaApplier:
     # -- events ----------------------------------------------------------------
 
     def on_events(self, conn: Any, message: Envelope) -> None:
+        self._observer.starting()
         body = message.body
         applied = position(conn).applied
         conn.execute("UPDATE replica_sync SET head = ? WHERE id = 1 AND head < ?", (body["head"], body["head"]))
@@ -152,6 +200,7 @@ class ReplicaApplier:
         )
         self._drain(conn)
         self._ask_for_gap(conn, force=False)
+        self._observer.settled()
 
     def _drain(self, conn: Any) -> int:
         """
@@ -170,7 +219,9 @@ class ReplicaApplier:
             for seq, kind, data in rows:
                 if seq != applied + 1:
                     break
-                apply_event(conn, kind, json.loads(data))
+                event = json.loads(data)
+                self._observer.applying(conn, kind, event)
+                apply_event(conn, kind, event)
                 applied = seq
                 consecutive += 1
             if consecutive < 500:
@@ -214,6 +265,7 @@ class ReplicaApplier:
     # -- snapshots -------------------------------------------------------------
 
     def on_snapshot(self, conn: Any, message: Envelope) -> None:
+        self._observer.starting()
         body = message.body
         state = position(conn)
         if state.synced and body["upto"] <= state.applied and not body["reset"]:
@@ -229,8 +281,10 @@ class ReplicaApplier:
         ).fetchone()[0]
         if have == body["parts"]:
             self._install(conn, body["snapshot_id"], body["upto"], body["reset"])
+        self._observer.settled()
 
     def _install(self, conn: Any, snapshot_id: str, upto: int, reset: bool) -> None:
+        self._observer.replacing(conn)
         for table in TABLES:
             conn.execute(f"DELETE FROM {PREFIX}{table.name}")
         rows = conn.execute(
@@ -244,7 +298,9 @@ class ReplicaApplier:
                     _upsert(conn, table, [table.to_params(row) for row in data])
             for outcome in part["outcomes"]:
                 kind = COMMAND_APPLIED if outcome["status"] == "applied" else COMMAND_REJECTED
-                apply_event(conn, kind, {**outcome, "edge": self.edge_id})
+                answer = {**outcome, "edge": self.edge_id}
+                self._observer.applying(conn, kind, answer)
+                apply_event(conn, kind, answer)
         if reset:
             conn.execute("DELETE FROM replica_buffer")
         else:

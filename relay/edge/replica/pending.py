@@ -35,6 +35,7 @@ from relay.sync_messages import (
     PROJECT_CREATE,
     PROJECT_DELETE,
     PROJECT_RENAME,
+    USER_PASSWORD,
 )
 
 _ACTION = {
@@ -55,6 +56,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     JOB_SUBMIT: ("project_id", "job_id", "kind", "parameters", "inputs"),
     JOB_CANCEL: ("job_id",),
     FILE_DELETE: ("file_id",),
+    USER_PASSWORD: ("password_hash", "replaces"),
 }
 
 
@@ -113,6 +115,10 @@ class CommandIssuer:
             return  # the project exists only here yet: the cloud decides
         if type in _ACTION:
             self._access.require(conn, user_id, project_id, _ACTION[type])
+            if type == PROJECT_DELETE and conn.execute(
+                "SELECT is_default FROM replica_projects WHERE id = ?", (project_id,)
+            ).fetchone()[0]:
+                raise Refused("a user's default project cannot be deleted", "conflict")
         elif type == MEMBER_REMOVE:
             role = self._access.role(conn, project_id, user_id)
             if not (values["user_id"] == user_id and role in ("member", "viewer")):
@@ -207,6 +213,74 @@ def jobs_for(conn: Any, user_id: str, project_id: str) -> list[dict[str, Any]]:
         elif type == JOB_CANCEL and body["job_id"] in jobs:
             jobs[body["job_id"]]["pending"] = "cancel"
     return list(jobs.values())
+
+
+def project_for(conn: Any, user_id: str, project_id: str) -> dict[str, Any] | None:
+    """
+    One of the user's projects as L{projects_for} shows it, or C{None} when
+    the user may not see it (or it does not exist).
+    """
+    for project in projects_for(conn, user_id):
+        if project["id"] == project_id:
+            return project
+    return None
+
+
+def members_for(conn: Any, user_id: str, project_id: str) -> list[dict[str, Any]]:
+    """
+    A project's members with their names, and the user's own additions and
+    removals in flight (C{pending}: C{"add"}, C{"remove"}).  Call only for a
+    project the user may see.
+    """
+    members = {
+        row["user_id"]: {**dict(row), "pending": None}
+        for row in conn.execute(
+            "SELECT m.user_id, u.name, m.role FROM replica_members m "
+            "LEFT JOIN replica_users u ON u.id = m.user_id WHERE m.project_id = ?",
+            (project_id,),
+        )
+    }
+    for type, body in _pending(conn, user_id):
+        if body.get("project_id") != project_id:
+            continue
+        if type == PROJECT_CREATE and user_id not in members:
+            members[user_id] = {"user_id": user_id, "name": _name(conn, user_id), "role": "owner",
+                                "pending": "create"}
+        elif type == MEMBER_ADD:
+            member = members.setdefault(
+                body["user_id"], {"user_id": body["user_id"], "name": _name(conn, body["user_id"])}
+            )
+            member.update(role=body["role"], pending="add")
+        elif type == MEMBER_REMOVE and body["user_id"] in members:
+            members[body["user_id"]]["pending"] = "remove"
+    order = {"owner": 0, "member": 1, "viewer": 2}
+    return sorted(members.values(), key=lambda m: (order.get(m["role"], 3), m["name"] or "", m["user_id"]))
+
+
+def _name(conn: Any, user_id: str) -> str | None:
+    row = conn.execute("SELECT name FROM replica_users WHERE id = ?", (user_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def files_for(conn: Any, user_id: str, project_id: str) -> list[dict[str, Any]]:
+    """
+    A project's files, if the user may see the project, with the user's own
+    deletions in flight (C{pending}: C{"delete"}).
+    """
+    if Access("replica_").role(conn, project_id, user_id) is None:
+        return []
+    files = {
+        row["id"]: {**dict(row), "pending": None}
+        for row in conn.execute(
+            "SELECT id, name, size, sha256, state, created_at, updated_at FROM replica_files "
+            "WHERE project_id = ? ORDER BY name, id",
+            (project_id,),
+        )
+    }
+    for type, body in _pending(conn, user_id):
+        if type == FILE_DELETE and body["file_id"] in files:
+            files[body["file_id"]]["pending"] = "delete"
+    return list(files.values())
 
 
 def notices_for(conn: Any, user_id: str) -> list[dict[str, Any]]:

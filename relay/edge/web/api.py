@@ -1,0 +1,428 @@
+"""
+The edge's JSON API for projects, members, files, jobs and notices
+(C{docs/api.md} describes it for people).
+
+Reads are answered from the replica with the caller's own commands in
+flight overlaid (L{relay.edge.replica.pending}), so they never wait on the
+link.  Commands are checked against the replica, recorded as pending and
+put in the outbox in one transaction (L{CommandIssuer.issue}), and answered
+C{202} with the command's id and what the edge now shows; the cloud's
+answer arrives later as C{command.applied} or C{command.rejected} on
+C{/api/events}.  A refusal the replica already foresees is answered at
+once (403, 404, 409), bad input with 400; neither stores anything.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+
+from relay.credentials import DEFAULT_COST, ScryptCost
+from relay.db import Database
+from relay.edge.auth import Principal
+from relay.edge.events import EventHub
+from relay.edge.identity import CpuRunner, Identity, _json_body
+from relay.edge.replica.pending import (
+    CommandIssuer,
+    dismiss,
+    files_for,
+    jobs_for,
+    members_for,
+    notices_for,
+    project_for,
+    projects_for,
+)
+from relay.edge.web.guard import answer, caller, json_errors
+from relay.edge.web.password import PasswordChange
+from relay.edge.web.stream import EventStreams
+from relay.permissions import Refused
+from relay.sync_messages import (
+    COMMANDS,
+    FILE_DELETE,
+    JOB_CANCEL,
+    JOB_SUBMIT,
+    MEMBER_ADD,
+    MEMBER_REMOVE,
+    PROJECT_CREATE,
+    PROJECT_DELETE,
+    PROJECT_RENAME,
+    SCHEMAS,
+)
+
+#: The HTTP status of each refusal code (L{Refused.code}).
+STATUS = {"unauthenticated": 401, "forbidden": 403, "not_found": 404, "invalid": 400, "conflict": 409}
+
+COMMAND_PENDING = "command.pending"
+
+
+def _field_validators() -> dict[str, Draft202012Validator]:
+    """
+    Each command's fields as the cloud's catalogue describes them (no field
+    required here: the routes say which they need).
+    """
+    validators = {}
+    for type in COMMANDS:
+        properties = {k: v for k, v in SCHEMAS[type][0]["properties"].items() if k not in ("command_id", "actor")}
+        validators[type] = Draft202012Validator(
+            {"type": "object", "properties": properties, "additionalProperties": False}
+        )
+    return validators
+
+
+_VALIDATORS = _field_validators()
+_ID_LENGTH = 32
+
+
+def _is_id(text: str) -> bool:
+    return len(text) == _ID_LENGTH and all(c in "0123456789abcdef" for c in text)
+
+
+class BadInput(Exception):
+    """
+    The request itself is wrong (400); C{str()} says how.
+    """
+
+
+def _check_fields(type: str, fields: dict[str, Any]) -> None:
+    error = best_match(_VALIDATORS[type].iter_errors(fields))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "body"
+        raise BadInput(f"{where}: {error.message}")
+    name = fields.get("name")
+    if isinstance(name, str) and any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise BadInput("a name cannot contain control characters")
+
+
+def _text(body: dict[str, Any], name: str, *, required: bool = True, default: str = "") -> str:
+    value = body.get(name, None if required else default)
+    if not isinstance(value, str):
+        raise BadInput(f"send {name!r} as a string")
+    return value
+
+
+class EdgeApi:
+    """
+    The API's read and command routes.
+
+    @param wake: called after a command was committed (the outbox's
+        C{wake}, so it is published at once).
+    """
+
+    def __init__(
+        self, identity: Identity, db: Database, issuer: CommandIssuer, hub: EventHub,
+        wake: Callable[[], object],
+    ) -> None:
+        self._identity = identity
+        self._db = db
+        self._issuer = issuer
+        self._hub = hub
+        self._wake = wake
+
+    # -- commands --------------------------------------------------------------
+
+    async def command(
+        self, request: IRequest, principal: Principal, type: str, fields: dict[str, Any],
+        show: tuple[str, Callable[[Any], Any]] | None = None, path: tuple[tuple[str, str], ...] = (),
+    ) -> bytes:
+        """
+        Issue one command and answer 202 with its id and, under C{show[0]},
+        what C{show[1]} reads in the same transaction (the thing as the edge
+        now shows it), or the refusal.
+
+        @param path: the ids the URL named, each with what it names: one
+            that cannot be an id is answered 404.
+        """
+        for value, what in path:
+            if not _is_id(value):
+                return answer(request, 404, {"error": f"no such {what}"})
+        try:
+            _check_fields(type, fields)
+        except BadInput as e:
+            return answer(request, 400, {"error": str(e)})
+
+        def work(conn: Any) -> tuple[str, Any]:
+            command_id = self._issuer.issue(conn, principal, type, fields)
+            return command_id, None if show is None else show[1](conn)
+
+        try:
+            command_id, shown = await self._db.run(work)
+        except Refused as refused:
+            return answer(request, STATUS.get(refused.code, 403), {"error": refused.reason, "code": refused.code})
+        except ValueError as e:
+            return answer(request, 400, {"error": str(e)})
+        self._wake()
+        self._hub.publish(principal.user_id, COMMAND_PENDING, {"command_id": command_id, "type": type})
+        result: dict[str, Any] = {"command_id": command_id, "state": "pending"}
+        if show is not None:
+            result[show[0]] = shown
+        return answer(request, 202, result)
+
+    # -- routes ----------------------------------------------------------------
+
+    def routes(self, app: Klein) -> None:  # noqa: C901 - one closure per route
+        identity, read = self._identity, self._db.read
+
+        @app.route("/api/projects", methods=["GET"])
+        @json_errors
+        async def list_projects(request: IRequest) -> bytes:
+            principal = await caller(identity, request)
+            if isinstance(principal, bytes):
+                return principal
+            projects = await read(_projects_with_members, principal.user_id)
+            return answer(request, 200, {"projects": projects})
+
+        @app.route("/api/projects", methods=["POST"])
+        @json_errors
+        async def create_project(request: IRequest) -> bytes:
+            principal = await caller(identity, request)
+            if isinstance(principal, bytes):
+                return principal
+            body = _json_body(request)
+            if isinstance(body, bytes):
+                return body
+            try:
+                fields = {"project_id": uuid.uuid4().hex, "name": _text(body, "name").strip(),
+                          "description": _text(body, "description", required=False)}
+            except BadInput as e:
+                return answer(request, 400, {"error": str(e)})
+            show = ("project", lambda c: project_for(c, principal.user_id, fields["project_id"]))
+            return await self.command(request, principal, PROJECT_CREATE, fields, show)
+
+        @app.route("/api/projects/<project_id>", methods=["GET"])
+        @json_errors
+        async def get_project(request: IRequest, project_id: str) -> bytes:
+            principal = await caller(identity, request)
+            if isinstance(principal, bytes):
+                return principal
+            project = await read(_project_detail, principal.user_id, project_id) if _is_id(project_id) else None
+            if project is None:
+                return answer(request, 404, {"error": "no such project"})
+            return answer(request, 200, {"project": project})
+
+        @app.route("/api/projects/<project_id>", methods=["PATCH"])
+        @json_errors
+        async def rename_project(request: IRequest, project_id: str) -> bytes:
+            principal = await caller(identity, request)
+            if isinstance(principal, bytes):
+                return principal
+            body = _json_body(request)
+            if isinstance(body, bytes):
+                return body
+            try:
+                fields = {"project_id": project_id, "name": _text(body, "name").strip()}
+            except BadInput as e:
+                return answer(request, 400, {"error": str(e)})
+            show = ("project", lambda c: project_for(c, principal.user_id, project_id))
+            return await self.command(request, principal, PROJECT_RENAME, fields, show, ((project_id, "project"),))
+
+        @app.route("/api/projects/<project_id>", methods=["DELETE"])
+        @json_errors
+        async def delete_project(request: IRequest, project_id: str) -> bytes:
+            principal = await caller(identity, request)
+            if isinstance(principal, bytes):
+                return principal
+            show = ("project", lambda c: project_for(c, principal.user_id, project_id))
+            return await self.command(
+                request, principal, PROJECT_DELETE, {"project_id": project_id}, show, ((project_id, "project"),)
+            )
+
+        @app.route("/api/projects/<project_id>/members", methods=["POST"])
+        @json_errors
+        async def add_member(request: IRequest, project_id: str) -> bytes:
+            principal = await caller(identity, request)
+            if isinstance(principal, bytes):
+                return principal
+            body = _json_body(request)
+            if isinstance(body, bytes):
+                return body
+            try:
+                role = _text(body, "role", required=False, default="member")
+                if "user_id" in body:
+                    user_id = _text(body, "user_id")
+                else:
+                    found: str | None = await read(_user_id, _text(body, "name"))
+                    if found is None:
+                        return answer(request, 404, {"error": "no such user"})
+                    user_id = found
+            except BadInput:
+                return answer(request, 400, {"error": "send the user's 'name' (or 'user_id') and a 'role'"})
+            fields = {"project_id": project_id, "user_id": user_id, "role": role}
+            show = ("member", lambda c: _member(c, principal.user_id, project_id, user_id))
+            return await self.command(request, principal, MEMBER_ADD, fields, show, ((project_id, "project"),))
+
+        @app.route("/api/projects/<project_id>/members/<user_id>", methods=["DELETE"])
+        @json_errors
+        async def remove_member(request: IRequest, project_id: str, user_id: str) -> bytes:
+            principal = await caller(identity, request)
+            if isinstance(principal, bytes):
+                return principal
+            fields = {"project_id": project_id, "user_id": user_id}
+            show = ("member", lambda c: _member(c, principal.user_id, project_id, user_id))
+            return await self.command(
+                request, principal, MEMBER_REMOVE, fields, show, ((project_id, "project"), (user_id, "member"))
+            )
+
+        @app.route("/api/jobs", methods=["GET"])
+        @json_errors
+        async def list_jobs(request: IRequest) -> bytes:
+            return await self._listing(request, "jobs", jobs_for)
+
+        @app.route("/api/jobs", methods=["POST"])
+        @json_errors
+        async def submit_job(request: IRequest) -> bytes:
+            principal = await caller(identity, request)
+            if isinstance(principal, bytes):
+                return principal
+            body = _json_body(request)
+            if isinstance(body, bytes):
+                return body
+            try:
+                fields = {"project_id": _text(body, "project_id"), "job_id": uuid.uuid4().hex,
+                          "kind": _text(body, "kind"), "parameters": body.get("parameters", {}),
+                          "inputs": body.get("inputs", [])}
+            except BadInput as e:
+                return answer(request, 400, {"error": str(e)})
+            show = ("job", lambda c: _one(jobs_for(c, principal.user_id, fields["project_id"]), fields["job_id"]))
+            return await self.command(request, principal, JOB_SUBMIT, fields, show)
+
+        @app.route("/api/jobs/<job_id>/cancel", methods=["POST"])
+        @json_errors
+        async def cancel_job(request: IRequest, job_id: str) -> bytes:
+            principal = await caller(identity, request)
+            if isinstance(principal, bytes):
+                return principal
+            show = ("job", lambda c: _job(c, principal.user_id, job_id))
+            return await self.command(request, principal, JOB_CANCEL, {"job_id": job_id}, show, ((job_id, "job"),))
+
+        @app.route("/api/files", methods=["GET"])
+        @json_errors
+        async def list_files(request: IRequest) -> bytes:
+            return await self._listing(request, "files", files_for)
+
+        @app.route("/api/files/<file_id>", methods=["DELETE"])
+        @json_errors
+        async def delete_file(request: IRequest, file_id: str) -> bytes:
+            principal = await caller(identity, request)
+            if isinstance(principal, bytes):
+                return principal
+            show = ("file", lambda c: _file(c, principal.user_id, file_id))
+            return await self.command(request, principal, FILE_DELETE, {"file_id": file_id}, show, ((file_id, "file"),))
+
+        @app.route("/api/notices", methods=["GET"])
+        @json_errors
+        async def list_notices(request: IRequest) -> bytes:
+            principal = await caller(identity, request)
+            if isinstance(principal, bytes):
+                return principal
+            return answer(request, 200, {"notices": await read(notices_for, principal.user_id)})
+
+        @app.route("/api/notices/<command_id>", methods=["DELETE"])
+        @json_errors
+        async def dismiss_notice(request: IRequest, command_id: str) -> bytes:
+            principal = await caller(identity, request)
+            if isinstance(principal, bytes):
+                return principal
+            if not await self._db.run(dismiss, principal.user_id, command_id):
+                return answer(request, 404, {"error": "no such notice"})
+            return answer(request, 200, {"dismissed": command_id})
+
+    async def _listing(
+        self, request: IRequest, what: str, view: Callable[[Any, str, str], list[dict[str, Any]]]
+    ) -> bytes:
+        """
+        C{GET /api/jobs} or C{/api/files}: one project's (C{?project=}), or
+        those of all the caller's projects.
+        """
+        principal = await caller(self._identity, request)
+        if isinstance(principal, bytes):
+            return principal
+        given = request.args.get(b"project")  # type: ignore[attr-defined]
+        project_id = None if not given else given[0].decode("utf-8", "replace")
+        rows = await self._db.read(_listing, principal.user_id, project_id, view)
+        if rows is None:
+            return answer(request, 404, {"error": "no such project"})
+        return answer(request, 200, {what: rows})
+
+
+# -- reads (on the database thread) ---------------------------------------------
+
+
+def _projects_with_members(conn: Any, user_id: str) -> list[dict[str, Any]]:
+    return [
+        {**project, "members": members_for(conn, user_id, project["id"])}
+        for project in projects_for(conn, user_id)
+    ]
+
+
+def _project_detail(conn: Any, user_id: str, project_id: str) -> dict[str, Any] | None:
+    project = project_for(conn, user_id, project_id)
+    if project is None:
+        return None
+    return {
+        **project,
+        "members": members_for(conn, user_id, project_id),
+        "files": files_for(conn, user_id, project_id),
+        "jobs": jobs_for(conn, user_id, project_id),
+    }
+
+
+def _listing(
+    conn: Any, user_id: str, project_id: str | None, view: Callable[[Any, str, str], list[dict[str, Any]]]
+) -> list[dict[str, Any]] | None:
+    if project_id is not None:
+        if not _is_id(project_id) or project_for(conn, user_id, project_id) is None:
+            return None
+        projects = [project_id]
+    else:
+        projects = [p["id"] for p in projects_for(conn, user_id)]
+    return [{**row, "project_id": p} for p in projects for row in view(conn, user_id, p)]
+
+
+def _user_id(conn: Any, name: str) -> str | None:
+    row = conn.execute("SELECT id FROM replica_users WHERE name = ?", (name,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _one(rows: list[dict[str, Any]], id: str, key: str = "id") -> dict[str, Any] | None:
+    return next((row for row in rows if row[key] == id), None)
+
+
+def _member(conn: Any, user_id: str, project_id: str, member_id: str) -> dict[str, Any] | None:
+    return _one(members_for(conn, user_id, project_id), member_id, "user_id")
+
+
+def _job(conn: Any, user_id: str, job_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT project_id FROM replica_jobs WHERE id = ?", (job_id,)).fetchone()
+    return None if row is None else _one(jobs_for(conn, user_id, row[0]), job_id)
+
+
+def _file(conn: Any, user_id: str, file_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT project_id FROM replica_files WHERE id = ?", (file_id,)).fetchone()
+    return None if row is None else _one(files_for(conn, user_id, row[0]), file_id)
+
+
+def api_routes(
+    app: Klein, identity: Identity, db: Database, issuer: CommandIssuer, hub: EventHub,
+    wake: Callable[[], object], clock: IReactorTime, cpu: CpuRunner, *,
+    cost: ScryptCost = DEFAULT_COST, heartbeat: float = 15.0,
+) -> EventStreams:
+    """
+    Add the API's routes (projects, members, jobs, files, notices,
+    password, events) to the edge's app.  Returns the event streams'
+    service: add it to the service tree so that stopping ends them.
+
+    @param wake: the outbox's C{wake}.
+    @param cpu: runs scrypt off the reactor thread.
+    """
+    EdgeApi(identity, db, issuer, hub, wake).routes(app)
+    PasswordChange(identity, db, issuer, hub, wake, clock, cpu, cost=cost).routes(app)
+    streams = EventStreams(hub, identity, clock, heartbeat=heartbeat)
+    streams.routes(app)
+    return streams

@@ -1,0 +1,60 @@
+"""
+What every JSON route of the edge's API does first and last: find the
+caller (a session, with its CSRF token on state-changing requests, or an
+API key) and answer any unexpected failure as a JSON 500, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec
+
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from relay.edge.auth import Principal
+from relay.edge.identity import Identity, _answer
+
+log = Logger()
+P = ParamSpec("P")
+
+answer = _answer
+
+_CSRF_PROBLEM = "missing or wrong CSRF token"
+
+
+async def caller(identity: Identity, request: IRequest) -> Principal | bytes:
+    """
+    The request's principal, or the error answer (bytes) to return: 401
+    without valid credentials, 403 for a session request without its CSRF
+    token.
+    """
+    principal, problem = await identity._check(request)
+    if principal is None:
+        return answer(request, 403 if problem == _CSRF_PROBLEM else 401, {"error": problem or "not logged in"})
+    return principal
+
+
+def json_errors(
+    route: Callable[P, Awaitable[bytes]],
+) -> Callable[P, Awaitable[bytes]]:
+    """
+    Answer an unexpected exception in C{route} with a JSON 500 (and log
+    it).  The request is the route's first argument.
+    """
+
+    @functools.wraps(route)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> bytes:
+        try:
+            return await route(*args, **kwargs)
+        except CancelledError:
+            raise  # the client went away; nothing to answer
+        except Exception:
+            log.failure("{route} failed", route=route.__name__)
+            request: Any = args[0]
+            return answer(request, 500, {"error": "internal error; it was logged"})
+
+    return guarded
