@@ -145,6 +145,7 @@ class Outbox:
         self.depth = 0
         self._last_count = float("-inf")
         self._count_call: IDelayedCall | None = None
+        self._pump_call: IDelayedCall | None = None
         self._stopped = False
         self.oldest: float | None = None
         self._published = metrics.counter("outbox_published", "Messages published (including republished).")
@@ -291,7 +292,10 @@ class Outbox:
                         self._cursor = max(self._cursor, position)
                         continue
                     if self._declare_destinations and queue not in self._declared:
-                        await channel.declare_destination(queue)
+                        try:
+                            await channel.declare_destination(queue)
+                        except LinkDown:
+                            break  # the next channel declares it again
                         self._declared.add(queue)
                         if channel is not self._channel:
                             break
@@ -320,7 +324,8 @@ class Outbox:
                     self._more = True
         except Exception:
             self.log.failure("outbox pump failed; retrying shortly")
-            self._reactor.callLater(1.0, self.wake)
+            if not self._stopped:
+                self._pump_call = self._reactor.callLater(1.0, self.wake)
         finally:
             self._filling = False
 
@@ -414,10 +419,10 @@ class Outbox:
         confirms may still arrive while the connection closes).
         """
         self._stopped = True
-        for call in (self._count_call, self._retry_call):
+        for call in (self._count_call, self._retry_call, self._pump_call):
             if call is not None and call.active():
                 call.cancel()
-        self._count_call = self._retry_call = None
+        self._count_call = self._retry_call = self._pump_call = None
 
     def drained(self) -> Deferred[None]:
         """

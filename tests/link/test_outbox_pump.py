@@ -173,3 +173,27 @@ class InterfaceTests(SynchronousTestCase):
         db = SynchronousDatabase(Path(self.mktemp()), [outbox.SCHEMA])
         self.assertTrue(verifyObject(IOutbox, Outbox(db, Clock(), Metrics(), source="x")))  # type: ignore[arg-type]
         self.assertTrue(verifyObject(IOutbox, FakeOutbox("x", Clock())))  # type: ignore[arg-type]
+
+
+class LostWhileDeclaring(FakeChannel):
+    async def declare_destination(self, name: str) -> None:
+        self.open = False
+        raise LinkDown("connection lost during the declaration")
+
+
+class DeclareLostTests(SynchronousTestCase):
+    def test_a_connection_lost_while_declaring_waits_for_the_next_channel(self) -> None:
+        clock = Clock()
+        db = SynchronousDatabase(Path(self.mktemp()), [outbox.SCHEMA])
+        pump = Outbox(db, clock, Metrics(), source="cloud", declare_destinations=True)  # type: ignore[arg-type]
+        db.run_now(lambda c: pump.put(c, "t", {"n": 1}, to="relay.to-edge.e1"))
+        lost = LostWhileDeclaring()
+        pump.attach(lost)  # type: ignore[arg-type]
+        # Nothing logged as a failure, no retry timer (only the depth count).
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual([c.func.__name__ for c in clock.getDelayedCalls()], ["count"])
+        pump.detach()
+        second = FakeChannel()
+        pump.attach(second)  # type: ignore[arg-type]
+        self.assertEqual(second.declared, ["relay.to-edge.e1"])
+        self.assertEqual(second.numbers(), [1])
