@@ -68,7 +68,8 @@ def encode_json(value: Any) -> str:
 
 USERS = Table(
     "users", "user",
-    ("id", "name", "password_hash", "is_admin", "disabled", "created_at", "updated_at"),
+    ("id", "name", "password_hash", "is_admin", "disabled", "must_change_password", "created_at",
+     "updated_at"),
     ("id",),
 )
 API_KEYS = Table(

@@ -85,7 +85,8 @@ def _object(properties: dict[str, Any], optional: tuple[str, ...] = ()) -> dict[
 ROWS: dict[str, dict[str, Any]] = {
     USERS.name: _object({
         "id": _ID, "name": _NAME, "password_hash": {"type": "string", "maxLength": 200},
-        "is_admin": _FLAG, "disabled": _FLAG, "created_at": _TIME, "updated_at": _TIME,
+        "is_admin": _FLAG, "disabled": _FLAG, "must_change_password": _FLAG,
+        "created_at": _TIME, "updated_at": _TIME,
     }),
     API_KEYS.name: _object({
         "id": _KEY_ID, "user_id": _ID, "key_hash": {"type": "string", "maxLength": 200},

@@ -8,6 +8,7 @@ reach S3 (moto's server) through the transfer stage, byte-identical.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 import subprocess
@@ -176,3 +177,31 @@ def test_a_new_project_shows_pending_then_settles_when_the_cloud_applies_it(
     # Now it can take uploads.
     expect(page.locator("#project option", has_text="Turbine blades")).to_have_count(1)
     expect(page.locator("#new-project-error")).to_have_text("")
+
+
+def test_a_one_time_password_must_be_replaced_first(deployment: Deployment, page: Page, tmp_path: Path) -> None:
+    # An admin resets alice's password: a generated, one-time one.
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "relay"), "user", "passwd", "alice", "--json",
+         "--config", str(deployment.cloud.config)],
+        check=True, capture_output=True, cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "RELAY_CONFIG"},
+    )  # fmt: skip
+    one_time = json.loads(done.stdout)["password"]
+    edge_db = tmp_path / "edge" / "edge.db"
+    deadline = time.monotonic() + 30
+    while not read_db(edge_db, "SELECT 1 FROM replica_users WHERE name = 'alice' AND must_change_password = 1"):
+        assert time.monotonic() < deadline, "the reset never reached the edge"
+        time.sleep(0.2)
+
+    log_in(page, deployment.edge_url, one_time)
+    expect(page.locator("#first-password")).to_be_visible()
+    expect(page.locator("#work")).to_be_hidden()
+    page.fill("#password-form input[name=current_password]", one_time)
+    page.fill("#password-form input[name=new_password]", "alice chose this one")
+    page.click("#password-form button[type=submit]")
+    # Once the new password is at the edge, the session ends: log in again.
+    expect(page.locator("#login")).to_be_visible(timeout=30_000)
+    log_in(page, deployment.edge_url, "alice chose this one")
+    expect(page.locator("#work")).to_be_visible()
+    expect(page.locator("#first-password")).to_be_hidden()

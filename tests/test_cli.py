@@ -161,8 +161,9 @@ def test_bootstrap(relay: Relay, monkeypatch: pytest.MonkeyPatch) -> None:
     assert status == 0
     assert out.startswith("created admin account 'admin'; one-time password (shown once): ")
     password = out.splitlines()[0].rsplit(" ", 1)[1]
-    ((stored, is_admin),) = relay.query("SELECT password_hash, is_admin FROM users")
+    ((stored, is_admin, temporary),) = relay.query("SELECT password_hash, is_admin, must_change_password FROM users")
     assert is_admin == 1 and verify_password(password, stored)
+    assert temporary == 1, "the first login must choose a new password"
     assert relay("admin", "bootstrap")[:2] == (0, "the registry has users already; no admin account created\n")
     assert relay.json("admin", "bootstrap") == {"created": False}
 
@@ -175,8 +176,9 @@ def test_bootstrap_from_the_environment(tmp_path: Path, capsys: pytest.CaptureFi
     assert relay("admin", "bootstrap")[0::2] == (1, "relay: RELAY_ADMIN_PASSWORD: a password needs at least 10 characters\n")
     monkeypatch.setenv("RELAY_ADMIN_PASSWORD", "a long enough secret")
     assert relay.json("admin", "bootstrap") == {"created": True, "name": "root"}
-    ((stored,),) = relay.query("SELECT password_hash FROM users WHERE name = 'root'")
+    ((stored, temporary),) = relay.query("SELECT password_hash, must_change_password FROM users WHERE name = 'root'")
     assert verify_password("a long enough secret", stored)
+    assert temporary == 0, "the operator chose it"
 
 
 def test_config_file_finds_the_database(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -226,3 +228,16 @@ def test_the_installed_command(tmp_path: Path) -> None:
     done = subprocess.run([str(relay), "user", "disable", "ghost", "--db", db], capture_output=True, text=True,
                           timeout=60)
     assert (done.returncode, done.stderr) == (1, "relay: no user named 'ghost'\n")
+
+
+def test_only_a_password_chosen_by_the_user_is_kept(relay: Relay) -> None:
+    def temporary(name: str) -> int:
+        ((flag,),) = relay.query("SELECT must_change_password FROM users WHERE name = ?", name)
+        return int(flag)
+
+    relay("user", "add", "alice")
+    relay("user", "add", "bob", "--password-stdin", stdin="bob's own password\n")
+    assert (temporary("alice"), temporary("bob")) == (1, 0)
+    relay("user", "passwd", "bob")  # generated: one-time again
+    relay("user", "passwd", "alice", "--password-stdin", stdin="alice's own password\n")
+    assert (temporary("alice"), temporary("bob")) == (0, 1)

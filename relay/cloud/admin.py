@@ -112,7 +112,10 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 def user_add(args: argparse.Namespace, db: Database, registry: Registry, out: TextIO, stdin: TextIO) -> None:
     password, generated = _read_password(args, stdin)
     password_hash = hash_password(password, args.cost)
-    user = db.run_now(lambda c: registry.add_user(c, args.name, password_hash, is_admin=args.admin))
+    # A generated password is one-time: the user must change it first.
+    user = db.run_now(
+        lambda c: registry.add_user(c, args.name, password_hash, is_admin=args.admin, temporary=generated)
+    )
     if args.json:
         shown = {"password": password} if generated else {}
         print(json.dumps({"id": user["id"], "name": user["name"], "is_admin": bool(user["is_admin"]), **shown}), file=out)
@@ -121,6 +124,7 @@ def user_add(args: argparse.Namespace, db: Database, registry: Registry, out: Te
     print(f"created {role}user {user['name']}", file=out)
     if generated:
         print(f"one-time password (shown once): {password}", file=out)
+        print("(the user chooses a new one at the first login)", file=out)
 
 
 def user_list(args: argparse.Namespace, db: Database, registry: Registry, out: TextIO, stdin: TextIO) -> None:
@@ -155,13 +159,16 @@ def _set_disabled(disabled: bool) -> Callable[..., None]:
 def user_passwd(args: argparse.Namespace, db: Database, registry: Registry, out: TextIO, stdin: TextIO) -> None:
     user = _user(db, registry, args.name)
     password, generated = _read_password(args, stdin)
-    db.run_now(registry.set_password, user["id"], hash_password(password, args.cost))
+    db.run_now(
+        lambda c: registry.set_password(c, user["id"], hash_password(password, args.cost), temporary=generated)
+    )
     if args.json:
         print(json.dumps({"name": args.name, **({"password": password} if generated else {})}), file=out)
         return
     print(f"changed the password of {args.name}; edges accept it once they have the change", file=out)
     if generated:
         print(f"one-time password (shown once): {password}", file=out)
+        print("(the user chooses a new one at the first login)", file=out)
 
 
 def key_create(args: argparse.Namespace, db: Database, registry: Registry, out: TextIO, stdin: TextIO) -> None:
@@ -230,7 +237,7 @@ def bootstrap_admin(
     def create(conn: Any) -> bool:
         if conn.execute("SELECT 1 FROM users LIMIT 1").fetchone():
             return False
-        registry.add_user(conn, name, password_hash, is_admin=True)
+        registry.add_user(conn, name, password_hash, is_admin=True, temporary=given is None)
         return True
 
     if not db.run_now(create):
@@ -254,7 +261,7 @@ def admin_bootstrap(args: argparse.Namespace, db: Database, registry: Registry, 
         print(f"created admin account {name!r} with the password from RELAY_ADMIN_PASSWORD", file=out)
     else:
         print(f"created admin account {name!r}; one-time password (shown once): {password}", file=out)
-        print("change it with: relay user passwd " + name, file=out)
+        print("log in with it at the edge, which asks for a new one before anything else", file=out)
 
 
 # -- the command line -----------------------------------------------------------

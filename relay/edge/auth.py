@@ -25,6 +25,7 @@ class Principal:
         requests then need a CSRF token), C{"key"} for an API key.
     @ivar key_id: the API key's id when C{via} is C{"key"} (the cloud checks
         it is not revoked when the user's commands arrive).
+    @ivar must_change_password: see below.
     """
 
     user_id: str
@@ -32,6 +33,10 @@ class Principal:
     via: str
     is_admin: bool = False
     key_id: str | None = None
+    #: A session of a user whose password someone else chose (generated,
+    #: or the first admin's): until it is changed, the edge's routes refuse
+    #: everything but changing it.
+    must_change_password: bool = False
 
 
 class IAuthenticator(Interface):

@@ -166,7 +166,10 @@ class Identity:
                 return None, "missing or wrong CSRF token"
         if now - session["seen_at"] > 60:
             await self._db.run(_touch, session["token_hash"], now)
-        principal = Principal(session["user_id"], session["name"], "session", bool(session["is_admin"]))
+        principal = Principal(
+            session["user_id"], session["name"], "session", bool(session["is_admin"]),
+            must_change_password=bool(session["must_change_password"]),
+        )
         return principal, None
 
     async def _api_key(self, authorization: bytes) -> tuple[Principal | None, str | None]:
@@ -228,7 +231,9 @@ class Identity:
             now - self._max_age, now - self._idle_timeout,
         )
         self.log.info("{name} logged in", name=name)
-        return Session(Principal(user["id"], user["name"], "session", bool(user["is_admin"])), token, csrf)
+        principal = Principal(user["id"], user["name"], "session", bool(user["is_admin"]),
+                              must_change_password=bool(user["must_change_password"]))  # fmt: skip
+        return Session(principal, token, csrf)
 
     def logout(self, token: str) -> Deferred[None]:
         return self._db.run(_close_session, session_token_hash(token))
@@ -284,7 +289,10 @@ class Identity:
 
 
 def _user(principal: Principal) -> dict[str, Any]:
-    return {"id": principal.user_id, "name": principal.name, "is_admin": principal.is_admin}
+    return {
+        "id": principal.user_id, "name": principal.name, "is_admin": principal.is_admin,
+        "must_change_password": principal.must_change_password,
+    }
 
 
 def _answer(request: IRequest, status: int, body: dict[str, Any]) -> bytes:
@@ -321,7 +329,7 @@ def _json_body(request: IRequest) -> dict[str, Any] | bytes:
 def _session(conn: Any, token_hash: str) -> Any:
     return conn.execute(
         "SELECT s.token_hash, s.user_id, s.csrf_token, s.credential, s.created_at, s.seen_at, "
-        "u.name, u.is_admin, u.disabled, u.password_hash "
+        "u.name, u.is_admin, u.disabled, u.password_hash, u.must_change_password "
         "FROM sessions s JOIN replica_users u ON u.id = s.user_id WHERE s.token_hash = ?",
         (token_hash,),
     ).fetchone()
@@ -346,7 +354,8 @@ def _key(conn: Any, key_id: str) -> Any:
 
 def _user_by_name(conn: Any, name: str) -> Any:
     return conn.execute(
-        "SELECT id, name, password_hash, is_admin, disabled FROM replica_users WHERE name = ?", (name,)
+        "SELECT id, name, password_hash, is_admin, disabled, must_change_password FROM replica_users "
+        "WHERE name = ?", (name,)
     ).fetchone()
 
 

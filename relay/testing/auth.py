@@ -27,12 +27,15 @@ class FakeAuthenticator:
         self._sessions: dict[str, Principal] = {}
 
     def add_user(
-        self, user_id: str, key: str | None = None, session: str | None = None, name: str = ""
+        self, user_id: str, key: str | None = None, session: str | None = None, name: str = "",
+        must_change_password: bool = False,
     ) -> Principal:
         if key is not None:
             self._keys[key] = Principal(user_id, name or user_id, "key")
         if session is not None:
-            self._sessions[session] = Principal(user_id, name or user_id, "session")
+            self._sessions[session] = Principal(
+                user_id, name or user_id, "session", must_change_password=must_change_password
+            )
         return Principal(user_id, name or user_id, "key")
 
     def revoke(self, key: str) -> None:

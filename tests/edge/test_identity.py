@@ -111,7 +111,7 @@ class IdentityTests(SynchronousTestCase):
     def test_login_sets_a_strict_httponly_cookie(self) -> None:
         code, body, headers = self.request("POST", "/api/login", {"name": "alice", "password": "alice's password"})
         self.assertEqual(code, 200)
-        self.assertEqual(body["user"], {"id": self.alice["id"], "name": "alice", "is_admin": False})
+        self.assertEqual(body["user"], {"id": self.alice["id"], "name": "alice", "is_admin": False, "must_change_password": False})
         self.assertTrue(body["csrf_token"])
         (cookie,) = headers.getRawHeaders("set-cookie")
         attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}

@@ -81,6 +81,13 @@ async function enter(user, token) {
   $('#who').hidden = false;
   $('#login').hidden = true;
   $('#workspace').hidden = false;
+  // A one-time password: nothing but choosing a new one until it is done.
+  $('#first-password').hidden = !user.must_change_password;
+  $('#work').hidden = user.must_change_password;
+  if (user.must_change_password) {
+    waitForNewPassword();
+    return;
+  }
   if (uppy === null) uppy = makeUppy();
   await Promise.all([loadProjects(), loadUploads(), loadNotices()]);
   startLive();
@@ -181,6 +188,26 @@ async function createProject(event) {
   $('#new-project-error').textContent = answer.ok ? '' : answer.body.error ?? `refused (${answer.status})`;
   if (answer.ok) event.target.reset();
   await loadProjects();
+}
+
+let passwordTimer = null;
+
+function waitForNewPassword() {
+  // The session ends once the new password has reached this edge.
+  if (passwordTimer !== null) return;
+  passwordTimer = setInterval(async () => {
+    const me = await api('GET', '/api/me');
+    if (me.ok && !me.body.user.must_change_password) {
+      clearInterval(passwordTimer);
+      passwordTimer = null;
+      await enter(me.body.user, me.body.csrf_token);
+    } else if (me.status === 401) {
+      clearInterval(passwordTimer);
+      passwordTimer = null;
+      showLogin();
+      $('#login-error').textContent = 'Your new password is in place: log in with it.';
+    }
+  }, 1000);
 }
 
 async function changePassword(event) {

@@ -88,5 +88,10 @@ SCHEMA = Schema(
         );
         CREATE INDEX commands_edge ON commands (edge, seq);
         """,
+        # A password someone else chose (the first admin's, a generated
+        # one) must be changed before anything else.
+        """
+        ALTER TABLE users ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;
+        """,
     ],
 )

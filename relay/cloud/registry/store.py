@@ -76,7 +76,7 @@ class Registry:
 
     def add_user(
         self, conn: Any, name: str, password_hash: str, *, is_admin: bool = False,
-        user_id: str | None = None,
+        user_id: str | None = None, temporary: bool = False,
     ) -> dict[str, Any]:
         """
         Create a user and their default project; return the user's row.
@@ -91,18 +91,27 @@ class Registry:
         user_id = user_id or new_id()
         now = self._now()
         conn.execute(
-            "INSERT INTO users (id, name, password_hash, is_admin, disabled, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, 0, ?, ?)",
-            (user_id, name, password_hash, int(is_admin), now, now),
+            "INSERT INTO users (id, name, password_hash, is_admin, disabled, must_change_password, "
+            "created_at, updated_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
+            (user_id, name, password_hash, int(is_admin), int(temporary), now, now),
         )
         self.log.put(conn, USERS, (user_id,))
         self.create_project(conn, user_id, DEFAULT_PROJECT_NAME, is_default=True)
         return dict(self.user(conn, user_id))
 
     def set_password(
-        self, conn: Any, user_id: str, password_hash: str, command_id: str | None = None
+        self, conn: Any, user_id: str, password_hash: str, command_id: str | None = None, *,
+        temporary: bool = False,
     ) -> None:
-        self._update_user(conn, user_id, "password_hash = ?", (password_hash,), command_id)
+        """
+        A new password hash; C{temporary} when someone other than the user
+        chose it (generated, or set by an admin): the user must change it
+        before doing anything else.
+        """
+        self._update_user(
+            conn, user_id, "password_hash = ?, must_change_password = ?",
+            (password_hash, int(temporary)), command_id,
+        )
 
     def set_disabled(self, conn: Any, user_id: str, disabled: bool) -> None:
         self._update_user(conn, user_id, "disabled = ?", (int(disabled),))

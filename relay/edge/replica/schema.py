@@ -115,5 +115,8 @@ SCHEMA = Schema(
         );
         CREATE INDEX pending_commands_user ON pending_commands (user_id, state);
         """,
+        """
+        ALTER TABLE replica_users ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;
+        """,
     ],
 )

@@ -250,6 +250,9 @@ class UploadRoutes:
             raise tus.TusError(401, "authentication required: an API key "
                                     "(Authorization: Bearer ...) or a session",
                                {"WWW-Authenticate": 'Bearer realm="relay"'})  # fmt: skip
+        if principal.must_change_password:
+            raise tus.TusError(403, "your password was chosen for you and works only once: "
+                                    "choose a new one first")  # fmt: skip
         return principal
 
     def _cors(self, request: IRequest) -> None:

@@ -26,15 +26,28 @@ answer = _answer
 _CSRF_PROBLEM = "missing or wrong CSRF token"
 
 
-async def caller(identity: Identity, request: IRequest) -> Principal | bytes:
+#: What a session whose password must change is told by every other route.
+CHANGE_PASSWORD_FIRST = {
+    "error": "your password was chosen for you and works only once: choose a new one first",
+    "code": "password_change_required",
+}
+
+
+async def caller(
+    identity: Identity, request: IRequest, *, before_password_change: bool = False
+) -> Principal | bytes:
     """
     The request's principal, or the error answer (bytes) to return: 401
     without valid credentials, 403 for a session request without its CSRF
-    token.
+    token, 403 for a session whose one-time password is not changed yet
+    (unless the route is one such a session may use:
+    C{before_password_change}).
     """
     principal, problem = await identity._check(request)
     if principal is None:
         return answer(request, 403 if problem == _CSRF_PROBLEM else 401, {"error": problem or "not logged in"})
+    if principal.must_change_password and not before_password_change:
+        return answer(request, 403, CHANGE_PASSWORD_FIRST)
     return principal
 
 

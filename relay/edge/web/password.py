@@ -62,7 +62,7 @@ class PasswordChange:
         @app.route("/api/password", methods=["POST"])
         @json_errors
         async def change_password(request: IRequest) -> bytes:
-            principal = await caller(self._identity, request)
+            principal = await caller(self._identity, request, before_password_change=True)
             if isinstance(principal, bytes):
                 return principal
             body = _json_body(request)

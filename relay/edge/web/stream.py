@@ -76,7 +76,7 @@ class EventStreams(Service):
     def routes(self, app: Klein) -> None:
         @app.route("/api/events", methods=["GET"])
         async def events(request: IRequest) -> bytes:
-            principal = await caller(self._identity, request)
+            principal = await caller(self._identity, request, before_password_change=True)
             if isinstance(principal, bytes):
                 return principal
             if not self.running:

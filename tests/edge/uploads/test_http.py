@@ -85,6 +85,14 @@ class CoreTests(EdgeTestCase):
                                                    "Cookie": "relay_session=s-alice"})  # fmt: skip
         self.assertEqual(r.code, 201)
 
+    async def test_a_session_with_a_one_time_password_must_change_it_first(self) -> None:
+        edge = await self.edge()
+        edge.auth.add_user("carol", session="s-carol", must_change_password=True)
+        r = await edge.request("POST", "/files/", {"Tus-Resumable": "1.0.0", "Upload-Length": "3",
+                                                   "Cookie": "relay_session=s-carol"})  # fmt: skip
+        self.assertEqual(r.code, 403)
+        self.assertEqual(await edge.store.owned_by("carol"), [])
+
     async def test_create_head_patch(self) -> None:
         edge = await self.edge()
         meta = metadata(filename="plan.dwg", filetype="application/acad")

@@ -27,7 +27,7 @@ from tests.conftest import free_port
 
 def _seed(conn: Any, user_id: str, project_id: str, password_hash: str) -> None:
     apply_event(conn, "user.put", {"id": user_id, "name": "alice", "password_hash": password_hash,
-                                   "is_admin": 0, "disabled": 0, "created_at": 1.0, "updated_at": 1.0})
+                                   "is_admin": 0, "disabled": 0, "must_change_password": 0, "created_at": 1.0, "updated_at": 1.0})
     apply_event(conn, "project.put", {"id": project_id, "name": "Home", "description": "", "owner_id": user_id,
                                       "is_default": 1, "created_at": 1.0, "updated_at": 1.0})
     apply_event(conn, "member.put", {"project_id": project_id, "user_id": user_id, "role": "owner"})
