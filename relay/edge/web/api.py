@@ -39,7 +39,7 @@ from relay.edge.replica.pending import (
     project_for,
     projects_for,
 )
-from relay.edge.web.guard import answer, caller, json_errors
+from relay.edge.web.guard import answer, authenticated
 from relay.edge.web.password import PasswordChange
 from relay.edge.web.stream import EventStreams
 from relay.permissions import Refused
@@ -167,23 +167,17 @@ class EdgeApi:
     # -- routes ----------------------------------------------------------------
 
     def routes(self, app: Klein) -> None:  # noqa: C901 - one closure per route
-        identity, read = self._identity, self._db.read
+        authed, read = authenticated(self._identity), self._db.read
 
         @app.route("/api/projects", methods=["GET"])
-        @json_errors
-        async def list_projects(request: IRequest) -> bytes:
-            principal = await caller(identity, request)
-            if isinstance(principal, bytes):
-                return principal
+        @authed
+        async def list_projects(request: IRequest, principal: Principal) -> bytes:
             projects = await read(_projects_with_members, principal.user_id)
             return answer(request, 200, {"projects": projects})
 
         @app.route("/api/projects", methods=["POST"])
-        @json_errors
-        async def create_project(request: IRequest) -> bytes:
-            principal = await caller(identity, request)
-            if isinstance(principal, bytes):
-                return principal
+        @authed
+        async def create_project(request: IRequest, principal: Principal) -> bytes:
             body = _json_body(request)
             if isinstance(body, bytes):
                 return body
@@ -196,22 +190,16 @@ class EdgeApi:
             return await self.command(request, principal, PROJECT_CREATE, fields, show)
 
         @app.route("/api/projects/<project_id>", methods=["GET"])
-        @json_errors
-        async def get_project(request: IRequest, project_id: str) -> bytes:
-            principal = await caller(identity, request)
-            if isinstance(principal, bytes):
-                return principal
+        @authed
+        async def get_project(request: IRequest, principal: Principal, project_id: str) -> bytes:
             project = await read(_project_detail, principal.user_id, project_id) if _is_id(project_id) else None
             if project is None:
                 return answer(request, 404, {"error": "no such project"})
             return answer(request, 200, {"project": project})
 
         @app.route("/api/projects/<project_id>", methods=["PATCH"])
-        @json_errors
-        async def rename_project(request: IRequest, project_id: str) -> bytes:
-            principal = await caller(identity, request)
-            if isinstance(principal, bytes):
-                return principal
+        @authed
+        async def rename_project(request: IRequest, principal: Principal, project_id: str) -> bytes:
             body = _json_body(request)
             if isinstance(body, bytes):
                 return body
@@ -223,22 +211,16 @@ class EdgeApi:
             return await self.command(request, principal, PROJECT_RENAME, fields, show, ((project_id, "project"),))
 
         @app.route("/api/projects/<project_id>", methods=["DELETE"])
-        @json_errors
-        async def delete_project(request: IRequest, project_id: str) -> bytes:
-            principal = await caller(identity, request)
-            if isinstance(principal, bytes):
-                return principal
+        @authed
+        async def delete_project(request: IRequest, principal: Principal, project_id: str) -> bytes:
             show = ("project", lambda c: project_for(c, principal.user_id, project_id))
             return await self.command(
                 request, principal, PROJECT_DELETE, {"project_id": project_id}, show, ((project_id, "project"),)
             )
 
         @app.route("/api/projects/<project_id>/members", methods=["POST"])
-        @json_errors
-        async def add_member(request: IRequest, project_id: str) -> bytes:
-            principal = await caller(identity, request)
-            if isinstance(principal, bytes):
-                return principal
+        @authed
+        async def add_member(request: IRequest, principal: Principal, project_id: str) -> bytes:
             body = _json_body(request)
             if isinstance(body, bytes):
                 return body
@@ -258,11 +240,8 @@ class EdgeApi:
             return await self.command(request, principal, MEMBER_ADD, fields, show, ((project_id, "project"),))
 
         @app.route("/api/projects/<project_id>/members/<user_id>", methods=["DELETE"])
-        @json_errors
-        async def remove_member(request: IRequest, project_id: str, user_id: str) -> bytes:
-            principal = await caller(identity, request)
-            if isinstance(principal, bytes):
-                return principal
+        @authed
+        async def remove_member(request: IRequest, principal: Principal, project_id: str, user_id: str) -> bytes:
             fields = {"project_id": project_id, "user_id": user_id}
             show = ("member", lambda c: _member(c, principal.user_id, project_id, user_id))
             return await self.command(
@@ -270,16 +249,13 @@ class EdgeApi:
             )
 
         @app.route("/api/jobs", methods=["GET"])
-        @json_errors
-        async def list_jobs(request: IRequest) -> bytes:
-            return await self._listing(request, "jobs", jobs_for)
+        @authed
+        async def list_jobs(request: IRequest, principal: Principal) -> bytes:
+            return await self._listing(request, principal, "jobs", jobs_for)
 
         @app.route("/api/jobs", methods=["POST"])
-        @json_errors
-        async def submit_job(request: IRequest) -> bytes:
-            principal = await caller(identity, request)
-            if isinstance(principal, bytes):
-                return principal
+        @authed
+        async def submit_job(request: IRequest, principal: Principal) -> bytes:
             body = _json_body(request)
             if isinstance(body, bytes):
                 return body
@@ -293,56 +269,42 @@ class EdgeApi:
             return await self.command(request, principal, JOB_SUBMIT, fields, show)
 
         @app.route("/api/jobs/<job_id>/cancel", methods=["POST"])
-        @json_errors
-        async def cancel_job(request: IRequest, job_id: str) -> bytes:
-            principal = await caller(identity, request)
-            if isinstance(principal, bytes):
-                return principal
+        @authed
+        async def cancel_job(request: IRequest, principal: Principal, job_id: str) -> bytes:
             show = ("job", lambda c: _job(c, principal.user_id, job_id))
             return await self.command(request, principal, JOB_CANCEL, {"job_id": job_id}, show, ((job_id, "job"),))
 
         @app.route("/api/files", methods=["GET"])
-        @json_errors
-        async def list_files(request: IRequest) -> bytes:
-            return await self._listing(request, "files", files_for)
+        @authed
+        async def list_files(request: IRequest, principal: Principal) -> bytes:
+            return await self._listing(request, principal, "files", files_for)
 
         @app.route("/api/files/<file_id>", methods=["DELETE"])
-        @json_errors
-        async def delete_file(request: IRequest, file_id: str) -> bytes:
-            principal = await caller(identity, request)
-            if isinstance(principal, bytes):
-                return principal
+        @authed
+        async def delete_file(request: IRequest, principal: Principal, file_id: str) -> bytes:
             show = ("file", lambda c: _file(c, principal.user_id, file_id))
             return await self.command(request, principal, FILE_DELETE, {"file_id": file_id}, show, ((file_id, "file"),))
 
         @app.route("/api/notices", methods=["GET"])
-        @json_errors
-        async def list_notices(request: IRequest) -> bytes:
-            principal = await caller(identity, request)
-            if isinstance(principal, bytes):
-                return principal
+        @authed
+        async def list_notices(request: IRequest, principal: Principal) -> bytes:
             return answer(request, 200, {"notices": await read(notices_for, principal.user_id)})
 
         @app.route("/api/notices/<command_id>", methods=["DELETE"])
-        @json_errors
-        async def dismiss_notice(request: IRequest, command_id: str) -> bytes:
-            principal = await caller(identity, request)
-            if isinstance(principal, bytes):
-                return principal
+        @authed
+        async def dismiss_notice(request: IRequest, principal: Principal, command_id: str) -> bytes:
             if not await self._db.run(dismiss, principal.user_id, command_id):
                 return answer(request, 404, {"error": "no such notice"})
             return answer(request, 200, {"dismissed": command_id})
 
     async def _listing(
-        self, request: IRequest, what: str, view: Callable[[Any, str, str], list[dict[str, Any]]]
+        self, request: IRequest, principal: Principal, what: str,
+        view: Callable[[Any, str, str], list[dict[str, Any]]],
     ) -> bytes:
         """
         C{GET /api/jobs} or C{/api/files}: one project's (C{?project=}), or
         those of all the caller's projects.
         """
-        principal = await caller(self._identity, request)
-        if isinstance(principal, bytes):
-            return principal
         given = request.args.get(b"project")  # type: ignore[attr-defined]
         project_id = None if not given else given[0].decode("utf-8", "replace")
         rows = await self._db.read(_listing, principal.user_id, project_id, view)

@@ -71,3 +71,25 @@ def json_errors(
             return answer(request, 500, {"error": "internal error; it was logged"})
 
     return guarded
+
+
+def authenticated(
+    identity: Identity, *, before_password_change: bool = False
+) -> Callable[[Callable[..., Awaitable[bytes]]], Callable[..., Awaitable[bytes]]]:
+    """
+    Decorate a route C{(request, principal, **url_parts)}: the caller is
+    found first (or the answer is L{caller}'s refusal), and an unexpected
+    failure is answered as a JSON 500 (L{json_errors}).
+    """
+
+    def decorate(route: Callable[..., Awaitable[bytes]]) -> Callable[..., Awaitable[bytes]]:
+        @functools.wraps(route)
+        async def with_caller(request: IRequest, *args: Any, **kwargs: Any) -> bytes:
+            principal = await caller(identity, request, before_password_change=before_password_change)
+            if isinstance(principal, bytes):
+                return principal
+            return await route(request, principal, *args, **kwargs)
+
+        return json_errors(with_caller)
+
+    return decorate

@@ -30,11 +30,12 @@ from relay.credentials import (
     verify_password,
 )
 from relay.db import Database
+from relay.edge.auth import Principal
 from relay.edge.events import EventHub
 from relay.edge.identity import CpuRunner, Identity, _json_body
 from relay.edge.login_throttle import LoginThrottle
 from relay.edge.replica.pending import CommandIssuer
-from relay.edge.web.guard import answer, caller, json_errors
+from relay.edge.web.guard import answer, authenticated
 from relay.permissions import Refused
 from relay.sync_messages import USER_PASSWORD
 
@@ -60,11 +61,8 @@ class PasswordChange:
 
     def routes(self, app: Klein) -> None:
         @app.route("/api/password", methods=["POST"])
-        @json_errors
-        async def change_password(request: IRequest) -> bytes:
-            principal = await caller(self._identity, request, before_password_change=True)
-            if isinstance(principal, bytes):
-                return principal
+        @authenticated(self._identity, before_password_change=True)
+        async def change_password(request: IRequest, principal: Principal) -> bytes:
             body = _json_body(request)
             if isinstance(body, bytes):
                 return body
