@@ -171,14 +171,16 @@ class ExactlyOnceTests(unittest.TestCase):
         rng = random.Random(20261126)
         finished: Deferred[None] = Deferred()
         faults = Deferred.fromCoroutine(self._faults(finished, rng, ["emulator", "broker"]))
-        for start in range(0, n, 500):
-            await self.edge.send_batch(range(start, start + 500))
-            await self.cloud.send_batch(range(start, start + 500))
-            await sleep(0.1)
+        # Spread over about ten seconds, so that the faults (every 0.5-2 s)
+        # land while messages are in flight, however fast the link is.
+        for start in range(0, n, 250):
+            await self.edge.send_batch(range(start, start + 250))
+            await self.cloud.send_batch(range(start, start + 250))
+            await sleep(0.25)
         await self._converge(n, timeout=150)
         finished.callback(None)
         injected = await faults
-        self.assertGreater(sum(injected.values()), 3, injected)
+        self.assertGreater(sum(injected.values()), 4, injected)
         self._assert_exactly_once(await self.edge.effects(), n)
         self._assert_exactly_once(await self.cloud.effects(), n)
         self.assertGreater(self.edge.bridge.link.health.reconnects, 0)
