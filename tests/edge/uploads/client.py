@@ -103,7 +103,10 @@ def seed_replica(data_dir: Path, user: str = "alice") -> str:
         migrate(conn, schema)
     key = new_api_key()
     now = time.time()
-    conn.execute("INSERT INTO replica_users VALUES (?, ?, '!', 0, 0, ?, ?)", (user, user, now, now))
+    conn.execute(
+        "INSERT INTO replica_users (id, name, password_hash, is_admin, disabled, created_at, updated_at) "
+        "VALUES (?, ?, '!', 0, 0, ?, ?)", (user, user, now, now),
+    )
     conn.execute("INSERT INTO replica_api_keys VALUES (?, ?, ?, 'test', ?, NULL)",
                  (key.key_id, user, key.key_hash, now))  # fmt: skip
     conn.execute("INSERT INTO replica_projects VALUES (?, ?, '', ?, 1, ?, ?)",
