@@ -48,6 +48,10 @@ class LinkEmulator:
     @param profile: the initial behaviour (default: a perfect link).
     @param rng: source of every random choice (jitter, fault times); pass a
         seeded C{random.Random} for reproducible runs.
+    @param shares_link_with: another emulator whose whole-link cap this one
+        shares (its profile's C{aggregate_bytes_per_s} rules): two proxies
+        to different servers, one bottleneck, as the edge's S3 parts and
+        its AMQP link share the international link.
 
     @ivar counters: a L{LinkCounters}, updated as traffic flows.
     """
@@ -59,6 +63,7 @@ class LinkEmulator:
         connect: str,
         profile: LinkProfile | None = None,
         rng: random.Random | None = None,
+        shares_link_with: LinkEmulator | None = None,
     ) -> None:
         self.clock: IReactorTime = reactor
         self.rng = rng if rng is not None else random.Random()
@@ -68,9 +73,13 @@ class LinkEmulator:
         self._profile = profile if profile is not None else LinkProfile()
         self._listen_endpoint = serverFromString(reactor, listen)
         self._upstream_endpoint = clientFromString(reactor, connect)
-        aggregate = self._profile.aggregate_bytes_per_s
-        self._shared_to_upstream = SharedBucket(reactor, aggregate)
-        self._shared_to_client = SharedBucket(reactor, aggregate)
+        if shares_link_with is not None:
+            self._shared_to_upstream = shares_link_with._shared_to_upstream
+            self._shared_to_client = shares_link_with._shared_to_client
+        else:
+            aggregate = self._profile.aggregate_bytes_per_s
+            self._shared_to_upstream = SharedBucket(reactor, aggregate)
+            self._shared_to_client = SharedBucket(reactor, aggregate)
         self._connections: dict[int, EmulatedConnection] = {}
         self._next_number = 1
         self._port: IListeningPort | None = None

@@ -57,14 +57,18 @@ class TransferWorld:
         transfer: dict[str, Any] | None = None,
         cloud_s3: dict[str, Any] | None = None,
         seed: int = 1,
+        one_bottleneck: bool = False,
     ) -> None:
         self.root = root
         self.s3 = s3
         self.vhost = Vhost()
         self.s3_link = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{s3.port}",
                                     s3_link, random.Random(seed))  # fmt: skip
+        # one_bottleneck: the part PUTs and the AMQP link share the S3
+        # link's aggregate cap, as they share the international link.
         self.amqp_link = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{AMQP_PORT}",
-                                      amqp_link or LinkProfile(), random.Random(seed + 1))  # fmt: skip
+                                      amqp_link or LinkProfile(), random.Random(seed + 1),
+                                      shares_link_with=self.s3_link if one_bottleneck else None)  # fmt: skip
         self._transfer = {**TEST_TRANSFER, **(transfer or {})}
         self._cloud_s3 = cloud_s3 or {}
         self.edge_dir = root / "edge"
@@ -138,9 +142,9 @@ class TransferWorld:
 
         return await deferToThread(work)
 
-    async def api(self, method: str, path: str) -> tuple[int, Any]:
+    async def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """The edge's JSON API, with the user's API key."""
-        response = await treq.request(method, f"http://127.0.0.1:{self.edge_port}{path}",
+        response = await treq.request(method, f"http://127.0.0.1:{self.edge_port}{path}", json=body,
                                       headers={"Authorization": [f"Bearer {self.api_key}"]}, persistent=False)  # fmt: skip
         body = await response.content()
         return response.code, json.loads(body) if body else None
