@@ -73,6 +73,8 @@ class LinkEmulator:
         self._profile = profile if profile is not None else LinkProfile()
         self._listen_endpoint = serverFromString(reactor, listen)
         self._upstream_endpoint = clientFromString(reactor, connect)
+        self._shared_to_upstream: SharedBucket
+        self._shared_to_client: SharedBucket
         if shares_link_with is not None:
             self._shared_to_upstream = shares_link_with._shared_to_upstream
             self._shared_to_client = shares_link_with._shared_to_client
