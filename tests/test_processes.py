@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from relay.testing.transfer_world import Vhost
+
 from .conftest import ROOT, free_port
 
 SAMPLE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? -?[0-9.e+-]+$")
@@ -66,10 +68,25 @@ def processes() -> Iterator[list[subprocess.Popen]]:
             process.wait()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def broker() -> Iterator[None]:
+    # A vhost of these tests' own: the processes must not consume (and so
+    # take away) the messages of a deployment on this machine's broker.
+    global BROKER_URL
+    vhost = Vhost().create()
+    BROKER_URL = vhost.url()
+    yield
+    vhost.delete()
+
+
+BROKER_URL = ""
+
+
 def config(tmp_path: Path, side: str, port: int) -> Path:
     path = tmp_path / f"{side}.toml"
     path.write_text(
         f'[{side}]\nlisten = "tcp:{port}:interface=127.0.0.1"\ndata_dir = "{tmp_path / side}"\n'
+        f'[link]\nurl = "{BROKER_URL}"\n'
     )
     return path
 

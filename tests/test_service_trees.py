@@ -16,6 +16,7 @@ from relay.cloud.tap import cloud_service
 from relay.config import load
 from relay.edge.config import EdgeConfig
 from relay.edge.tap import edge_service
+from relay.testing.transfer_world import Vhost
 
 from .conftest import free_port
 
@@ -28,10 +29,13 @@ class StopDuringStartup(TestCase):
         os.chdir(self.directory)
 
     def config(self, side: str) -> Path:
+        # A vhost of its own: nothing here may consume a deployment's messages.
+        vhost = Vhost().create()
+        self.addCleanup(vhost.delete)
         path = self.directory / f"{side}.toml"
         path.write_text(
             f'[{side}]\nlisten = "tcp:{free_port()}:interface=127.0.0.1"\n'
-            f'data_dir = "{self.directory / side}"\n'
+            f'data_dir = "{self.directory / side}"\n[link]\nurl = "{vhost.url()}"\n'
         )
         return path
 

@@ -22,6 +22,7 @@ from relay.credentials import ScryptCost, hash_password
 from relay.edge.config import EdgeConfig
 from relay.edge.replica import apply_event
 from relay.edge.tap import edge_service
+from relay.testing.transfer_world import Vhost
 from tests.conftest import free_port
 
 
@@ -42,7 +43,12 @@ class EdgeHttpTests(TestCase):
         os.chdir(directory)
         port = free_port()
         config = directory / "edge.toml"
-        config.write_text(f'[edge]\nlisten = "tcp:{port}:interface=127.0.0.1"\ndata_dir = "{directory / "edge"}"\n')
+        # A vhost of its own: the default one may hold a local deployment's
+        # messages for edge "local" (a snapshot would replace the seeded rows).
+        vhost = Vhost().create()
+        self.addCleanup(vhost.delete)
+        config.write_text(f'[edge]\nlisten = "tcp:{port}:interface=127.0.0.1"\ndata_dir = "{directory / "edge"}"\n'
+                          f'[link]\nurl = "{vhost.url()}"\n')  # fmt: skip
         service = edge_service(load(EdgeConfig, config), reactor)
         (db,) = [s for s in service if type(s).__name__ == "Database"]
         user_id, project_id = uuid.uuid4().hex, uuid.uuid4().hex
