@@ -9,7 +9,8 @@ these return.  Running this file does nothing (``make bench`` runs every
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -131,3 +132,33 @@ def at_least(goal: str, value: float | None, floor: float | None, unit: str = "m
 
 def format_targets(targets: Sequence[Target]) -> str:
     return "\n".join(target.line() for target in targets)
+
+
+def http_request(
+    port: int, method: str, path: str, headers: dict[str, str], length: int,
+    send_body: Callable[[socket.socket], None] | None = None,
+) -> tuple[int, dict[str, str]]:
+    """
+    One HTTP/1.1 request on a fresh loopback connection, written by hand so
+    that the client costs as little as possible: the head, then
+    C{send_body(sock)} for the C{length} bytes of body.  Returns the status
+    and the reply's headers (lower-case names); the reply's body is not read.
+    """
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close",
+                 f"Content-Length: {length}", *(f"{k}: {v}" for k, v in headers.items())]  # fmt: skip
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        if send_body is not None:
+            send_body(s)
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            more = s.recv(65536)
+            if not more:
+                break
+            reply += more
+    head = reply.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    found = {}
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        found[name.strip().lower()] = value.strip()
+    return int(head[0].split()[1]), found

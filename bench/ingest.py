@@ -40,6 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench._common import http_request  # noqa: E402
+
 BIN = Path(sys.executable).parent
 KEY = "bench-key"
 BUFFER = os.urandom(8 << 20)
@@ -194,29 +197,16 @@ def wait_up(server: Server) -> None:
 def request(port: int, method: str, path: str, headers: dict[str, str], length: int
             ) -> tuple[int, dict[str, str]]:  # fmt: skip
     """One request whose body is C{length} bytes from BUFFER; returns status and headers."""
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close",
-                 f"Content-Length: {length}", *(f"{k}: {v}" for k, v in headers.items())]  # fmt: skip
-        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+    def send(s: socket.socket) -> None:
         view = memoryview(BUFFER)
         sent = 0
         while sent < length:
             n = min(len(BUFFER), length - sent)
             s.sendall(view[:n])
             sent += n
-        reply = b""
-        while b"\r\n\r\n" not in reply:
-            more = s.recv(65536)
-            if not more:
-                break
-            reply += more
-    head = reply.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    status = int(head[0].split()[1])
-    found = {}
-    for line in head[1:]:
-        name, _, value = line.partition(":")
-        found[name.strip().lower()] = value.strip()
-    return status, found
+
+    return http_request(port, method, path, headers, length, send)
 
 
 def upload(server: Server, size: int) -> None:

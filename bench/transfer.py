@@ -53,6 +53,7 @@ from twisted.internet.threads import deferToThread
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import http_request  # noqa: E402
 from relay.testing.linkemu import LinkEmulator, LinkProfile  # noqa: E402
 from relay.testing.s3servers import S3Server, free_port, start_moto, start_rclone  # noqa: E402
 from relay.testing.transfer_world import (  # noqa: E402
@@ -124,27 +125,14 @@ def tus_upload(port: int, source: Path, size: int) -> str:
     """POST then one PATCH with the whole file (as Uppy does); returns the upload id."""
 
     def request(method: str, path: str, headers: dict[str, str], body: Path | None) -> tuple[int, dict[str, str]]:
-        with socket.create_connection(("127.0.0.1", port)) as s:
-            length = size if body is not None else 0
-            lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close",
-                     f"Content-Length: {length}", "Tus-Resumable: 1.0.0", f"Authorization: Bearer {KEY}",
-                     *(f"{k}: {v}" for k, v in headers.items())]  # fmt: skip
-            s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-            if body is not None:
-                with body.open("rb") as f:
-                    s.sendfile(f)
-            reply = b""
-            while b"\r\n\r\n" not in reply:
-                more = s.recv(65536)
-                if not more:
-                    break
-                reply += more
-        head = reply.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-        found = {}
-        for line in head[1:]:
-            name, _, value = line.partition(":")
-            found[name.strip().lower()] = value.strip()
-        return int(head[0].split()[1]), found
+        def send(s: socket.socket) -> None:
+            assert body is not None
+            with body.open("rb") as f:
+                s.sendfile(f)
+
+        tus = {"Tus-Resumable": "1.0.0", "Authorization": f"Bearer {KEY}"}
+        return http_request(port, method, path, {**tus, **headers}, size if body is not None else 0,
+                            send if body is not None else None)  # fmt: skip
 
     metadata = f"filename YmVuY2guYmlu,project {base64.b64encode(PROJECT.encode()).decode()}"
     status, headers = request("POST", "/files/", {"Upload-Length": str(size), "Upload-Metadata": metadata},

@@ -100,10 +100,24 @@ def _when(seconds: float | None) -> str:
     return "-" if seconds is None else time.strftime("%Y-%m-%d %H:%M", time.gmtime(seconds))
 
 
-def _table(rows: list[list[str]], out: TextIO) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out)
+def _listing(
+    args: argparse.Namespace, out: TextIO, items: list[dict[str, Any]], what: str,
+    header: list[str], row: Callable[[dict[str, Any]], list[str]],
+) -> None:
+    """
+    A list command's output: the items as JSON with C{--json}, else a
+    table under C{header} (or "no <what>").
+    """
+    if args.json:
+        print(json.dumps(items), file=out)
+        return
+    if not items:
+        print(f"no {what}", file=out)
+        return
+    rows = [header, *(row(item) for item in items)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=True)).rstrip(), file=out)
 
 
 # -- the commands -------------------------------------------------------------
@@ -128,20 +142,11 @@ def user_add(args: argparse.Namespace, db: Database, registry: Registry, out: Te
 
 
 def user_list(args: argparse.Namespace, db: Database, registry: Registry, out: TextIO, stdin: TextIO) -> None:
-    users = db.run_now(registry.users)
-    if args.json:
-        print(json.dumps(users), file=out)
-        return
-    if not users:
-        print("no users", file=out)
-        return
-    rows = [["NAME", "ADMIN", "DISABLED", "KEYS", "CREATED (UTC)"]]
-    rows += [
-        [u["name"], "yes" if u["is_admin"] else "", "yes" if u["disabled"] else "", str(u["active_keys"]),
-         _when(u["created_at"])]
-        for u in users
-    ]
-    _table(rows, out)
+    _listing(
+        args, out, db.run_now(registry.users), "users", ["NAME", "ADMIN", "DISABLED", "KEYS", "CREATED (UTC)"],
+        lambda u: [u["name"], "yes" if u["is_admin"] else "", "yes" if u["disabled"] else "",
+                   str(u["active_keys"]), _when(u["created_at"])],
+    )  # fmt: skip
 
 
 def _set_disabled(disabled: bool) -> Callable[..., None]:
@@ -188,30 +193,19 @@ def key_revoke(args: argparse.Namespace, db: Database, registry: Registry, out: 
 
 def key_list(args: argparse.Namespace, db: Database, registry: Registry, out: TextIO, stdin: TextIO) -> None:
     user_id = _user(db, registry, args.name)["id"] if args.name else None
-    keys = db.run_now(registry.keys, user_id)
-    if args.json:
-        print(json.dumps(keys), file=out)
-        return
-    if not keys:
-        print("no API keys", file=out)
-        return
-    rows = [["KEY ID", "USER", "LABEL", "CREATED (UTC)", "REVOKED (UTC)"]]
-    rows += [[k["id"], k["user"], k["label"], _when(k["created_at"]), _when(k["revoked_at"])] for k in keys]
-    _table(rows, out)
+    _listing(
+        args, out, db.run_now(registry.keys, user_id), "API keys",
+        ["KEY ID", "USER", "LABEL", "CREATED (UTC)", "REVOKED (UTC)"],
+        lambda k: [k["id"], k["user"], k["label"], _when(k["created_at"]), _when(k["revoked_at"])],
+    )
 
 
 def project_list(args: argparse.Namespace, db: Database, registry: Registry, out: TextIO, stdin: TextIO) -> None:
     user_id = _user(db, registry, args.user)["id"] if args.user else None
-    projects = db.run_now(registry.projects, user_id)
-    if args.json:
-        print(json.dumps(projects), file=out)
-        return
-    if not projects:
-        print("no projects", file=out)
-        return
-    rows = [["NAME", "OWNER", "MEMBERS", "FILES", "ID"]]
-    rows += [[p["name"], p["owner"], str(p["members"]), str(p["files"]), p["id"]] for p in projects]
-    _table(rows, out)
+    _listing(
+        args, out, db.run_now(registry.projects, user_id), "projects", ["NAME", "OWNER", "MEMBERS", "FILES", "ID"],
+        lambda p: [p["name"], p["owner"], str(p["members"]), str(p["files"]), p["id"]],
+    )
 
 
 def bootstrap_admin(

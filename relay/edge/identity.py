@@ -132,10 +132,10 @@ class Identity:
         return Deferred.fromCoroutine(self._principal(request))
 
     async def _principal(self, request: IRequest) -> Principal | None:
-        principal, _ = await self._check(request)
+        principal, _ = await self.check(request)
         return principal
 
-    async def _check(self, request: IRequest) -> tuple[Principal | None, str | None]:
+    async def check(self, request: IRequest) -> tuple[Principal | None, str | None]:
         """
         The request's principal, or C{None} and why (for relay's own routes).
         """
@@ -247,45 +247,45 @@ class Identity:
 
         @app.route("/api/login", methods=["POST"])
         async def login(request: IRequest) -> bytes:
-            body = _json_body(request)
+            body = json_body(request)
             if isinstance(body, bytes):
                 return body
             name, password = body.get("name"), body.get("password")
             if not isinstance(name, str) or not isinstance(password, str) or not name or not password:
-                return _answer(request, 400, {"error": "send a JSON object with 'name' and 'password'"})
+                return json_answer(request, 400, {"error": "send a JSON object with 'name' and 'password'"})
             try:
                 session = await self.login(name, password)
             except LoginRefused as refused:
-                return _answer(request, refused.status, {"error": str(refused)})
+                return json_answer(request, refused.status, {"error": str(refused)})
             request.addCookie(  # type: ignore[call-arg]
                 COOKIE, session.token.encode(), path=b"/", httpOnly=True, sameSite="strict",
                 secure=request.isSecure(), max_age=str(int(self._max_age)).encode(),
             )
-            return _answer(request, 200, {"user": _user(session.principal), "csrf_token": session.csrf_token})
+            return json_answer(request, 200, {"user": _user(session.principal), "csrf_token": session.csrf_token})
 
         @app.route("/api/logout", methods=["POST"])
         async def logout(request: IRequest) -> bytes:
-            principal, problem = await self._check(request)
+            principal, problem = await self.check(request)
             if principal is None or principal.via != "session":
-                return _answer(request, 401 if problem != "missing or wrong CSRF token" else 403,
+                return json_answer(request, 401 if problem != "missing or wrong CSRF token" else 403,
                                {"error": problem or "not logged in with a session"})
             await self.logout(request.getCookie(COOKIE).decode("ascii"))
             request.addCookie(  # type: ignore[call-arg]
                 COOKIE, b"", path=b"/", httpOnly=True, sameSite="strict", secure=request.isSecure(),
                 max_age=b"0",
             )
-            return _answer(request, 200, {"ok": True})
+            return json_answer(request, 200, {"ok": True})
 
         @app.route("/api/me", methods=["GET"])
         async def me(request: IRequest) -> bytes:
-            principal, problem = await self._check(request)
+            principal, problem = await self.check(request)
             if principal is None:
-                return _answer(request, 401, {"error": problem})
+                return json_answer(request, 401, {"error": problem})
             answer: dict[str, Any] = {"user": _user(principal), "via": principal.via}
             if principal.via == "session":
                 token = request.getCookie(COOKIE).decode("ascii")
                 answer["csrf_token"] = await self._db.read(_csrf, session_token_hash(token))
-            return _answer(request, 200, answer)
+            return json_answer(request, 200, answer)
 
 
 def _user(principal: Principal) -> dict[str, Any]:
@@ -295,14 +295,14 @@ def _user(principal: Principal) -> dict[str, Any]:
     }
 
 
-def _answer(request: IRequest, status: int, body: dict[str, Any]) -> bytes:
+def json_answer(request: IRequest, status: int, body: dict[str, Any]) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
     return json.dumps(body).encode()
 
 
-def _json_body(request: IRequest) -> dict[str, Any] | bytes:
+def json_body(request: IRequest) -> dict[str, Any] | bytes:
     """
     The request's JSON object, or the error answer (bytes) to return.
     Requiring C{application/json} also keeps plain HTML forms (which cannot
@@ -310,16 +310,16 @@ def _json_body(request: IRequest) -> dict[str, Any] | bytes:
     """
     content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
     if content_type != b"application/json":
-        return _answer(request, 415, {"error": "send application/json"})
+        return json_answer(request, 415, {"error": "send application/json"})
     data = request.content.read(MAX_BODY + 1)
     if len(data) > MAX_BODY:
-        return _answer(request, 413, {"error": "request body too large"})
+        return json_answer(request, 413, {"error": "request body too large"})
     try:
         body = json.loads(data)
     except ValueError:
-        return _answer(request, 400, {"error": "the body is not valid JSON"})
+        return json_answer(request, 400, {"error": "the body is not valid JSON"})
     if not isinstance(body, dict):
-        return _answer(request, 400, {"error": "send a JSON object"})
+        return json_answer(request, 400, {"error": "send a JSON object"})
     return body
 
 

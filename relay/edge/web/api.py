@@ -28,7 +28,7 @@ from relay.credentials import DEFAULT_COST, ScryptCost
 from relay.db import Database
 from relay.edge.auth import Principal
 from relay.edge.events import EventHub
-from relay.edge.identity import CpuRunner, Identity, _json_body
+from relay.edge.identity import CpuRunner, Identity, json_body
 from relay.edge.replica.pending import (
     CommandIssuer,
     dismiss,
@@ -178,7 +178,7 @@ class EdgeApi:
         @app.route("/api/projects", methods=["POST"])
         @authed
         async def create_project(request: IRequest, principal: Principal) -> bytes:
-            body = _json_body(request)
+            body = json_body(request)
             if isinstance(body, bytes):
                 return body
             try:
@@ -200,7 +200,7 @@ class EdgeApi:
         @app.route("/api/projects/<project_id>", methods=["PATCH"])
         @authed
         async def rename_project(request: IRequest, principal: Principal, project_id: str) -> bytes:
-            body = _json_body(request)
+            body = json_body(request)
             if isinstance(body, bytes):
                 return body
             try:
@@ -221,7 +221,7 @@ class EdgeApi:
         @app.route("/api/projects/<project_id>/members", methods=["POST"])
         @authed
         async def add_member(request: IRequest, principal: Principal, project_id: str) -> bytes:
-            body = _json_body(request)
+            body = json_body(request)
             if isinstance(body, bytes):
                 return body
             try:
@@ -256,7 +256,7 @@ class EdgeApi:
         @app.route("/api/jobs", methods=["POST"])
         @authed
         async def submit_job(request: IRequest, principal: Principal) -> bytes:
-            body = _json_body(request)
+            body = json_body(request)
             if isinstance(body, bytes):
                 return body
             try:

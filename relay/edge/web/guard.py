@@ -16,12 +16,12 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from relay.edge.auth import Principal
-from relay.edge.identity import Identity, _answer
+from relay.edge.identity import Identity, json_answer
 
 log = Logger()
 P = ParamSpec("P")
 
-answer = _answer
+answer = json_answer
 
 _CSRF_PROBLEM = "missing or wrong CSRF token"
 
@@ -43,7 +43,7 @@ async def caller(
     (unless the route is one such a session may use:
     C{before_password_change}).
     """
-    principal, problem = await identity._check(request)
+    principal, problem = await identity.check(request)
     if principal is None:
         return answer(request, 403 if problem == _CSRF_PROBLEM else 401, {"error": problem or "not logged in"})
     if principal.must_change_password and not before_password_change:

@@ -32,7 +32,7 @@ from relay.credentials import (
 from relay.db import Database
 from relay.edge.auth import Principal
 from relay.edge.events import EventHub
-from relay.edge.identity import CpuRunner, Identity, _json_body
+from relay.edge.identity import CpuRunner, Identity, json_body
 from relay.edge.login_throttle import LoginThrottle
 from relay.edge.replica.pending import CommandIssuer
 from relay.edge.web.guard import answer, authenticated
@@ -63,7 +63,7 @@ class PasswordChange:
         @app.route("/api/password", methods=["POST"])
         @authenticated(self._identity, before_password_change=True)
         async def change_password(request: IRequest, principal: Principal) -> bytes:
-            body = _json_body(request)
+            body = json_body(request)
             if isinstance(body, bytes):
                 return body
             current, new = body.get("current_password"), body.get("new_password")

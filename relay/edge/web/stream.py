@@ -139,4 +139,4 @@ class EventStreams(Service):
         def failed(reason: Failure) -> None:
             self.log.failure("checking an event stream's credentials failed", reason)
 
-        Deferred.fromCoroutine(self._identity._check(request)).addCallbacks(checked, failed)
+        Deferred.fromCoroutine(self._identity.check(request)).addCallbacks(checked, failed)

@@ -54,6 +54,10 @@ class UserInterface:
         missing = [path for path, _ in [("templates/index.html", ""), *STATIC.values()]
                    if not (web_dir / path).is_file()]  # fmt: skip
         self.available = not missing
+        # Read once: the page is the same for everyone (the static files are
+        # served by File, which revalidates with Last-Modified).
+        index = web_dir / "templates" / "index.html"
+        self._page = index.read_bytes() if self.available else _fallback(web_dir).encode()
         if missing:
             log.warn(
                 "the browser front end is not available: {missing} missing under {web_dir} "
@@ -67,9 +71,7 @@ class UserInterface:
             _secure(request)
             request.setHeader(b"content-type", b"text/html; charset=utf-8")
             request.setHeader(b"cache-control", b"no-cache")
-            if not self.available:
-                return _fallback(self.web_dir).encode()
-            return (self.web_dir / "templates" / "index.html").read_bytes()
+            return self._page
 
         @app.route("/static/<path:name>", methods=["GET", "HEAD"])
         def static(request: IRequest, name: str) -> IResource | bytes:
