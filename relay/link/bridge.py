@@ -144,9 +144,9 @@ class Bridge(MultiService):
             except Exception:
                 self.log.failure("link-up hook {hook} failed", hook=hook)
 
-    def _deliver(self, delivery: Delivery) -> Deferred[None]:
+    def _deliver(self, delivery: Delivery) -> None:
         self._progress()
-        return Deferred.fromCoroutine(self.inbox.deliver(delivery))
+        self.inbox.deliver(delivery)
 
     def _progress(self) -> None:
         """

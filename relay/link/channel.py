@@ -8,11 +8,13 @@ handed out after every reconnect (see :class:`relay.link.connection.LinkService`
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txamqp.client import ChannelClosed, Closed
@@ -43,6 +45,12 @@ PROPERTY_NAMES = frozenset(
         "app_id",
     }
 )
+
+
+def _default_reactor() -> IReactorTime:
+    from twisted.internet import reactor
+
+    return reactor  # type: ignore[return-value]
 
 
 class LinkDown(Exception):
@@ -116,6 +124,14 @@ class Channel:
         self._next_seq = 1
         self._consumers: dict[str, ConsumerCallback] = {}
         self._tags = itertools.count(1)
+        # Delivery tags in delivery order from the oldest not yet settled,
+        # those of them settled (acks included that wait for _flush_acks),
+        # and the waiting acks.
+        self._unsettled: deque[int] = deque()
+        self._settled: set[int] = set()
+        self._acks: list[int] = []
+        self._flush_call: IDelayedCall | None = None
+        self._clock: IReactorTime = getattr(client, "clock", None) or _default_reactor()
         self.on_ack: Callable[[int, bool], object] | None = None
         self.on_nack: Callable[[int, bool], object] | None = None
         self.on_return: Callable[[ReturnedMessage], object] | None = None
@@ -303,25 +319,72 @@ class Channel:
         await self._call(self._channel.basic_cancel(consumer_tag=consumer_tag))
         self._consumers.pop(consumer_tag, None)
 
-    def ack(self, delivery_tag: int, multiple: bool = False) -> None:
-        self._check_open()
-        if self._fast is not None:
-            self._fast.send_encoded(frames.encode_ack(self._channel.id, delivery_tag, multiple))
-            return
-        self._send(self._channel.basic_ack(delivery_tag=delivery_tag, multiple=multiple))
+    def ack(self, delivery_tag: int) -> None:
+        """Acknowledge a delivery.
 
-    def nack(self, delivery_tag: int, multiple: bool = False, requeue: bool = True) -> None:
+        Acks are sent at the end of the reactor's turn, coalesced: one
+        ``basic.ack`` with ``multiple`` for the longest run of settled
+        deliveries from the oldest unsettled one, single acks for those
+        behind a delivery still in progress.  An inbox group of 200
+        deliveries costs the broker one ack frame, not 200.
+        """
         self._check_open()
+        if delivery_tag not in self._settled:
+            self._settled.add(delivery_tag)
+            self._acks.append(delivery_tag)
+            if self._flush_call is None:
+                self._flush_call = self._clock.callLater(0, self._flush_acks)
+
+    def nack(self, delivery_tag: int, requeue: bool = True) -> None:
+        self._check_open()
+        self._settle_now(delivery_tag)
         if self._fast is not None:
-            self._fast.send_encoded(frames.encode_nack(self._channel.id, delivery_tag, multiple, requeue))
+            self._fast.send_encoded(frames.encode_nack(self._channel.id, delivery_tag, False, requeue))
             return
         self._send(
-            self._channel.basic_nack(delivery_tag=delivery_tag, multiple=multiple, requeue=requeue)
+            self._channel.basic_nack(delivery_tag=delivery_tag, multiple=False, requeue=requeue)
         )
 
     def reject(self, delivery_tag: int, requeue: bool = True) -> None:
         self._check_open()
+        self._settle_now(delivery_tag)
         self._send(self._channel.basic_reject(delivery_tag=delivery_tag, requeue=requeue))
+
+    def _settle_now(self, delivery_tag: int) -> None:
+        # Acks waiting for the flush go first: they were settled first.
+        self._flush_acks()
+        self._settled.add(delivery_tag)
+
+    def _flush_acks(self) -> None:
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if self._closed is not None or self._channel.closed:
+            return  # the broker requeues them; the inbox knows them by id
+        if not self._acks:
+            return
+        unsettled, settled = self._unsettled, self._settled
+        acks, self._acks = set(self._acks), []
+        last = None
+        while unsettled and unsettled[0] in settled:
+            tag = unsettled.popleft()
+            settled.discard(tag)
+            if tag in acks:
+                acks.discard(tag)
+                last = tag
+        if last is not None:
+            # Covers the already-settled ones before it too, which the
+            # broker no longer counts; ``last`` itself is still outstanding.
+            self._send_ack(last, multiple=True)
+        for tag in sorted(acks):  # behind a delivery still in progress
+            self._send_ack(tag, multiple=False)
+
+    def _send_ack(self, delivery_tag: int, multiple: bool) -> None:
+        if self._fast is not None:
+            self._fast.send_encoded(frames.encode_ack(self._channel.id, delivery_tag, multiple))
+            return
+        self._send(self._channel.basic_ack(delivery_tag=delivery_tag, multiple=multiple))
 
     # -- events from the connection (see LinkService) -------------------------
 
@@ -331,6 +394,7 @@ class Channel:
             log.warn("delivery for unknown consumer {tag}", tag=message.consumer_tag)
             return
         body, headers, props = _split_properties(message.content)
+        self._unsettled.append(message.delivery_tag)
         delivery = Delivery(
             body=body,
             headers=headers,
@@ -376,6 +440,9 @@ class Channel:
         if self._closed is None:
             self._closed = reason
             self._consumers.clear()
+            if self._flush_call is not None and self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
 
 
 class ConfirmTracker:

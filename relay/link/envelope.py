@@ -26,6 +26,10 @@ from typing import Any
 #: The AMQP header that carries the envelope of a message with a payload.
 ENVELOPE_HEADER = "relay-envelope"
 
+#: The content type of a bundle: several envelopes in one AMQP message, one
+#: per line (each is compact JSON, which never holds a raw newline).
+BUNDLE_TYPE = "application/vnd.relay.bundle"
+
 #: Queue names (durable quorum queues, declared on every connect).
 TO_CLOUD = "relay.to-cloud"
 JOBS = "relay.jobs"

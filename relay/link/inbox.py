@@ -1,13 +1,15 @@
 """
 The inbox: every message's effect is applied exactly once.
 
-A delivery is parsed, validated against the catalogue and handed to the
+A delivery (one message, or a bundle of them: L{relay.link.outbox}) is
+parsed, validated against the catalogue and handed to the
 handler registered for its type.  The handler runs on the database thread,
 inside one transaction that also records the message id; only after that
 transaction commits is the delivery acked.  A message seen before (the
 sender republished it after a lost confirm) is acked and ignored.
 Deliveries that arrive while a transaction commits share the next one
-(group commit, one disk sync for all), each in its own savepoint.
+(group commit, one disk sync for all); a handler that fails there undoes
+its own message only (L{Inbox._apply_group}).
 
 Messages of a stream (C{stream}, C{seq}) are applied in sequence order: one
 that arrives ahead of a gap is held in the database until the gap is filled,
@@ -27,7 +29,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -35,7 +37,7 @@ from twisted.python.failure import Failure
 from relay.db import Database, Schema
 from relay.link.catalogue import Catalogue, InvalidBody, UnknownType
 from relay.link.channel import Delivery, LinkDown
-from relay.link.envelope import ENVELOPE_HEADER, BadEnvelope, Envelope
+from relay.link.envelope import BUNDLE_TYPE, ENVELOPE_HEADER, BadEnvelope, Envelope
 from relay.metrics import Metrics
 
 #: A handler applies one message inside the inbox's transaction.
@@ -128,6 +130,7 @@ class Inbox:
         self._group = group if getattr(db, "dialect", "sqlite") == "sqlite" else 1
         self._waiting: list[tuple[Envelope, bytes, Deferred[str]]] = []
         self._committing = False
+        self._applied_now = 0  # on the database thread, in _apply_group
         self._applied = metrics.counter("inbox_applied", "Messages applied.")
         self._duplicates = metrics.counter("inbox_duplicates", "Duplicate deliveries ignored.")
         self._dead = metrics.counter("inbox_dead_lettered", "Messages moved to the dead letters.")
@@ -150,64 +153,88 @@ class Inbox:
 
     # -- deliveries ------------------------------------------------------------
 
-    async def deliver(self, delivery: Delivery) -> None:
+    def deliver(self, delivery: Delivery) -> None:
         """
         The consumer callback: apply, then settle the delivery.
+
+        A valid message takes no coroutine on its way: it joins the next
+        group transaction and is acked when that commits.  A bundle's
+        messages each have their own outcome; it is acked once all are
+        applied (or ignored as duplicates, or dead-lettered), and requeued if
+        any is to be retried: those already applied are then duplicates.
         """
         header = delivery.headers.get(ENVELOPE_HEADER)
-        try:
-            if header is None:
-                outcome = await self.receive(delivery.body)
-            else:
-                envelope = header.encode() if isinstance(header, str) else bytes(header)
-                outcome = await self.receive(envelope, delivery.body)
-        except Exception:
+        if header is not None:
+            body = header.encode() if isinstance(header, str) else bytes(header)
+            outcome = self.receive(body, delivery.body)
+        elif delivery.properties.get("content_type") == BUNDLE_TYPE:
+            outcome = gatherResults(
+                [self.receive(line, None) for line in delivery.body.split(b"\n")], consumeErrors=True
+            ).addCallback(lambda outcomes: "retry" if "retry" in outcomes else "applied")
+        else:
+            outcome = self.receive(delivery.body, None)
+
+        def settle(outcome: str) -> None:
+            _settle(delivery.nack if outcome == "retry" else delivery.ack)
+
+        def unrecorded(failure: Failure) -> None:
             # The database failed (disk full, say): the message stays on the
             # broker and comes back.
-            self.log.failure("inbox could not record a delivery; requeueing")
+            self.log.failure("inbox could not record a delivery; requeueing", failure)
             _settle(delivery.nack)
-            return
-        if outcome == "retry":
-            _settle(delivery.nack)
-        else:
-            _settle(delivery.ack)
 
-    async def receive(self, body: bytes, payload: bytes | None = None) -> str:
+        outcome.addCallbacks(settle, unrecorded)
+
+    def receive(self, body: bytes, payload: bytes | None = None) -> Deferred[str]:
         """
         Apply one message: its envelope's bytes, and its binary payload if it
-        has one.  Returns C{"applied"}, C{"held"},
-        C{"duplicate"}, C{"dead"} or C{"retry"} (the handler failed; the
-        delivery should be requeued).
+        has one.  Fires with C{"applied"}, C{"held"}, C{"duplicate"},
+        C{"dead"} or C{"retry"} (the handler failed; the delivery should be
+        requeued).
         """
         try:
-            message = Envelope.from_bytes(body, payload)
-            self._catalogue.validate(message)
-            if message.type not in self._handlers:
-                raise UnknownType(f"no handler for {message.type!r} on {self.queue}")
+            message = self._parse(body, payload)
         except (BadEnvelope, UnknownType, InvalidBody) as e:
-            message_id = _peek_id(body)
-            await self._db.run(
-                _bury, message_id, _peek_type(body), self.queue, str(e), body, payload,
-                self._reactor.seconds(),
-            )
-            return self._buried(message_id, str(e))
-        try:
-            outcome = await self._apply_in_group(message, body)
-        except Exception as e:
-            reason = f"{type(e).__name__}: {e}"
-            attempts = await self._db.run(_failed, message.id, reason)
-            if attempts < self._max_attempts:
-                self.log.warn(
-                    "handler for {type} failed on {id} (attempt {attempts}): {reason}",
-                    type=message.type, id=message.id, attempts=attempts, reason=reason,
-                )
-                return "retry"
-            reason = f"handler failed {attempts} times; last: {reason}"
-            await self._db.run(
-                _bury, message.id, message.type, self.queue, reason, body, payload,
-                self._reactor.seconds(),
-            )
-            return self._buried(message.id, reason)
+            return Deferred.fromCoroutine(self._poisoned(body, payload, e))
+        outcome = self._apply_in_group(message, body)
+        outcome.addCallbacks(
+            self._counted,
+            lambda failure: Deferred.fromCoroutine(self._apply_failed(message, body, failure.value)),
+        )
+        return outcome
+
+    def _parse(self, body: bytes, payload: bytes | None) -> Envelope:
+        message = Envelope.from_bytes(body, payload)
+        self._catalogue.validate(message)
+        if message.type not in self._handlers:
+            raise UnknownType(f"no handler for {message.type!r} on {self.queue}")
+        return message
+
+    async def _poisoned(self, body: bytes, payload: bytes | None, error: Exception) -> str:
+        message_id = _peek_id(body)
+        await self._db.run(
+            _bury, message_id, _peek_type(body), self.queue, str(error), body, payload,
+            self._reactor.seconds(),
+        )  # fmt: skip
+        return self._buried(message_id, str(error))
+
+    async def _apply_failed(self, message: Envelope, body: bytes, error: BaseException) -> str:
+        reason = f"{type(error).__name__}: {error}"
+        attempts = await self._db.run(_failed, message.id, reason)
+        if attempts < self._max_attempts:
+            self.log.warn(
+                "handler for {type} failed on {id} (attempt {attempts}): {reason}",
+                type=message.type, id=message.id, attempts=attempts, reason=reason,
+            )  # fmt: skip
+            return "retry"
+        reason = f"handler failed {attempts} times; last: {reason}"
+        await self._db.run(
+            _bury, message.id, message.type, self.queue, reason, body, message.payload,
+            self._reactor.seconds(),
+        )  # fmt: skip
+        return self._buried(message.id, reason)
+
+    def _counted(self, outcome: str) -> str:
         if outcome == "duplicate":
             self._duplicates.inc()
         else:
@@ -240,49 +267,74 @@ class Inbox:
             while self._waiting:
                 group, self._waiting = self._waiting[: self._group], self._waiting[self._group :]
                 try:
-                    outcomes = await self._db.run(self._apply_group, [(m, b) for m, b, _ in group])
+                    outcomes, applied = await self._db.run(self._apply_group, [(m, b) for m, b, _ in group])
                 except Exception:
                     failure = Failure()
-                    for _, _, applied in group:
-                        applied.errback(failure)
+                    for _, _, waiting in group:
+                        waiting.errback(failure)
                     continue
-                for (_, _, applied), outcome in zip(group, outcomes, strict=True):
+                self._applied.inc(applied)
+                for (_, _, waiting), outcome in zip(group, outcomes, strict=True):
                     if isinstance(outcome, Exception):
-                        applied.errback(Failure(outcome))
+                        waiting.errback(Failure(outcome))
                     else:
-                        applied.callback(outcome)
+                        waiting.callback(outcome)
         finally:
             self._committing = False
 
-    def _apply_group(self, conn: sqlite3.Connection, group: list[tuple[Envelope, bytes]]) -> list[str | Exception]:
+    def _apply_group(
+        self, conn: sqlite3.Connection, group: list[tuple[Envelope, bytes]]
+    ) -> tuple[list[str | Exception], int]:
         """
-        On the database thread, in one transaction: each message's whole
-        effect in its own savepoint, so that a failing handler undoes its
-        own message only.  A group of one needs no savepoint.
+        On the database thread, in one transaction: the group's effects and
+        how many messages were applied (a held message that a group fills
+        the gap before counts too).
+
+        The whole group is tried at once first.  If a handler fails, that
+        try is undone and each message gets its own savepoint, so that a
+        failing handler undoes its own message only.  (Handlers touch only
+        the database, so trying again is safe.)
         """
+        self._applied_now = 0
         if len(group) == 1:
-            return [self._apply(conn, *group[0])]
-        outcomes: list[str | Exception] = []
+            return [self._apply(conn, *group[0])], self._applied_now
+        conn.execute("SAVEPOINT inbox_group")
+        try:
+            outcomes: list[str | Exception] = [self._apply(conn, m, b) for m, b in group]
+        except Exception:
+            conn.execute("ROLLBACK TO SAVEPOINT inbox_group")
+        else:
+            conn.execute("RELEASE SAVEPOINT inbox_group")
+            return outcomes, self._applied_now
+        conn.execute("RELEASE SAVEPOINT inbox_group")
+        self._applied_now = 0
+        outcomes = []
         for message, body in group:
             conn.execute("SAVEPOINT inbox_message")
+            applied = self._applied_now
             try:
                 outcomes.append(self._apply(conn, message, body))
             except Exception as e:
                 conn.execute("ROLLBACK TO SAVEPOINT inbox_message")
+                self._applied_now = applied
                 outcomes.append(e)
             conn.execute("RELEASE SAVEPOINT inbox_message")
-        return outcomes
+        return outcomes, self._applied_now
 
     def _apply(self, conn: sqlite3.Connection, message: Envelope, body: bytes) -> str:
         """
         On the database thread, in the transaction: the whole effect of one
         delivery.
         """
+        if message.stream is None:
+            # Recorded as seen first: one statement tells a duplicate.  A
+            # failing handler's savepoint takes the record back with it.
+            if not self._record_seen(conn, message):
+                return "duplicate"
+            self._run_handler(conn, message, seen=True)
+            return "applied"
         if conn.execute("SELECT 1 FROM inbox_seen WHERE id = ?", (message.id,)).fetchone():
             return "duplicate"
-        if message.stream is None:
-            self._run_handler(conn, message)
-            return "applied"
         row = conn.execute("SELECT last_seq FROM inbox_stream WHERE stream = ?", (message.stream,)).fetchone()
         last = 0 if row is None else int(row[0])
         assert message.seq is not None
@@ -315,14 +367,20 @@ class Inbox:
         )
         return "applied"
 
-    def _run_handler(self, conn: sqlite3.Connection, message: Envelope) -> None:
-        self._handlers[message.type](conn, message)
-        conn.execute(
-            "INSERT INTO inbox_seen (id, type, source, applied) VALUES (?, ?, ?, ?)",
-            (message.id, message.type, message.source, self._reactor.seconds()),
+    def _record_seen(self, conn: sqlite3.Connection, message: Envelope) -> bool:
+        return bool(
+            conn.execute(
+                "INSERT OR IGNORE INTO inbox_seen (id, type, source, applied) VALUES (?, ?, ?, ?)",
+                (message.id, message.type, message.source, self._reactor.seconds()),
+            ).rowcount
         )
+
+    def _run_handler(self, conn: sqlite3.Connection, message: Envelope, seen: bool = False) -> None:
+        self._handlers[message.type](conn, message)
+        if not seen:
+            self._record_seen(conn, message)
         conn.execute("DELETE FROM inbox_failure WHERE id = ?", (message.id,))
-        self._applied.inc()
+        self._applied_now += 1
 
     # -- replays ---------------------------------------------------------------
 

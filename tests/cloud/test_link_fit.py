@@ -68,7 +68,7 @@ def test_a_command_through_the_real_inbox_and_outbox(tmp_path: Path) -> None:
 
 
 def _receive(inbox: inbox_module.Inbox, message: Envelope) -> str:
-    d: Deferred[str] = Deferred.fromCoroutine(inbox.receive(message.to_bytes()))
+    d: Deferred[str] = inbox.receive(message.to_bytes())
     results: list[str] = []
     d.addBoth(results.append)
     return results[0]

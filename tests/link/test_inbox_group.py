@@ -76,7 +76,7 @@ class InboxCase(SynchronousTestCase):
         self.inbox.register("t", handler)
 
     def receive(self, m: Envelope) -> Deferred[str]:
-        return Deferred.fromCoroutine(self.inbox.receive(m.to_bytes()))
+        return self.inbox.receive(m.to_bytes())
 
     def group(self, *messages: Envelope) -> list[str]:
         """

@@ -26,7 +26,11 @@ def message(n: int, stream: str | None = None, seq: int | None = None, id: str |
     return Envelope("t", "edge:a", 0.0, {"n": n}, stream=stream, seq=seq, **extra)  # type: ignore[arg-type]
 
 
-class InboxTests(SynchronousTestCase):
+class InboxWorld(SynchronousTestCase):
+    """
+    An inbox with one type, C{t}, whose handler fails on negative numbers.
+    """
+
     def setUp(self) -> None:
         self.db = SynchronousDatabase(Path(self.mktemp()), [inbox.SCHEMA, SEEN])
         catalogue = Catalogue()
@@ -43,8 +47,10 @@ class InboxTests(SynchronousTestCase):
         self.inbox.register("t", handler)
 
     def receive(self, m: Envelope) -> str:
-        return self.successResultOf(self.inbox.receive(m.to_bytes()))  # type: ignore[arg-type]
+        return self.successResultOf(self.inbox.receive(m.to_bytes()))
 
+
+class InboxTests(InboxWorld):
     def test_duplicate_is_ignored(self) -> None:
         m = message(1)
         self.assertEqual(self.receive(m), "applied")
@@ -83,6 +89,65 @@ class InboxTests(SynchronousTestCase):
     def test_poison_never_reaches_a_handler(self) -> None:
         for body in [b"", b"[]", b'{"id": 1}', Envelope("zz", "a", 0.0, {}).to_bytes(),
                      Envelope("t", "a", 0.0, {"n": "x"}).to_bytes()]:
-            self.assertEqual(self.successResultOf(self.inbox.receive(body)), "dead")  # type: ignore[arg-type]
+            self.assertEqual(self.successResultOf(self.inbox.receive(body)), "dead")
         self.assertEqual(self.applied, [])
         self.assertEqual(len(self.db.run_now(inbox.dead_letters)), 5)
+
+
+class Settlements:
+    """
+    Stands in for a channel: records how deliveries were settled.
+    """
+
+    def __init__(self) -> None:
+        self.settled: list[tuple[str, int]] = []
+
+    def ack(self, tag: int) -> None:
+        self.settled.append(("ack", tag))
+
+    def nack(self, tag: int, requeue: bool = True) -> None:
+        self.settled.append(("nack", tag))
+
+
+class BundleTests(InboxWorld):
+    """
+    A bundle (several envelopes in one delivery, one per line): each message
+    has its own outcome, and the delivery is settled once for all.
+    """
+
+    def deliver_bundle(self, tag: int, *bodies: bytes) -> list[tuple[str, int]]:
+        from relay.link.channel import Delivery
+        from relay.link.envelope import BUNDLE_TYPE
+
+        channel = Settlements()
+        delivery = Delivery(
+            b"\n".join(bodies), {}, {"content_type": BUNDLE_TYPE}, tag, False, "q", "q", "c",
+            channel,  # type: ignore[arg-type]
+        )  # fmt: skip
+        self.inbox.deliver(delivery)
+        return channel.settled
+
+    def test_each_message_applied_once_and_the_bundle_acked_once(self) -> None:
+        first, second = message(1), message(2)
+        self.assertEqual(self.receive(first), "applied")
+        poison = Envelope("zz", "edge:a", 0.0, {}).to_bytes()
+        settled = self.deliver_bundle(7, first.to_bytes(), poison, second.to_bytes(), b"not json")
+        self.assertEqual(settled, [("ack", 7)])
+        self.assertEqual(self.applied, [1, 2])
+        self.assertEqual(len(self.db.run_now(inbox.dead_letters)), 2)
+
+    def test_a_failing_handler_requeues_the_bundle_and_the_rest_is_not_applied_twice(self) -> None:
+        bodies = [message(1).to_bytes(), message(-1).to_bytes(), message(2).to_bytes()]
+        self.assertEqual(self.deliver_bundle(1, *bodies), [("nack", 1)])
+        self.assertEqual(self.applied, [1, 2])
+        # Redelivered: the failing one's second failure buries it (max 2).
+        self.assertEqual(self.deliver_bundle(2, *bodies), [("ack", 2)])
+        self.assertEqual(self.applied, [1, 2])
+        self.assertEqual(self.db.conn.execute("SELECT count(*) FROM seen").fetchone()[0], 2)
+        [dead] = self.db.run_now(inbox.dead_letters)
+        self.assertIn("handler failed 2 times", dead["reason"])
+
+    def test_stream_order_holds_across_a_bundle(self) -> None:
+        bodies = [message(n, "s", n).to_bytes() for n in (2, 3, 1)]
+        self.assertEqual(self.deliver_bundle(1, *bodies), [("ack", 1)])
+        self.assertEqual(self.applied, [1, 2, 3])

@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from relay.link import outbox
 from relay.link.channel import LinkDown, ReturnedMessage
+from relay.link.envelope import BUNDLE_TYPE
 from relay.link.outbox import Outbox
 from relay.metrics import Metrics
 from relay.testing.db import SynchronousDatabase
@@ -44,15 +45,22 @@ class FakeChannel:
         self.declared.append(name)
 
     def numbers(self) -> list[int]:
-        return [json.loads(body)["body"]["n"] for _, _, body, _ in self.published]
+        """
+        The messages published, in order; a bundle's one by one.
+        """
+        return [json.loads(line)["body"]["n"] for _, _, body, _ in self.published for line in body.split(b"\n")]
 
 
 class PumpTests(SynchronousTestCase):
+    """
+    One message per publish (bundles of one), so that confirms name messages.
+    """
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.db = SynchronousDatabase(Path(self.mktemp()), [outbox.SCHEMA])
         self.metrics = Metrics()
-        self.outbox = Outbox(self.db, self.clock, self.metrics, source="edge:t", window=3, batch=2)  # type: ignore[arg-type]
+        self.outbox = Outbox(self.db, self.clock, self.metrics, source="edge:t", window=3, batch=2, bundle=1)  # type: ignore[arg-type]
 
     def put(self, *numbers: int, to: str = "relay.to-cloud", stream: str | None = None) -> None:
         for n in numbers:
@@ -161,6 +169,104 @@ class PumpTests(SynchronousTestCase):
         self.outbox.attach(FakeChannel())  # type: ignore[arg-type]
         self.clock.advance(7)
         self.assertEqual(self.outbox.oldest_age(), 7)
+
+
+class BundleTests(SynchronousTestCase):
+    """
+    Messages waiting together for one queue go as one AMQP message.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.db = SynchronousDatabase(Path(self.mktemp()), [outbox.SCHEMA])
+        self.metrics = Metrics()
+        self.channel = FakeChannel()
+
+    def pump(self, **kwargs: Any) -> Outbox:
+        return Outbox(self.db, self.clock, self.metrics, source="edge:t", **kwargs)  # type: ignore[arg-type]
+
+    def waiting(self, pump: Outbox, *numbers: int, to: str = "relay.to-cloud", pad: int = 0) -> None:
+        """
+        Commit messages while the pump has no channel: they wait together.
+        """
+        for n in numbers:
+            self.db.run_now(lambda c, n=n: pump.put(c, "t", {"n": n, "pad": "x" * pad}, to=to))
+
+    def kinds(self) -> list[tuple[str, int]]:
+        return [(props["content_type"], len(body.split(b"\n"))) for _, _, body, props in self.channel.published]
+
+    def depth(self) -> int:
+        return int(self.db.conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+    def test_one_bundle_for_what_waits_and_alone_for_what_comes_alone(self) -> None:
+        pump = self.pump()
+        self.waiting(pump, 1, 2, 3)
+        pump.attach(self.channel)  # type: ignore[arg-type]
+        self.waiting(pump, 4)
+        pump.wake()
+        self.assertEqual(self.kinds(), [(BUNDLE_TYPE, 3), ("application/json", 1)])
+        self.assertEqual(self.channel.numbers(), [1, 2, 3, 4])
+        first_id = json.loads(self.channel.published[0][2].split(b"\n")[0])["id"]
+        self.assertEqual(self.channel.published[0][3]["message_id"], first_id)
+        self.assertEqual(pump.in_flight, 4)
+
+    def test_bundles_split_at_their_limits_and_between_queues(self) -> None:
+        pump = self.pump(bundle=3)
+        self.waiting(pump, *range(7))
+        self.waiting(pump, 7, 8, to="relay.to-edge.e1")
+        self.waiting(pump, 9, 10, pad=60_000)  # two would pass BUNDLE_BYTES
+        pump.attach(self.channel)  # type: ignore[arg-type]
+        self.assertEqual(
+            self.kinds(),
+            [(BUNDLE_TYPE, 3), (BUNDLE_TYPE, 3), ("application/json", 1), (BUNDLE_TYPE, 2),
+             ("application/json", 1), ("application/json", 1)],
+        )  # fmt: skip
+        self.assertEqual([key for _, key, _, _ in self.channel.published][3], "relay.to-edge.e1")
+        self.assertEqual(self.channel.numbers(), list(range(11)))
+
+    def test_a_message_with_a_payload_goes_alone(self) -> None:
+        pump = self.pump()
+        self.waiting(pump, 1)
+        self.db.run_now(lambda c: pump.put(c, "t", {"n": 2}, to="relay.to-cloud", payload=b"\x00\n"))
+        self.waiting(pump, 3, 4)
+        pump.attach(self.channel)  # type: ignore[arg-type]
+        self.assertEqual(
+            self.kinds(), [("application/json", 1), ("application/octet-stream", 2), (BUNDLE_TYPE, 2)]
+        )
+
+    def test_the_window_counts_messages(self) -> None:
+        pump = self.pump(window=5)
+        self.waiting(pump, *range(12))
+        pump.attach(self.channel)  # type: ignore[arg-type]
+        self.assertEqual(self.kinds(), [(BUNDLE_TYPE, 5)])
+        self.assertEqual(pump.in_flight, 5)
+        self.channel.on_ack(1, False)
+        self.assertEqual(self.kinds(), [(BUNDLE_TYPE, 5), (BUNDLE_TYPE, 5)])
+        self.assertEqual(self.depth(), 7)
+        self.assertEqual(self.metrics.counter("outbox_confirmed", "").value(), 5)
+
+    def test_a_nacked_bundle_is_published_again_whole(self) -> None:
+        pump = self.pump()
+        self.waiting(pump, 1, 2, 3)
+        pump.attach(self.channel)  # type: ignore[arg-type]
+        self.channel.on_nack(1, False)
+        self.assertEqual(self.channel.numbers(), [1, 2, 3, 1, 2, 3])
+        self.assertEqual(self.depth(), 3)
+        self.assertEqual(pump.in_flight, 3)
+
+    def test_a_returned_bundle_waits_whole(self) -> None:
+        pump = self.pump()
+        self.waiting(pump, 1, 2, 3)
+        pump.attach(self.channel)  # type: ignore[arg-type]
+        [(_, key, body, properties)] = self.channel.published
+        self.channel.on_return(ReturnedMessage(312, "NO_ROUTE", key, key, body, {}, properties))
+        self.channel.on_ack(1, False)
+        self.assertEqual(self.depth(), 3)
+        self.assertEqual(self.metrics.counter("outbox_returned", "").value(), 3)
+        rows = self.db.conn.execute("SELECT attempts, last_error FROM outbox").fetchall()
+        self.assertEqual([tuple(r) for r in rows], [(1, "312 NO_ROUTE")] * 3)
+        self.clock.advance(5.0)
+        self.assertEqual(self.channel.numbers(), [1, 2, 3, 1, 2, 3])
 
 
 class InterfaceTests(SynchronousTestCase):
