@@ -83,6 +83,7 @@ class Bridge(MultiService):
             heartbeat=heartbeat,
             backoff=self._backoff,
             on_connected=self._connected,
+            on_up=self._up,
             on_disconnected=self._disconnected,
             on_blocked=self.outbox.set_blocked,
             connection_name=connection_name or source,
@@ -97,8 +98,9 @@ class Bridge(MultiService):
     def when_up(self, hook: Callable[[], object]) -> None:
         """
         Call C{hook} every time the link comes (back) up, once the queues
-        are declared and the consumer runs: components that catch up after
-        an outage (the replica's sync) start there.
+        are declared, the consumer runs and the link counts as up
+        (C{link.health.connected}): components that catch up after an outage
+        (the replica's sync) start there.
         """
         self._up_hooks.append(hook)
 
@@ -138,6 +140,8 @@ class Bridge(MultiService):
             raise
         self.outbox.attach(channel)
         await consuming
+
+    def _up(self, channel: Channel) -> None:
         for hook in self._up_hooks:
             try:
                 hook()

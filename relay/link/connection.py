@@ -193,8 +193,10 @@ class LinkService(Service):
 
     ``on_connected(channel)`` runs on every (re)connection before the
     connection counts as up; if it fails (or its awaitable does), the
-    connection is dropped and retried. ``on_disconnected(reason)`` runs when a
-    connection that was up goes away. ``reactor`` must provide IReactorTCP and
+    connection is dropped and retried. ``on_up(channel)`` runs once it counts
+    as up (``channel`` is set, ``health.connected`` is true): components that
+    catch up after an outage start there. ``on_disconnected(reason)`` runs
+    when a connection that was up goes away. ``reactor`` must provide IReactorTCP and
     IReactorTime. ``heartbeat`` (seconds) also bounds how long a silently
     stalled link goes unnoticed: three intervals without a frame end it.
     """
@@ -207,6 +209,7 @@ class LinkService(Service):
         backoff: Backoff | None = None,
         heartbeat: int = 10,
         on_connected: OnConnected | None = None,
+        on_up: Callable[[Channel], object] | None = None,
         on_disconnected: OnDisconnected | None = None,
         on_blocked: Callable[[bool], object] | None = None,
         connection_name: str = "relay",
@@ -219,6 +222,7 @@ class LinkService(Service):
         self._backoff = backoff if backoff is not None else Backoff(reactor)
         self._heartbeat = heartbeat
         self._on_connected = on_connected
+        self._on_up = on_up
         self._on_disconnected = on_disconnected
         self._on_blocked = on_blocked
         self._handshake_timeout = handshake_timeout
@@ -383,6 +387,11 @@ class LinkService(Service):
             vhost=self.address.vhost,
             reconnects=self._reconnects,
         )
+        if self._on_up is not None:
+            try:
+                self._on_up(session.channel)
+            except Exception:
+                log.failure("on_up failed")
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(session.channel)

@@ -40,11 +40,18 @@ def test_nothing_is_asked_while_the_link_is_down_and_hello_comes_with_it() -> No
     monitor.startService()  # the first tick runs at once
     monitor.tick()
     assert applier.ticks == []
-    # The bridge calls link_up before the connection counts as connected.
+    # The bridge calls link_up once the connection counts as connected.
+    up[0] = True
     monitor.link_up()
     assert applier.ticks == [True]
     assert outbox.woken == 1
-    up[0] = True
     monitor.tick()
     assert applier.ticks == [True, False]
+    # Down and up again: the next hello comes with it, not before.
+    up[0] = False
+    monitor.tick()
+    assert applier.ticks == [True, False]
+    up[0] = True
+    monitor.link_up()
+    assert applier.ticks == [True, False, True]
     monitor.stopService()

@@ -13,7 +13,7 @@ from twisted.trial import unittest
 
 from relay.link.envelope import Envelope
 
-from ._broker import PORT, rabbitmqctl, sleep, unique, wait_for
+from ._broker import PORT, close_connections_named, rabbitmqctl, sleep, unique, wait_for
 from .test_exactly_once import Side
 
 
@@ -74,3 +74,21 @@ class BridgeTests(unittest.TestCase):
         await wait_for(lambda: side.bridge.report()["outbox"]["depth"] == 0, timeout=10)
         report = side.bridge.report()
         self.assertEqual((report["up"], report["outbox"]["state"], report["dead_letters"]), (True, "running", 0))
+
+    async def test_up_hooks_run_once_the_link_counts_as_up(self) -> None:
+        tmp = Path(self.mktemp())
+        tmp.mkdir(parents=True)
+        queue = unique("up")
+        name = unique("side")
+        side = Side(tmp, name, f"amqp://guest:guest@127.0.0.1:{PORT}/", consume=queue, peer=queue)
+        seen: list[tuple[bool, bool]] = []
+        side.bridge.when_up(lambda: seen.append((side.bridge.link.health.connected, side.bridge.report()["up"])))
+        side.start()
+        self.addCleanup(side.stop)
+        self.addCleanup(lambda: rabbitmqctl("delete_queue", queue))
+        await side.bridge.link.whenConnected()
+        self.assertEqual(seen, [(True, True)])
+        # And again after the broker closes the connection.
+        await close_connections_named(name)
+        await wait_for(lambda: len(seen) == 2, timeout=20)
+        self.assertEqual(seen, [(True, True), (True, True)])

@@ -44,15 +44,13 @@ class SyncMonitor(TimerService):
         """
         self._hello_due = True
         if self.running:
-            # (Called while the connection is being set up, before it
-            # counts as connected.)
-            Deferred.fromCoroutine(self._tick(link_up=True))
+            self.tick()
 
     def tick(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._tick())
 
-    async def _tick(self, link_up: bool = False) -> None:
-        if not (link_up or self._connected()):
+    async def _tick(self) -> None:
+        if not self._connected():
             return
         hello, self._hello_due = self._hello_due, False
         try:
