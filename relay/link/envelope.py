@@ -84,15 +84,7 @@ class Envelope:
             raise BadEnvelope(f"not JSON: {e}") from None
         if not isinstance(raw, dict):
             raise BadEnvelope("not a JSON object")
-        checks: dict[str, tuple[type, ...]] = {
-            "id": (str,),
-            "type": (str,),
-            "source": (str,),
-            "time": (int, float),
-            "version": (int,),
-            "body": (dict,),
-        }
-        for name, kinds in checks.items():
+        for name, kinds in _REQUIRED.items():
             value = raw.get(name)
             if not isinstance(value, kinds) or isinstance(value, bool):
                 raise BadEnvelope(f"field {name!r} missing or not {kinds[0].__name__}")
@@ -103,7 +95,7 @@ class Envelope:
             not isinstance(stream, str) or not isinstance(seq, int) or isinstance(seq, bool) or seq < 1
         ):
             raise BadEnvelope("'stream' must be a string and 'seq' a positive integer")
-        unknown = set(raw) - {*checks, "stream", "seq"}
+        unknown = raw.keys() - _FIELDS
         if unknown:
             raise BadEnvelope(f"unknown fields {sorted(unknown)}")
         return cls(
@@ -117,3 +109,15 @@ class Envelope:
             seq=seq,
             payload=payload,
         )
+
+
+#: The envelope's fields on the wire and the types they must have.
+_REQUIRED: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "type": (str,),
+    "source": (str,),
+    "time": (int, float),
+    "version": (int,),
+    "body": (dict,),
+}
+_FIELDS = frozenset({*_REQUIRED, "stream", "seq"})

@@ -99,7 +99,8 @@ class Inbox:
 
     @param on_applied: called on the reactor thread after each transaction
         that applied something commits (the outbox's C{wake}, so that
-        messages the handlers put are published at once).
+        messages the handlers put are published at once), before the
+        deliveries are settled.
     @param group: at most this many deliveries share one transaction
         (group commit, on SQLite); see L{_apply_in_group}.
     """
@@ -196,12 +197,11 @@ class Inbox:
             message = self._parse(body, payload)
         except (BadEnvelope, UnknownType, InvalidBody) as e:
             return Deferred.fromCoroutine(self._poisoned(body, payload, e))
-        outcome = self._apply_in_group(message, body)
-        outcome.addCallbacks(
-            self._counted,
-            lambda failure: Deferred.fromCoroutine(self._apply_failed(message, body, failure.value)),
-        )
-        return outcome
+
+        def failed(failure: Failure) -> Deferred[str]:
+            return Deferred.fromCoroutine(self._apply_failed(message, body, failure))
+
+        return self._apply_in_group(message, body).addErrback(failed)
 
     def _parse(self, body: bytes, payload: bytes | None) -> Envelope:
         message = Envelope.from_bytes(body, payload)
@@ -218,8 +218,8 @@ class Inbox:
         )  # fmt: skip
         return self._buried(message_id, str(error))
 
-    async def _apply_failed(self, message: Envelope, body: bytes, error: BaseException) -> str:
-        reason = f"{type(error).__name__}: {error}"
+    async def _apply_failed(self, message: Envelope, body: bytes, failure: Failure) -> str:
+        reason = f"{type(failure.value).__name__}: {failure.value}"
         attempts = await self._db.run(_failed, message.id, reason)
         if attempts < self._max_attempts:
             self.log.warn(
@@ -233,13 +233,6 @@ class Inbox:
             self._reactor.seconds(),
         )  # fmt: skip
         return self._buried(message.id, reason)
-
-    def _counted(self, outcome: str) -> str:
-        if outcome == "duplicate":
-            self._duplicates.inc()
-        else:
-            self._on_applied()
-        return outcome
 
     def _buried(self, message_id: str | None, reason: str) -> str:
         self._dead.inc()
@@ -274,6 +267,9 @@ class Inbox:
                         waiting.errback(failure)
                     continue
                 self._applied.inc(applied)
+                self._duplicates.inc(outcomes.count("duplicate"))
+                if applied:
+                    self._on_applied()
                 for (_, _, waiting), outcome in zip(group, outcomes, strict=True):
                     if isinstance(outcome, Exception):
                         waiting.errback(Failure(outcome))
