@@ -2,10 +2,10 @@
 The inbox: every message's effect is applied exactly once.
 
 A delivery (one message, or a bundle of them: L{relay.link.outbox}) is
-parsed, validated against the catalogue and handed to the
-handler registered for its type.  The handler runs on the database thread,
-inside one transaction that also records the message id; only after that
-transaction commits is the delivery acked.  A message seen before (the
+parsed, validated against the catalogue and handed to the handler
+registered for its type, all on the database thread, inside one
+transaction that also records the message id; only after that transaction
+commits is the delivery acked.  A message seen before (the
 sender republished it after a lost confirm) is acked and ignored.
 Deliveries that arrive while a transaction commits share the next one
 (group commit, one disk sync for all); a handler that fails there undoes
@@ -27,9 +27,10 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -39,6 +40,8 @@ from relay.link.catalogue import Catalogue, InvalidBody, UnknownType
 from relay.link.channel import Delivery, LinkDown
 from relay.link.envelope import BUNDLE_TYPE, ENVELOPE_HEADER, BadEnvelope, Envelope
 from relay.metrics import Metrics
+
+T = TypeVar("T")
 
 #: A handler applies one message inside the inbox's transaction.
 Handler = Callable[[sqlite3.Connection, Envelope], None]
@@ -87,10 +90,28 @@ SCHEMA = Schema(
 )
 
 
-class Poison(Exception):
+@dataclass(frozen=True)
+class _Buried:
     """
-    A message that can never be applied; it goes to the dead letters.
+    The outcome of a poison message, dead-lettered in its group's transaction.
     """
+
+    message_id: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class _HandlerFailed:
+    """
+    The outcome of a message whose handler raised; its effects were undone.
+    """
+
+    message: Envelope
+    error: Exception
+
+
+#: What the database thread says became of one message.
+_Outcome = str | _Buried | _HandlerFailed
 
 
 class Inbox:
@@ -101,8 +122,8 @@ class Inbox:
         that applied something commits (the outbox's C{wake}, so that
         messages the handlers put are published at once), before the
         deliveries are settled.
-    @param group: at most this many deliveries share one transaction
-        (group commit, on SQLite); see L{_apply_in_group}.
+    @param group: at most this many messages share one transaction
+        (group commit, on SQLite); see L{receive}.
     """
 
     log = Logger()
@@ -126,10 +147,12 @@ class Inbox:
         self._max_attempts = max_attempts
         self._on_applied = on_applied
         self._handlers: dict[str, Handler] = {}
-        # Group commit (SQLite only: on PostgreSQL a failed statement inside
-        # a savepoint could hide a serialization failure from the retry).
-        self._group = group if getattr(db, "dialect", "sqlite") == "sqlite" else 1
-        self._waiting: list[tuple[Envelope, bytes, Deferred[str]]] = []
+        # Group commit and savepoints: SQLite only.  On PostgreSQL a failed
+        # statement inside a savepoint could hide a serialization failure
+        # from the retry, so a message is its own transaction there.
+        self._savepoints = getattr(db, "dialect", "sqlite") == "sqlite"
+        self._group = group if self._savepoints else 1
+        self._waiting: list[tuple[bytes, bytes | None, Deferred[str]]] = []
         self._committing = False
         self._applied_now = 0  # on the database thread, in _apply_group
         self._applied = metrics.counter("inbox_applied", "Messages applied.")
@@ -158,9 +181,9 @@ class Inbox:
         """
         The consumer callback: apply, then settle the delivery.
 
-        A valid message takes no coroutine on its way: it joins the next
-        group transaction and is acked when that commits.  A bundle's
-        messages each have their own outcome; it is acked once all are
+        A message takes no coroutine on its way: it joins the next group
+        transaction and is acked when that commits.  A bundle's messages
+        each have their own outcome; it is acked once all are
         applied (or ignored as duplicates, or dead-lettered), and requeued if
         any is to be retried: those already applied are then duplicates.
         """
@@ -192,34 +215,58 @@ class Inbox:
         has one.  Fires with C{"applied"}, C{"held"}, C{"duplicate"},
         C{"dead"} or C{"retry"} (the handler failed; the delivery should be
         requeued).
+
+        The message joins the next transaction.  Messages that arrive while
+        a transaction commits share the next one: one disk sync for all of
+        them instead of one each (with C{synchronous=FULL} that sync bounds
+        the rate).  Each still has its own outcome, and its delivery is
+        acked only after the commit.
         """
-        try:
-            message = self._parse(body, payload)
-        except (BadEnvelope, UnknownType, InvalidBody) as e:
-            return Deferred.fromCoroutine(self._poisoned(body, payload, e))
+        outcome: Deferred[str] = Deferred()
+        self._waiting.append((body, payload, outcome))
+        if not self._committing:
+            Deferred.fromCoroutine(self._commit_waiting())
 
         def failed(failure: Failure) -> Deferred[str]:
-            return Deferred.fromCoroutine(self._apply_failed(message, body, failure))
+            # The whole transaction failed: the database, or (without
+            # savepoints) this message's handler.  Count it as an attempt.
+            try:
+                message = Envelope.from_bytes(body, payload)
+            except BadEnvelope:
+                return fail(failure)
+            return Deferred.fromCoroutine(self._apply_failed(message, body, failure.value))
 
-        return self._apply_in_group(message, body).addErrback(failed)
+        return outcome.addErrback(failed)
 
-    def _parse(self, body: bytes, payload: bytes | None) -> Envelope:
-        message = Envelope.from_bytes(body, payload)
-        self._catalogue.validate(message)
-        if message.type not in self._handlers:
-            raise UnknownType(f"no handler for {message.type!r} on {self.queue}")
-        return message
+    async def _commit_waiting(self) -> None:
+        self._committing = True
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting[: self._group], self._waiting[self._group :]
+                try:
+                    outcomes, applied = await self._db.run(self._apply_group, [(b, p) for b, p, _ in group])
+                except Exception:
+                    failure = Failure()
+                    for _, _, waiting in group:
+                        waiting.errback(failure)
+                    continue
+                self._applied.inc(applied)
+                self._duplicates.inc(outcomes.count("duplicate"))
+                if applied:
+                    self._on_applied()
+                for (body, _, waiting), outcome in zip(group, outcomes, strict=True):
+                    if isinstance(outcome, _Buried):
+                        waiting.callback(self._buried(outcome.message_id, outcome.reason))
+                    elif isinstance(outcome, _HandlerFailed):
+                        failed = self._apply_failed(outcome.message, body, outcome.error)
+                        Deferred.fromCoroutine(failed).chainDeferred(waiting)
+                    else:
+                        waiting.callback(outcome)
+        finally:
+            self._committing = False
 
-    async def _poisoned(self, body: bytes, payload: bytes | None, error: Exception) -> str:
-        message_id = _peek_id(body)
-        await self._db.run(
-            _bury, message_id, _peek_type(body), self.queue, str(error), body, payload,
-            self._reactor.seconds(),
-        )  # fmt: skip
-        return self._buried(message_id, str(error))
-
-    async def _apply_failed(self, message: Envelope, body: bytes, failure: Failure) -> str:
-        reason = f"{type(failure.value).__name__}: {failure.value}"
+    async def _apply_failed(self, message: Envelope, body: bytes, error: BaseException | None) -> str:
+        reason = f"{type(error).__name__}: {error}"
         attempts = await self._db.run(_failed, message.id, reason)
         if attempts < self._max_attempts:
             self.log.warn(
@@ -240,51 +287,21 @@ class Inbox:
         self.log.error("dead letter on {queue}: message {id}: {reason}", queue=self.queue, id=message_id, reason=reason)
         return "dead"
 
-    def _apply_in_group(self, message: Envelope, body: bytes) -> Deferred[str]:
-        """
-        Apply one message in the next transaction.  Messages that arrive
-        while a transaction commits share the next one: one disk sync for
-        all of them instead of one each (with C{synchronous=FULL} that sync
-        bounds the rate).  Each still has its own outcome, and its delivery
-        is acked only after the commit.
-        """
-        applied: Deferred[str] = Deferred()
-        self._waiting.append((message, body, applied))
-        if not self._committing:
-            Deferred.fromCoroutine(self._commit_waiting())
-        return applied
-
-    async def _commit_waiting(self) -> None:
-        self._committing = True
-        try:
-            while self._waiting:
-                group, self._waiting = self._waiting[: self._group], self._waiting[self._group :]
-                try:
-                    outcomes, applied = await self._db.run(self._apply_group, [(m, b) for m, b, _ in group])
-                except Exception:
-                    failure = Failure()
-                    for _, _, waiting in group:
-                        waiting.errback(failure)
-                    continue
-                self._applied.inc(applied)
-                self._duplicates.inc(outcomes.count("duplicate"))
-                if applied:
-                    self._on_applied()
-                for (_, _, waiting), outcome in zip(group, outcomes, strict=True):
-                    if isinstance(outcome, Exception):
-                        waiting.errback(Failure(outcome))
-                    else:
-                        waiting.callback(outcome)
-        finally:
-            self._committing = False
+    # -- on the database thread --------------------------------------------------
 
     def _apply_group(
-        self, conn: sqlite3.Connection, group: list[tuple[Envelope, bytes]]
-    ) -> tuple[list[str | Exception], int]:
+        self, conn: sqlite3.Connection, group: list[tuple[bytes, bytes | None]]
+    ) -> tuple[list[_Outcome], int]:
         """
-        On the database thread, in one transaction: the group's effects and
-        how many messages were applied (a held message that a group fills
-        the gap before counts too).
+        On the database thread, in one transaction: each message of the
+        group parsed, validated and applied (or buried, if it is poison);
+        the outcomes, and how many messages were applied (a held message
+        that a group fills the gap before counts too).
+
+        All of a message's work is done here rather than on the reactor's
+        thread: the two threads share one interpreter lock, and the reactor
+        parsing a flood of deliveries while this thread applies starved it
+        (each statement gives the lock up and waits to get it back).
 
         The whole group is tried at once first.  If a handler fails, that
         try is undone and each message gets its own savepoint, so that a
@@ -292,30 +309,104 @@ class Inbox:
         the database, so trying again is safe.)
         """
         self._applied_now = 0
+        outcomes: list[_Outcome | None] = []
+        valid: list[tuple[Envelope, bytes]] = []
+        for body, payload in group:
+            try:
+                valid.append((self._parse(body, payload), body))
+                outcomes.append(None)
+            except (BadEnvelope, UnknownType, InvalidBody) as e:
+                message_id = _peek_id(body)
+                _bury(conn, message_id, _peek_type(body), self.queue, str(e), body, payload, self._reactor.seconds())
+                outcomes.append(_Buried(message_id, str(e)))
+        applied = iter(self._apply_valid(conn, valid))
+        return [outcome if outcome is not None else next(applied) for outcome in outcomes], self._applied_now
+
+    def _parse(self, body: bytes, payload: bytes | None) -> Envelope:
+        message = Envelope.from_bytes(body, payload)
+        self._catalogue.validate(message)
+        if message.type not in self._handlers:
+            raise UnknownType(f"no handler for {message.type!r} on {self.queue}")
+        return message
+
+    def _apply_valid(self, conn: sqlite3.Connection, group: list[tuple[Envelope, bytes]]) -> list[_Outcome]:
+        if not self._savepoints:
+            # A group of one: a failing handler fails the transaction.
+            return [self._apply(conn, message, body) for message, body in group]
         if len(group) == 1:
-            return [self._apply(conn, *group[0])], self._applied_now
+            return [self._apply_alone(conn, *group[0])]
         conn.execute("SAVEPOINT inbox_group")
         try:
-            outcomes: list[str | Exception] = [self._apply(conn, m, b) for m, b in group]
+            outcomes = self._apply_all(conn, group)
         except Exception:
             conn.execute("ROLLBACK TO SAVEPOINT inbox_group")
         else:
             conn.execute("RELEASE SAVEPOINT inbox_group")
-            return outcomes, self._applied_now
+            return outcomes
         conn.execute("RELEASE SAVEPOINT inbox_group")
         self._applied_now = 0
-        outcomes = []
-        for message, body in group:
-            conn.execute("SAVEPOINT inbox_message")
-            applied = self._applied_now
-            try:
-                outcomes.append(self._apply(conn, message, body))
-            except Exception as e:
-                conn.execute("ROLLBACK TO SAVEPOINT inbox_message")
-                self._applied_now = applied
-                outcomes.append(e)
+        return [self._apply_alone(conn, message, body) for message, body in group]
+
+    def _apply_alone(self, conn: sqlite3.Connection, message: Envelope, body: bytes) -> _Outcome:
+        """
+        One message in its own savepoint: a failing handler undoes only its
+        own message's effects.
+        """
+        conn.execute("SAVEPOINT inbox_message")
+        applied = self._applied_now
+        try:
+            return self._apply(conn, message, body)
+        except Exception as e:
+            conn.execute("ROLLBACK TO SAVEPOINT inbox_message")
+            self._applied_now = applied
+            return _HandlerFailed(message, e)
+        finally:
             conn.execute("RELEASE SAVEPOINT inbox_message")
-        return outcomes, self._applied_now
+
+    def _apply_all(self, conn: sqlite3.Connection, group: list[tuple[Envelope, bytes]]) -> list[_Outcome]:
+        """
+        The whole group at once, as L{_apply} does it one by one, in fewer
+        statements: the messages outside streams are recorded as seen in one
+        statement, which tells the duplicates, and their failure records
+        cleared in another; the handlers run in arrival order.
+        """
+        plain = [message for message, _ in group if message.stream is None]
+        fresh = self._record_all_seen(conn, plain)
+        applied: list[str] = []
+        outcomes: list[_Outcome] = []
+        for message, body in group:
+            if message.stream is not None:
+                outcomes.append(self._apply(conn, message, body))
+            elif message.id in fresh:
+                fresh.discard(message.id)  # a second copy in the group is a duplicate
+                self._handlers[message.type](conn, message)
+                self._applied_now += 1
+                applied.append(message.id)
+                outcomes.append("applied")
+            else:
+                outcomes.append("duplicate")
+        for chunk in _chunks(applied):
+            conn.execute(f"DELETE FROM inbox_failure WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+        return outcomes
+
+    def _record_all_seen(self, conn: sqlite3.Connection, messages: list[Envelope]) -> set[str]:
+        """
+        Record C{messages} as seen; return the ids that were not seen before.
+        """
+        now = self._reactor.seconds()
+        fresh: set[str] = set()
+        for chunk in _chunks(messages):
+            values = [v for m in chunk for v in (m.id, m.type, m.source, now)]
+            fresh.update(
+                row[0]
+                for row in conn.execute(
+                    "INSERT OR IGNORE INTO inbox_seen (id, type, source, applied) VALUES "
+                    + ", ".join(["(?, ?, ?, ?)"] * len(chunk))
+                    + " RETURNING id",
+                    values,
+                )
+            )
+        return fresh
 
     def _apply(self, conn: sqlite3.Connection, message: Envelope, body: bytes) -> str:
         """
@@ -396,6 +487,12 @@ class Inbox:
             applied += state == "replayed"
         await self.refresh()
         return applied
+
+
+def _chunks(items: list[T], size: int = 500) -> list[list[T]]:
+    # Statements with one placeholder group per item stay far below
+    # SQLite's limit on variables.
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _settle(action: Callable[[], None]) -> None:
