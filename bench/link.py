@@ -606,11 +606,13 @@ def scenarios(args: argparse.Namespace) -> list[tuple[str, str, int, LinkProfile
     rtt = rtt_name(args)
     loopback_n = args.count or (2000 if args.quick else 20_000)
     emulated_n = args.count or (1000 if args.quick else 10_000)
+    # Long enough for several resets: relay moves 10,000 in about 3 s.
+    resets_n = args.count or (4000 if args.quick else 40_000)
     every = [
         ("loopback", "loopback", loopback_n, None),
         ("rtt", rtt, emulated_n, LinkProfile(latency_ms=args.latency_ms)),
         (
-            "resets", f"{rtt}, resets ~{args.reset_mean_s:g} s", emulated_n,
+            "resets", f"{rtt}, resets ~{args.reset_mean_s:g} s", resets_n,
             LinkProfile(latency_ms=args.latency_ms, reset_mean_s=args.reset_mean_s),
         ),
     ]  # fmt: skip
@@ -712,8 +714,8 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--count", type=int, help="messages per run (default: 20000 on loopback, 10000 emulated)")
-    add("--quick", action="store_true", help="2000 messages on loopback, 1000 emulated")
+    add("--count", type=int, help="messages per run (default: 20000 on loopback, 10000 at 300 ms, 40000 with resets)")
+    add("--quick", action="store_true", help="a tenth of the default counts")
     add("--scenarios", default="loopback,rtt,resets", help="comma-separated subset")
     add("--systems", default="relay,shovel", help="relay, shovel, or both (comma-separated)")
     add("--latency-ms", type=float, default=150.0, help="one way (default 150: 300 ms RTT)")
