@@ -76,7 +76,11 @@ class CloudAnswers:
         self._service._notify(self._service._wake, job.upload_id, True)
 
     def _on_registered(self, conn: Any, message: Envelope) -> None:
+        # A failed transfer too: the edge may have given up on an answer
+        # that was on its way, and the cloud's word that it has the file
+        # is the last one.
         job = journal.job_by_transfer(conn, message.body["transfer_id"])
-        if job is not None and job.state in (JobState.BEGINNING, JobState.SENDING, JobState.FINISHING):
+        live = (JobState.BEGINNING, JobState.SENDING, JobState.FINISHING, JobState.FAILED)
+        if job is not None and job.state in live:
             journal.set_state(conn, job.upload_id, JobState.REGISTERED, self._service.clock.seconds())
             self._service._notify(self._service._wake, job.upload_id, True)

@@ -347,7 +347,8 @@ class TransferService(Service):
         assert self.spool is not None
         spool = self.spool
         await self.blocking(spool.erase, job.spool_id)
-        await self.reports.moved(job.upload_id, job.owner, job.size, UploadState.IN_CLOUD, transferred=job.size)
+        await self.reports.moved(job.upload_id, job.owner, job.size, UploadState.IN_CLOUD, transferred=job.size,
+                                 error="")  # fmt: skip
         await self.db.run(journal.set_state, job.upload_id, JobState.DONE, self.clock.seconds())
         self.log.info("upload {upload_id} is in the cloud; spool file erased", upload_id=job.upload_id)
 

@@ -180,6 +180,18 @@ class TransferServiceTests(SynchronousTestCase):
         self.assertEqual(upload.state, UploadState.FAILED)
         self.assertIn("not a member", upload.error)
 
+    def test_a_registration_after_the_edge_gave_up_puts_the_file_in_the_cloud(self) -> None:
+        edge = self.edge()
+        tid = self.begin(edge)
+        edge.reply("transfer.failed", {"transfer_id": tid, "code": "refused", "reason": "not a member"})
+        self.assertEqual(edge.store.get("u" * 32).result.state, UploadState.FAILED)  # type: ignore[attr-defined]
+        edge.reply("file.registered", {"transfer_id": tid, "file_id": "u" * 32, "project": "p1",
+                                       "object_key": "k", "size": SIZE, "sha256": "0" * 64, "etag": "e"})  # fmt: skip
+        self.assertFalse(edge.spool.exists("u" * 32))
+        self.assertEqual(edge.job().state, journal.JobState.DONE)
+        upload = edge.store.get("u" * 32).result  # type: ignore[attr-defined]
+        self.assertEqual((upload.state, upload.error), (UploadState.IN_CLOUD, ""))
+
     def test_answers_for_an_old_transfer_are_ignored(self) -> None:
         edge = self.edge()
         self.begin(edge)
