@@ -242,7 +242,7 @@ function startLive() {
     events = new EventSource('/api/events');
     events.onopen = () => { $('#link-state').textContent = ''; };
     events.onmessage = () => refresh([loadUploads]);
-    for (const kind of ['upload.progress', 'upload.state', 'transfer.progress']) {
+    for (const kind of ['upload.progress', 'upload.state', 'upload.removed', 'transfer.progress']) {
       events.addEventListener(kind, () => refresh([loadUploads]));
     }
     for (const kind of ['replica.changed', 'command.applied', 'command.rejected', 'reset']) {

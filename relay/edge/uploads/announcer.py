@@ -8,6 +8,9 @@ L{EventHub} (the browser's C{/api/events}):
     C{length} (C{None} while deferred);
   - C{transfer.progress}: C{upload_id}, C{confirmed} (bytes S3 has
     confirmed), C{total}, C{parts_done}, C{parts_total}.
+  - C{upload.removed}: C{upload_id}, C{reason} (C{terminated}: its
+    client deleted it; C{expired}: it stayed unfinished too long); the
+    edge has forgotten the upload.
 
 Progress is coalesced per upload and kind: the first report goes out at
 once, later ones at most every C{interval} seconds (the latest wins).  A
@@ -26,6 +29,7 @@ from relay.edge.events import EventHub
 
 UPLOAD_STATE = "upload.state"
 UPLOAD_PROGRESS = "upload.progress"
+UPLOAD_REMOVED = "upload.removed"
 TRANSFER_PROGRESS = "transfer.progress"
 
 #: At most four progress events per second per upload and kind.
@@ -63,6 +67,16 @@ class UploadAnnouncer:
         if reason is not None:
             data["reason"] = reason
         self._hub.publish(owner, UPLOAD_STATE, data)
+
+    def removed(self, owner: str, upload_id: str, reason: str) -> None:
+        """The upload is gone (C{reason}: C{terminated} or C{expired}); what was held back goes with it."""
+        if self._hub is None:
+            return
+        for kind in (UPLOAD_PROGRESS, TRANSFER_PROGRESS):
+            window = self._windows.pop((kind, upload_id), None)
+            if window is not None and window.closes.active():
+                window.closes.cancel()
+        self._hub.publish(owner, UPLOAD_REMOVED, {"upload_id": upload_id, "reason": reason})
 
     def received(self, owner: str, upload_id: str, offset: int, length: int | None) -> None:
         """The edge holds C{offset} bytes of the upload."""

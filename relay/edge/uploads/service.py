@@ -261,6 +261,7 @@ class UploadService(Service):
             await self.erase([upload_id])
         finally:
             lease.release()
+        self.announce.removed(upload.owner, upload_id, "terminated")
         log.info("upload {upload_id} terminated", upload_id=upload_id)
 
     async def retry(self, principal: Principal, upload_id: str) -> Upload:
@@ -295,12 +296,13 @@ class UploadService(Service):
 
     async def expire(self) -> list[str]:
         """Crypto-erase unfinished uploads whose expiry has passed; returns their ids."""
-        due = [u.id for u in await self.store.expired(self.now()) if not self.locks.holder(u.id)]
+        due = [u for u in await self.store.expired(self.now()) if not self.locks.holder(u.id)]
         if due:
-            await self.erase(due)
-            for upload_id in due:
-                log.info("upload {upload_id} expired and erased", upload_id=upload_id)
-        return due
+            await self.erase([u.id for u in due])
+            for upload in due:
+                self.announce.removed(upload.owner, upload.id, "expired")
+                log.info("upload {upload_id} expired and erased", upload_id=upload.id)
+        return [u.id for u in due]
 
     async def recover(self) -> None:
         """After a start: see L{relay.edge.uploads.recovery}."""

@@ -77,6 +77,15 @@ class AnnouncerTests(SynchronousTestCase):
         self.assertEqual(self.offsets(B), [1, 2, 3])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_nothing_held_back_comes_after_an_upload_is_gone(self) -> None:
+        self.announce.received("alice", A, 1, 10)
+        self.announce.received("alice", A, 2, 10)  # held back
+        self.announce.removed("alice", A, "terminated")
+        self.clock.advance(1)
+        self.assertEqual([(e.kind, e.data.get("offset")) for e in self.heard],
+                         [("upload.progress", 1), ("upload.removed", None)])  # fmt: skip
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_only_the_owner_hears(self) -> None:
         self.announce.state("bob", A, "receiving")
         self.assertEqual(self.heard, [])
@@ -130,3 +139,24 @@ class ReceiverEventTests(TestCase):
         self.assertEqual(r.code, 204)
         self.assertEqual([(e.kind, e.data["offset"], e.data["length"]) for _, e in heard][-1:],
                          [("upload.progress", 1000, None)])  # fmt: skip
+
+    async def test_a_terminated_or_expired_upload_is_said_to_be_gone(self) -> None:
+        directory = Path(self.mktemp())
+        directory.mkdir(parents=True)
+        edge = await Edge(directory).start()
+        self.addCleanup(edge.stop)
+        heard: list[Event] = []
+        edge.hub.subscribe("alice", heard.append)
+        url = await edge.create(10)
+        self.assertEqual((await edge.patch(url, 0, b"abc")).code, 204)
+        self.assertEqual((await edge.request("DELETE", url, tus_headers())).code, 204)
+        removed = [e.data for e in heard if e.kind == "upload.removed"]
+        self.assertEqual(removed, [{"upload_id": url.rsplit("/", 1)[1], "reason": "terminated"}])
+        heard.clear()
+        url = await edge.create(10)
+        await edge.patch(url, 0, b"abc")
+        later = edge.service.now() + 10**9
+        edge.service.now = lambda: later  # type: ignore[method-assign]
+        self.assertEqual(await edge.service.expire(), [url.rsplit("/", 1)[1]])
+        self.assertEqual(heard[-1].kind, "upload.removed")
+        self.assertEqual(heard[-1].data, {"upload_id": url.rsplit("/", 1)[1], "reason": "expired"})
