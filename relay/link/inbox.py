@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, fail, gatherResults
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -113,6 +113,45 @@ class _HandlerFailed:
 #: What the database thread says became of one message.
 _Outcome = str | _Buried | _HandlerFailed
 
+#: Told what finally became of one message: its outcome, or why it could
+#: not be recorded.
+_Done = Callable[[str | Failure], object]
+
+
+class _Settlement:
+    """
+    One delivery (a message, or a bundle of them) waiting for the outcomes
+    of its messages: acked once all are in, requeued if one is to be
+    retried or could not be recorded.
+    """
+
+    __slots__ = ("_delivery", "_waiting", "_retry", "_failure", "_log")
+
+    def __init__(self, delivery: Delivery, messages: int, log: Logger) -> None:
+        self._delivery = delivery
+        self._waiting = messages
+        self._retry = False
+        self._failure: Failure | None = None
+        self._log = log
+
+    def done(self, result: str | Failure) -> None:
+        if isinstance(result, Failure):
+            self._failure = result
+        elif result == "retry":
+            self._retry = True
+        self._waiting -= 1
+        if self._waiting:
+            return
+        if self._failure is not None:
+            # The database failed (disk full, say): the message stays on
+            # the broker and comes back.
+            self._log.failure("inbox could not record a delivery; requeueing", self._failure)
+            _settle(self._delivery.nack)
+        elif self._retry:
+            _settle(self._delivery.nack)
+        else:
+            _settle(self._delivery.ack)
+
 
 class Inbox:
     """
@@ -152,7 +191,7 @@ class Inbox:
         # from the retry, so a message is its own transaction there.
         self._savepoints = getattr(db, "dialect", "sqlite") == "sqlite"
         self._group = group if self._savepoints else 1
-        self._waiting: list[tuple[bytes, bytes | None, Deferred[str]]] = []
+        self._waiting: list[tuple[bytes, bytes | None, _Done]] = []
         self._committing = False
         self._applied_now = 0  # on the database thread, in _apply_group
         self._applied = metrics.counter("inbox_applied", "Messages applied.")
@@ -181,33 +220,24 @@ class Inbox:
         """
         The consumer callback: apply, then settle the delivery.
 
-        A message takes no coroutine on its way: it joins the next group
-        transaction and is acked when that commits.  A bundle's messages
-        each have their own outcome; it is acked once all are
-        applied (or ignored as duplicates, or dead-lettered), and requeued if
-        any is to be retried: those already applied are then duplicates.
+        A message takes no coroutine and no Deferred on its way: it joins
+        the next group transaction, and the delivery is acked when that
+        commits.  A bundle's messages each have their own outcome; the
+        bundle is acked once all are applied (or ignored as duplicates, or
+        dead-lettered), and requeued if any is to be retried: those already
+        applied are then duplicates.
         """
         header = delivery.headers.get(ENVELOPE_HEADER)
         if header is not None:
             body = header.encode() if isinstance(header, str) else bytes(header)
-            outcome = self.receive(body, delivery.body)
+            items: list[tuple[bytes, bytes | None]] = [(body, delivery.body)]
         elif delivery.properties.get("content_type") == BUNDLE_TYPE:
-            outcome = gatherResults(
-                [self.receive(line, None) for line in delivery.body.split(b"\n")], consumeErrors=True
-            ).addCallback(lambda outcomes: "retry" if "retry" in outcomes else "applied")
+            items = [(line, None) for line in delivery.body.split(b"\n")]
         else:
-            outcome = self.receive(delivery.body, None)
-
-        def settle(outcome: str) -> None:
-            _settle(delivery.nack if outcome == "retry" else delivery.ack)
-
-        def unrecorded(failure: Failure) -> None:
-            # The database failed (disk full, say): the message stays on the
-            # broker and comes back.
-            self.log.failure("inbox could not record a delivery; requeueing", failure)
-            _settle(delivery.nack)
-
-        outcome.addCallbacks(settle, unrecorded)
+            items = [(delivery.body, None)]
+        settlement = _Settlement(delivery, len(items), self.log)
+        for body, payload in items:
+            self._enqueue(body, payload, settlement.done)
 
     def receive(self, body: bytes, payload: bytes | None = None) -> Deferred[str]:
         """
@@ -215,28 +245,29 @@ class Inbox:
         has one.  Fires with C{"applied"}, C{"held"}, C{"duplicate"},
         C{"dead"} or C{"retry"} (the handler failed; the delivery should be
         requeued).
+        """
+        outcome: Deferred[str] = Deferred()
 
+        def done(result: str | Failure) -> None:
+            if isinstance(result, Failure):
+                outcome.errback(result)
+            else:
+                outcome.callback(result)
+
+        self._enqueue(body, payload, done)
+        return outcome
+
+    def _enqueue(self, body: bytes, payload: bytes | None, done: _Done) -> None:
+        """
         The message joins the next transaction.  Messages that arrive while
         a transaction commits share the next one: one disk sync for all of
         them instead of one each (with C{synchronous=FULL} that sync bounds
-        the rate).  Each still has its own outcome, and its delivery is
-        acked only after the commit.
+        the rate).  Each still has its own outcome, given to C{done} after
+        the commit.
         """
-        outcome: Deferred[str] = Deferred()
-        self._waiting.append((body, payload, outcome))
+        self._waiting.append((body, payload, done))
         if not self._committing:
             Deferred.fromCoroutine(self._commit_waiting())
-
-        def failed(failure: Failure) -> Deferred[str]:
-            # The whole transaction failed: the database, or (without
-            # savepoints) this message's handler.  Count it as an attempt.
-            try:
-                message = Envelope.from_bytes(body, payload)
-            except BadEnvelope:
-                return fail(failure)
-            return Deferred.fromCoroutine(self._apply_failed(message, body, failure.value))
-
-        return outcome.addErrback(failed)
 
     async def _commit_waiting(self) -> None:
         self._committing = True
@@ -247,23 +278,34 @@ class Inbox:
                     outcomes, applied = await self._db.run(self._apply_group, [(b, p) for b, p, _ in group])
                 except Exception:
                     failure = Failure()
-                    for _, _, waiting in group:
-                        waiting.errback(failure)
+                    for body, payload, done in group:
+                        self._transaction_failed(body, payload, failure).addBoth(done)
                     continue
                 self._applied.inc(applied)
                 self._duplicates.inc(outcomes.count("duplicate"))
                 if applied:
                     self._on_applied()
-                for (body, _, waiting), outcome in zip(group, outcomes, strict=True):
+                for (body, _, done), outcome in zip(group, outcomes, strict=True):
                     if isinstance(outcome, _Buried):
-                        waiting.callback(self._buried(outcome.message_id, outcome.reason))
+                        done(self._buried(outcome.message_id, outcome.reason))
                     elif isinstance(outcome, _HandlerFailed):
                         failed = self._apply_failed(outcome.message, body, outcome.error)
-                        Deferred.fromCoroutine(failed).chainDeferred(waiting)
+                        Deferred.fromCoroutine(failed).addBoth(done)
                     else:
-                        waiting.callback(outcome)
+                        done(outcome)
         finally:
             self._committing = False
+
+    def _transaction_failed(self, body: bytes, payload: bytes | None, failure: Failure) -> Deferred[str]:
+        """
+        The whole transaction failed: the database, or (without savepoints)
+        this message's handler.  It counts as an attempt for the message.
+        """
+        try:
+            message = Envelope.from_bytes(body, payload)
+        except BadEnvelope:
+            return fail(failure)
+        return Deferred.fromCoroutine(self._apply_failed(message, body, failure.value))
 
     async def _apply_failed(self, message: Envelope, body: bytes, error: BaseException | None) -> str:
         reason = f"{type(error).__name__}: {error}"
