@@ -637,39 +637,25 @@ def _rate(results: list[Result], scenario: str, system: str, measured: str) -> f
 def targets(results: list[Result], rtt: str) -> list[Target]:
     """
     Issue 3's targets.  The rates it names are confirmed messages edge to
-    cloud: relay's 3,000 and 1,000 msg/s are checked on what the cloud
-    applied, stricter than asked; the comparison with the Shovel like for
-    like, on confirms (see L{beyond_targets}).
+    cloud; each is also checked on what the cloud applied, which is
+    stricter (the Shovel stops at the destination queue; relay's cloud also
+    parses, validates, deduplicates and applies each message in a synced
+    transaction).
     """
     found = [
         at_least(f"relay >= 3,000 msg/s on loopback ({APPLIED})", _rate(results, "loopback", "relay", APPLIED), 3000),
         at_least(f"relay >= 1,000 msg/s at {rtt} ({APPLIED})", _rate(results, rtt, "relay", APPLIED), 1000),
     ]
     for scenario in dict.fromkeys(r.scenario for r in results):
-        goal = f"relay >= Shovel, {scenario} ({CONFIRMED} vs {HOLDS_N})"
-        found.append(
-            at_least(goal, _rate(results, scenario, "relay", CONFIRMED), _rate(results, scenario, "Shovel", HOLDS_N))
-        )
+        shovel = _rate(results, scenario, "Shovel", HOLDS_N)
+        for measured in (CONFIRMED, APPLIED):
+            goal = f"relay >= Shovel, {scenario} ({measured} vs {HOLDS_N})"
+            found.append(at_least(goal, _rate(results, scenario, "relay", measured), shovel))
     checked = [r for r in results if r.measured != CONFIRMED]
     lossless = all(r.loss == 0 for r in checked) if checked else None
     detail = ", ".join(f"{r.system} {r.scenario}: {r.loss}" for r in checked)
     found.append(Target("zero loss in every scenario", lossless, detail))
     return found
-
-
-def beyond_targets(results: list[Result]) -> list[str]:
-    """
-    relay's applied rate beside the Shovel's: not like for like (the Shovel
-    stops at the destination queue; relay's cloud also parses, validates,
-    deduplicates and applies each message in a synced transaction), shown so
-    that nobody has to work it out.
-    """
-    lines = []
-    for scenario in dict.fromkeys(r.scenario for r in results):
-        applied, shovel = _rate(results, scenario, "relay", APPLIED), _rate(results, scenario, "Shovel", HOLDS_N)
-        if applied is not None and shovel:
-            lines.append(f"  {scenario}: relay {APPLIED} {applied:,.0f} msg/s = {applied / shovel:.2f}x the Shovel's {HOLDS_N}")
-    return lines
 
 
 async def main(reactor: Any, args: argparse.Namespace) -> None:
@@ -702,10 +688,6 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     print(format_table(results, baseline="Shovel"))
     print("\ntargets:")
     print(format_targets(targets(results, rtt_name(args))))
-    beyond = beyond_targets(results)
-    if beyond:
-        print("\nnot a target (the Shovel applies nothing):")
-        print("\n".join(beyond))
     broken = [r for r in results if r.system == "relay" and (r.seconds is None or r.loss or r.duplicates)]
     if broken:
         raise SystemExit(1)

@@ -110,6 +110,10 @@ class _HandlerFailed:
     error: Exception
 
 
+#: A group transaction stops taking messages once they hold this many bytes
+#: (envelopes and payloads), however many it may take.
+GROUP_BYTES = 8 << 20
+
 #: What the database thread says became of one message.
 _Outcome = str | _Buried | _HandlerFailed
 
@@ -162,7 +166,8 @@ class Inbox:
         messages the handlers put are published at once), before the
         deliveries are settled.
     @param group: at most this many messages share one transaction
-        (group commit, on SQLite); see L{receive}.
+        (group commit, on SQLite; see L{Inbox._enqueue}), and at most
+        L{GROUP_BYTES} of them.
     """
 
     log = Logger()
@@ -177,7 +182,7 @@ class Inbox:
         queue: str,
         max_attempts: int = 5,
         on_applied: Callable[[], None] = lambda: None,
-        group: int = 256,
+        group: int = 1024,
     ) -> None:
         self._db = db
         self._reactor = reactor
@@ -273,7 +278,7 @@ class Inbox:
         self._committing = True
         try:
             while self._waiting:
-                group, self._waiting = self._waiting[: self._group], self._waiting[self._group :]
+                group = self._next_group()
                 try:
                     outcomes, applied = await self._db.run(self._apply_group, [(b, p) for b, p, _ in group])
                 except Exception:
@@ -295,6 +300,16 @@ class Inbox:
                         done(outcome)
         finally:
             self._committing = False
+
+    def _next_group(self) -> list[tuple[bytes, bytes | None, _Done]]:
+        count, size = 0, 0
+        for body, payload, _ in self._waiting:
+            count += 1
+            size += len(body) + (len(payload) if payload is not None else 0)
+            if count == self._group or size >= GROUP_BYTES:
+                break
+        group, self._waiting = self._waiting[:count], self._waiting[count:]
+        return group
 
     def _transaction_failed(self, body: bytes, payload: bytes | None, failure: Failure) -> Deferred[str]:
         """

@@ -152,3 +152,18 @@ class GroupTests(InboxCase):
         held = self.db.conn.execute("SELECT stream, seq FROM inbox_held").fetchall()
         self.assertEqual([tuple(row) for row in held], [("s", 2)])
 
+
+    def test_a_group_stops_at_its_bytes(self) -> None:
+        sizes: list[int] = []
+        apply_group = self.inbox._apply_group
+
+        def recorded(conn: sqlite3.Connection, group: list[tuple[bytes, bytes | None]]) -> Any:
+            sizes.append(len(group))
+            return apply_group(conn, group)
+
+        self.inbox._apply_group = recorded  # type: ignore[method-assign]
+        big = [Envelope("t", "edge:a", 0.0, {"n": n, "pad": "x" * (3 << 20)}) for n in range(5)]
+        self.assertEqual(self.group(*big, message(6)), ["applied"] * 6)
+        # The first message's group of one, then at most 8 MiB at a time.
+        self.assertEqual(sizes, [1, 3, 3])
+        self.assertEqual(self.effects(), [0, 1, 2, 3, 4, 6])
