@@ -196,3 +196,28 @@ class DatabaseThreadTests(TestCase):
         rowid = await self.db.run(insert, "a")
         rows = await self.db.read(lambda c: c.execute("SELECT id, name FROM item").fetchall())
         self.assertEqual([tuple(r) for r in rows], [(rowid, "a")])
+
+    async def test_the_inbox_counts_a_failing_handler_and_buries_it(self) -> None:
+        # On PostgreSQL a message is its own transaction, without savepoints:
+        # a failing handler fails it, and the attempt is counted in another.
+        from relay.link import inbox
+        from relay.link.catalogue import Catalogue
+        from relay.link.envelope import Envelope
+        from relay.metrics import Metrics
+
+        db = self.db
+        await db.read(migrate, inbox.SCHEMA)  # as Database does at its start
+        catalogue = Catalogue()
+        catalogue.register("t", {"type": "object", "properties": {"n": {"type": "integer"}}})
+        box = inbox.Inbox(db, reactor, catalogue, Metrics(), queue="q", max_attempts=2)
+
+        def handler(conn: Any, message: Envelope) -> None:
+            if message.body["n"] < 0:
+                raise RuntimeError("negative")
+
+        box.register("t", handler)
+        good, bad = Envelope("t", "e", 0.0, {"n": 1}), Envelope("t", "e", 0.0, {"n": -1})
+        outcomes = [await box.receive(m.to_bytes()) for m in (good, good, bad, bad)]
+        self.assertEqual(outcomes, ["applied", "duplicate", "retry", "dead"])
+        dead = await db.read(inbox.dead_letters)
+        self.assertEqual([row["message_id"] for row in dead], [bad.id])

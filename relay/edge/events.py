@@ -51,13 +51,17 @@ class EventHub:
     """
     In-process publish/subscribe with a bounded history.
 
-    @ivar history: how many recent events are kept for reconnecting clients.
+    @param history: how many recent events are kept for reconnecting clients.
+    @param first_id: the first event's id.  The edge starts each run from
+        the clock (microseconds), so that a client's C{Last-Event-ID} from an
+        earlier run is always below the history and gets a C{reset}, not
+        another run's events under the same numbers.
     """
 
-    def __init__(self, history: int = 2000) -> None:
+    def __init__(self, history: int = 2000, first_id: int = 1) -> None:
         self._recent: deque[Event] = deque(maxlen=history)
         self._subscribers: dict[int, tuple[str, Subscriber]] = {}
-        self._next_id = 1
+        self._next_id = first_id
         self._next_token = 0
 
     @property

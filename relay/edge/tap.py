@@ -115,7 +115,7 @@ def edge_service(
     bridge.setServiceParent(root)
     # Live events for the browsers (/api/events): the replica's changes,
     # upload and transfer progress.
-    hub = EventHub()
+    hub = EventHub(first_id=int(reactor.seconds() * 1_000_000))
     # The replica of the cloud registry, and identity checked against it
     # (scrypt runs on the reactor's thread pool, never on its thread).
     applier = replica.ReplicaApplier(

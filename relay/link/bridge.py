@@ -141,7 +141,7 @@ class Bridge(MultiService):
         self.outbox.attach(channel)
         await consuming
 
-    def _up(self, channel: Channel) -> None:
+    def _up(self) -> None:
         for hook in self._up_hooks:
             try:
                 hook()

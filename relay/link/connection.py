@@ -193,7 +193,7 @@ class LinkService(Service):
 
     ``on_connected(channel)`` runs on every (re)connection before the
     connection counts as up; if it fails (or its awaitable does), the
-    connection is dropped and retried. ``on_up(channel)`` runs once it counts
+    connection is dropped and retried. ``on_up()`` runs once it counts
     as up (``channel`` is set, ``health.connected`` is true): components that
     catch up after an outage start there. ``on_disconnected(reason)`` runs
     when a connection that was up goes away. ``reactor`` must provide IReactorTCP and
@@ -209,7 +209,7 @@ class LinkService(Service):
         backoff: Backoff | None = None,
         heartbeat: int = 10,
         on_connected: OnConnected | None = None,
-        on_up: Callable[[Channel], object] | None = None,
+        on_up: Callable[[], object] | None = None,
         on_disconnected: OnDisconnected | None = None,
         on_blocked: Callable[[bool], object] | None = None,
         connection_name: str = "relay",
@@ -355,8 +355,9 @@ class LinkService(Service):
             confirming = amqp_channel.confirm_select()
             try:
                 await opened
-            finally:
-                confirming.addErrback(lambda _: None)
+            except BaseException:
+                confirming.addErrback(lambda _: None)  # fails too; the first failure says why
+                raise
             await confirming
             session.channel = Channel(amqp_channel)
             if self._on_connected is not None:
@@ -389,7 +390,7 @@ class LinkService(Service):
         )
         if self._on_up is not None:
             try:
-                self._on_up(session.channel)
+                self._on_up()
             except Exception:
                 log.failure("on_up failed")
         waiters, self._waiters = self._waiters, []

@@ -465,18 +465,13 @@ class Inbox:
             )
         return fresh
 
-    def _apply(self, conn: sqlite3.Connection, message: Envelope, body: bytes) -> str:
+    def _apply(self, conn: sqlite3.Connection, message: Envelope, body: bytes) -> _Outcome:
         """
         On the database thread, in the transaction: the whole effect of one
-        delivery.
+        message.
         """
         if message.stream is None:
-            # Recorded as seen first: one statement tells a duplicate.  A
-            # failing handler's savepoint takes the record back with it.
-            if not self._record_seen(conn, message):
-                return "duplicate"
-            self._run_handler(conn, message, seen=True)
-            return "applied"
+            return self._apply_all(conn, [(message, body)])[0]
         if conn.execute("SELECT 1 FROM inbox_seen WHERE id = ?", (message.id,)).fetchone():
             return "duplicate"
         row = conn.execute("SELECT last_seq FROM inbox_stream WHERE stream = ?", (message.stream,)).fetchone()
@@ -490,6 +485,7 @@ class Inbox:
                 (message.stream, message.seq, body, message.payload),
             )
             return "held"
+        self._record_seen(conn, message)
         self._run_handler(conn, message)
         last = message.seq
         while True:
@@ -501,7 +497,7 @@ class Inbox:
                 break
             conn.execute("DELETE FROM inbox_held WHERE stream = ? AND seq = ?", (message.stream, last + 1))
             following = Envelope.from_bytes(bytes(held[0]), None if held[1] is None else bytes(held[1]))
-            if not conn.execute("SELECT 1 FROM inbox_seen WHERE id = ?", (following.id,)).fetchone():
+            if self._record_seen(conn, following):
                 self._run_handler(conn, following)
             last += 1
         conn.execute(
@@ -512,17 +508,13 @@ class Inbox:
         return "applied"
 
     def _record_seen(self, conn: sqlite3.Connection, message: Envelope) -> bool:
-        return bool(
-            conn.execute(
-                "INSERT OR IGNORE INTO inbox_seen (id, type, source, applied) VALUES (?, ?, ?, ?)",
-                (message.id, message.type, message.source, self._reactor.seconds()),
-            ).rowcount
-        )
+        """
+        Record C{message} as seen; whether it was not seen before.
+        """
+        return bool(self._record_all_seen(conn, [message]))
 
-    def _run_handler(self, conn: sqlite3.Connection, message: Envelope, seen: bool = False) -> None:
+    def _run_handler(self, conn: sqlite3.Connection, message: Envelope) -> None:
         self._handlers[message.type](conn, message)
-        if not seen:
-            self._record_seen(conn, message)
         conn.execute("DELETE FROM inbox_failure WHERE id = ?", (message.id,))
         self._applied_now += 1
 
@@ -593,7 +585,7 @@ def _bury(
 def _failed(conn: sqlite3.Connection, message_id: str, reason: str) -> int:
     row = conn.execute(
         "INSERT INTO inbox_failure (id, attempts, last_error) VALUES (?, 1, ?) "
-        "ON CONFLICT (id) DO UPDATE SET attempts = attempts + 1, last_error = excluded.last_error "
+        "ON CONFLICT (id) DO UPDATE SET attempts = inbox_failure.attempts + 1, last_error = excluded.last_error "
         "RETURNING attempts",
         (message_id, reason),
     ).fetchone()

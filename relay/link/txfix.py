@@ -472,13 +472,6 @@ class RelayClient(FastPathClient):
 
     # -- receiving ------------------------------------------------------------
 
-    def _unpack_frame(self, data: bytes) -> Frame:
-        kind_id, channel, size = struct.unpack_from("!BHI", data)
-        payload = bytes(data[7 : 7 + size])
-        if data[7 + size] != self.FRAME_END:
-            raise GarbageException(f"frame error: bad frame end {data[7 + size]!r}")
-        return self._decode_frame(kind_id, channel, payload)
-
     def _decode_frame(self, kind_id: int, channel: int, payload: bytes) -> Frame:
         kind = self._frame_kinds.get(kind_id)
         if kind == Frame.METHOD:

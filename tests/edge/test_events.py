@@ -69,3 +69,17 @@ def test_since_replays_what_a_client_missed_within_the_history() -> None:
 def test_since_on_a_fresh_hub() -> None:
     hub = EventHub()
     assert list(hub.since("alice", 0) or ["missing"]) == []
+
+
+def test_an_earlier_run_s_ids_get_a_reset_however_many_events_came_since() -> None:
+    # Runs start their ids from the clock: the earlier run's ids are below.
+    earlier = EventHub(first_id=1_000)
+    for n in range(50):
+        earlier.publish("alice", "x", {"n": n})
+    now = EventHub(first_id=2_000)
+    for n in range(100):
+        now.publish("alice", "x", {"n": n})
+    assert now.since("alice", earlier.last_id) is None
+    # A client that started with this run is served as before.
+    assert [e.data["n"] for e in now.since("alice", 2_097) or []] == [98, 99]
+    assert list(EventHub(first_id=2_000).since("alice", 1_999) or ["missing"]) == []

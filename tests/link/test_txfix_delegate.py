@@ -57,8 +57,8 @@ def _client(listener: BrokerListener) -> tuple[RelayClient, StringTransport]:
 def _sent_methods(client: RelayClient, data: bytes) -> list[Method]:
     methods = []
     while data:
-        (size,) = struct.unpack("!I", data[3:7])
-        frame = client._unpack_frame(data[: 8 + size])
+        kind, channel, size = struct.unpack_from("!BHI", data)
+        frame = client._decode_frame(kind, channel, data[7 : 7 + size])
         data = data[8 + size :]
         if frame.payload.type == Frame.METHOD:
             methods.append(frame.payload)

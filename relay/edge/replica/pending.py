@@ -115,9 +115,7 @@ class CommandIssuer:
             return  # the project exists only here yet: the cloud decides
         if type in _ACTION:
             self._access.require(conn, user_id, project_id, _ACTION[type])
-            if type == PROJECT_DELETE and conn.execute(
-                "SELECT is_default FROM replica_projects WHERE id = ?", (project_id,)
-            ).fetchone()[0]:
+            if type == PROJECT_DELETE and _is_default(conn, project_id):
                 raise Refused("a user's default project cannot be deleted", "conflict")
         elif type == MEMBER_REMOVE:
             role = self._access.role(conn, project_id, user_id)
@@ -304,3 +302,8 @@ def dismiss(conn: Any, user_id: str, command_id: str) -> bool:
             (user_id, command_id),
         ).rowcount
     )
+
+
+def _is_default(conn: Any, project_id: str) -> bool:
+    row = conn.execute("SELECT is_default FROM replica_projects WHERE id = ?", (project_id,)).fetchone()
+    return row is not None and bool(row[0])

@@ -267,7 +267,7 @@ class TransferRun:
                 if confirmed is None:
                     raise Interrupted()
                 self.log.info("upload {upload_id}: S3 already holds {confirmed} of {size} bytes",
-                              upload_id=job.upload_id, confirmed=confirmed, size=job.size)  # fmt: skip
+                              upload_id=job.upload_id, confirmed=confirmed.bytes, size=job.size)  # fmt: skip
                 service.reports.progressed(job, confirmed)
                 return
 
