@@ -158,6 +158,16 @@ def session_token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def password_hash_digest(password_hash: str) -> str:
+    """
+    What names a password hash without holding it: a session records the
+    digest of the hash it was opened with (a new password ends it), and a
+    password change says which hash it replaces (the cloud refuses it if
+    the hash changed meanwhile).  Edge and cloud must agree on it.
+    """
+    return hashlib.sha256(password_hash.encode()).hexdigest()
+
+
 def generate_password() -> str:
     """
     A one-time password for a new account: 20 characters, about 119 bits.

@@ -25,13 +25,21 @@ class Slow(Service):
         return self.stopping
 
 
-def test_children_stop_one_at_a_time_in_reverse_order() -> None:
-    events: list[str] = []
+def started_tree(events: list[str]) -> tuple[InOrder, Slow, Slow]:
+    """
+    A started InOrder with a database, then a worker that depends on it.
+    """
     root = InOrder()
     database, worker = Slow("database", events), Slow("worker", events)
     database.setServiceParent(root)
     worker.setServiceParent(root)
     root.startService()
+    return root, database, worker
+
+
+def test_children_stop_one_at_a_time_in_reverse_order() -> None:
+    events: list[str] = []
+    root, database, worker = started_tree(events)
 
     done = root.stopService()
     assert events == ["stop worker"]
@@ -47,11 +55,7 @@ def test_children_stop_one_at_a_time_in_reverse_order() -> None:
 
 def test_a_child_that_fails_to_stop_does_not_keep_the_others_running() -> None:
     events: list[str] = []
-    root = InOrder()
-    database, worker = Slow("database", events), Slow("worker", events)
-    database.setServiceParent(root)
-    worker.setServiceParent(root)
-    root.startService()
+    root, database, worker = started_tree(events)
 
     done = root.stopService()
     assert worker.stopping is not None

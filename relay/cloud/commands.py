@@ -17,7 +17,6 @@ non-member or a viewer is refused here whatever the edge thought.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from relay.cloud.registry import Registry
+from relay.credentials import password_hash_digest
 from relay.link.envelope import Envelope
 from relay.permissions import Access, Refused, allowed
 from relay.replication import COMMAND_APPLIED, COMMAND_REJECTED
@@ -221,6 +221,6 @@ class CloudCommands:
         # which hash, so a change made meanwhile (an administrator's reset)
         # is not silently overwritten by an older request.
         current = self._registry.user(conn, actor["id"])["password_hash"]
-        if not hmac.compare_digest(hashlib.sha256(current.encode()).hexdigest(), body["replaces"]):
+        if not hmac.compare_digest(password_hash_digest(current), body["replaces"]):
             raise Refused("the password was changed meanwhile; log in again with the current one", "conflict")
         self._registry.set_password(conn, actor["id"], body["password_hash"], command_id)

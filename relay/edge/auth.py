@@ -15,6 +15,9 @@ from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 from zope.interface import Interface
 
+#: What a session whose password must change is told wherever it is refused.
+CHANGE_PASSWORD_FIRST = "your password was chosen for you and works only once: choose a new one first"
+
 
 @dataclass(frozen=True)
 class Principal:

@@ -19,7 +19,6 @@ Routes: C{POST /api/login} (JSON C{name}, C{password}), C{POST
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import secrets
@@ -40,6 +39,7 @@ from relay.credentials import (
     dummy_hash,
     new_session_token,
     parse_api_key,
+    password_hash_digest,
     session_token_hash,
     verify_api_key,
     verify_password,
@@ -95,10 +95,6 @@ class LoginRefused(Exception):
     def __init__(self, message: str, status: int = 401) -> None:
         super().__init__(message)
         self.status = status
-
-
-def _credential(password_hash: str) -> str:
-    return hashlib.sha256(password_hash.encode()).hexdigest()
 
 
 @implementer(IAuthenticator, IProjectAccess)
@@ -157,7 +153,7 @@ class Identity:
             now - session["seen_at"] > self._idle_timeout
             or now - session["created_at"] > self._max_age
             or session["disabled"]
-            or not hmac.compare_digest(session["credential"], _credential(session["password_hash"]))
+            or not hmac.compare_digest(session["credential"], password_hash_digest(session["password_hash"]))
         ):
             return None, "the session has ended; log in again"
         if request.method not in SAFE_METHODS:
@@ -227,7 +223,7 @@ class Identity:
         csrf = secrets.token_urlsafe(32)
         now = self._clock.seconds()
         await self._db.run(
-            _open_session, token_hash, user["id"], csrf, _credential(user["password_hash"]), now,
+            _open_session, token_hash, user["id"], csrf, password_hash_digest(user["password_hash"]), now,
             now - self._max_age, now - self._idle_timeout,
         )
         self.log.info("{name} logged in", name=name)

@@ -19,14 +19,12 @@ from relay.edge.uploads.store import UploadState, UploadStore
 
 @dataclass(frozen=True)
 class TransferProgress:
-    """Bytes and parts S3 has confirmed of an upload, and its state."""
+    """Bytes S3 has confirmed of an upload, and its state."""
 
     upload_id: str
     confirmed: int
     size: int
     state: str
-    parts_done: int = 0
-    parts_total: int = 0
 
 
 class TransferReports:
@@ -50,8 +48,7 @@ class TransferReports:
     def progressed(self, job: Job, confirmed: Confirmed) -> None:
         """S3 holds C{confirmed} of the upload now."""
         upload_id = job.upload_id
-        self._latest[upload_id] = TransferProgress(upload_id, confirmed.bytes, job.size, UploadState.TRANSFERRING.value,
-                                                   confirmed.parts, job.part_count)  # fmt: skip
+        self._latest[upload_id] = TransferProgress(upload_id, confirmed.bytes, job.size, UploadState.TRANSFERRING.value)
         if self.store is not None:
             self.store.record_transferred(upload_id, confirmed.bytes, self._clock.seconds()).addErrback(
                 lambda f: self.log.failure("recording progress of {upload_id}", f, upload_id=upload_id)
@@ -68,6 +65,5 @@ class TransferReports:
         await self.store.set_state(upload_id, state, self._clock.seconds(), transferred=transferred, error=error)
         last = self._latest.get(upload_id)
         confirmed = transferred if transferred is not None else (last.confirmed if last else 0)
-        parts = (last.parts_done, last.parts_total) if last and transferred != 0 else (0, 0)
-        self._latest[upload_id] = TransferProgress(upload_id, confirmed, size, state.value, *parts)
+        self._latest[upload_id] = TransferProgress(upload_id, confirmed, size, state.value)
         self.announce.state(owner, upload_id, state.value, error if state is UploadState.FAILED else None)

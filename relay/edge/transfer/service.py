@@ -288,9 +288,7 @@ class TransferService(Service):
             return
         new = secrets.token_hex(16)
         journal.restart(conn, upload_id, transfer_id, new, now, reason)
-        # The old upload, if S3 still has it, is of no use any more.
-        self.outbox.put(conn, ABORT, {"transfer_id": transfer_id}, to=TO_CLOUD)
-        self.notify_outbox()
+        self._abort(conn, transfer_id)
         self.restarts += 1
         self.log.warn("upload {upload_id}: transfer {old} starts over as {new}: {reason}",
                       upload_id=upload_id, old=transfer_id, new=new, reason=reason)  # fmt: skip
@@ -304,8 +302,7 @@ class TransferService(Service):
         def work(conn: Any) -> None:
             if journal.set_state(conn, job.upload_id, JobState.FAILED, self.clock.seconds(),
                                  transfer_id=job.transfer_id, error=reason) and abort:  # fmt: skip
-                self.outbox.put(conn, ABORT, {"transfer_id": job.transfer_id}, to=TO_CLOUD)
-                self.notify_outbox()
+                self._abort(conn, job.transfer_id)
 
         await self.db.run(work)
 
@@ -334,10 +331,16 @@ class TransferService(Service):
         if current is None or current.state is not JobState.FAILED:
             return None
         journal.start_again(conn, upload_id, current.transfer_id, secrets.token_hex(16), self.clock.seconds())
-        # S3 may still hold the old multipart upload: of no use any more.
-        self.outbox.put(conn, ABORT, {"transfer_id": current.transfer_id}, to=TO_CLOUD)
-        self.notify_outbox()
+        self._abort(conn, current.transfer_id)
         return journal.job(conn, upload_id)
+
+    def _abort(self, conn: Any, transfer_id: str) -> None:
+        """
+        In the caller's transaction: S3's multipart upload for C{transfer_id},
+        if it still has one, is of no use any more.
+        """
+        self.outbox.put(conn, ABORT, {"transfer_id": transfer_id}, to=TO_CLOUD)
+        self.notify_outbox()
 
     async def erase(self, job: Job) -> None:
         """

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
-from relay.edge.auth import IAuthenticator, Principal
+from relay.edge.auth import CHANGE_PASSWORD_FIRST, IAuthenticator, Principal
 from relay.edge.uploads import tus
 from relay.edge.uploads.request import RequestBody
 from relay.edge.uploads.service import Outcome, UploadService
@@ -251,8 +251,7 @@ class UploadRoutes:
                                     "(Authorization: Bearer ...) or a session",
                                {"WWW-Authenticate": 'Bearer realm="relay"'})  # fmt: skip
         if principal.must_change_password:
-            raise tus.TusError(403, "your password was chosen for you and works only once: "
-                                    "choose a new one first")  # fmt: skip
+            raise tus.TusError(403, CHANGE_PASSWORD_FIRST)
         return principal
 
     def _cors(self, request: IRequest) -> None:

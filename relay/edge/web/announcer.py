@@ -12,8 +12,14 @@ observer that turns applied events into live events on the L{EventHub}.
 Events are hints: a browser refetches what C{replica.changed} names, and
 the API's answers (read from the replica) are the truth.  Observations are
 collected on the database thread while a sync message is applied and
-published on the reactor thread only once the message was applied without
-error, so a message the inbox rolls back announces nothing.
+published on the reactor thread once its handler finished without error:
+a message whose handler fails announces nothing.  That is before the
+transaction commits, so a group the inbox applies again one message at a
+time (L{relay.link.inbox.Inbox._apply_group}) may announce twice, and a
+commit that then fails may have announced changes that are not there.
+Both only cost a refetch; and a refetch cannot see the data before the
+commit, because every read goes through the database's one thread, behind
+it.
 """
 
 from __future__ import annotations

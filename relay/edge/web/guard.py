@@ -15,7 +15,7 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from relay.edge.auth import Principal
+from relay.edge.auth import CHANGE_PASSWORD_FIRST, Principal
 from relay.edge.identity import Identity, json_answer
 
 log = Logger()
@@ -27,10 +27,7 @@ _CSRF_PROBLEM = "missing or wrong CSRF token"
 
 
 #: What a session whose password must change is told by every other route.
-CHANGE_PASSWORD_FIRST = {
-    "error": "your password was chosen for you and works only once: choose a new one first",
-    "code": "password_change_required",
-}
+CHANGE_PASSWORD_REPLY = {"error": CHANGE_PASSWORD_FIRST, "code": "password_change_required"}
 
 
 async def caller(
@@ -47,7 +44,7 @@ async def caller(
     if principal is None:
         return answer(request, 403 if problem == _CSRF_PROBLEM else 401, {"error": problem or "not logged in"})
     if principal.must_change_password and not before_password_change:
-        return answer(request, 403, CHANGE_PASSWORD_FIRST)
+        return answer(request, 403, CHANGE_PASSWORD_REPLY)
     return principal
 
 

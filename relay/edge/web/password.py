@@ -13,7 +13,6 @@ the hash it was opened with), so they log in again with the new one.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +26,7 @@ from relay.credentials import (
     WeakPassword,
     check_password_strength,
     hash_password,
+    password_hash_digest,
     verify_password,
 )
 from relay.db import Database
@@ -82,7 +82,7 @@ class PasswordChange:
                 return answer(request, 403, {"error": "the current password is wrong"})
             self._throttle.succeeded(user_id)
             new_hash = await self._cpu(hash_password, new, self._cost)
-            fields = {"password_hash": new_hash, "replaces": hashlib.sha256(stored.encode()).hexdigest()}
+            fields = {"password_hash": new_hash, "replaces": password_hash_digest(stored)}
             try:
                 command_id = await self._db.run(self._issuer.issue, principal, USER_PASSWORD, fields)
             except Refused as refused:
