@@ -29,8 +29,10 @@ $(WEB): web/package.json web/package-lock.json
 	cd web && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# yosys: the example `synth` job kind's tool.
 services:
 	tools/ensure-rabbitmq
+	tools/ensure-packages yosys:yosys
 
 run: setup services
 	$(BIN)/python tools/run_local.py

@@ -112,6 +112,13 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if value in typing.get_args(tp):
             return value
         raise ConfigError(f"{where}: expected {_describe(tp)}, got {value!r}")
+    if tp is Any:
+        return value
+    if origin is dict:
+        key_type, inner = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return {str(k): _convert(inner, v, _key(where, str(k))) for k, v in value.items()}
     if origin is tuple:
         (inner, *_) = typing.get_args(tp)
         if not isinstance(value, list | tuple):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from relay.cloud.jobs.kinds import JobKind, check_kind_names
 from relay.config import LinkConfig, LogConfig, ServerEndpoint
 
 
@@ -79,6 +80,38 @@ class RegistrySection:
 
 
 @dataclass(frozen=True)
+class JobsSection:
+    """
+    The C{[jobs]} table: this process's part in running jobs, and the job
+    kinds (C{[jobs.kinds.NAME]}, see L{relay.cloud.jobs.kinds.JobKind}).
+    """
+
+    #: C{worker}: run jobs; C{dispatch}: only queue them (and give lost
+    #: workers' jobs another attempt); C{both}, the single-process default.
+    role: Literal["dispatch", "worker", "both"] = "both"
+    #: Jobs this worker runs at once.
+    slots: int = 2
+    #: Seconds a worker's claim on a job lives without renewal (renewed
+    #: every second); a dead worker's job runs again after about this long.
+    lease: float = 15.0
+    #: Seconds between SIGTERM and SIGKILL when a run is stopped.
+    grace: float = 5.0
+    #: Where runs get their private directories; relative to the working
+    #: directory.
+    work_dir: Path = Path("var/cloud/work")
+    #: This worker's name in the leases (empty: host name and process id).
+    worker_name: str = ""
+    kinds: dict[str, JobKind] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.slots <= 256:
+            raise ValueError(f"jobs.slots: expected 1 to 256, got {self.slots}")
+        if not 3 <= self.lease <= 3600:
+            raise ValueError(f"jobs.lease: expected 3 to 3600 seconds, got {self.lease}")
+        check_kind_names(self.kinds)
+
+
+@dataclass(frozen=True)
 class CloudConfig:
     """
     Everything C{relay-cloud} is configured with.
@@ -88,6 +121,7 @@ class CloudConfig:
     s3: S3Section = field(default_factory=S3Section)
     registry: RegistrySection = field(default_factory=RegistrySection)
     link: LinkConfig = field(default_factory=LinkConfig)
+    jobs: JobsSection = field(default_factory=JobsSection)
     log: LogConfig = field(default_factory=LogConfig)
 
 

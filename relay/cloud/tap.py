@@ -7,18 +7,22 @@ the configuration file, and the only one that touches the global reactor.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from klein import Klein
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
+from twisted.internet.threads import deferToThreadPool
 from twisted.web.server import Site
 
 from relay.cloud import registry, sync, transfers
 from relay.cloud.commands import CloudCommands
 from relay.cloud.config import CloudConfig, database_target
-from relay.cloud.transfers import RegistryFiles, build_transfers
+from relay.cloud.jobs import component as jobs_component
+from relay.cloud.jobs.component import build_jobs
+from relay.cloud.transfers import RegistryFiles, build_objects, build_transfers
 from relay.config import TapOptions, config_path, load_or_exit, prepare_data_dir, relative_to
 from relay.db import Database, Schema
 from relay.health import Health
@@ -33,7 +37,8 @@ from relay.sync_messages import register_types as register_sync_types
 DEFAULT_CONFIG = "etc/cloud.toml"
 
 #: The schemas of every component with tables in the cloud's database.
-SCHEMAS: list[Schema] = [outbox.SCHEMA, inbox.SCHEMA, registry.SCHEMA, sync.SCHEMA, transfers.SCHEMA]
+SCHEMAS: list[Schema] = [outbox.SCHEMA, inbox.SCHEMA, registry.SCHEMA, sync.SCHEMA, transfers.SCHEMA,
+                       jobs_component.SCHEMA]
 
 
 class Options(TapOptions):
@@ -94,13 +99,19 @@ def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:
     # inbox; the publisher sends each edge the events it has not had.
     events = sync.EventLog(reactor)
     the_registry = registry.Registry(events, reactor)
-    CloudCommands(the_registry).register(bridge.inbox)
+    objects = build_objects(config.s3, reactor, Path.cwd())
+    objects.setServiceParent(root)
+    # Jobs: the commands' effects queue them; workers run them.
+    cpu = partial(deferToThreadPool, reactor, reactor.getThreadPool())
+    jobs = build_jobs(config.jobs, reactor, db, bridge, the_registry, objects, cpu, Path.cwd())
+    CloudCommands(the_registry, jobs.effects).register(bridge.inbox)
     sync.SyncResponder(bridge.outbox, reactor).register(bridge.inbox)
     publisher = sync.SyncPublisher(bridge.outbox, reactor)
     sync.SyncPublishing(db, publisher, bridge.outbox, reactor).setServiceParent(root)
     # The transfer stage: edges' multipart uploads, registered in the
     # registry when complete.
-    build_transfers(config.s3, reactor, db, bridge, RegistryFiles(the_registry), Path.cwd()).setServiceParent(root)
+    build_transfers(config.s3, reactor, db, bridge, RegistryFiles(the_registry), objects).setServiceParent(root)
+    jobs.setServiceParent(root)
     status = Klein()
     health.routes(status)
     listener = strports.service(config.cloud.listen, Site(status.resource()), reactor=reactor)

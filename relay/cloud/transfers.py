@@ -29,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -479,13 +479,10 @@ class CloudTransfers(Service):
                          f"this transfer is {t.state}")  # fmt: skip
 
 
-def build_transfers(
-    s3: Any, reactor: Any, db: Database, bridge: Any, files: IFileRegistry | None, base: Path
-) -> MultiService:
+def build_objects(s3: Any, reactor: Any, base: Path) -> S3Objects:
     """
-    The cloud's transfer stage from the C{[s3]} table: the object store and
-    the request processor (in that start order), its message types in the
-    bridge's catalogue and its handlers on the bridge's inbox.
+    The cloud's bucket from the C{[s3]} table (credentials read from
+    C{s3.credentials_file} relative to C{base}).
     """
     credentials = None
     if s3.credentials_file:
@@ -493,16 +490,23 @@ def build_transfers(
             credentials = load_credentials(relative_to(base, Path(s3.credentials_file)))
         except ValueError as e:
             raise SystemExit(f"relay-cloud: {e}") from None
-    objects = S3Objects(
+    return S3Objects(
         reactor, bucket=s3.bucket, region=s3.region, endpoint_url=s3.endpoint_url,
         presign_endpoint_url=s3.presign_endpoint_url, addressing_style=s3.addressing_style,
         credentials=credentials, max_threads=s3.max_threads,
     )  # fmt: skip
+
+
+def build_transfers(
+    s3: Any, reactor: Any, db: Database, bridge: Any, files: IFileRegistry | None, objects: IObjectStore
+) -> CloudTransfers:
+    """
+    The cloud's transfer stage from the C{[s3]} table: the request
+    processor, its message types in the bridge's catalogue and its handlers
+    on the bridge's inbox.  Start C{objects} before it.
+    """
     register_types(bridge.catalogue)
     transfers = CloudTransfers(reactor, db, bridge.outbox, objects, files,
                                presign_expiry=s3.presign_expiry, readback=s3.verify_readback)  # fmt: skip
     transfers.register(bridge.inbox)
-    tree = MultiService()
-    objects.setServiceParent(tree)
-    transfers.setServiceParent(tree)
-    return tree
+    return transfers

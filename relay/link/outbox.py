@@ -34,7 +34,7 @@ from zope.interface import Interface, implementer
 
 from relay.db import Database, Schema
 from relay.link.channel import Channel, LinkDown, ReturnedMessage
-from relay.link.envelope import BUNDLE_TYPE, ENVELOPE_HEADER, Envelope
+from relay.link.envelope import BUNDLE_TYPE, ENVELOPE_HEADER, JOBS, Envelope
 from relay.metrics import Metrics
 
 SCHEMA = Schema(
@@ -95,6 +95,10 @@ class _InFlight:
     positions: list[int]
     ids: list[str]
 
+
+#: Work queues, whose every delivery must be one message: a worker's
+#: prefetch counts deliveries, and each is one job.
+UNBUNDLED = frozenset({JOBS})
 
 #: A bundle's limits: messages, and bytes of envelopes (one body frame).
 BUNDLE_MESSAGES = 64
@@ -337,6 +341,7 @@ class Outbox:
                 if bundle and (
                     payload is not None
                     or queue != bundle[0][2]
+                    or queue in UNBUNDLED
                     or len(bundle) >= self._bundle
                     or size + len(body) > BUNDLE_BYTES
                 ):

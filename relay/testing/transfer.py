@@ -118,6 +118,21 @@ class FakeObjectStore:
     def sha256(self, key: str) -> Deferred[str]:
         return self._answer("sha256", lambda: hashlib.sha256(self.objects[key][0]).hexdigest())
 
+    def get_file(self, key: str, path: Any) -> Deferred[tuple[int, str]]:
+        def work() -> tuple[int, str]:
+            if key not in self.objects:
+                raise ObjectStoreError(f"no such object {key}", transient=False, code="NoSuchKey")
+            data = self.objects[key][0]
+            path.write_bytes(data)
+            return len(data), hashlib.sha256(data).hexdigest()
+
+        return self._answer("get_file", work)
+
+    def put_file(self, path: Any, key: str, content_type: str) -> Deferred[None]:
+        def work() -> None:
+            self.objects[key] = (path.read_bytes(), {"content-type": content_type})
+
+        return self._answer("put_file", work)
 
 @implementer(IConsumer)
 class _Collector:

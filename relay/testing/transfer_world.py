@@ -96,11 +96,12 @@ def pattern(seed: int, size: int, block: int = MiB) -> Iterator[bytes]:
 
 
 def stage_upload(data_dir: Path, size: int, *, seed: int, owner: str, project: str,
-                 filename: str = "design.bin") -> tuple[str, str]:  # fmt: skip
+                 filename: str = "design.bin", content: bytes | None = None) -> tuple[str, str]:  # fmt: skip
     """
     Put a complete upload of C{size} pseudo-random bytes in the edge's spool
     and its record, C{staged}, as the tus receiver leaves it: the edge hands
     it to the transfer stage when it starts.  Returns (upload id, sha256).
+    C{content}, if given, is the upload's bytes instead (C{size} ignored).
     """
     from relay.edge.tap import SCHEMAS
 
@@ -110,7 +111,9 @@ def stage_upload(data_dir: Path, size: int, *, seed: int, owner: str, project: s
     upload_id = secrets.token_hex(16)
     digest = hashlib.sha256()
     writer = Spool(spool_dir, key).create(upload_id)
-    for block in pattern(seed, size):
+    if content is not None:
+        size = len(content)
+    for block in pattern(seed, size) if content is None else [content]:
         digest.update(block)
         writer.write(block)
     writer.finalize()
@@ -308,10 +311,16 @@ def edge_node(root: Path, *, edge_id: str, amqp_url: str, listen_port: int,
     return Node("relay-edge", config, root / "edge.log", root)
 
 
-def cloud_node(root: Path, *, amqp_url: str, listen_port: int, s3: dict[str, Any]) -> Node:
+def cloud_node(root: Path, *, amqp_url: str, listen_port: int, s3: dict[str, Any], more_toml: str = "") -> Node:
+    """
+    A C{relay-cloud} node; C{more_toml} is appended to its configuration
+    (the C{[jobs]} tables).
+    """
     config = write_config(root / "cloud.toml", {
         "cloud": {"listen": f"tcp:{listen_port}:interface=127.0.0.1", "data_dir": str(root / "cloud")},
         "link": {"url": amqp_url, "heartbeat": 2},
         "s3": s3,
     })  # fmt: skip
+    if more_toml:
+        config.write_text(config.read_text() + "\n" + more_toml)
     return Node("relay-cloud", config, root / "cloud.log", root)

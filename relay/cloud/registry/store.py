@@ -301,6 +301,15 @@ class Registry:
         conn.execute("UPDATE jobs SET state = 'running', started_at = ? WHERE id = ?", (self._now(), job_id))
         self.log.put(conn, JOBS, (job_id,))
 
+    def requeue_job(self, conn: Any, job_id: str) -> None:
+        """
+        running -> queued (the worker running it was lost; another attempt
+        follows).
+        """
+        self._job_in(conn, job_id, ("running",))
+        conn.execute("UPDATE jobs SET state = 'queued', started_at = NULL WHERE id = ?", (job_id,))
+        self.log.put(conn, JOBS, (job_id,))
+
     def set_progress(self, conn: Any, job_id: str, progress: float) -> None:
         self._job_in(conn, job_id, ("running",))
         conn.execute("UPDATE jobs SET progress = ? WHERE id = ?", (min(1.0, max(0.0, progress)), job_id))

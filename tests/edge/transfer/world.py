@@ -58,6 +58,7 @@ class TransferWorld:
         cloud_s3: dict[str, Any] | None = None,
         seed: int = 1,
         one_bottleneck: bool = False,
+        cloud_toml: str = "",
     ) -> None:
         self.root = root
         self.s3 = s3
@@ -71,6 +72,7 @@ class TransferWorld:
                                       shares_link_with=self.s3_link if one_bottleneck else None)  # fmt: skip
         self._transfer = {**TEST_TRANSFER, **(transfer or {})}
         self._cloud_s3 = cloud_s3 or {}
+        self._cloud_toml = cloud_toml
         self.edge_dir = root / "edge"
         self.edge_port = free_port()
 
@@ -85,7 +87,7 @@ class TransferWorld:
             "bucket": self.s3.bucket, "endpoint_url": self.s3.endpoint, "addressing_style": "path",
             "presign_endpoint_url": f"http://127.0.0.1:{self.s3_link.port}",
             "credentials_file": str(credentials), **self._cloud_s3,
-        })  # fmt: skip
+        }, more_toml=self._cloud_toml)  # fmt: skip
         self.edge: Node = edge_node(self.root, edge_id="edge-1", amqp_url=self.vhost.url(self.amqp_link.port),
                                     listen_port=self.edge_port, transfer=self._transfer)  # fmt: skip
         self.cloud.start()
@@ -98,8 +100,8 @@ class TransferWorld:
         await self.amqp_link.stop()
         await deferToThread(self.vhost.delete)
 
-    def stage(self, size: int, seed: int) -> tuple[str, str]:
-        return stage_upload(self.edge_dir, size, seed=seed, owner=self.user, project=self.project)
+    def stage(self, size: int, seed: int, **more: Any) -> tuple[str, str]:
+        return stage_upload(self.edge_dir, size, seed=seed, owner=self.user, project=self.project, **more)
 
     def job(self, upload_id: str) -> JobView | None:
         return job_view(self.edge_dir, upload_id)

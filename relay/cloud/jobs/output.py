@@ -1,0 +1,69 @@
+"""
+A run's output as relay keeps it: the log file, capped, and the progress
+lines the job prints.
+
+The progress protocol: a line C{::progress FRACTION [text]} (FRACTION from
+0 to 1) says how far the job is.  Such lines stay in the log too.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import BinaryIO
+
+_PROGRESS = re.compile(rb"^::progress\s+([0-9]*\.?[0-9]+)(?:\s+(.*))?$")
+#: Longest line looked at for progress; longer ones are only logged.
+_LINE_MAX = 4096
+
+
+def cut_marker(limit: int) -> bytes:
+    return f"\n[relay: the log was cut here, at its limit of {limit} bytes]\n".encode()
+
+
+class RunLog:
+    """
+    The combined stdout and stderr of one run, written to C{path} up to
+    C{limit} bytes (then a marker, and the rest counted, not kept), and the
+    latest progress it announced.
+    """
+
+    def __init__(self, path: Path, limit: int) -> None:
+        self.path = path
+        self._limit = limit
+        self._file: BinaryIO = open(path, "wb")
+        self.size = 0  # bytes the job printed
+        self.kept = 0
+        self.progress = -1.0
+        self._line = b""
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.size = offset + len(data)
+        room = self._limit - self.kept
+        if room > 0:
+            self._file.write(data[:room])
+            self.kept += min(room, len(data))
+            if len(data) >= room:
+                self._file.write(cut_marker(self._limit))
+        self._scan(data)
+
+    def _scan(self, data: bytes) -> None:
+        *lines, rest = (self._line + data).split(b"\n")
+        self._line = rest[-_LINE_MAX:]
+        for line in lines:
+            match = _PROGRESS.match(line[:_LINE_MAX].rstrip(b"\r"))
+            if match:
+                self.progress = min(1.0, float(match.group(1)))
+
+    def tail(self, lines: int = 20) -> str:
+        """
+        The last lines kept, as text (the reason a failed job shows).
+        """
+        self._file.flush()
+        with open(self.path, "rb") as f:
+            f.seek(max(0, self.kept - 8192))
+            text = f.read().decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def close(self) -> None:
+        self._file.close()

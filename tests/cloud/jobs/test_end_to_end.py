@@ -1,0 +1,155 @@
+"""
+Jobs end to end, with the real parts: a file uploaded through an edge
+reaches S3, a job on it is submitted at the edge's API, a worker in the
+cloud runs the shipped example kind, and its results land in S3 and in the
+registry, and the edge sees the job succeed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+from twisted.trial import unittest
+
+from relay.testing.linkemu import LinkProfile
+from relay.testing.s3servers import S3Server, start_moto
+from relay.testing.transfer_world import read_db
+from tests.conftest import ROOT
+from tests.edge.transfer.world import TransferWorld, sleep
+
+#: The shipped kinds (etc/cloud.toml's [jobs] tables), with a short lease.
+SHIPPED_JOBS = (ROOT / "etc" / "cloud.toml").read_text().split("\n[jobs]\n", 1)[1]
+JOBS_TOML = "[jobs]\n" + SHIPPED_JOBS.replace("lease = 15.0", "lease = 4.0")
+
+
+class JobsEndToEnd(unittest.TestCase):
+    timeout = 180
+    server: ClassVar[S3Server]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.tmp = tempfile.TemporaryDirectory(prefix="relay-moto-")
+        cls.server = start_moto()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.server.stop()
+        cls.tmp.cleanup()
+
+    async def world(self) -> TransferWorld:
+        root = Path(self.mktemp()).resolve()
+        root.mkdir(parents=True)
+        world = TransferWorld(root, self.server, s3_link=LinkProfile(), cloud_toml=JOBS_TOML)
+        self.addCleanup(world.stop)
+        await world.start()
+        return world
+
+    def cloud_job(self, world: TransferWorld, job_id: str) -> Any:
+        rows = read_db(world.root / "cloud" / "cloud.db", "SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return rows[0] if rows else None
+
+    async def uploaded(self, world: TransferWorld, *files: tuple[int, int] | bytes) -> list[tuple[str, str]]:
+        """
+        Files staged at the edge (sizes and seeds, or contents), then the
+        edge started: they are in the cloud when this returns.
+        """
+        staged = [world.stage(f[0], f[1]) if isinstance(f, tuple) else world.stage(0, 0, content=f,
+                  filename="counter.v") for f in files]  # fmt: skip
+        world.edge.start()
+        await world.wait_done([upload_id for upload_id, _ in staged], timeout=60)
+        return staged
+
+    async def submit(self, world: TransferWorld, kind: str, inputs: list[str], **parameters: Any) -> str:
+        code, answer = await world.api(
+            "POST", "/api/jobs", {"project_id": world.project, "kind": kind, "parameters": parameters,
+                                  "inputs": inputs},
+        )  # fmt: skip
+        self.assertEqual(code, 202, answer)
+        return str(answer["job"]["id"])
+
+    async def finished(self, world: TransferWorld, job_id: str, timeout: float = 90) -> Any:
+        def done() -> bool:
+            job = self.cloud_job(world, job_id)
+            return job is not None and job["state"] in ("succeeded", "failed", "cancelled")
+
+        await world.wait_for(f"job {job_id} finished", done, timeout)
+        return self.cloud_job(world, job_id)
+
+    def result(self, world: TransferWorld, job: Any, suffix: str) -> bytes:
+        for file_id in json.loads(job["result_files"]):
+            row = read_db(world.root / "cloud" / "cloud.db", "SELECT * FROM files WHERE id = ?", (file_id,))[0]
+            if row["name"].endswith(suffix):
+                data = self.server.client().get_object(Bucket=self.server.bucket, Key=row["object_key"])["Body"].read()
+                self.assertEqual(hashlib.sha256(data).hexdigest(), row["sha256"])
+                self.assertEqual(len(data), row["size"])
+                return bytes(data)
+        raise AssertionError(f"no result ending in {suffix}: {job['result_files']}")
+
+    async def test_checksum_and_archive_kinds(self) -> None:
+        world = await self.world()
+        (first, first_sha), (second, second_sha) = await self.uploaded(world, (300_000, 1), (70_000, 2))
+        job_id = await self.submit(world, "checksum", [first, second])
+        job = await self.finished(world, job_id)
+        self.assertEqual(job["state"], "succeeded", job["error"])
+        report = json.loads(self.result(world, job, "checksums.json"))
+        self.assertEqual([f["sha256"] for f in report["files"]], [first_sha, second_sha])
+        self.assertEqual([f["size"] for f in report["files"]], [300_000, 70_000])
+        self.assertIn(b"::progress 1.000", self.result(world, job, ".log"))
+        self.assertEqual(job["progress"], 1.0)
+
+        archive_id = await self.submit(world, "archive", [first, second])
+        archived = await self.finished(world, archive_id)
+        self.assertEqual(archived["state"], "succeeded", archived["error"])
+        with tarfile.open(fileobj=io.BytesIO(self.result(world, archived, "archive.tar.gz"))) as tar:
+            digests = sorted(hashlib.sha256(tar.extractfile(m).read()).hexdigest() for m in tar.getmembers())  # type: ignore[union-attr]
+        self.assertEqual(digests, sorted([first_sha, second_sha]))
+
+        # The edge sees both jobs succeed (sync), with their result files.
+        async def edge_state() -> list[str]:
+            code, answer = await world.api("GET", f"/api/jobs?project={world.project}")
+            return sorted(j["state"] for j in answer["jobs"])
+
+        for _ in range(100):
+            if await edge_state() == ["succeeded", "succeeded"]:
+                break
+            await sleep(0.1)
+        self.assertEqual(await edge_state(), ["succeeded", "succeeded"])
+
+    async def test_synth_kind_runs_yosys(self) -> None:
+        world = await self.world()
+        design = (ROOT / "tests" / "cloud" / "jobs" / "counter.v").read_bytes()
+        [(source, _)] = await self.uploaded(world, design)
+        job_id = await self.submit(world, "synth", [source], top="counter")
+        job = await self.finished(world, job_id, timeout=120)
+        self.assertEqual(job["state"], "succeeded", job["error"])
+        netlist = json.loads(self.result(world, job, "netlist.json"))
+        self.assertIn("counter", netlist["modules"])
+        self.assertIn(b"Number of cells", self.result(world, job, "stat.txt"))
+
+    async def test_bad_requests_are_refused_in_the_cloud(self) -> None:
+        world = await self.world()
+        [(upload_id, _)] = await self.uploaded(world, (1000, 3))
+        for kind, parameters in [
+            ("no-such-kind", {}),
+            ("synth", {"top": "-o/etc/passwd"}),
+            ("synth", {"top": "../x"}),
+            ("checksum", {"extra": 1}),
+        ]:
+            job_id = await self.submit(world, kind, [upload_id], **parameters)
+            for _ in range(200):
+                if self.cloud_job(world, job_id) is None and await self.rejected(world, job_id):
+                    break
+                await sleep(0.1)
+            self.assertIsNone(self.cloud_job(world, job_id), (kind, parameters))
+        rows = read_db(world.root / "cloud" / "cloud.db", "SELECT count(*) FROM job_runs")
+        self.assertEqual(rows[0][0], 0)
+
+    async def rejected(self, world: TransferWorld, job_id: str) -> bool:
+        rows = read_db(world.root / "cloud" / "cloud.db", "SELECT status FROM commands WHERE type = 'job.submit'")
+        return bool(rows) and all(r[0] == "rejected" for r in rows)
