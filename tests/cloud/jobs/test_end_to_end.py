@@ -12,6 +12,7 @@ import io
 import json
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,7 +29,11 @@ SHIPPED_JOBS = (ROOT / "etc" / "cloud.toml").read_text().split("\n[jobs]\n", 1)[
 JOBS_TOML = "[jobs]\n" + SHIPPED_JOBS.replace("lease = 15.0", "lease = 4.0")
 
 
-class JobsEndToEnd(unittest.TestCase):
+class JobWorld(unittest.TestCase):
+    """
+    The servers and helpers the job tests share (no tests of its own).
+    """
+
     timeout = 180
     server: ClassVar[S3Server]
 
@@ -91,6 +96,9 @@ class JobsEndToEnd(unittest.TestCase):
                 return bytes(data)
         raise AssertionError(f"no result ending in {suffix}: {job['result_files']}")
 
+
+
+class JobsEndToEnd(JobWorld):
     async def test_checksum_and_archive_kinds(self) -> None:
         world = await self.world()
         (first, first_sha), (second, second_sha) = await self.uploaded(world, (300_000, 1), (70_000, 2))
@@ -153,3 +161,52 @@ class JobsEndToEnd(unittest.TestCase):
     async def rejected(self, world: TransferWorld, job_id: str) -> bool:
         rows = read_db(world.root / "cloud" / "cloud.db", "SELECT status FROM commands WHERE type = 'job.submit'")
         return bool(rows) and all(r[0] == "rejected" for r in rows)
+
+
+class WorkerKilled(JobWorld):
+    """
+    The cloud (its worker) killed with C{kill -9} in the middle of a job:
+    the job's processes die with it, and the restarted cloud runs the job
+    again once the lease expires, counted as a second attempt.
+    """
+
+    async def test_kill_9_mid_job_runs_it_again(self) -> None:
+        root = Path(self.mktemp()).resolve()
+        root.mkdir(parents=True)
+        runs = root / "runs.txt"
+        slow = (
+            "\n[jobs.kinds.slow]\n"
+            f'command = ["sh", "-c", "echo $$ >> {runs}; sleep 3; echo finished > out.txt"]\n'
+            'results = ["out.txt"]\nattempts = 3\n'
+        )
+        world = TransferWorld(root, self.server, s3_link=LinkProfile(), cloud_toml=JOBS_TOML + slow)
+        self.addCleanup(world.stop)
+        await world.start()
+        [(upload_id, _)] = await self.uploaded(world, (1000, 4))
+        job_id = await self.submit(world, "slow", [upload_id])
+        await world.wait_for("the first run started", lambda: runs.exists() and runs.read_text().count("\n") == 1, 30)
+        first_pid = int(runs.read_text().split()[0])
+        world.cloud.kill()
+        killed_at = time.monotonic()
+        for _ in range(100):
+            if not _alive(first_pid):
+                break
+            await sleep(0.05)
+        self.assertFalse(_alive(first_pid), "the killed worker's job process survived")
+        world.cloud.start()
+        job = await self.finished(world, job_id, timeout=60)
+        self.assertEqual(job["state"], "succeeded", job["error"])
+        self.assertLess(time.monotonic() - killed_at, 30)
+        self.assertEqual(runs.read_text().count("\n"), 2, "one run per attempt, no more")
+        [run] = read_db(world.root / "cloud" / "cloud.db", "SELECT attempts, epoch FROM job_runs WHERE job_id = ?",
+                        (job_id,))  # fmt: skip
+        self.assertEqual((run["attempts"], run["epoch"]), (2, 2))
+        self.assertEqual(self.result(world, job, "out.txt"), b"finished\n")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
