@@ -27,7 +27,7 @@ from relay.link.outbox import IOutbox
 SCHEMA = Schema("jobs", [
     """
     CREATE TABLE job_runs (
-        job_id TEXT PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+        job_id TEXT PRIMARY KEY,
         max_attempts INTEGER NOT NULL,
         attempts INTEGER NOT NULL DEFAULT 0,
         epoch INTEGER NOT NULL DEFAULT 0,
@@ -36,6 +36,9 @@ SCHEMA = Schema("jobs", [
     );
     CREATE INDEX job_runs_lease ON job_runs (lease_expires);
     """,
+    # No foreign key to the registry's jobs: each component's schema
+    # migrates on its own.  A run whose job was deleted (with its project)
+    # is dropped when its lease is next looked at.
 ])
 
 #: The message that puts a job on C{relay.jobs}: one per attempt.
@@ -191,7 +194,10 @@ class JobLeases:
                 (job_id, epoch, now),
             ).fetchone()
             job = self._registry.job(conn, job_id)
-            if row is None or job is None or job["state"] != "running":
+            if job is None:  # deleted with its project meanwhile
+                conn.execute("DELETE FROM job_runs WHERE job_id = ?", (job_id,))
+                continue
+            if row is None or job["state"] != "running":
                 continue
             attempts, max_attempts = int(row[0]), int(row[1])
             if attempts < max_attempts:

@@ -107,3 +107,12 @@ def test_the_last_attempt_fails_the_job(world: Any) -> None:
     assert job["state"] == "failed"
     assert "lost on each of its 2 attempts" in job["error"]
     assert world.run(world.leases.claim, world.job_id, "w3", world.clock.seconds()) is None
+
+
+def test_a_running_job_deleted_with_its_project_is_forgotten(world: Any) -> None:
+    assert world.run(world.leases.claim, world.job_id, "w1", world.clock.seconds()) is not None
+    project = world.run(world.registry.job, world.job_id)["project_id"]
+    world.run(world.registry.delete_project, project)
+    world.clock.advance(11)
+    assert world.run(world.leases.reap, world.clock.seconds()) == []
+    assert world.conn.execute("SELECT count(*) FROM job_runs").fetchone()[0] == 0
