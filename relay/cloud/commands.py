@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
-from zope.interface import Interface, implementer
+from zope.interface import Interface
 
 from relay.cloud.registry import Registry
 from relay.credentials import password_hash_digest
@@ -68,22 +68,6 @@ class ICommandEffects(Interface):
         """
 
 
-@implementer(ICommandEffects)
-class NoEffects:
-    """
-    Nothing else to do (until the jobs and objects components plug in).
-    """
-
-    def job_queued(self, conn: Any, job: Any) -> None:
-        pass
-
-    def job_cancelled(self, conn: Any, job: Any) -> None:
-        pass
-
-    def file_deleted(self, conn: Any, file: Any) -> None:
-        pass
-
-
 def edge_of(source: str) -> str:
     edge = source.removeprefix("edge:")
     return edge if _EDGE.fullmatch(edge) else "unknown"
@@ -96,9 +80,9 @@ class CloudCommands:
 
     log = Logger()
 
-    def __init__(self, registry: Registry, effects: ICommandEffects | None = None) -> None:
+    def __init__(self, registry: Registry, effects: ICommandEffects) -> None:
         self._registry = registry
-        self._effects = effects or NoEffects()
+        self._effects = effects
         self._access = Access("")
         self._apply: dict[str, Callable[[Any, Any, dict[str, Any], str], None]] = {
             PROJECT_CREATE: self._project_create,

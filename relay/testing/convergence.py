@@ -36,7 +36,7 @@ from relay.link.envelope import TO_CLOUD, to_edge
 from relay.metrics import Metrics
 from relay.process import InOrder
 from relay.replication import dump
-from relay.testing.registry import catalogue
+from relay.testing.registry import RecordedEffects, catalogue
 
 T = TypeVar("T")
 
@@ -141,7 +141,7 @@ class CloudNode:
         )
         self.bridge.setServiceParent(self.root)
         self.registry = Registry(sync.EventLog(reactor), reactor)
-        CloudCommands(self.registry).register(self.bridge.inbox)
+        CloudCommands(self.registry, RecordedEffects()).register(self.bridge.inbox)
         self.responder = sync.SyncResponder(self.bridge.outbox, reactor)
         self.responder.register(self.bridge.inbox)
         publisher = sync.SyncPublisher(self.bridge.outbox, reactor)

@@ -12,10 +12,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
 from relay.cloud import registry as registry_schema
 from relay.cloud import sync
-from relay.cloud.commands import CloudCommands
+from relay.cloud.commands import CloudCommands, ICommandEffects
 from relay.cloud.registry import Registry
 from relay.credentials import ScryptCost, hash_password
 from relay.edge import identity as identity_module
@@ -33,6 +34,26 @@ from relay.testing.sync import Endpoint, FakeInbox, FakeOutbox, InProcessLink
 
 #: scrypt at a cost tests can afford by the hundred.
 TEST_COST = ScryptCost(log_n=4, r=1, p=1)
+
+
+@implementer(ICommandEffects)
+class RecordedEffects:
+    """
+    The commands' effects as a list (C{(what, id)}), for worlds without
+    the jobs component.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def job_queued(self, conn: Any, job: Any) -> None:
+        self.calls.append(("job_queued", job["id"]))
+
+    def job_cancelled(self, conn: Any, job: Any) -> None:
+        self.calls.append(("job_cancelled", job["id"]))
+
+    def file_deleted(self, conn: Any, file: Any) -> None:
+        self.calls.append(("file_deleted", file["id"]))
 
 
 _CATALOGUE: Catalogue | None = None
@@ -70,7 +91,8 @@ class CloudSide:
         self.registry = Registry(self.log, clock)
         self.outbox = FakeOutbox("cloud", clock)
         self.inbox = FakeInbox(self.db, catalogue(), dedupe=dedupe)
-        self.commands = CloudCommands(self.registry)
+        self.effects = RecordedEffects()
+        self.commands = CloudCommands(self.registry, self.effects)
         self.commands.register(self.inbox)
         self.responder = sync.SyncResponder(self.outbox, clock)
         self.responder.register(self.inbox)

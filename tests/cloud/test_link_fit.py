@@ -23,6 +23,7 @@ from relay.metrics import Metrics
 from relay.replication import IOutbox
 from relay.sync_messages import register_types
 from relay.testing.immediate import ImmediateDatabase
+from relay.testing.registry import RecordedEffects
 from relay.testing.sync import FakeOutbox
 
 
@@ -46,7 +47,7 @@ def test_a_command_through_the_real_inbox_and_outbox(tmp_path: Path) -> None:
     inbox = inbox_module.Inbox(db, clock, catalogue, metrics, queue="relay.to-cloud")
     events = sync.EventLog(clock)
     the_registry = registry.Registry(events, clock)
-    CloudCommands(the_registry).register(inbox)
+    CloudCommands(the_registry, RecordedEffects()).register(inbox)
     sync.SyncResponder(outbox, clock).register(inbox)
     alice = db.run_now(the_registry.add_user, "alice", "$scrypt$x")
 

@@ -67,3 +67,14 @@ def test_a_bad_kind_stops_startup_naming_it(tmp_path: object) -> None:
     path.write_text('[jobs.kinds.x]\ncommand = ["t"]\nresults = ["../up"]\n')
     with pytest.raises(ConfigError, match="work directory"):
         load(CloudConfig, path)
+
+
+def test_the_fake_effects_and_the_dispatch_provide_the_seam() -> None:
+    from zope.interface.verify import verifyObject
+
+    from relay.cloud.commands import ICommandEffects
+    from relay.cloud.jobs.component import JobDispatch
+    from relay.testing.registry import RecordedEffects
+
+    verifyObject(ICommandEffects, RecordedEffects())
+    verifyObject(ICommandEffects, JobDispatch({}, None))  # type: ignore[arg-type]
