@@ -7,12 +7,18 @@ itself a child subreaper (C{PR_SET_CHILD_SUBREAPER}), so every process the
 command leaves behind, even one that called C{setsid} and forked twice,
 is re-parented to it and can be found by walking C{/proc}; it asks to get
 SIGTERM when the worker dies (C{PR_SET_PDEATHSIG}).  The command runs in a
-session of its own with the kind's rlimits.  On SIGTERM (a cancel, a
-timeout, the worker going away) and when the command exits, every
-descendant gets SIGTERM, then SIGKILL after the grace period.  The exit
-status is the command's (128 + N for signal N).
+session of its own with the kind's rlimits, its stderr joined to its
+stdout (one stream, in the order it was written).  On SIGTERM, SIGINT or
+SIGHUP (a cancel, a timeout, the worker going away) every descendant gets
+SIGTERM, then SIGKILL after the grace period, and the shepherd exits with
+143.  When the command exits, whatever it left behind is stopped the same
+way (with at most a second of grace) and the exit status is the command's
+(128 + N if signal N killed it; 127 if it could not be started).
 
-SPEC is JSON: C{{"argv": [...], "limits": {...}, "grace": seconds}}.
+SPEC is JSON: C{{"argv": [...], "limits": {"cpu_seconds": ...,
+"memory_bytes": ..., "open_files": ..., "file_bytes": ...}, "grace":
+seconds, "parent": pid}}; C{parent} (optional) is the worker's pid, to
+notice a worker that died before the death signal was armed.
 Standard library only: it runs before anything else in the job's process.
 """
 
@@ -25,6 +31,7 @@ import resource
 import signal
 import sys
 import time
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -34,11 +41,13 @@ _LIMITS = {
     "open_files": resource.RLIMIT_NOFILE,
     "file_bytes": resource.RLIMIT_FSIZE,
 }
+_STOPS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_STOPPED = 128 + signal.SIGTERM
 
 
 def descendants(root: int) -> set[int]:
     """
-    Every living process below C{root}, from C{/proc}.
+    Every process below C{root} (zombies included), from C{/proc}.
     """
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -49,6 +58,7 @@ def descendants(root: int) -> set[int]:
                 stat = f.read()
         except OSError:
             continue
+        # The command name may hold spaces and parentheses: fields follow the last ")".
         fields = stat[stat.rindex(b")") + 2 :].split()
         children.setdefault(int(fields[1]), []).append(int(entry))
     found: set[int] = set()
@@ -61,8 +71,11 @@ def descendants(root: int) -> set[int]:
     return found
 
 
-def reap() -> list[tuple[int, int]]:
-    done: list[tuple[int, int]] = []
+def reap() -> dict[int, int]:
+    """
+    Collect every child that has ended: C{{pid: wait status}}.
+    """
+    done: dict[int, int] = {}
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -70,29 +83,35 @@ def reap() -> list[tuple[int, int]]:
             return done
         if pid == 0:
             return done
-        done.append((pid, status))
+        done[pid] = status
 
 
-def kill_all(grace: float) -> None:
+def kill_all(grace: float, reaped: dict[int, int]) -> None:
     """
-    SIGTERM to every descendant, SIGKILL after C{grace} to what is left,
-    until none is left.
+    SIGTERM to every descendant, then SIGKILL to what is left after
+    C{grace} seconds, scanning again until nothing is left.  Children
+    reaped on the way are added to C{reaped}.
     """
     me = os.getpid()
     for pid in descendants(me):
         _signal(pid, signal.SIGTERM)
+        _signal(pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
     deadline = time.monotonic() + grace
-    while descendants(me) and time.monotonic() < deadline:
-        reap()
-        time.sleep(0.05)
+    while time.monotonic() < deadline:
+        reaped.update(reap())
+        if not descendants(me):
+            return
+        time.sleep(0.02)
     while True:
+        # Reap before scanning: a pid is signalled only while it is still
+        # ours (an unreaped child of ours cannot be reused).
+        reaped.update(reap())
         left = descendants(me)
-        reap()
         if not left:
             return
         for pid in left:
             _signal(pid, signal.SIGKILL)
-        time.sleep(0.02)
+        time.sleep(0.01)
 
 
 def _signal(pid: int, number: int) -> None:
@@ -108,46 +127,66 @@ def _status(status: int) -> int:
     return os.WEXITSTATUS(status)
 
 
-def main() -> int:
-    spec = json.loads(sys.argv[1])
+def _limit(name: str, value: int) -> None:
+    which = _LIMITS[name]
+    _, hard = resource.getrlimit(which)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)  # an unprivileged process cannot raise its hard limit
+    resource.setrlimit(which, (value, value))
+
+
+def _exec(spec: dict[str, Any], mask: set[int | signal.Signals]) -> None:
+    """
+    In the forked child: become the command.  Never returns.
+    """
+    argv = spec["argv"]
+    try:
+        # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays
+        # ignored across exec: the command gets the defaults back.
+        for number in _STOPS | {signal.SIGPIPE, signal.SIGXFSZ}:
+            signal.signal(number, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.setsid()
+        os.dup2(1, 2)
+        for name, value in (spec.get("limits") or {}).items():
+            if value is not None:
+                _limit(name, int(value))
+        os.execvp(argv[0], argv)
+    except BaseException as e:
+        try:
+            os.write(2, f"relay: cannot run {argv[0] if argv else ''!r}: {e}\n".encode())
+        finally:
+            os._exit(127)
+
+
+def main(args: list[str]) -> int:
+    spec = json.loads(args[0])
+    # Signals wait, blocked, until the loop below takes them: none is lost
+    # between a check and a sleep.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS | {signal.SIGCHLD})
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() == 1:
-        return 143  # the worker died before the death signal was armed
-    stopping: list[int] = []
-    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(number, lambda n, _: stopping.append(n))
-    pid = os.fork()
-    if pid == 0:
-        try:
-            for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(number, signal.SIG_DFL)
-            os.setsid()
-            os.dup2(1, 2)  # one stream, in the order the command wrote it
-            for name, value in spec.get("limits", {}).items():
-                if value is not None:
-                    resource.setrlimit(_LIMITS[name], (value, value))
-            os.execvp(spec["argv"][0], spec["argv"])
-        except BaseException as e:
-            os.write(2, f"relay: cannot run {spec['argv'][0]!r}: {e}\n".encode())
-        os._exit(127)
+    parent = spec.get("parent")
+    if parent is not None and os.getppid() != parent:
+        return _STOPPED  # the worker died before the death signal was armed
     grace = float(spec.get("grace", 5.0))
-    status: int | None = None
-    while status is None and not stopping:
-        for done, raw in reap():
-            if done == pid:
-                status = _status(raw)
-        if status is None and not stopping:
-            time.sleep(0.05)
-    kill_all(grace if stopping and status is None else min(grace, 1.0))
-    for done, raw in reap():
-        if done == pid and status is None:
-            status = _status(raw)
-    if stopping:
-        return 143
-    return status if status is not None else 143
+    command = os.fork()
+    if command == 0:
+        _exec(spec, mask)
+    reaped: dict[int, int] = {}
+    stopped = False
+    while command not in reaped:
+        received = signal.sigtimedwait(_STOPS | {signal.SIGCHLD}, 1.0)
+        reaped.update(reap())
+        if received is not None and received.si_signo in _STOPS and command not in reaped:
+            stopped = True
+            break
+    kill_all(grace if stopped else min(grace, 1.0), reaped)
+    if stopped:
+        return _STOPPED
+    return _status(reaped[command])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
