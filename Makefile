@@ -42,7 +42,7 @@ run: setup services
 # failure, not a skip.
 test: setup services
 	tools/ensure-postgresql
-	tools/ensure-packages chromium:chromium
+	tools/ensure-packages chromium:chromium curl:curl wget:wget aria2c:aria2 nginx:nginx
 	$(BIN)/ruff check relay tests bench tools twisted
 	$(BIN)/mypy relay
 	RELAY_REQUIRE_POSTGRESQL=1 $(BIN)/pytest

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
-from zope.interface import Interface
+from zope.interface import Interface, implementer
 
 from relay.cloud.registry import Registry
 from relay.credentials import password_hash_digest
@@ -66,6 +66,29 @@ class ICommandEffects(Interface):
         """
         A file was deleted (its row before the deletion).
         """
+
+
+@implementer(ICommandEffects)
+class Effects:
+    """
+    Several components' effects, each told in turn (the jobs component's,
+    the download component's).
+    """
+
+    def __init__(self, *parts: ICommandEffects) -> None:
+        self._parts = parts
+
+    def job_queued(self, conn: Any, job: Any) -> None:
+        for part in self._parts:
+            part.job_queued(conn, job)
+
+    def job_cancelled(self, conn: Any, job: Any) -> None:
+        for part in self._parts:
+            part.job_cancelled(conn, job)
+
+    def file_deleted(self, conn: Any, file: Any) -> None:
+        for part in self._parts:
+            part.file_deleted(conn, file)
 
 
 def edge_of(source: str) -> str:

@@ -88,6 +88,7 @@ class ObjectInfo:
     size: int
     etag: str
     metadata: Mapping[str, str] = field(default_factory=dict)
+    content_type: str = ""
 
 
 class IObjectStore(Interface):
@@ -146,6 +147,16 @@ class IObjectStore(Interface):
     def put_file(path: Path, key: str, content_type: str) -> Deferred[None]:
         """
         Store the file at C{path} as the object C{key} (a job's result).
+        """
+
+    def presign_get(key: str, expires_in: int) -> Deferred[str]:
+        """
+        A presigned GET URL of the object (ranged GETs may use it).
+        """
+
+    def delete(key: str) -> Deferred[None]:
+        """
+        Delete the object; no error if it is gone already.
         """
 
 
@@ -348,8 +359,12 @@ class S3Objects(Service):
                 if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                     return None
                 raise
-            return ObjectInfo(int(answer["ContentLength"]), str(answer.get("ETag", "")).strip('"').lower(),
-                              {k.lower(): v for k, v in answer.get("Metadata", {}).items()})  # fmt: skip
+            return ObjectInfo(
+                int(answer["ContentLength"]),
+                str(answer.get("ETag", "")).strip('"').lower(),
+                {k.lower(): v for k, v in answer.get("Metadata", {}).items()},
+                str(answer.get("ContentType", "")),
+            )
 
         return self._call("HeadObject", work)
 
@@ -399,3 +414,19 @@ class S3Objects(Service):
             self._client.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": content_type})
 
         return self._call("PutObject", work)
+
+    def presign_get(self, key: str, expires_in: int) -> Deferred[str]:
+        def work() -> str:
+            return str(
+                self._presigner.generate_presigned_url(
+                    "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
+                )
+            )
+
+        return self._call("presign GetObject", work)
+
+    def delete(self, key: str) -> Deferred[None]:
+        def work() -> None:
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+
+        return self._call("DeleteObject", work)

@@ -17,9 +17,11 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.server import Site
 
+from relay.cloud import downloads as downloads_component
 from relay.cloud import registry, sync, transfers
-from relay.cloud.commands import CloudCommands
+from relay.cloud.commands import CloudCommands, Effects
 from relay.cloud.config import CloudConfig, database_target
+from relay.cloud.downloads import build_downloads
 from relay.cloud.jobs import component as jobs_component
 from relay.cloud.jobs.component import build_jobs
 from relay.cloud.transfers import RegistryFiles, build_objects, build_transfers
@@ -37,8 +39,10 @@ from relay.sync_messages import register_types as register_sync_types
 DEFAULT_CONFIG = "etc/cloud.toml"
 
 #: The schemas of every component with tables in the cloud's database.
-SCHEMAS: list[Schema] = [outbox.SCHEMA, inbox.SCHEMA, registry.SCHEMA, sync.SCHEMA, transfers.SCHEMA,
-                       jobs_component.SCHEMA]
+SCHEMAS: list[Schema] = [
+    outbox.SCHEMA, inbox.SCHEMA, registry.SCHEMA, sync.SCHEMA, transfers.SCHEMA, jobs_component.SCHEMA,
+    downloads_component.SCHEMA,
+]
 
 
 class Options(TapOptions):
@@ -104,13 +108,16 @@ def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:
     # Jobs: the commands' effects queue them; workers run them.
     cpu = partial(deferToThreadPool, reactor, reactor.getThreadPool())
     jobs = build_jobs(config.jobs, reactor, db, bridge, the_registry, objects, cpu, Path.cwd())
-    CloudCommands(the_registry, jobs.effects).register(bridge.inbox)
+    # Downloads: presigned GET URLs for the edges; deleted files' objects go.
+    downloads = build_downloads(config.s3, reactor, db, bridge, objects)
+    CloudCommands(the_registry, Effects(jobs.effects, downloads.effects)).register(bridge.inbox)
     sync.SyncResponder(bridge.outbox, reactor).register(bridge.inbox)
     publisher = sync.SyncPublisher(bridge.outbox, reactor)
     sync.SyncPublishing(db, publisher, bridge.outbox, reactor).setServiceParent(root)
     # The transfer stage: edges' multipart uploads, registered in the
     # registry when complete.
     build_transfers(config.s3, reactor, db, bridge, RegistryFiles(the_registry), objects).setServiceParent(root)
+    downloads.setServiceParent(root)
     jobs.setServiceParent(root)
     status = Klein()
     health.routes(status)

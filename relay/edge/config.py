@@ -123,6 +123,47 @@ class TransferSection:
 
 
 @dataclass(frozen=True)
+class DownloadsSection:
+    """
+    The C{[downloads]} table: the edge's file cache and how files are
+    fetched into it (C{docs/downloads.md}).  Sizes in bytes, times in
+    seconds.
+    """
+
+    #: Bytes the cache may hold (least recently used files are evicted).
+    cache_size: int = 20 << 30
+    #: The cache's directory (default: <data_dir>/cache); it must be on the
+    #: spool's filesystem for uploads to join the cache without a copy.
+    cache_dir: Path | None = None
+    #: Files uploaded at other edges are fetched before anyone asks up to
+    #: this size (job results whatever their size); 0: only results.
+    prefetch_max_size: int = 64 << 20
+    #: Parallel ranged GETs per file, and the bytes each asks for at a time.
+    streams: int = 8
+    chunk_size: int = 4 << 20
+    #: A GET during which no byte arrived for this long is dropped and resumed.
+    stall_timeout: float = 30.0
+    #: The cloud's answer with a download URL is awaited this long (then 504).
+    request_timeout: float = 20.0
+    #: A fetch that got no byte for this long fails (what it has is kept).
+    give_up_after: float = 300.0
+    #: Bytes per second all fetches may use together (0: no cap), to leave
+    #: room for interactive traffic on a thin link.
+    bandwidth_limit: int = 0
+
+    def __post_init__(self) -> None:
+        if self.cache_size < 0 or self.prefetch_max_size < 0 or self.bandwidth_limit < 0:
+            raise ValueError("downloads.cache_size, prefetch_max_size and bandwidth_limit: expected 0 or more")
+        if not 1 <= self.streams <= 64:
+            raise ValueError(f"downloads.streams: expected 1 to 64, got {self.streams}")
+        if not 64 << 10 <= self.chunk_size <= 256 << 20:
+            raise ValueError(f"downloads.chunk_size: expected 64 KiB to 256 MiB, got {self.chunk_size}")
+        for name in ("stall_timeout", "request_timeout", "give_up_after"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"downloads.{name}: expected a positive number, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     """
     Everything C{relay-edge} is configured with.
@@ -131,5 +172,6 @@ class EdgeConfig:
     edge: EdgeSection = field(default_factory=EdgeSection)
     uploads: UploadsSection = field(default_factory=UploadsSection)
     transfer: TransferSection = field(default_factory=TransferSection)
+    downloads: DownloadsSection = field(default_factory=DownloadsSection)
     link: LinkConfig = field(default_factory=LinkConfig)
     log: LogConfig = field(default_factory=LogConfig)

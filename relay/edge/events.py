@@ -25,6 +25,8 @@ from twisted.logger import Logger
 log = Logger()
 
 EVERYONE = "*"
+#: A subscriber for every event (L{EventHub.watch}); not a user id.
+_ALL = "\x00all"
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class Event:
     data: dict[str, Any] = field(default_factory=dict)
 
     def concerns(self, user_id: str) -> bool:
-        return self.owner in (user_id, EVERYONE)
+        return user_id == _ALL or self.owner in (user_id, EVERYONE)
 
 
 Subscriber = Callable[[Event], object]
@@ -93,6 +95,13 @@ class EventHub:
         self._next_token += 1
         self._subscribers[token] = (user_id, subscriber)
         return lambda: self._subscribers.pop(token, None) and None
+
+    def watch(self, subscriber: Subscriber) -> Callable[[], None]:
+        """
+        Call C{subscriber} with every event, whoever it is for (the edge's
+        own components listen this way); the returned function stops it.
+        """
+        return self.subscribe(_ALL, subscriber)
 
     def since(self, user_id: str, last_id: int) -> Iterator[Event] | None:
         """

@@ -23,6 +23,8 @@ from relay.edge import identity as identity_module
 from relay.edge import replica
 from relay.edge.auth import IAuthenticator, IProjectAccess
 from relay.edge.config import EdgeConfig
+from relay.edge.downloads import cache as download_cache
+from relay.edge.downloads.service import build_downloads
 from relay.edge.events import EventHub
 from relay.edge.transfer import journal as transfer_journal
 from relay.edge.transfer.service import build_transfers
@@ -46,7 +48,7 @@ DEFAULT_CONFIG = "etc/edge.toml"
 #: The schemas of every component with tables in the edge's database.
 SCHEMAS: list[Schema] = [
     outbox.SCHEMA, inbox.SCHEMA, upload_store.SCHEMA, transfer_journal.SCHEMA,
-    replica.SCHEMA, identity_module.SCHEMA,
+    replica.SCHEMA, identity_module.SCHEMA, download_cache.SCHEMA,
 ]
 
 
@@ -144,12 +146,17 @@ def edge_service(
         upload_sink, events=hub,
     )  # fmt: skip
     uploads.set_service_parent(root)
+    # Downloads: the cache (beside the spool), fetches from S3, prefetch.
+    downloads = build_downloads(config.downloads, reactor, db, bridge, hub, data_dir, uploads.spool, metrics)
+    downloads.setServiceParent(root)
     if transfers is not None:
         transfers.bind(uploads.spool, uploads.service.store)
+        transfers.keep = downloads.keep_upload
         transfers.setServiceParent(root)
     web = EdgeWeb(health, relative_to(Path.cwd(), config.edge.web_dir))
     uploads.add_routes(web.app)
     identity.routes(web.app)
+    downloads.routes(web.app, identity)
     streams = api_routes(
         web.app, identity, db, replica.CommandIssuer(bridge.outbox, reactor), hub, bridge.outbox.wake,
         reactor, cpu,

@@ -108,7 +108,8 @@ class FakeObjectStore:
             found = self.objects.get(key)
             if found is None:
                 return None
-            return ObjectInfo(len(found[0]), hashlib.md5(found[0]).hexdigest(), found[1])
+            return ObjectInfo(len(found[0]), hashlib.md5(found[0]).hexdigest(), found[1],
+                              found[1].get("content-type", ""))
 
         return self._answer("head", work)
 
@@ -133,6 +134,12 @@ class FakeObjectStore:
             self.objects[key] = (path.read_bytes(), {"content-type": content_type})
 
         return self._answer("put_file", work)
+
+    def presign_get(self, key: str, expires_in: int) -> Deferred[str]:
+        return self._answer("presign_get", lambda: f"https://s3.invalid/{key}?expires={expires_in}")
+
+    def delete(self, key: str) -> Deferred[None]:
+        return self._answer("delete", lambda: self.objects.pop(key, None) and None)
 
 @implementer(IConsumer)
 class _Collector:

@@ -301,12 +301,13 @@ def write_config(path: Path, tables: dict[str, dict[str, Any]]) -> Path:
 
 
 def edge_node(root: Path, *, edge_id: str, amqp_url: str, listen_port: int,
-              transfer: dict[str, Any] | None = None) -> Node:  # fmt: skip
+              transfer: dict[str, Any] | None = None, downloads: dict[str, Any] | None = None) -> Node:
     config = write_config(root / "edge.toml", {
         "edge": {"id": edge_id, "listen": f"tcp:{listen_port}:interface=127.0.0.1",
                  "data_dir": str(root / "edge")},
         "link": {"url": amqp_url, "heartbeat": 2},
         "transfer": transfer or {},
+        "downloads": downloads or {},
     })  # fmt: skip
     return Node("relay-edge", config, root / "edge.log", root)
 

@@ -123,6 +123,10 @@ class TransferService(Service):
         self.throttle = Throttle(reactor, settings.bandwidth_limit)
         self.spool: Spool | None = None
         self.store: UploadStore | None = None
+        #: Takes a registered upload's spool file into the download cache
+        #: (C{spool, spool_id, file_id, size, sha256, content type}); fires
+        #: with whether it did (else the file is erased).
+        self.keep: Callable[..., Deferred[bool]] | None = None
         self.reports = TransferReports(reactor, UploadAnnouncer(reactor, events))
         self._runs: dict[str, TransferRun] = {}
         self._running: dict[str, Deferred[None]] = {}
@@ -344,16 +348,24 @@ class TransferService(Service):
 
     async def erase(self, job: Job) -> None:
         """
-        The cloud registered the file: crypto-erase the spool file, then
-        the upload is C{in_cloud}.
+        The cloud registered the file: the spool file joins the download
+        cache (L{keep}), or is crypto-erased; then the upload is C{in_cloud}.
         """
         assert self.spool is not None
         spool = self.spool
-        await self.blocking(spool.erase, job.spool_id)
+        kept = False
+        if self.keep is not None:
+            try:
+                kept = await self.keep(spool, job.spool_id, job.upload_id, job.size, job.sha256, job.filetype)
+            except Exception:
+                self.log.failure("upload {upload_id}: the cache could not take it", upload_id=job.upload_id)
+        if not kept:
+            await self.blocking(spool.erase, job.spool_id)
         await self.reports.moved(job.upload_id, job.owner, job.size, UploadState.IN_CLOUD, transferred=job.size,
                                  error="")  # fmt: skip
         await self.db.run(journal.set_state, job.upload_id, JobState.DONE, self.clock.seconds())
-        self.log.info("upload {upload_id} is in the cloud; spool file erased", upload_id=job.upload_id)
+        self.log.info("upload {upload_id} is in the cloud; spool file {what}", upload_id=job.upload_id,
+                      what="cached" if kept else "erased")
 
     async def failed(self, job: Job) -> None:
         """The transfer failed for good: the upload says why; the spool file stays."""

@@ -742,6 +742,31 @@ class Spool:
         st = os.statvfs(self.directory)
         return st.f_bavail * st.f_frsize
 
+    def beside(self, directory: str | os.PathLike[str]) -> Spool:
+        """Another spool directory under the same master key."""
+        return Spool(directory, self._master_key, self.segment_size)
+
+    def move(self, file_id: str, target: Spool) -> None:
+        """
+        Move a file into another spool directory under the same id and
+        master key, by renaming (raises C{OSError}, e.g. across
+        filesystems, and then leaves the file here).  The key record goes
+        last: a crash midway leaves the target an orphan without a key
+        (L{remove_orphans}) and this spool its file.
+        """
+        if target._master_key != self._master_key:
+            raise ValueError("a spool file moves only between spools of one master key")
+        if target.exists(file_id):
+            raise SpoolExists(f"spool file {file_id} exists in {target.directory}")
+        target._remove_files(file_id)  # an earlier attempt's orphans
+        for ext in ("data", "tail"):
+            os.link(self._path(file_id, ext), target._path(file_id, ext))
+        fsync_directory(target.directory)
+        os.rename(self._path(file_id, "key"), target._path(file_id, "key"))
+        fsync_directory(target.directory)
+        fsync_directory(self.directory)
+        self._remove_files(file_id)
+
     def concatenate(self, target_id: str, source_ids: Iterable[str]) -> int:
         """
         Create C{target_id} as the concatenation of the (recoverable contents

@@ -27,6 +27,7 @@ from twisted.web.iweb import IRequest
 from relay.credentials import DEFAULT_COST, ScryptCost
 from relay.db import Database
 from relay.edge.auth import Principal
+from relay.edge.downloads.service import cache_states
 from relay.edge.events import EventHub
 from relay.edge.identity import CpuRunner, Identity, json_body
 from relay.edge.replica.pending import (
@@ -277,7 +278,7 @@ class EdgeApi:
         @app.route("/api/files", methods=["GET"])
         @authed
         async def list_files(request: IRequest, principal: Principal) -> bytes:
-            return await self._listing(request, principal, "files", files_for)
+            return await self._listing(request, principal, "files", _files_with_cache)
 
         @app.route("/api/files/<file_id>", methods=["DELETE"])
         @authed
@@ -363,6 +364,10 @@ def _member(conn: Any, user_id: str, project_id: str, member_id: str) -> dict[st
 def _job(conn: Any, user_id: str, job_id: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT project_id FROM replica_jobs WHERE id = ?", (job_id,)).fetchone()
     return None if row is None else _one(jobs_for(conn, user_id, row[0]), job_id)
+
+
+def _files_with_cache(conn: Any, user_id: str, project_id: str) -> list[dict[str, Any]]:
+    return cache_states(conn, files_for(conn, user_id, project_id))
 
 
 def _file(conn: Any, user_id: str, file_id: str) -> dict[str, Any] | None:

@@ -59,6 +59,7 @@ class TransferWorld:
         seed: int = 1,
         one_bottleneck: bool = False,
         cloud_toml: str = "",
+        downloads: dict[str, Any] | None = None,
     ) -> None:
         self.root = root
         self.s3 = s3
@@ -73,6 +74,7 @@ class TransferWorld:
         self._transfer = {**TEST_TRANSFER, **(transfer or {})}
         self._cloud_s3 = cloud_s3 or {}
         self._cloud_toml = cloud_toml
+        self._downloads = downloads or {}
         self.edge_dir = root / "edge"
         self.edge_port = free_port()
 
@@ -89,11 +91,25 @@ class TransferWorld:
             "credentials_file": str(credentials), **self._cloud_s3,
         }, more_toml=self._cloud_toml)  # fmt: skip
         self.edge: Node = edge_node(self.root, edge_id="edge-1", amqp_url=self.vhost.url(self.amqp_link.port),
-                                    listen_port=self.edge_port, transfer=self._transfer)  # fmt: skip
+                                    listen_port=self.edge_port, transfer=self._transfer,
+                                    downloads=self._downloads)  # fmt: skip
+        self.others: list[Node] = []
         self.cloud.start()
 
+    def another_edge(self, edge_id: str, port: int, **downloads: Any) -> Node:
+        """
+        A second edge (not started) on the same cloud, its state in
+        C{root/<edge_id>}, reaching S3 through the same link emulator.
+        """
+        root = self.root / edge_id
+        root.mkdir(exist_ok=True)
+        node = edge_node(root, edge_id=edge_id, amqp_url=self.vhost.url(self.amqp_link.port), listen_port=port,
+                         transfer=self._transfer, downloads={**self._downloads, **downloads})
+        self.others.append(node)
+        return node
+
     async def stop(self) -> None:
-        for node in (getattr(self, "edge", None), getattr(self, "cloud", None)):
+        for node in (*getattr(self, "others", ()), getattr(self, "edge", None), getattr(self, "cloud", None)):
             if node is not None:
                 await deferToThread(node.stop)
         await self.s3_link.stop()
@@ -144,9 +160,10 @@ class TransferWorld:
 
         return await deferToThread(work)
 
-    async def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    async def api(self, method: str, path: str, body: Any = None, port: int | None = None) -> tuple[int, Any]:
         """The edge's JSON API, with the user's API key."""
-        response = await treq.request(method, f"http://127.0.0.1:{self.edge_port}{path}", json=body,
+        port = port or self.edge_port
+        response = await treq.request(method, f"http://127.0.0.1:{port}{path}", json=body,
                                       headers={"Authorization": [f"Bearer {self.api_key}"]}, persistent=False)  # fmt: skip
         body = await response.content()
         return response.code, json.loads(body) if body else None
