@@ -208,9 +208,7 @@ class JobWorker(Service):
             log.close()
             results = await self._store(claim, kind, run_dir, log)
             state, error = outcome.state, None
-            if state == "timed_out":
-                state, error = "failed", outcome.reason
-            elif state != "succeeded":
+            if state != "succeeded":
                 error = f"{outcome.reason}\n{log.tail()}".strip()
             await self._finish(claim, state, results, error)
         except RunFailed as e:
