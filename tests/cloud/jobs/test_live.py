@@ -16,6 +16,7 @@ from relay.cloud import sync
 from relay.cloud.jobs.leases import SCHEMA as JOBS_SCHEMA
 from relay.cloud.jobs.leases import JobLeases
 from relay.cloud.jobs.live import LiveLog
+from relay.cloud.jobs.output import RunLog, cut_marker
 from relay.cloud.registry import Registry
 from relay.job_messages import JOB_LOG, MAX_LOG_BYTES
 from relay.testing.db import SynchronousDatabase
@@ -126,3 +127,25 @@ class LiveLogTests(SynchronousTestCase):
         self.clock.advance(1)
         self.successResultOf(self.live.close_soon())
         self.assertEqual(self.outbox.sent, [])
+
+
+class RunLogTests(SynchronousTestCase):
+    """
+    What the log stores is what goes live: the same bytes, the cut marker
+    included, with their offsets in the stored file.
+    """
+
+    def test_stored_bytes_and_offsets(self) -> None:
+        path = Path(self.mktemp())
+        stored: list[tuple[int, bytes]] = []
+        log = RunLog(path, 10, on_stored=lambda offset, data: stored.append((offset, data)))
+        log.write(0, b"12345")
+        log.write(5, b"67890abc")
+        log.write(13, b"more and more\n::progress 0.5 half way\n")
+        log.close()
+        whole = path.read_bytes()
+        self.assertEqual(whole, b"1234567890" + cut_marker(10))
+        self.assertEqual(stored, [(0, b"12345"), (5, b"67890" + cut_marker(10))])
+        self.assertEqual((log.size, log.kept, log.stored), (51, 10, len(whole)))
+        self.assertEqual((log.progress, log.status), (0.5, "half way"), "progress past the cut still counts")
+        self.assertIn("1234567890", log.tail(), "the tail can be read once the log is closed")
