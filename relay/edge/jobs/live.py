@@ -4,8 +4,10 @@ batches kept in the log tails (L{relay.edge.jobs.tail}) and told to the
 project's members on C{/api/events}.
 
   - C{job.log}: C{{job_id, project_id, attempt, offset, end, text, eof}},
-    the log bytes C{offset} to C{end} newly held (as UTF-8 text; the log
-    endpoint serves the bytes).  For one job and attempt, consecutive
+    the log bytes C{offset} to C{end} newly held, as UTF-8 text (a
+    character split between two batches is told whole, in the second
+    event; bytes that are not UTF-8 are replaced; the log endpoint serves
+    the bytes).  For one job and attempt, consecutive
     events continue each other (C{offset} is the previous C{end}) unless
     the tail restarted past a gap: a client that sees C{offset} beyond
     what it has fetches the range held from C{GET /api/v1/jobs/<id>/log}.
@@ -61,7 +63,9 @@ class JobLogReceiver:
         self._tails = tails
         self._hub = hub
         self._call = call_from_thread
-        self._told: OrderedDict[str, tuple[int, int, bool]] = OrderedDict()
+        # Per job: attempt, end told, eof told, bytes held back (a partial
+        # UTF-8 character).
+        self._told: OrderedDict[str, tuple[int, int, bool, bytes]] = OrderedDict()
 
     def register(self, inbox: Any) -> None:
         inbox.register(JOB_LOG, self.on_log)
@@ -113,26 +117,52 @@ class JobLogReceiver:
 
     def _news(self, appended: Appended) -> dict[str, Any] | None:
         """
-        The part of C{appended} not told yet, as an event's data.
+        The part of C{appended} not told yet, as an event's data.  An
+        incomplete UTF-8 character at its end waits for the next bytes, so
+        that each event's text is what its bytes say.
         """
-        attempt, end, eof = self._told.get(appended.job_id, (0, 0, False))
+        attempt, end, eof, carry = self._told.get(appended.job_id, (0, 0, False, b""))
         if appended.attempt < attempt:
             return None
-        data, offset = appended.data, appended.offset
-        if appended.attempt == attempt:
-            if appended.end <= end and (eof or not appended.eof):
-                return None
-            if offset < end:
-                data, offset = data[end - offset :], end
-        self._told[appended.job_id] = (appended.attempt, max(offset + len(data), end), appended.eof or eof)
+        if appended.attempt > attempt:
+            attempt, end, eof, carry = appended.attempt, 0, False, b""
+        reached = end + len(carry)
+        if appended.end <= reached and (eof or not appended.eof):
+            return None
+        if appended.offset > reached:
+            # The tail restarted past a gap: what waited before it is gone.
+            end, whole = appended.offset, appended.data
+        else:
+            whole = carry + appended.data[reached - appended.offset :]
+        cut = len(whole) if appended.eof else _complete(whole)
+        data, carry = whole[:cut], whole[cut:]
+        self._told[appended.job_id] = (attempt, end + len(data), eof or appended.eof, carry)
         self._told.move_to_end(appended.job_id)
         while len(self._told) > REMEMBERED:
             self._told.popitem(last=False)
+        if not data and (eof or not appended.eof):
+            return None
         return {
-            "job_id": appended.job_id, "project_id": appended.project_id, "attempt": appended.attempt,
-            "offset": offset, "end": offset + len(data), "text": data.decode("utf-8", "replace"),
+            "job_id": appended.job_id, "project_id": appended.project_id, "attempt": attempt,
+            "offset": end, "end": end + len(data), "text": data.decode("utf-8", "replace"),
             "eof": appended.eof,
         }  # fmt: skip
+
+
+def _complete(data: bytes) -> int:
+    """
+    How much of C{data} ends on a UTF-8 character boundary (an incomplete
+    multi-byte character at its end is left out).
+    """
+    for back in range(1, min(4, len(data) + 1)):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:
+            continue  # a continuation byte: look further back for its lead
+        if byte >= 0xC0:
+            needed = 4 if byte >= 0xF0 else 3 if byte >= 0xE0 else 2
+            return len(data) - back if back < needed else len(data)
+        return len(data)
+    return len(data)
 
 
 def _members(conn: Any, project_id: str) -> list[str]:

@@ -151,3 +151,20 @@ class TellingTests(SynchronousTestCase):
             [(1, 0, 100, False), (1, 100, 150, False), (1, 150, 150, True), (2, 0, 10, False)],
         )
         self.assertEqual("".join(e.data["text"] for e in seen[:3]).encode(), LOG[:150])
+
+    def test_characters_split_between_batches(self) -> None:
+        hub = EventHub()
+        seen: list[Any] = []
+        hub.subscribe("u", seen.append)
+        receiver = JobLogReceiver(LogTails(Clock(), limit=4096, gap_wait=1.0), hub, lambda f, *a: f(*a))
+        text = "naïve 日本語 🙂 done\n".encode()
+        at = 0
+        for size in (3, 1, 6, 2, 3, 1, 2, 100):
+            piece = text[at : at + size]
+            receiver._publish([(["u"], Appended(JOB, PROJECT, 1, at, piece, at + size >= len(text)))], None)
+            at += len(piece)
+        self.assertEqual("".join(e.data["text"] for e in seen), text.decode())
+        self.assertNotIn("\ufffd", "".join(e.data["text"] for e in seen))
+        self.assertEqual([e.data["offset"] for e in seen[1:]], [e.data["end"] for e in seen[:-1]])
+        self.assertEqual(seen[-1].data["end"], len(text))
+        self.assertTrue(seen[-1].data["eof"])
