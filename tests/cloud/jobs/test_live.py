@@ -149,3 +149,42 @@ class RunLogTests(SynchronousTestCase):
         self.assertEqual((log.size, log.kept, log.stored), (51, 10, len(whole)))
         self.assertEqual((log.progress, log.status), (0.5, "half way"), "progress past the cut still counts")
         self.assertIn("1234567890", log.tail(), "the tail can be read once the log is closed")
+
+
+def test_live_log_on_postgresql(postgresql_dsn: str) -> None:
+    """
+    The same transactions on the registry relay runs its workers on: the
+    lease checked, the active edges read, a stale worker silent.
+    """
+    from relay.testing.immediate import ImmediateDatabase
+
+    clock = Clock()
+    clock.advance(1_764_000_000)
+    db = ImmediateDatabase(postgresql_dsn, [registry_schema.SCHEMA, sync.SCHEMA, JOBS_SCHEMA])
+    try:
+        registry = Registry(sync.EventLog(clock), clock)
+        outbox = Outbox()
+        leases = JobLeases(registry, outbox, lease=10.0)  # type: ignore[arg-type]
+        user = db.run_now(registry.add_user, "alice", "x")
+        project = db.run_now(registry.create_project, user["id"], "P")
+        job_id = db.run_now(registry.submit_job, project, user["id"], "k", {}, [])
+        db.run_now(leases.dispatch, job_id, 2)
+        claim = db.run_now(leases.claim, job_id, "w1", clock.seconds())
+        db.run_now(lambda c: c.execute(
+            "INSERT INTO sync_edges (edge, sent_upto, first_seen, last_seen) VALUES ('e1', 0, ?, ?)",
+            (clock.seconds(), clock.seconds())))  # fmt: skip
+        outbox.sent.clear()
+        live = LiveLog(clock, db, outbox, leases, claim, lambda: (-1.0, None))  # type: ignore[arg-type]
+        live.write(0, b"hello\n")
+        clock.advance(0)
+        assert [(t, b["offset"], to, p) for t, b, to, p in outbox.sent] == [
+            (JOB_LOG, 0, "relay.to-edge.e1", b"hello\n")
+        ]
+        clock.advance(11)
+        db.run_now(leases.reap, clock.seconds())
+        assert db.run_now(leases.claim, job_id, "w2", clock.seconds()) is not None
+        live.write(6, b"stale\n")
+        clock.advance(1)
+        assert [m[0] for m in outbox.sent] == [JOB_LOG, "job.run"], "the stale worker put nothing"
+    finally:
+        db.close()
