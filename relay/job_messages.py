@@ -9,6 +9,10 @@ sends one at most every L{BATCH_INTERVAL} seconds per running job to each
 edge, in order; each carries the byte offset of its first byte in the log
 of attempt C{attempt}, so an edge keeps each byte once whatever it
 receives twice, and notices a gap.  The last batch of a run says C{eof}.
+
+C{job.log.range}: an edge that noticed a gap (a batch past what it holds)
+asks for the missing bytes; the worker running the job sends them again
+as C{job.log} batches, to that edge only.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 from relay.link.catalogue import Catalogue
 
 JOB_LOG = "job.log"
+JOB_LOG_RANGE = "job.log.range"
 
 #: Seconds between two batches of one run (at most one batch per interval).
 BATCH_INTERVAL = 0.25
@@ -25,6 +30,7 @@ BATCH_INTERVAL = 0.25
 MAX_LOG_BYTES = 64 * 1024
 
 _ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+_EDGE = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"}
 
 JOB_LOG_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -43,6 +49,20 @@ JOB_LOG_SCHEMA: dict[str, Any] = {
 }
 
 
+JOB_LOG_RANGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "edge": _EDGE,
+        "job_id": _ID,
+        "attempt": {"type": "integer", "minimum": 1},
+        "after": {"type": "integer", "minimum": 0},
+        "upto": {"type": "integer", "minimum": 0},
+    },
+    "required": ["edge", "job_id", "attempt", "after", "upto"],
+    "additionalProperties": False,
+}
+
+
 def register_types(catalogue: Catalogue) -> None:
     """
     Add the jobs' live message types to a catalogue (both sides).
@@ -50,4 +70,8 @@ def register_types(catalogue: Catalogue) -> None:
     catalogue.register(
         JOB_LOG, JOB_LOG_SCHEMA,
         description="cloud -> edge: a batch of a running job's log (the payload, from 'offset') and its progress",
+    )
+    catalogue.register(
+        JOB_LOG_RANGE, JOB_LOG_RANGE_SCHEMA,
+        description="edge -> cloud: send bytes 'after' to 'upto' of a running job's log again (a gap)",
     )

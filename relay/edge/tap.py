@@ -130,7 +130,7 @@ def edge_service(
     monitor.setServiceParent(root)
     bridge.when_up(monitor.link_up)
     # Running jobs' logs and progress, live.
-    job_watch = build_job_watch(config.jobs, reactor, db, bridge, hub)
+    job_watch = build_job_watch(config.jobs, reactor, db, bridge, hub, config.edge.id)
     job_watch.setServiceParent(root)
     cpu = partial(deferToThreadPool, reactor, reactor.getThreadPool())
     identity = identity_module.Identity(db, reactor, cpu)

@@ -70,6 +70,16 @@ class RunLog:
                 text = match.group(2)
                 self.status = None if text is None else text[:200].decode("utf-8", "replace")
 
+    def read(self, start: int, end: int) -> bytes:
+        """
+        Bytes C{start} to C{end} of the stored log (what L{write} stored).
+        """
+        if not self._file.closed:
+            self._file.flush()
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            return f.read(max(0, min(end, self.stored) - start))
+
     def tail(self, lines: int = 20) -> str:
         """
         The last lines kept, as text (the reason a failed job shows).

@@ -200,7 +200,10 @@ class JobWorker(Service):
         def progress() -> tuple[float, str | None]:
             return (-1.0, None) if log is None else (log.progress, log.status)
 
-        live = LiveLog(self._reactor, self._db, self._outbox, self._leases, claim, progress)
+        def stored(start: int, end: int) -> bytes:
+            return b"" if log is None else log.read(start, end)
+
+        live = LiveLog(self._reactor, self._db, self._outbox, self._leases, claim, progress, stored)
         log = RunLog(run_dir / "log", kind.limits.log_bytes if kind else 1 << 20, on_stored=live.write)
         try:
             if kind is None:
@@ -267,6 +270,10 @@ class JobWorker(Service):
 
         async def tick() -> None:
             live.soon()  # progress announced past the log's limit
+            try:
+                await live.serve()  # ranges edges asked for again
+            except Exception:
+                self.log.failure("could not send job {job_id}'s log again", job_id=claim.job_id)
             progress = log.progress if log.progress != reported[0] else -1.0
             try:
                 lost = await self._db.run(self._leases.progress, claim, progress, self._reactor.seconds())

@@ -15,7 +15,7 @@ from relay.db import Database
 from relay.edge.config import JobsSection
 from relay.edge.events import EventHub
 from relay.edge.identity import Identity
-from relay.edge.jobs.live import JobLogHousekeeping, JobLogReceiver
+from relay.edge.jobs.live import ASK_EVERY, JobLogHousekeeping, JobLogReceiver
 from relay.edge.jobs.routes import JobRoutes
 from relay.edge.jobs.tail import SCHEMA, LogTails
 from relay.job_messages import register_types
@@ -38,15 +38,18 @@ class JobWatch(MultiService):
         JobRoutes(identity, self._db, self.tails).routes(app)
 
 
-def build_job_watch(config: JobsSection, reactor: Any, db: Database, bridge: Any, hub: EventHub) -> JobWatch:
+def build_job_watch(
+    config: JobsSection, reactor: Any, db: Database, bridge: Any, hub: EventHub, edge_id: str
+) -> JobWatch:
     """
     The edge's live jobs from the C{[jobs]} table: registers C{job.log}
     with the bridge's catalogue and inbox.
     """
     register_types(bridge.catalogue)
     tails = LogTails(reactor, limit=config.log_tail, gap_wait=config.gap_wait)
-    receiver = JobLogReceiver(tails, hub, reactor.callFromThread)
+    receiver = JobLogReceiver(tails, hub, reactor.callFromThread, edge_id=edge_id, outbox=bridge.outbox)
     receiver.register(bridge.inbox)
     watch = JobWatch(tails, receiver, db)
-    JobLogHousekeeping(db, receiver, reactor, interval=max(0.5, config.gap_wait / 4)).setServiceParent(watch)
+    JobLogHousekeeping(db, receiver, reactor, interval=min(ASK_EVERY, max(0.5, config.gap_wait / 4)),
+                       wake=bridge.outbox.wake).setServiceParent(watch)  # fmt: skip
     return watch

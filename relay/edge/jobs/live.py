@@ -13,8 +13,10 @@ project's members on C{/api/events}.
     what it has fetches the range held from C{GET /api/v1/jobs/<id>/log}.
   - C{job.progress}: C{{job_id, project_id, attempt, progress, status}}.
 
-The batches are placed on the database thread inside the inbox's
-transaction; what they added is published on the reactor thread.  The
+A batch past a gap waits in the tail, and the receiver asks the cloud for
+the missing bytes (C{job.log.range}, again every L{ASK_EVERY} seconds while
+the gap stays open).  The batches are placed on the database thread
+inside the inbox's transaction; what they added is published on the reactor thread.  The
 publisher remembers how far it told each job, so a message the inbox
 applies a second time (a group undone and applied one by one) tells no
 byte twice.
@@ -33,11 +35,15 @@ from twisted.logger import Logger
 from relay.db import Database
 from relay.edge.events import EventHub
 from relay.edge.jobs.tail import Appended, LogTails
-from relay.job_messages import JOB_LOG
-from relay.link.envelope import Envelope
+from relay.job_messages import JOB_LOG, JOB_LOG_RANGE
+from relay.link.envelope import TO_CLOUD, Envelope
+from relay.link.outbox import IOutbox
 
 JOB_LOG_EVENT = "job.log"
 JOB_PROGRESS_EVENT = "job.progress"
+
+#: Seconds between two requests for the same gap.
+ASK_EVERY = 5.0
 
 #: Jobs whose last told offset is remembered (the oldest are forgotten).
 REMEMBERED = 10_000
@@ -59,10 +65,16 @@ class JobLogReceiver:
 
     log = Logger()
 
-    def __init__(self, tails: LogTails, hub: EventHub, call_from_thread: Callable[..., object]) -> None:
+    def __init__(
+        self, tails: LogTails, hub: EventHub, call_from_thread: Callable[..., object], *,
+        edge_id: str | None = None, outbox: IOutbox | None = None, ask_every: float = ASK_EVERY,
+    ) -> None:
         self._tails = tails
         self._hub = hub
         self._call = call_from_thread
+        self._edge_id = edge_id
+        self._outbox = outbox
+        self._ask_every = ask_every
         # Per job: attempt, end told, eof told, bytes held back (a partial
         # UTF-8 character).
         self._told: OrderedDict[str, tuple[int, int, bool, bytes]] = OrderedDict()
@@ -80,6 +92,7 @@ class JobLogReceiver:
         appended = self._tails.receive(
             conn, body["job_id"], body["project_id"], body["attempt"], body["offset"], data, body["eof"]
         )
+        self._ask(conn, body["job_id"])
         members = _members(conn, body["project_id"])
         progress: _Progress = None
         if body.get("progress") is not None:
@@ -90,10 +103,32 @@ class JobLogReceiver:
         if (appended or progress) and members:
             self._call(self._publish, [(members, a) for a in appended], progress)
 
-    def housekeeping(self, conn: Any, now: float) -> None:
+    def _ask(self, conn: Any, job_id: str) -> bool:
         """
-        Restart tails whose gap stayed open; drop orphaned tails.
+        Ask the cloud for the job's missing bytes, if a gap is open and it
+        was not asked for lately (in the caller's transaction).
         """
+        if self._outbox is None or self._edge_id is None:
+            return False
+        gap = self._tails.gap(conn, job_id)
+        if gap is None or not self._tails.asking(conn, job_id, self._ask_every):
+            return False
+        attempt, after, upto = gap
+        self._outbox.put(
+            conn, JOB_LOG_RANGE,
+            {"edge": self._edge_id, "job_id": job_id, "attempt": attempt, "after": after, "upto": upto},
+            to=TO_CLOUD,
+        )  # fmt: skip
+        self.log.info("job {job_id}: log bytes {after}..{upto} missing, asked for", job_id=job_id, after=after,
+                      upto=upto)  # fmt: skip
+        return True
+
+    def housekeeping(self, conn: Any, now: float) -> bool:
+        """
+        Ask again for gaps still open, restart tails whose gap stayed open
+        too long, drop orphaned tails.  Returns whether a message was put.
+        """
+        asked = any([self._ask(conn, job_id) for job_id in self._tails.open_gaps(conn)])
         told = [(_members(conn, a.project_id), a) for a in self._tails.tick(conn)]
         for (job_id,) in conn.execute(
             "SELECT job_id FROM job_log_tails WHERE updated_at < ? AND job_id NOT IN (SELECT id FROM replica_jobs)",
@@ -102,6 +137,7 @@ class JobLogReceiver:
             self._tails.forget(conn, job_id)
         if told:
             self._call(self._publish, told, None)
+        return asked
 
     # -- the reactor thread --------------------------------------------------------
 
@@ -179,15 +215,19 @@ class JobLogHousekeeping(TimerService):
 
     log = Logger()
 
-    def __init__(self, db: Database, receiver: JobLogReceiver, clock: Any, interval: float) -> None:
+    def __init__(
+        self, db: Database, receiver: JobLogReceiver, clock: Any, interval: float, wake: Callable[[], object]
+    ) -> None:
         super().__init__(interval, lambda: Deferred.fromCoroutine(self._tick()))
         self.clock = clock
         self._clock = clock
         self._db = db
         self._receiver = receiver
+        self._wake = wake
 
     async def _tick(self) -> None:
         try:
-            await self._db.run(self._receiver.housekeeping, self._clock.seconds())
+            if await self._db.run(self._receiver.housekeeping, self._clock.seconds()):
+                self._wake()
         except Exception:
             self.log.failure("job log housekeeping failed; trying again next round")

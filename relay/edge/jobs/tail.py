@@ -11,7 +11,8 @@ ones come), in chunks as they arrived.  A batch is placed by its offset:
   - bytes below C{end} are held already and dropped (a batch received
     twice, or overlapping), the rest is appended;
   - a batch that starts past C{end} (one before it is missing: reordered,
-    or still on its way) waits, and is appended once the gap is filled.
+    still on its way, or lost) waits, and is appended once the gap is
+    filled (the edge asks the cloud for the missing bytes: L{gap}).
     If the gap is not filled within C{gap_wait} seconds (L{LogTails.tick}),
     or the bytes waiting beyond it reach C{limit} (the gap then falls out
     of the tail anyway), the tail restarts at the first waiting batch: the
@@ -41,7 +42,8 @@ SCHEMA = Schema(
             start_at BIGINT NOT NULL,
             end_at BIGINT NOT NULL,
             eof INTEGER NOT NULL DEFAULT 0,
-            updated_at DOUBLE PRECISION NOT NULL
+            updated_at DOUBLE PRECISION NOT NULL,
+            asked_at DOUBLE PRECISION NOT NULL DEFAULT 0
         );
         CREATE TABLE job_log_chunks (
             job_id TEXT NOT NULL,
@@ -207,6 +209,40 @@ class LogTails:
             "UPDATE job_log_tails SET start_at = ?, end_at = ? WHERE job_id = ?", (int(first), int(first), job_id)
         )
         return self._drain(conn, job_id)
+
+    def gap(self, conn: Any, job_id: str) -> tuple[int, int, int] | None:
+        """
+        The job's open gap, as C{(attempt, after, upto)}: the bytes the
+        tail lacks before its first waiting batch (at most C{limit} of
+        them: older ones would fall out of the tail anyway); C{None} if
+        there is none.
+        """
+        held = self.held(conn, job_id)
+        if held is None:
+            return None
+        first = conn.execute(
+            "SELECT min(position) FROM job_log_waiting WHERE job_id = ? AND attempt = ?", (job_id, held.attempt)
+        ).fetchone()[0]
+        if first is None:
+            return None
+        return held.attempt, max(held.end, int(first) - self.limit), int(first)
+
+    def asking(self, conn: Any, job_id: str, every: float) -> bool:
+        """
+        Whether to ask for the job's gap now (not asked within C{every}
+        seconds); if so, it counts as asked.
+        """
+        now = self._clock.seconds()
+        changed = conn.execute(
+            "UPDATE job_log_tails SET asked_at = ? WHERE job_id = ? AND asked_at <= ?", (now, job_id, now - every)
+        ).rowcount
+        return bool(changed)
+
+    def open_gaps(self, conn: Any) -> list[str]:
+        """
+        The jobs whose tail has a gap (batches waiting).
+        """
+        return [row[0] for row in conn.execute("SELECT DISTINCT job_id FROM job_log_waiting ORDER BY job_id")]
 
     def tick(self, conn: Any) -> list[Appended]:
         """

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -35,7 +36,11 @@ class Outbox:
         self.woken += 1
 
 
-class LiveLogTests(SynchronousTestCase):
+class LiveLogWorld(SynchronousTestCase):
+    """
+    A claimed job, three edges (one silent for a week), a run's live log.
+    """
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_764_000_000)
@@ -66,6 +71,8 @@ class LiveLogTests(SynchronousTestCase):
             if type == JOB_LOG and to == f"relay.to-edge.{edge}"
         ]
 
+
+class LiveLogTests(LiveLogWorld):
     def test_batched_at_most_every_interval(self) -> None:
         self.live.write(0, b"one\n")
         self.live.write(4, b"two\n")
@@ -160,7 +167,11 @@ def test_live_log_on_postgresql(postgresql_dsn: str) -> None:
 
     clock = Clock()
     clock.advance(1_764_000_000)
-    db = ImmediateDatabase(postgresql_dsn, [registry_schema.SCHEMA, sync.SCHEMA, JOBS_SCHEMA])
+    from relay.cloud.jobs.live import SCHEMA as REQUESTS_SCHEMA
+    from relay.cloud.jobs.live import LogRequests
+    from relay.link.envelope import Envelope
+
+    db = ImmediateDatabase(postgresql_dsn, [registry_schema.SCHEMA, sync.SCHEMA, JOBS_SCHEMA, REQUESTS_SCHEMA])
     try:
         registry = Registry(sync.EventLog(clock), clock)
         outbox = Outbox()
@@ -174,17 +185,62 @@ def test_live_log_on_postgresql(postgresql_dsn: str) -> None:
             "INSERT INTO sync_edges (edge, sent_upto, first_seen, last_seen) VALUES ('e1', 0, ?, ?)",
             (clock.seconds(), clock.seconds())))  # fmt: skip
         outbox.sent.clear()
-        live = LiveLog(clock, db, outbox, leases, claim, lambda: (-1.0, None))  # type: ignore[arg-type]
+        live = LiveLog(clock, db, outbox, leases, claim, lambda: (-1.0, None),  # type: ignore[arg-type]
+                       lambda start, end: b"hello\n"[start:end])  # fmt: skip
         live.write(0, b"hello\n")
         clock.advance(0)
         assert [(t, b["offset"], to, p) for t, b, to, p in outbox.sent] == [
             (JOB_LOG, 0, "relay.to-edge.e1", b"hello\n")
         ]
+        for after in (0, 2):  # asked twice: the latest request counts
+            body = {"edge": "e1", "job_id": job_id, "attempt": 1, "after": after, "upto": 6}
+            db.run_now(LogRequests(clock).on_range, Envelope(type="job.log.range", source="edge:e1", time=0.0,
+                                                             body=body))  # fmt: skip
+        d = Deferred.fromCoroutine(live.serve())
+        assert d.called and d.result == 1
+        assert (outbox.sent[-1][1]["offset"], outbox.sent[-1][3]) == (2, b"llo\n")
+        outbox.sent.clear()
         clock.advance(11)
         db.run_now(leases.reap, clock.seconds())
         assert db.run_now(leases.claim, job_id, "w2", clock.seconds()) is not None
         live.write(6, b"stale\n")
         clock.advance(1)
-        assert [m[0] for m in outbox.sent] == [JOB_LOG, "job.run"], "the stale worker put nothing"
+        assert [m[0] for m in outbox.sent] == ["job.run"], "the stale worker put nothing"
     finally:
         db.close()
+
+
+class RangeTests(LiveLogWorld):
+    """
+    An edge's request for a range: recorded by whichever process gets it,
+    served by the worker running the job, to that edge only.
+    """
+
+    def test_a_range_sent_again(self) -> None:
+        from relay.cloud.jobs.live import SCHEMA as REQUESTS_SCHEMA
+        from relay.cloud.jobs.live import LogRequests
+        from relay.db import migrate
+        from relay.link.envelope import Envelope
+
+        migrate(self.db.conn, REQUESTS_SCHEMA)
+        log = b"".join(f"line {n}\n".encode() for n in range(100))
+        self.live = LiveLog(self.clock, self.db, self.outbox, self.leases, self.claim, lambda: (-1.0, None),  # type: ignore[arg-type]
+                            lambda start, end: log[start:end])  # fmt: skip
+        self.live.write(0, log[:500])
+        self.clock.advance(0)
+        self.live.write(500, log[500:])  # not sent yet
+        requests = LogRequests(self.clock)
+
+        def ask(edge: str, attempt: int, after: int, upto: int) -> None:
+            body = {"edge": edge, "job_id": self.job_id, "attempt": attempt, "after": after, "upto": upto}
+            self.db.run_now(requests.on_range, Envelope(type="job.log.range", source="edge:x", time=0.0, body=body))
+
+        ask("e2", 1, 100, 900)
+        ask("e1", 2, 0, 50)  # another attempt's: not this run's to answer
+        self.outbox.sent.clear()
+        self.assertEqual(self.successResultOf(Deferred.fromCoroutine(self.live.serve())), 1)
+        [(type, body, to, payload)] = self.outbox.sent
+        self.assertEqual((type, to, body["offset"], payload), (JOB_LOG, "relay.to-edge.e2", 100, log[100:500]))
+        self.assertEqual(self.successResultOf(Deferred.fromCoroutine(self.live.serve())), 0, "served once")
+        left = self.db.run_now(lambda c: c.execute("SELECT edge, attempt FROM job_log_requests").fetchall())
+        self.assertEqual([tuple(r) for r in left], [("e1", 2)])

@@ -16,23 +16,33 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
 from twisted.web.http_headers import Headers
 
 from relay.cloud.jobs.output import cut_marker
 from relay.testing.linkemu import LinkProfile
 from relay.testing.live_jobs import EventStream, LogFollower
-from relay.testing.transfer_world import read_db
+from relay.testing.transfer_world import rabbitmqctl, read_db
 from tests.cloud.jobs.test_end_to_end import JOBS_TOML, JobWorld
 from tests.edge.transfer.world import TransferWorld, sleep
 
 LINES = 300
-#: About 9 s of log, a line every 30 ms, with progress every 50 lines.
-CHATTY_SCRIPT = (
-    f'i=1; while [ $i -le {LINES} ]; do echo "line $i of the log"; '
-    f"if [ $((i % 50)) -eq 0 ]; then printf '::progress %d.%02d at %d\\n' $((i / {LINES})) $((i * 100 / {LINES} % 100)) $i; fi; "
-    "i=$((i + 1)); sleep 0.03; done"
-)
-CHATTY = f"\n[jobs.kinds.chatty]\ncommand = {json.dumps(['sh', '-c', CHATTY_SCRIPT])}\nresults = []\n"
+
+
+def chatty(name: str, lines: int) -> str:
+    """
+    A kind printing C{lines} lines, one every 30 ms, with progress every 50.
+    """
+    script = (
+        f'i=1; while [ $i -le {lines} ]; do echo "line $i of the log"; '
+        f"if [ $((i % 50)) -eq 0 ]; then printf '::progress %d.%02d at %d\\n' $((i / {lines})) "
+        f"$((i * 100 / {lines} % 100)) $i; fi; i=$((i + 1)); sleep 0.03; done"
+    )
+    return f"\n[jobs.kinds.{name}]\ncommand = {json.dumps(['sh', '-c', script])}\nresults = []\n"
+
+
+#: About 9 s of log.
+CHATTY = chatty("chatty", LINES)
 FLOOD_LOG_LIMIT = 1 << 20
 #: 1 GiB of 1 KiB lines, as fast as the pipe takes them.
 FLOOD_SCRIPT = 'yes "$(printf %01023d 0)" | head -c 1073741824; echo done'
@@ -159,6 +169,51 @@ class LiveJobs(JobWorld):
             f.data["state"] == "timed_out" for f in stream.of("job.state", sleeper)), 30)  # fmt: skip
         code, answer = await world.api("GET", f"/api/v1/jobs/{sleeper}")
         self.assertEqual(answer["job"]["state"], "timed_out")
+
+    async def test_batches_lost_for_good_are_asked_for_again(self) -> None:
+        """
+        The edge's queue purged while the edge is cut off: the batches in it
+        are gone.  The edge notices the gap when the next batch comes, asks
+        for the missing bytes, and the worker sends them again.
+        """
+        lines = 600
+        world = await self.live_world(chatty("long", lines))
+        [(upload_id, _)] = await self.uploaded(world, (1000, 7))
+        follower: LogFollower | None = None
+
+        def on_frame(frame: Any) -> None:
+            if follower is not None:
+                assert follower.event(frame) is None, "a range had to be fetched"
+
+        stream = await self.events(world, on_frame)
+        job_id = await self.submit(world, "long", [upload_id])
+        follower = LogFollower(f"http://127.0.0.1:{world.edge_port}", world.api_key, job_id)
+        await world.wait_for("the log seen live", lambda: bytes(follower.data).count(b"line ") >= 60, 60)
+        world.amqp_link.stall_all(8.0)
+        world.amqp_link.reset_all()
+        await sleep(3.0)
+        queue = "relay.to-edge.edge-1"
+
+        def waiting() -> int:
+            for line in rabbitmqctl("list_queues", "-p", world.vhost.name, "name", "messages").splitlines():
+                name, _, count = line.partition("\t")
+                if name == queue:
+                    return int(count)
+            return 0
+
+        lost = await deferToThread(waiting)
+        self.assertGreater(lost, 0, "batches waiting for the edge")
+        await deferToThread(rabbitmqctl, "purge_queue", "-p", world.vhost.name, queue)
+        await world.wait_for("the whole log", lambda: follower is not None and follower.eof, 90)
+        text = bytes(follower.data).decode()
+        self.assertEqual([line for line in text.splitlines() if line.startswith("line ")],
+                         [f"line {i} of the log" for i in range(1, lines + 1)])  # fmt: skip
+        told = stream.of("job.log", job_id)
+        self.assertEqual([f.data["offset"] for f in told[1:]], [f.data["end"] for f in told[:-1]])
+        self.assertIn("missing, asked for", world.edge.log_text())
+        self.assertIn("log ranges again", world.cloud.log_text())
+        job = await self.finished(world, job_id)
+        self.assertEqual(bytes(follower.data), self.result(world, job, ".log"))
 
     async def test_a_gigabyte_of_output(self) -> None:
         world = await self.live_world(FLOOD)

@@ -159,3 +159,50 @@ class JobLogMessageTests(ApiWorld):
         self.assertEqual([e for e in self.seen["carol"] if e.kind.startswith("job.")], [])
         held = self.edge.db.run_now(tails.read, job, 0)
         self.assertEqual(held[1], b"one\ntwo\nthree\n")
+
+
+class GapTests(ApiWorld):
+    """
+    A batch past a gap: the edge asks the cloud for the missing bytes, not
+    again for a while, again while the gap stays open; filled, told once.
+    """
+
+    def test_asks_for_the_missing_range(self) -> None:
+        from relay.edge.jobs.live import JobLogReceiver
+        from relay.job_messages import register_types
+        from tests.edge.web.world import InlineThreads
+
+        tails = LogTails(self.clock, limit=4096, gap_wait=30.0)
+        types = Catalogue()
+        register_types(types)
+        inbox = FakeInbox(self.edge.db, types)
+        receiver = JobLogReceiver(tails, self.hub, InlineThreads().callFromThread, edge_id="e1",
+                                  outbox=self.edge.outbox, ask_every=5.0)  # fmt: skip
+        receiver.register(inbox)
+        job = "f" * 32
+
+        def deliver(offset: int, data: bytes) -> None:
+            body = {"job_id": job, "project_id": self.home, "attempt": 1, "offset": offset, "size": len(data),
+                    "eof": False}  # fmt: skip
+            inbox.deliver(Envelope(type="job.log", source="cloud", time=0.0, body=body, payload=data))
+
+        def asked() -> list[dict[str, Any]]:
+            return [m.body for m in self.sent() if m.type == "job.log.range"]
+
+        deliver(0, b"one\n")
+        self.assertEqual(asked(), [])
+        deliver(8, b"three\n")
+        self.assertEqual(asked(), [{"edge": "e1", "job_id": job, "attempt": 1, "after": 4, "upto": 8}])
+        deliver(14, b"four\n")
+        self.clock.advance(4)
+        self.assertFalse(self.edge.db.run_now(receiver.housekeeping, self.clock.seconds()))
+        self.assertEqual(asked(), [], "not again within 5 s")
+        self.clock.advance(1)
+        self.assertTrue(self.edge.db.run_now(receiver.housekeeping, self.clock.seconds()))
+        self.assertEqual([(a["after"], a["upto"]) for a in asked()], [(4, 8)], "again while the gap stays")
+        deliver(4, b"two\n")  # the cloud's answer
+        told = [(e.data["offset"], e.data["end"]) for e in self.seen["alice"] if e.kind == "job.log"]
+        self.assertEqual(told, [(0, 4), (4, 8), (8, 14), (14, 19)])
+        self.clock.advance(10)
+        self.assertFalse(self.edge.db.run_now(receiver.housekeeping, self.clock.seconds()))
+        self.assertEqual(asked(), [], "no gap: nothing asked")
