@@ -51,6 +51,9 @@ SCHEMA = Schema("job_log_requests", [
 #: A request no worker took (the run ended, or another attempt runs) is
 #: forgotten after this long.
 REQUEST_TTL = 600.0
+#: At most this much of a requested range is sent again (its end: what a
+#: tail keeps), so that a request costs the worker a bounded read.
+MAX_RANGE_BYTES = 4 << 20
 
 #: Edges not heard from for this long get no live logs (their next
 #: C{sync.hello} makes them active again); the sync publisher's default.
@@ -240,7 +243,8 @@ class LiveLog:
             if rows:
                 conn.execute("DELETE FROM job_log_requests WHERE job_id = ? AND attempt = ?",
                              (claim.job_id, claim.attempt))  # fmt: skip
-            return [(row[0], int(row[1]), min(int(row[2]), sent)) for row in rows]
+            ranges = [(row[0], int(row[1]), min(int(row[2]), sent)) for row in rows]
+            return [(edge, max(after, upto - MAX_RANGE_BYTES), upto) for edge, after, upto in ranges]
 
         requests = [r for r in await self._db.run(take) if r[1] < r[2]]
         if not requests:
