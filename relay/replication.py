@@ -85,14 +85,15 @@ PROJECTS = Table(
 MEMBERS = Table("members", "member", ("project_id", "user_id", "role"), ("project_id", "user_id"))
 FILES = Table(
     "files", "file",
-    ("id", "project_id", "name", "size", "sha256", "object_key", "state", "created_at", "updated_at"),
+    ("id", "project_id", "name", "size", "sha256", "object_key", "state", "created_at", "updated_at",
+     "kind", "job_id"),
     ("id",),
 )
 JOBS = Table(
     "jobs", "job",
     (
         "id", "project_id", "kind", "parameters", "inputs", "state", "progress", "submitted_by",
-        "created_at", "started_at", "finished_at", "result_files", "error",
+        "created_at", "started_at", "finished_at", "result_files", "error", "attempts",
     ),
     ("id",),
     frozenset({"parameters", "inputs", "result_files"}),
@@ -113,9 +114,11 @@ EVENT_KINDS: tuple[str, ...] = (
     COMMAND_REJECTED,
 )
 
-#: Job states; the last three are final.
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled"})
+#: Job states; the last four are final.
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "timed_out")
+FINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
+#: What a project file is: uploaded by someone, or made by a job.
+FILE_KINDS = ("upload", "result")
 ROLES = ("owner", "member", "viewer")
 
 

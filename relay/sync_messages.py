@@ -17,6 +17,7 @@ from relay.replication import (
     API_KEYS,
     COMMAND_APPLIED,
     COMMAND_REJECTED,
+    FILE_KINDS,
     FILES,
     JOB_STATES,
     JOBS,
@@ -104,6 +105,7 @@ ROWS: dict[str, dict[str, Any]] = {
         "object_key": {"type": ["string", "null"], "maxLength": 1024},
         "state": {"type": "string", "maxLength": 40},
         "created_at": _TIME, "updated_at": _TIME,
+        "kind": {"enum": list(FILE_KINDS)}, "job_id": {"type": ["string", "null"], "pattern": "^[0-9a-f]{32}$"},
     }),
     JOBS.name: _object({
         "id": _ID, "project_id": _ID, "kind": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,62}$"},
@@ -112,6 +114,7 @@ ROWS: dict[str, dict[str, Any]] = {
         "submitted_by": _ID, "created_at": _TIME, "started_at": _MAYBE_TIME,
         "finished_at": _MAYBE_TIME, "result_files": {"type": "array", "items": _ID},
         "error": {"type": ["string", "null"], "maxLength": 4000},
+        "attempts": {"type": "integer", "minimum": 0},
     }),
 }
 

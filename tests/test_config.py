@@ -74,6 +74,8 @@ def test_config_is_frozen(tmp_path: Path) -> None:
         ('[edge]\nid = "Not Valid"\n', "edge.id: expected lower-case"),
         ('edge = "x"\n', "edge: expected a table"),
         ("[edge\n", "not valid TOML"),
+        ("[jobs]\nlog_tail = 100\n", "jobs.log_tail: expected 4096 to"),
+        ("[jobs]\ngap_wait = 0\n", "jobs.gap_wait: expected positive seconds"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, expected: str) -> None:

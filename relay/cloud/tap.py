@@ -41,7 +41,7 @@ DEFAULT_CONFIG = "etc/cloud.toml"
 #: The schemas of every component with tables in the cloud's database.
 SCHEMAS: list[Schema] = [
     outbox.SCHEMA, inbox.SCHEMA, registry.SCHEMA, sync.SCHEMA, transfers.SCHEMA, jobs_component.SCHEMA,
-    downloads_component.SCHEMA,
+    jobs_component.LOG_REQUESTS_SCHEMA, downloads_component.SCHEMA,
 ]
 
 

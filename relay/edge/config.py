@@ -164,6 +164,26 @@ class DownloadsSection:
 
 
 @dataclass(frozen=True)
+class JobsSection:
+    """
+    The C{[jobs]} table: what the edge keeps of running jobs (C{docs/jobs.md}).
+    """
+
+    #: Bytes of each job's log the edge keeps (its tail), whatever the job
+    #: prints; C{GET /api/v1/jobs/<id>/log} serves them.
+    log_tail: int = 256 * 1024
+    #: Seconds a batch of a log that arrived ahead of a missing one waits
+    #: for it before the tail restarts at the later batch.
+    gap_wait: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 4096 <= self.log_tail <= 64 << 20:
+            raise ValueError(f"jobs.log_tail: expected 4096 to {64 << 20} bytes, got {self.log_tail}")
+        if self.gap_wait <= 0:
+            raise ValueError(f"jobs.gap_wait: expected positive seconds, got {self.gap_wait}")
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     """
     Everything C{relay-edge} is configured with.
@@ -173,5 +193,6 @@ class EdgeConfig:
     uploads: UploadsSection = field(default_factory=UploadsSection)
     transfer: TransferSection = field(default_factory=TransferSection)
     downloads: DownloadsSection = field(default_factory=DownloadsSection)
+    jobs: JobsSection = field(default_factory=JobsSection)
     link: LinkConfig = field(default_factory=LinkConfig)
     log: LogConfig = field(default_factory=LogConfig)

@@ -26,6 +26,8 @@ from relay.edge.config import EdgeConfig
 from relay.edge.downloads import cache as download_cache
 from relay.edge.downloads.service import build_downloads
 from relay.edge.events import EventHub
+from relay.edge.jobs import SCHEMA as JOB_LOGS_SCHEMA
+from relay.edge.jobs import build_job_watch
 from relay.edge.transfer import journal as transfer_journal
 from relay.edge.transfer.service import build_transfers
 from relay.edge.uploads import store as upload_store
@@ -48,7 +50,7 @@ DEFAULT_CONFIG = "etc/edge.toml"
 #: The schemas of every component with tables in the edge's database.
 SCHEMAS: list[Schema] = [
     outbox.SCHEMA, inbox.SCHEMA, upload_store.SCHEMA, transfer_journal.SCHEMA,
-    replica.SCHEMA, identity_module.SCHEMA, download_cache.SCHEMA,
+    replica.SCHEMA, identity_module.SCHEMA, download_cache.SCHEMA, JOB_LOGS_SCHEMA,
 ]
 
 
@@ -129,6 +131,9 @@ def edge_service(
     )
     monitor.setServiceParent(root)
     bridge.when_up(monitor.link_up)
+    # Running jobs' logs and progress, live.
+    job_watch = build_job_watch(config.jobs, reactor, db, bridge, hub, config.edge.id)
+    job_watch.setServiceParent(root)
     cpu = partial(deferToThreadPool, reactor, reactor.getThreadPool())
     identity = identity_module.Identity(db, reactor, cpu)
     authenticator = authenticator if authenticator is not None else identity
@@ -157,6 +162,7 @@ def edge_service(
     uploads.add_routes(web.app)
     identity.routes(web.app)
     downloads.routes(web.app, identity)
+    job_watch.add_routes(web.app, identity)
     streams = api_routes(
         web.app, identity, db, replica.CommandIssuer(bridge.outbox, reactor), hub, bridge.outbox.wake,
         reactor, cpu,

@@ -22,6 +22,7 @@ from relay.credentials import ScryptCost, hash_password
 from relay.edge import identity as identity_module
 from relay.edge.auth import Principal
 from relay.edge.identity import Identity
+from relay.edge.jobs.tail import SCHEMA as JOB_LOGS_SCHEMA
 from relay.edge.replica import SCHEMA as REPLICA_SCHEMA
 from relay.edge.replica import CommandIssuer, ReplicaApplier
 from relay.link.catalogue import Catalogue
@@ -145,7 +146,9 @@ class EdgeSide:
         self._build()
 
     def _build(self) -> None:
-        self.db = ImmediateDatabase(self.target, [REPLICA_SCHEMA, identity_module.SCHEMA, FAKE_LINK_SCHEMA])
+        self.db = ImmediateDatabase(
+            self.target, [REPLICA_SCHEMA, identity_module.SCHEMA, FAKE_LINK_SCHEMA, JOB_LOGS_SCHEMA]
+        )
         self.outbox = FakeOutbox(f"edge:{self.edge_id}", self.clock)
         self.inbox = FakeInbox(self.db, catalogue(), dedupe=self.dedupe)
         self.applier = ReplicaApplier(self.edge_id, self.outbox, self.clock)

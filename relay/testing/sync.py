@@ -129,7 +129,7 @@ class FakeInbox:
 
     def deliver(self, message: Envelope) -> str:
         # As on the wire: what arrives is bytes, parsed and validated.
-        message = Envelope.from_bytes(message.to_bytes())
+        message = Envelope.from_bytes(message.to_bytes(), message.payload)
         self._catalogue.validate(message)
         outcome: str = self._db.run_now(self._apply, message)
         if outcome == "duplicate":

@@ -137,6 +137,33 @@ def test_job_state_machine(cloud: CloudSide) -> None:
         cloud.run(cloud.registry.cancel_job, job)
 
 
+def test_timed_out_attempts_and_result_files(cloud: CloudSide) -> None:
+    """
+    On each database: timed_out is an outcome the registry (and its CHECK)
+    accepts, a job counts its attempts, a job's result files say so.
+    """
+    alice = cloud.add_user("alice", "a long password")
+    project = cloud.default_project(alice["id"])
+    job = cloud.run(cloud.registry.submit_job, project, alice["id"], "render", {}, [])
+    cloud.run(cloud.registry.start_job, job, 2)
+    log_file = cloud.run(lambda c: cloud.registry.put_file(
+        c, project, "render.log", 3, sha256="c" * 64, kind="result", job_id=job))  # fmt: skip
+    cloud.run(lambda c: cloud.registry.finish_job(c, job, "timed_out", result_files=[log_file],
+                                                  error="timed out after 2 s"))  # fmt: skip
+    [row] = cloud.dump()["jobs"]
+    assert (row["state"], row["attempts"], row["error"]) == ("timed_out", 2, "timed out after 2 s")
+    [file] = cloud.dump()["files"]
+    assert (file["kind"], file["job_id"]) == ("result", job)
+    with pytest.raises(Refused, match="already finished"):
+        cloud.run(cloud.registry.cancel_job, job)
+    with pytest.raises(ValueError):
+        cloud.run(lambda c: cloud.registry.put_file(c, project, "x", 1, kind="result"))
+    with pytest.raises(ValueError):
+        cloud.run(lambda c: cloud.registry.finish_job(c, job, "lost"))
+    uploaded = cloud.run(lambda c: cloud.registry.put_file(c, project, "in.txt", 1))
+    assert cloud.run(cloud.registry.file, uploaded)["kind"] == "upload"
+
+
 def test_job_inputs_must_be_in_the_project(cloud: CloudSide) -> None:
     alice = cloud.add_user("alice", "a long password")
     bob = cloud.add_user("bob", "a long password")

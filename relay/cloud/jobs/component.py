@@ -21,12 +21,15 @@ from zope.interface import implementer
 from relay.cloud.commands import ICommandEffects
 from relay.cloud.jobs.kinds import BadRequest, JobKind
 from relay.cloud.jobs.leases import JOB_RUN, JOB_RUN_SCHEMA, SCHEMA, JobLeases
+from relay.cloud.jobs.live import SCHEMA as LOG_REQUESTS_SCHEMA
+from relay.cloud.jobs.live import LogRequests
 from relay.cloud.jobs.worker import Blocking, JobWorker
 from relay.cloud.objects import IObjectStore
 from relay.db import Database
+from relay.job_messages import register_types as register_job_messages
 from relay.permissions import Refused
 
-__all__ = ["SCHEMA", "JobDispatch", "JobReaper", "build_jobs"]
+__all__ = ["LOG_REQUESTS_SCHEMA", "SCHEMA", "JobDispatch", "JobReaper", "build_jobs"]
 
 
 @implementer(ICommandEffects)
@@ -109,6 +112,8 @@ def build_jobs(
     the link comes up.
     """
     bridge.catalogue.register(JOB_RUN, JOB_RUN_SCHEMA, description="cloud -> relay.jobs: run one attempt of a job")
+    register_job_messages(bridge.catalogue)
+    LogRequests(reactor).register(bridge.inbox)
     leases = JobLeases(registry, bridge.outbox, config.lease)
     worker = None
     if config.role in ("worker", "both"):
@@ -116,7 +121,7 @@ def build_jobs(
         worker = JobWorker(
             reactor, db, leases, objects, config.kinds, blocking, bridge.link,
             name=config.worker_name or f"{socket.gethostname()}-{os.getpid()}",
-            slots=config.slots, work_dir=work_dir, grace=config.grace,
+            slots=config.slots, work_dir=work_dir, grace=config.grace, outbox=bridge.outbox,
         )
         bridge.when_up(worker.link_up)
     jobs = Jobs(JobDispatch(config.kinds, leases), worker)

@@ -116,7 +116,7 @@ class JobLeases:
         ).fetchone()
         if row is None:
             return None
-        self._registry.start_job(conn, job_id)
+        self._registry.start_job(conn, job_id, int(row[1]))
         job = self._registry.job(conn, job_id)
         inputs = []
         for file_id in json.loads(job["inputs"]):
@@ -170,7 +170,7 @@ class JobLeases:
         ids = [
             self._registry.put_file(
                 conn, claim.project_id, result["name"], result["size"], sha256=result["sha256"],
-                object_key=result["object_key"], file_id=result["file_id"],
+                object_key=result["object_key"], file_id=result["file_id"], kind="result", job_id=claim.job_id,
             )
             for result in results
         ]

@@ -9,6 +9,7 @@ The progress protocol: a line C{::progress FRACTION [text]} (FRACTION from
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,25 +27,37 @@ class RunLog:
     The combined stdout and stderr of one run, written to C{path} up to
     C{limit} bytes (then a marker, and the rest counted, not kept), and the
     latest progress it announced.
+
+    @param on_stored: called with C{(offset, data)} for the bytes written to
+        the file (the marker too), C{offset} being where they start in it:
+        what the edges are sent live.
+    @ivar stored: the file's size.
     """
 
-    def __init__(self, path: Path, limit: int) -> None:
+    def __init__(self, path: Path, limit: int, on_stored: Callable[[int, bytes], object] | None = None) -> None:
         self.path = path
         self._limit = limit
         self._file: BinaryIO = open(path, "wb")
+        self._on_stored = on_stored
         self.size = 0  # bytes the job printed
         self.kept = 0
+        self.stored = 0
         self.progress = -1.0
+        self.status: str | None = None
         self._line = b""
 
     def write(self, offset: int, data: bytes) -> None:
         self.size = offset + len(data)
         room = self._limit - self.kept
         if room > 0:
-            self._file.write(data[:room])
-            self.kept += min(room, len(data))
+            kept = data[:room]
+            self.kept += len(kept)
             if len(data) >= room:
-                self._file.write(cut_marker(self._limit))
+                kept += cut_marker(self._limit)
+            self._file.write(kept)
+            if self._on_stored is not None:
+                self._on_stored(self.stored, kept)
+            self.stored += len(kept)
         self._scan(data)
 
     def _scan(self, data: bytes) -> None:
@@ -54,12 +67,25 @@ class RunLog:
             match = _PROGRESS.match(line[:_LINE_MAX].rstrip(b"\r"))
             if match:
                 self.progress = min(1.0, float(match.group(1)))
+                text = match.group(2)
+                self.status = None if text is None else text[:200].decode("utf-8", "replace")
+
+    def read(self, start: int, end: int) -> bytes:
+        """
+        Bytes C{start} to C{end} of the stored log (what L{write} stored).
+        """
+        if not self._file.closed:
+            self._file.flush()
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            return f.read(max(0, min(end, self.stored) - start))
 
     def tail(self, lines: int = 20) -> str:
         """
         The last lines kept, as text (the reason a failed job shows).
         """
-        self._file.flush()
+        if not self._file.closed:
+            self._file.flush()
         with open(self.path, "rb") as f:
             f.seek(max(0, self.kept - 8192))
             text = f.read().decode("utf-8", "replace")

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 
 from relay.cloud.jobs.kinds import BadRequest, JobKind
 from relay.cloud.jobs.leases import Claim, Input, JobLeases
+from relay.cloud.jobs.live import LiveLog
 from relay.cloud.jobs.output import RunLog
 from relay.cloud.jobs.runner import JobProcess, Limits, Outcome
 from relay.cloud.objects import IObjectStore, object_key
@@ -38,6 +39,7 @@ from relay.cloud.registry.store import new_id
 from relay.db import Database
 from relay.link.channel import Delivery, LinkDown
 from relay.link.envelope import JOBS, BadEnvelope, Envelope
+from relay.link.outbox import IOutbox
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -75,6 +77,7 @@ class JobWorker(Service):
     Runs up to C{slots} jobs at once.
 
     @param link: the bridge's link (its C{channel} while up).
+    @param outbox: where the runs' live logs go (L{LiveLog}).
     @param name: this worker in the registry's leases (unique per process).
     """
 
@@ -83,7 +86,7 @@ class JobWorker(Service):
     def __init__(
         self, reactor: Any, db: Database, leases: JobLeases, objects: IObjectStore,
         kinds: Mapping[str, JobKind], blocking: Blocking, link: Any, *, name: str, slots: int,
-        work_dir: Path, grace: float,
+        work_dir: Path, grace: float, outbox: IOutbox,
     ) -> None:
         self._reactor = reactor
         self._db = db
@@ -92,6 +95,7 @@ class JobWorker(Service):
         self._kinds = kinds
         self._blocking = blocking
         self._link = link
+        self._outbox = outbox
         self.name = name
         self._slots = slots
         self._work_dir = work_dir
@@ -191,7 +195,16 @@ class JobWorker(Service):
         (run_dir / "work" / "inputs").mkdir(parents=True, mode=0o700)
         (run_dir / "tmp").mkdir(mode=0o700)
         kind = self._kinds.get(claim.kind)
-        log = RunLog(run_dir / "log", kind.limits.log_bytes if kind else 1 << 20)
+        log: RunLog | None = None
+
+        def progress() -> tuple[float, str | None]:
+            return (-1.0, None) if log is None else (log.progress, log.status)
+
+        def stored(start: int, end: int) -> bytes:
+            return b"" if log is None else log.read(start, end)
+
+        live = LiveLog(self._reactor, self._db, self._outbox, self._leases, claim, progress, stored)
+        log = RunLog(run_dir / "log", kind.limits.log_bytes if kind else 1 << 20, on_stored=live.write)
         try:
             if kind is None:
                 raise RunFailed(f"no job kind {claim.kind!r} is configured on the worker")
@@ -200,7 +213,8 @@ class JobWorker(Service):
             except BadRequest as e:
                 raise RunFailed(str(e)) from None
             paths = [await self._fetch(run_dir / "work", number, i) for number, i in enumerate(claim.inputs)]
-            outcome, why = await self._execute(claim, kind, run_dir, paths, log)
+            outcome, why = await self._execute(claim, kind, run_dir, paths, log, live)
+            await live.close()
             if why is not None:
                 self.log.info("job {job_id} epoch {epoch} stopped: {why}", job_id=claim.job_id,
                               epoch=claim.epoch, why=why)  # fmt: skip
@@ -208,9 +222,7 @@ class JobWorker(Service):
             log.close()
             results = await self._store(claim, kind, run_dir, log)
             state, error = outcome.state, None
-            if state == "timed_out":
-                state, error = "failed", outcome.reason
-            elif state != "succeeded":
+            if state != "succeeded":
                 error = f"{outcome.reason}\n{log.tail()}".strip()
             await self._finish(claim, state, results, error)
         except RunFailed as e:
@@ -238,7 +250,7 @@ class JobWorker(Service):
         return relative
 
     async def _execute(
-        self, claim: Claim, kind: JobKind, run_dir: Path, paths: list[str], log: RunLog
+        self, claim: Claim, kind: JobKind, run_dir: Path, paths: list[str], log: RunLog, live: LiveLog
     ) -> tuple[Outcome, str | None]:
         work = run_dir / "work"
         env = {
@@ -257,6 +269,11 @@ class JobWorker(Service):
         last_held = [self._reactor.seconds()]
 
         async def tick() -> None:
+            live.soon()  # progress announced past the log's limit
+            try:
+                await live.serve()  # ranges edges asked for again
+            except Exception:
+                self.log.failure("could not send job {job_id}'s log again", job_id=claim.job_id)
             progress = log.progress if log.progress != reported[0] else -1.0
             try:
                 lost = await self._db.run(self._leases.progress, claim, progress, self._reactor.seconds())

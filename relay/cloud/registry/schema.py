@@ -5,7 +5,57 @@ PostgreSQL (L{relay.db}); steps are never edited once released.
 
 from __future__ import annotations
 
-from relay.db import Schema
+import json
+from typing import Any
+
+from relay.db import Schema, dialect
+
+_JOB_STATES_V3 = "('queued', 'running', 'succeeded', 'failed', 'cancelled', 'timed_out')"
+
+
+def _timed_out_attempts_file_kinds(conn: Any) -> None:
+    """
+    Step 3.  SQLite cannot change a CHECK constraint: the jobs table is
+    rebuilt (nothing refers to it); PostgreSQL alters it.
+    """
+    if dialect(conn) == "sqlite":
+        conn.execute(
+            f"""
+            CREATE TABLE jobs_v3 (
+                id TEXT PRIMARY KEY,
+                project_id TEXT NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+                kind TEXT NOT NULL,
+                parameters TEXT NOT NULL,
+                inputs TEXT NOT NULL,
+                state TEXT NOT NULL CHECK (state IN {_JOB_STATES_V3}),
+                progress DOUBLE PRECISION NOT NULL DEFAULT 0,
+                submitted_by TEXT NOT NULL REFERENCES users (id),
+                created_at DOUBLE PRECISION NOT NULL,
+                started_at DOUBLE PRECISION,
+                finished_at DOUBLE PRECISION,
+                result_files TEXT NOT NULL DEFAULT '[]',
+                error TEXT
+            )
+            """
+        )
+        conn.execute("INSERT INTO jobs_v3 SELECT * FROM jobs")
+        conn.execute("DROP TABLE jobs")
+        conn.execute("ALTER TABLE jobs_v3 RENAME TO jobs")
+        conn.execute("CREATE INDEX jobs_project ON jobs (project_id)")
+    else:
+        conn.execute("ALTER TABLE jobs DROP CONSTRAINT jobs_state_check")
+        conn.execute(f"ALTER TABLE jobs ADD CONSTRAINT jobs_state_check CHECK (state IN {_JOB_STATES_V3})")
+    conn.execute("ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+    conn.execute(
+        "ALTER TABLE files ADD COLUMN kind TEXT NOT NULL DEFAULT 'upload' CHECK (kind IN ('upload', 'result'))"
+    )
+    conn.execute("ALTER TABLE files ADD COLUMN job_id TEXT")
+    # Results of jobs that finished before: their files say so now.
+    for job_id, result_files in conn.execute("SELECT id, result_files FROM jobs").fetchall():
+        for file_id in json.loads(result_files):
+            conn.execute("UPDATE files SET kind = 'result', job_id = ? WHERE id = ?", (job_id, file_id))
+    conn.execute("UPDATE jobs SET attempts = 1 WHERE started_at IS NOT NULL OR finished_at IS NOT NULL")
+
 
 SCHEMA = Schema(
     "registry",
@@ -93,5 +143,8 @@ SCHEMA = Schema(
         """
         ALTER TABLE users ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;
         """,
+        # timed_out is an outcome of its own; a job counts its attempts; a
+        # file says whether it was uploaded or made by a job.
+        _timed_out_attempts_file_kinds,
     ],
 )

@@ -24,6 +24,7 @@ from relay.credentials import NewApiKey, new_api_key
 from relay.permissions import Refused
 from relay.replication import (
     API_KEYS,
+    FILE_KINDS,
     FILES,
     FINAL_JOB_STATES,
     JOBS,
@@ -244,22 +245,28 @@ class Registry:
     def put_file(
         self, conn: Any, project_id: str, name: str, size: int, *, sha256: str | None = None,
         object_key: str | None = None, state: str = "stored", file_id: str | None = None,
+        kind: str = "upload", job_id: str | None = None,
     ) -> str:
         """
         Record a file (new, or a new state of an existing one): for the
         transfer path, when the cloud has the object.
+
+        @param kind: C{upload} (someone uploaded it) or C{result} (the job
+            C{job_id} made it).
         """
+        if kind not in FILE_KINDS or (kind == "result") != (job_id is not None):
+            raise ValueError(f"a file is an upload, or a result with its job: not {kind!r} of {job_id!r}")
         self._project(conn, project_id)
         name = clean_name(name, "file name")
         file_id = file_id or new_id()
         now = self._now()
         conn.execute(
-            "INSERT INTO files (id, project_id, name, size, sha256, object_key, state, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "INSERT INTO files (id, project_id, name, size, sha256, object_key, state, created_at, updated_at, "
+            "kind, job_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET name = excluded.name, size = excluded.size, "
             "sha256 = excluded.sha256, object_key = excluded.object_key, state = excluded.state, "
             "updated_at = excluded.updated_at",
-            (file_id, project_id, name, size, sha256, object_key, state, now, now),
+            (file_id, project_id, name, size, sha256, object_key, state, now, now, kind, job_id),
         )
         self.log.put(conn, FILES, (file_id,))
         return file_id
@@ -293,12 +300,16 @@ class Registry:
         self.log.put(conn, JOBS, (job_id,), command_id)
         return job_id
 
-    def start_job(self, conn: Any, job_id: str) -> None:
+    def start_job(self, conn: Any, job_id: str, attempt: int | None = None) -> None:
         """
-        queued -> running (a worker took it).
+        queued -> running (a worker took it, for its C{attempt}th run).
         """
-        self._job_in(conn, job_id, ("queued",))
-        conn.execute("UPDATE jobs SET state = 'running', started_at = ? WHERE id = ?", (self._now(), job_id))
+        job = self._job_in(conn, job_id, ("queued",))
+        attempt = int(job["attempts"]) + 1 if attempt is None else attempt
+        conn.execute(
+            "UPDATE jobs SET state = 'running', started_at = ?, attempts = ? WHERE id = ?",
+            (self._now(), attempt, job_id),
+        )
         self.log.put(conn, JOBS, (job_id,))
 
     def requeue_job(self, conn: Any, job_id: str) -> None:
@@ -320,10 +331,10 @@ class Registry:
         error: str | None = None,
     ) -> None:
         """
-        running -> succeeded or failed.
+        running -> succeeded, failed or timed_out.
         """
-        if state not in ("succeeded", "failed"):
-            raise ValueError(f"a job finishes as succeeded or failed, not {state!r}")
+        if state not in ("succeeded", "failed", "timed_out"):
+            raise ValueError(f"a job finishes as succeeded, failed or timed_out, not {state!r}")
         self._job_in(conn, job_id, ("running",))
         conn.execute(
             "UPDATE jobs SET state = ?, progress = ?, finished_at = ?, result_files = ?, error = ? WHERE id = ?",

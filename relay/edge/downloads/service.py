@@ -472,12 +472,10 @@ def _visible(conn: Any, user_id: str, file_id: str) -> dict[str, Any] | None:
 
 
 def _stored_files(conn: Any) -> dict[str, Any]:
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(replica_files)")}
-    kind = "kind" if "kind" in columns else "'upload' AS kind"
     return {
         row["id"]: row
         for row in conn.execute(
-            f"SELECT id, size, sha256, {kind} FROM replica_files WHERE state = 'stored' AND sha256 IS NOT NULL"
+            "SELECT id, size, sha256, kind FROM replica_files WHERE state = 'stored' AND sha256 IS NOT NULL"
         )
     }
 

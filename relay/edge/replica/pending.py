@@ -270,7 +270,7 @@ def files_for(conn: Any, user_id: str, project_id: str) -> list[dict[str, Any]]:
     files = {
         row["id"]: {**dict(row), "pending": None}
         for row in conn.execute(
-            "SELECT id, name, size, sha256, state, created_at, updated_at FROM replica_files "
+            "SELECT id, name, size, sha256, state, created_at, updated_at, kind, job_id FROM replica_files "
             "WHERE project_id = ? ORDER BY name, id",
             (project_id,),
         )

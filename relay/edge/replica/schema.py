@@ -118,5 +118,11 @@ SCHEMA = Schema(
         """
         ALTER TABLE replica_users ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;
         """,
+        # The registry's step 3: attempts of a job, the kind of a file.
+        """
+        ALTER TABLE replica_jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE replica_files ADD COLUMN kind TEXT NOT NULL DEFAULT 'upload';
+        ALTER TABLE replica_files ADD COLUMN job_id TEXT;
+        """,
     ],
 )

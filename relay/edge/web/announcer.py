@@ -5,6 +5,9 @@ observer that turns applied events into live events on the L{EventHub}.
   - C{command.applied} / C{command.rejected} go to the user whose command
     it was, with the command's type and the ids it named (and, when
     rejected, the cloud's C{reason} and C{code}).
+  - C{job.state} (the job's id, project, kind, state, progress, attempts,
+    times, error and result files) goes to the project's members when a
+    job appears or its state or attempt changes.
   - C{replica.changed} with the names of the tables that changed goes to
     each user the change concerns (the members of the project a row belongs
     to, the user a user or key row is about); a snapshot concerns everyone.
@@ -48,6 +51,12 @@ from relay.replication import (
 )
 
 REPLICA_CHANGED = "replica.changed"
+JOB_STATE = "job.state"
+#: What C{job.state} tells of the job's row.
+JOB_STATE_FIELDS = (
+    "id", "project_id", "kind", "state", "progress", "attempts", "started_at", "finished_at", "error",
+    "result_files",
+)
 
 #: The fields of a command body worth telling its user (never the rest:
 #: a password command carries a hash).
@@ -73,6 +82,7 @@ class ReplicaAnnouncer:
         self._tables: dict[str, set[str]] = defaultdict(set)
         self._everyone = False
         self._answers: list[Announcement] = []
+        self._jobs: list[Announcement] = []
 
     # -- IReplicaObserver (database thread) -------------------------------------
 
@@ -85,8 +95,11 @@ class ReplicaAnnouncer:
             return
         prefix, op = kind.rsplit(".", 1)
         table = BY_KIND[prefix]
-        for user_id in _concerned(conn, table, op, data):
+        concerned = _concerned(conn, table, op, data)
+        for user_id in concerned:
             self._tables[user_id].add(table.name)
+        if table is JOBS and op == "put":
+            self._job_state(conn, data, concerned)
 
     def replacing(self, conn: Any) -> None:
         self._everyone = True
@@ -100,6 +113,7 @@ class ReplicaAnnouncer:
                 (user_id, REPLICA_CHANGED, {"tables": sorted(tables)})
                 for user_id, tables in sorted(self._tables.items())
             )
+        announcements.extend(self._jobs)
         # After the changes: a browser told a command was applied finds its
         # effect already in the replica.
         announcements.extend(self._answers)
@@ -122,6 +136,17 @@ class ReplicaAnnouncer:
         if kind == COMMAND_REJECTED:
             told.update(reason=data["reason"], code=data["code"])
         self._answers.append((row["user_id"], kind, told))
+
+    def _job_state(self, conn: Any, data: dict[str, Any], concerned: set[str]) -> None:
+        """
+        C{job.state} when a job is new or its state or attempt changes.
+        """
+        row = conn.execute("SELECT state, attempts FROM replica_jobs WHERE id = ?", (data["id"],)).fetchone()
+        if row is not None and (row[0], row[1]) == (data["state"], data["attempts"]):
+            return
+        told = {name: data[name] for name in JOB_STATE_FIELDS}
+        told["job_id"] = told.pop("id")
+        self._jobs.extend((user_id, JOB_STATE, told) for user_id in sorted(concerned))
 
     def _publish(self, announcements: list[Announcement]) -> None:
         for owner, kind, data in announcements:

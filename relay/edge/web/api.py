@@ -254,6 +254,7 @@ class EdgeApi:
         async def list_jobs(request: IRequest, principal: Principal) -> bytes:
             return await self._listing(request, principal, "jobs", jobs_for)
 
+        @app.route("/api/v1/jobs", methods=["POST"])
         @app.route("/api/jobs", methods=["POST"])
         @authed
         async def submit_job(request: IRequest, principal: Principal) -> bytes:
@@ -269,6 +270,7 @@ class EdgeApi:
             show = ("job", lambda c: _one(jobs_for(c, principal.user_id, fields["project_id"]), fields["job_id"]))
             return await self.command(request, principal, JOB_SUBMIT, fields, show)
 
+        @app.route("/api/v1/jobs/<job_id>/cancel", methods=["POST"])
         @app.route("/api/jobs/<job_id>/cancel", methods=["POST"])
         @authed
         async def cancel_job(request: IRequest, principal: Principal, job_id: str) -> bytes:

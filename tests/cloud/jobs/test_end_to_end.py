@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from twisted.trial import unittest
 
+from relay.replication import FINAL_JOB_STATES
 from relay.testing.linkemu import LinkProfile
 from relay.testing.s3servers import S3Server, start_moto
 from relay.testing.transfer_world import read_db
@@ -81,7 +82,7 @@ class JobWorld(unittest.TestCase):
     async def finished(self, world: TransferWorld, job_id: str, timeout: float = 90) -> Any:
         def done() -> bool:
             job = self.cloud_job(world, job_id)
-            return job is not None and job["state"] in ("succeeded", "failed", "cancelled")
+            return job is not None and job["state"] in FINAL_JOB_STATES
 
         await world.wait_for(f"job {job_id} finished", done, timeout)
         return self.cloud_job(world, job_id)
