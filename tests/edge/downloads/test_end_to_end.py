@@ -225,6 +225,9 @@ class AnotherEdgeFetches(DownloadWorld):
         node, port = await self.edge_b(world)
         code, _, body = await self.get(world, port, upload_id)
         self.assertEqual(code, 200)
+        # The last byte may reach the client just before the copy counts as cached.
+        await world.wait_for("cached at B", lambda: [r["state"] for r in self.cache_rows(node.cwd / "edge")]
+                             == ["cached"], 30)  # fmt: skip
         store_id = self.cache_rows(node.cwd / "edge")[0]["store_id"]
         data = node.cwd / "edge" / "cache" / f"{store_id}.data"
         with open(data, "r+b") as f:
