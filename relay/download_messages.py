@@ -8,6 +8,10 @@ presigned GET URL of one stored file.  Cloud -> edge
 (C{relay.to-edge.<id>}): C{download.url} (the URL, and what the object
 must be: size, sha256, content type) or C{download.failed}.
 
+Cloud -> edge, unasked: C{file.content}, a job's result file of at most
+L{INLINE_MAX} bytes, sent to every edge with its registration, so that
+small results are at the edge without a round trip across the link.
+
 Requests are idempotent and their answers are not kept: an edge whose
 answer does not come asks again (a URL is also asked for again when the
 one it holds is about to expire or is refused).
@@ -22,6 +26,11 @@ from relay.link.catalogue import Catalogue
 REQUEST = "download.request"
 URL = "download.url"
 FAILED = "download.failed"
+CONTENT = "file.content"
+
+#: Results up to this size travel to the edges as one C{file.content}
+#: message (the bytes its binary payload) instead of a presigned GET.
+INLINE_MAX = 1 << 20
 
 #: Why the cloud cannot hand out a URL (C{download.failed}).
 #:   - C{not_found}: the registry holds no such file (deleted, never was).
@@ -71,6 +80,15 @@ SCHEMAS: dict[str, tuple[dict[str, Any], str]] = {
             }
         ),
         "cloud -> edge: no URL for this file (see the codes)",
+    ),
+    CONTENT: (
+        _object({
+            "file_id": _NAME_ID,
+            "size": {"type": "integer", "minimum": 0, "maximum": INLINE_MAX},
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "content_type": {"type": "string", "maxLength": 255},
+        }),
+        "cloud -> edge: a small result file, its bytes the payload",
     ),
 }
 

@@ -182,7 +182,11 @@ class CloudCommands:
 
     def _project_delete(self, conn: Any, actor: Any, body: dict[str, Any], command_id: str) -> None:
         self._access.require(conn, actor["id"], body["project_id"], "project.delete")
+        files = conn.execute("SELECT * FROM files WHERE project_id = ?", (body["project_id"],)).fetchall()
         self._registry.delete_project(conn, body["project_id"], command_id)
+        # Its files go with it: their effects too (their objects are deleted).
+        for file in files:
+            self._effects.file_deleted(conn, file)
 
     def _member_add(self, conn: Any, actor: Any, body: dict[str, Any], command_id: str) -> None:
         self._access.require(conn, actor["id"], body["project_id"], "member.manage")

@@ -47,6 +47,18 @@ from relay.sync_messages import (
     event_data_schemas,
 )
 
+#: Edges not heard from for this long get no live logs or small results
+#: (their next C{sync.hello} makes them active again).
+ACTIVE_WITHIN = 7 * 86400.0
+
+
+def active_edges(conn: Any, since: float) -> list[str]:
+    """
+    The edges the cloud heard from since C{since} (C{sync_edges}).
+    """
+    rows = conn.execute("SELECT edge FROM sync_edges WHERE last_seen >= ? ORDER BY edge", (since,))
+    return [row[0] for row in rows]
+
 SCHEMA = Schema(
     "sync",
     [

@@ -21,6 +21,7 @@ from relay.cloud.registry import Registry
 from relay.credentials import ScryptCost, hash_password
 from relay.edge import identity as identity_module
 from relay.edge.auth import Principal
+from relay.edge.downloads.cache import SCHEMA as CACHE_SCHEMA
 from relay.edge.identity import Identity
 from relay.edge.jobs.tail import SCHEMA as JOB_LOGS_SCHEMA
 from relay.edge.replica import SCHEMA as REPLICA_SCHEMA
@@ -147,7 +148,7 @@ class EdgeSide:
 
     def _build(self) -> None:
         self.db = ImmediateDatabase(
-            self.target, [REPLICA_SCHEMA, identity_module.SCHEMA, FAKE_LINK_SCHEMA, JOB_LOGS_SCHEMA]
+            self.target, [REPLICA_SCHEMA, identity_module.SCHEMA, FAKE_LINK_SCHEMA, JOB_LOGS_SCHEMA, CACHE_SCHEMA]
         )
         self.outbox = FakeOutbox(f"edge:{self.edge_id}", self.clock)
         self.inbox = FakeInbox(self.db, catalogue(), dedupe=self.dedupe)

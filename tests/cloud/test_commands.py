@@ -140,6 +140,8 @@ def test_the_owner_may_do_each(setting: Setting, via: str) -> None:
     command_id = setting.send("project.delete", setting.actor("alice", via), project_id=setting.project)
     assert setting.outcome(command_id) == ("applied", None)
     assert setting.project not in [p["id"] for p in setting.cloud.dump()["projects"]]
+    # The project's files went with it, with their effects (their S3 objects are deleted).
+    assert ("file_deleted", setting.file) in setting.cloud.effects.calls
 
 
 def test_reasons(setting: Setting) -> None:

@@ -20,8 +20,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from relay.cloud.sync import ACTIVE_WITHIN, active_edges
 from relay.db import Schema
-from relay.link.envelope import JOBS
+from relay.download_messages import CONTENT
+from relay.link.envelope import JOBS, to_edge
 from relay.link.outbox import IOutbox
 
 SCHEMA = Schema("jobs", [
@@ -176,6 +178,15 @@ class JobLeases:
         ]
         self._registry.finish_job(conn, claim.job_id, state, result_files=ids, error=error)
         self._release(conn, claim.job_id)
+        # Small results go to the edges with their registration.
+        small = [r for r in results if r.get("inline") is not None]
+        for edge in active_edges(conn, now - ACTIVE_WITHIN) if small else ():
+            for result in small:
+                body = {
+                    "file_id": result["file_id"], "size": result["size"], "sha256": result["sha256"],
+                    "content_type": result.get("content_type", "")[:255],
+                }
+                self._outbox.put(conn, CONTENT, body, to=to_edge(edge), payload=result["inline"])
         return True
 
     def reap(self, conn: Any, now: float) -> list[tuple[str, str]]:

@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from relay.cloud.jobs.leases import Claim, JobLeases
+from relay.cloud.sync import ACTIVE_WITHIN, active_edges
 from relay.db import Database, Schema
 from relay.job_messages import BATCH_INTERVAL, JOB_LOG, JOB_LOG_RANGE, MAX_LOG_BYTES
 from relay.link.envelope import Envelope, to_edge
@@ -54,19 +55,6 @@ REQUEST_TTL = 600.0
 #: At most this much of a requested range is sent again (its end: what a
 #: tail keeps), so that a request costs the worker a bounded read.
 MAX_RANGE_BYTES = 4 << 20
-
-#: Edges not heard from for this long get no live logs (their next
-#: C{sync.hello} makes them active again); the sync publisher's default.
-ACTIVE_WITHIN = 7 * 86400.0
-
-
-def active_edges(conn: Any, since: float) -> list[str]:
-    """
-    The edges the cloud heard from since C{since} (L{relay.cloud.sync}'s
-    C{sync_edges}).
-    """
-    return [row[0] for row in conn.execute("SELECT edge FROM sync_edges WHERE last_seen >= ? ORDER BY edge", (since,))]
-
 
 class LogRequests:
     """

@@ -37,6 +37,7 @@ from relay.cloud.jobs.runner import JobProcess, Limits, Outcome
 from relay.cloud.objects import IObjectStore, object_key
 from relay.cloud.registry.store import new_id
 from relay.db import Database
+from relay.download_messages import INLINE_MAX
 from relay.link.channel import Delivery, LinkDown
 from relay.link.envelope import JOBS, BadEnvelope, Envelope
 from relay.link.outbox import IOutbox
@@ -326,7 +327,10 @@ class JobWorker(Service):
             except Exception as e:
                 raise RunFailed(f"result {path.name} could not be stored: {e}") from None
             name = f"{prefix}.log" if path == log.path else f"{prefix}-{path.name}"
-            results.append({"file_id": file_id, "name": name, "size": size, "sha256": sha256, "object_key": key})
+            # Small results also go to the edges over the link (L{JobLeases.finish}).
+            inline = await self._blocking(path.read_bytes) if size <= INLINE_MAX else None
+            results.append({"file_id": file_id, "name": name, "size": size, "sha256": sha256, "object_key": key,
+                            "content_type": content_type, "inline": inline})
         return results
 
     def stopService(self) -> Deferred[None]:

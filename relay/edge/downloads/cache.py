@@ -52,6 +52,14 @@ SCHEMA = Schema(
             last_used DOUBLE PRECISION NOT NULL
         );
         CREATE INDEX cache_files_lru ON cache_files (state, last_used);
+        CREATE TABLE cache_inbound (
+            file_id TEXT PRIMARY KEY,
+            size BIGINT NOT NULL,
+            sha256 TEXT NOT NULL,
+            content_type TEXT NOT NULL,
+            data BLOB NOT NULL,
+            received_at DOUBLE PRECISION NOT NULL
+        );
         """,
     ],
 )
@@ -173,12 +181,14 @@ class FileCache:
     # -- changes ----------------------------------------------------------------
 
     async def begin(
-        self, file_id: str, size: int, sha256: str, content_type: str
+        self, file_id: str, size: int, sha256: str, content_type: str, *, listed: bool = True
     ) -> tuple[Entry, SpoolWriter]:
         """
         Make room, then start holding C{file_id}: a new, empty store file
         and its row in state C{fetching}.  Fires with the row and the
-        writer.  The caller has pinned C{file_id}.
+        writer.  The caller has pinned C{file_id}.  C{listed}: whether the
+        replica lists the file already (not so for a result that came
+        with its registration).
         """
         await self.make_room(size)
         store_id = os.urandom(16).hex()
@@ -186,13 +196,13 @@ class FileCache:
         now = self._clock.seconds()
         try:
             await self._db.run(
-                _insert, file_id, store_id, size, sha256, content_type, FETCHING, 0, now
+                _insert, file_id, store_id, size, sha256, content_type, FETCHING, 0, now, listed
             )
         except BaseException:
             await self._blocking(_close_and_erase, self.store, writer, store_id)
             raise
         return Entry(
-            file_id, store_id, size, sha256, content_type, FETCHING, 0, now, True, now
+            file_id, store_id, size, sha256, content_type, FETCHING, 0, now, listed, now
         ), writer
 
     def progress(self, file_id: str, fetched: int) -> Deferred[None]:
@@ -252,7 +262,7 @@ class FileCache:
             return False
         now = self._clock.seconds()
         await self._db.run(
-            _insert, file_id, spool_id, size, sha256, content_type, CACHED, size, now
+            _insert, file_id, spool_id, size, sha256, content_type, CACHED, size, now, False
         )
         return True
 
@@ -315,13 +325,12 @@ def _insert(
     state: str,
     fetched: int,
     now: float,
+    listed: bool,
 ) -> None:
-    # A fetched file is one the replica lists; an adopted upload is not yet.
-    listed = int(state == FETCHING)
     conn.execute(
         "INSERT INTO cache_files (file_id, store_id, size, sha256, content_type, state, fetched, listed, "
         "created_at, last_used) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (file_id, store_id, size, sha256, content_type, state, fetched, listed, now, now),
+        (file_id, store_id, size, sha256, content_type, state, fetched, int(listed), now, now),
     )
 
 

@@ -18,6 +18,7 @@ cache without evicting anything.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +38,7 @@ from zope.interface import implementer
 from relay.config import relative_to
 from relay.crypto import DecryptionError
 from relay.db import Database
-from relay.download_messages import register_types
+from relay.download_messages import CONTENT, register_types
 from relay.edge.auth import Principal
 from relay.edge.downloads import http
 from relay.edge.downloads.cache import CACHED, FETCHING, Entry, FileCache, entries
@@ -45,8 +46,9 @@ from relay.edge.downloads.fetch import Fetch, Fetcher, FetchSettings, Unavailabl
 from relay.edge.events import Event, EventHub
 from relay.edge.identity import Identity
 from relay.edge.replica.pending import files_for
-from relay.edge.uploads.spool import Spool, SpoolError, SpoolReader
+from relay.edge.uploads.spool import Spool, SpoolError, SpoolReader, SpoolWriter
 from relay.edge.web.guard import answer, authenticated
+from relay.link.envelope import Envelope
 from relay.metrics import Metrics
 
 #: Bytes read from the cache and written to the client at a time.
@@ -120,7 +122,10 @@ class Downloads(MultiService):
         self._queued: set[str] = set()
         self._reconcile_due: Any = None
         self._unwatch: Callable[[], None] | None = None
+        self._taking: Deferred[None] | None = None
+        self._take_again = False
         self.served = 0
+        self.inline_results = 0
         TimerService(reconcile_interval, self.reconcile).setServiceParent(self)
 
     # -- the service -------------------------------------------------------------
@@ -154,6 +159,7 @@ class Downloads(MultiService):
         for entry in partial:
             self.log.info("cache: resuming the fetch of file {file_id}", file_id=entry.file_id)
             self._queue(entry.file_id)
+        self.take_inbound()
 
     # -- prefetch ----------------------------------------------------------------
 
@@ -389,7 +395,9 @@ class Downloads(MultiService):
                         reader = await self._open(store_id, fetch)
                     take = min(BLOCK, available - position, reader.length - position)
                     if take <= 0:
-                        raise SpoolError(f"the store shows {reader.length} bytes, {available} were written")
+                        raise SpoolError(
+                            f"the store shows {reader.length} bytes, {available} were written"
+                        )
                     data = await self._blocking(reader.read, position, take)
                 except (SpoolError, DecryptionError) as e:
                     # Damaged on disk: never sent; the rest comes from S3.
@@ -427,6 +435,92 @@ class Downloads(MultiService):
             return self._blocking(self.cache.store.reader, store_id)
         return fetch.lock.run(self._blocking, self.cache.store.reader, store_id)
 
+    # -- small results, pushed by the cloud -------------------------------------
+
+    def register(self, inbox: Any) -> None:
+        inbox.register(CONTENT, self._received)
+
+    def _received(self, conn: Any, message: Envelope) -> None:
+        """
+        A small result's bytes (the message's payload), on the database
+        thread inside the inbox's transaction: kept in C{cache_inbound},
+        written into the cache after it (no file I/O in here).
+        """
+        body, data = message.body, message.payload or b""
+        if len(data) != body["size"]:
+            self.log.warn(
+                "file.content for {file_id}: {got} bytes, {size} announced; ignored",
+                file_id=body["file_id"],
+                got=len(data),
+                size=body["size"],
+            )
+            return
+        conn.execute(
+            "INSERT INTO cache_inbound (file_id, size, sha256, content_type, data, received_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (file_id) DO NOTHING",
+            (
+                body["file_id"],
+                body["size"],
+                body["sha256"],
+                body["content_type"],
+                data,
+                message.time,
+            ),
+        )
+        self._reactor.callFromThread(self.take_inbound)
+
+    def take_inbound(self) -> Deferred[None]:
+        """Write what arrived in C{cache_inbound} into the cache."""
+        if self._taking is None:
+            self._taking = Deferred.fromCoroutine(self._take_inbound())
+            self._taking.addErrback(
+                lambda f: self.log.failure("cache: could not take small results", f)
+            )
+            self._taking.addBoth(self._took)
+        else:
+            self._take_again = True
+        return self._taking
+
+    def _took(self, _: object) -> None:
+        self._taking = None
+        if self._take_again:
+            self._take_again = False
+            self.take_inbound()
+
+    async def _take_inbound(self) -> None:
+        for row in await self._db.read(_inbound):
+            file_id = row["file_id"]
+            if await self.cache.get(file_id) is None and self.fetcher.fetching(file_id) is None:
+                data = bytes(row["data"])
+                if hashlib.sha256(data).hexdigest() == row["sha256"]:
+                    await self._store_inline(file_id, data, row["sha256"], row["content_type"])
+                else:
+                    self.log.warn(
+                        "cache: file.content for {file_id} does not hash right; ignored",
+                        file_id=file_id,
+                    )
+            await self._db.run(_forget_inbound, file_id)
+
+    async def _store_inline(
+        self, file_id: str, data: bytes, sha256: str, content_type: str
+    ) -> None:
+        self.cache.pin(file_id)
+        try:
+            _, writer = await self.cache.begin(
+                file_id, len(data), sha256, content_type, listed=False
+            )
+            try:
+                await self._blocking(_write_whole, writer, data)
+            except BaseException:
+                await self._blocking(writer.close)
+                await self.cache.drop(file_id, "could not write it")
+                raise
+            await self.cache.complete(file_id)
+        finally:
+            self.cache.unpin(file_id)
+        self.inline_results += 1
+        self._announce_state(file_id, CACHED, len(data), len(data))
+
     # -- what uploads hand over -----------------------------------------------------
 
     def keep_upload(
@@ -462,6 +556,24 @@ def _open_checked(store: Spool, store_id: str, offset: int) -> SpoolReader:
         reader.close()
         raise
     return reader
+
+
+def _inbound(conn: Any) -> list[Any]:
+    return list(
+        conn.execute(
+            "SELECT file_id, sha256, content_type, data FROM cache_inbound ORDER BY received_at"
+        )
+    )
+
+
+def _forget_inbound(conn: Any, file_id: str) -> None:
+    conn.execute("DELETE FROM cache_inbound WHERE file_id = ?", (file_id,))
+
+
+def _write_whole(writer: SpoolWriter, data: bytes) -> None:
+    writer.write(data)
+    writer.finalize()
+    writer.close()
 
 
 def _visible(conn: Any, user_id: str, file_id: str) -> dict[str, Any] | None:
@@ -556,7 +668,13 @@ def build_downloads(
     downloads = Downloads(
         reactor, db, cache, fetcher, hub, threads, prefetch_max_size=section.prefetch_max_size
     )
+    downloads.register(bridge.inbox)
     if metrics is not None:
+        metrics.gauge(
+            "download_inline_results",
+            "Small results that came over the link.",
+            lambda: downloads.inline_results,
+        )
         metrics.gauge(
             "download_served", "Downloads answered from this edge.", lambda: downloads.served
         )

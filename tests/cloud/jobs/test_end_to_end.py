@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+import treq
 from twisted.trial import unittest
 
 from relay.replication import FINAL_JOB_STATES
@@ -129,6 +130,21 @@ class JobsEndToEnd(JobWorld):
                 break
             await sleep(0.1)
         self.assertEqual(await edge_state(), ["succeeded", "succeeded"])
+
+        # The results are at the edge already: small ones came over the
+        # link with their registration (no GET from S3), and download.
+        results = json.loads(job["result_files"]) + json.loads(archived["result_files"])
+        cached = lambda: read_db(world.edge_dir / "edge.db", "SELECT file_id FROM cache_files WHERE state = 'cached'")  # noqa: E731
+        await world.wait_for("results cached", lambda: set(results) <= {r[0] for r in cached()}, 30)
+        metrics = world.edge_metrics()
+        self.assertEqual(metrics["relay_download_inline_results"], len(results))
+        self.assertEqual(metrics["relay_download_bytes_fetched"], 0)
+        for file_id in results:
+            response = await treq.get(f"http://127.0.0.1:{world.edge_port}/api/v1/files/{file_id}/content",
+                                      headers={"Authorization": [f"Bearer {world.api_key}"]}, persistent=False)
+            body = await response.content()
+            row = read_db(world.root / "cloud" / "cloud.db", "SELECT sha256 FROM files WHERE id = ?", (file_id,))[0]
+            self.assertEqual((response.code, hashlib.sha256(body).hexdigest()), (200, row["sha256"]))
 
     async def test_synth_kind_runs_yosys(self) -> None:
         world = await self.world()
