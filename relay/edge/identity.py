@@ -46,7 +46,7 @@ from relay.credentials import (
 )
 from relay.db import Database, Schema
 from relay.edge.auth import IAuthenticator, IProjectAccess, Principal
-from relay.edge.login_throttle import LoginThrottle
+from relay.edge.login_throttle import LoginThrottle, Throttled
 
 SCHEMA = Schema(
     "identity",
@@ -92,9 +92,10 @@ class LoginRefused(Exception):
     status.
     """
 
-    def __init__(self, message: str, status: int = 401) -> None:
+    def __init__(self, message: str, status: int = 401, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
 
 @implementer(IAuthenticator, IProjectAccess)
@@ -193,32 +194,39 @@ class Identity:
 
     # -- sessions --------------------------------------------------------------
 
-    def login(self, name: str, password: str) -> Deferred[Session]:
+    def login(self, name: str, password: str, address: str | None = None) -> Deferred[Session]:
         """
         Check a password against the replica and open a session.
 
+        @param address: the client's address (throttled as well as C{name}).
         @raise LoginRefused: wrong name or password, a disabled account, or
-            too many failures for this name lately.
+            (429, with C{retry_after}) too many failures lately.
         """
-        return Deferred.fromCoroutine(self._login(name, password))
+        return Deferred.fromCoroutine(self._login(name, password, address))
 
-    async def _login(self, name: str, password: str) -> Session:
-        if self._throttle.blocked(name):
-            raise LoginRefused("too many failed logins; try again in a few minutes", 429)
-        user = await self._db.read(_user_by_name, name)
-        if user is None:
-            # Spend the same time as for a real user, so timing says nothing.
-            if self._dummy is None:
-                self._dummy = await self._cpu(dummy_hash, self._cost)
-            await self._cpu(verify_password, password, self._dummy)
-            self._throttle.failed(name)
-            raise LoginRefused("wrong name or password")
-        if not await self._cpu(verify_password, password, user["password_hash"]):
-            self._throttle.failed(name)
-            raise LoginRefused("wrong name or password")
+    async def _login(self, name: str, password: str, address: str | None = None) -> Session:
+        try:
+            # Reserved before the password is checked: concurrent guesses
+            # count, and a refused one costs no scrypt.
+            attempt = self._throttle.reserve(name, address)
+        except Throttled as throttled:
+            raise LoginRefused("too many failed logins; try again later", 429,
+                               throttled.retry_after) from None  # fmt: skip
+        try:
+            user = await self._db.read(_user_by_name, name)
+            if user is None:
+                # Spend the same time as for a real user, so timing says nothing.
+                if self._dummy is None:
+                    self._dummy = await self._cpu(dummy_hash, self._cost)
+                await self._cpu(verify_password, password, self._dummy)
+                raise LoginRefused("wrong name or password")
+            if not await self._cpu(verify_password, password, user["password_hash"]):
+                raise LoginRefused("wrong name or password")
+            attempt.succeeded()
+        finally:
+            attempt.failed()  # unless it succeeded
         if user["disabled"]:
             raise LoginRefused("this account is disabled", 403)
-        self._throttle.succeeded(name)
         token, token_hash = new_session_token()
         csrf = secrets.token_urlsafe(32)
         now = self._clock.seconds()
@@ -250,8 +258,10 @@ class Identity:
             if not isinstance(name, str) or not isinstance(password, str) or not name or not password:
                 return json_answer(request, 400, {"error": "send a JSON object with 'name' and 'password'"})
             try:
-                session = await self.login(name, password)
+                session = await self.login(name, password, _address(request))
             except LoginRefused as refused:
+                if refused.retry_after is not None:
+                    request.setHeader(b"retry-after", str(refused.retry_after).encode())
                 return json_answer(request, refused.status, {"error": str(refused)})
             request.addCookie(  # type: ignore[call-arg]
                 COOKIE, session.token.encode(), path=b"/", httpOnly=True, sameSite="strict",
@@ -282,6 +292,10 @@ class Identity:
                 token = request.getCookie(COOKIE).decode("ascii")
                 answer["csrf_token"] = await self._db.read(_csrf, session_token_hash(token))
             return json_answer(request, 200, answer)
+
+
+def _address(request: IRequest) -> str | None:
+    return getattr(request.getClientAddress(), "host", None)
 
 
 def _user(principal: Principal) -> dict[str, Any]:

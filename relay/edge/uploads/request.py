@@ -69,6 +69,11 @@ class RequestBody:
         return self._failure is not None
 
     @property
+    def paused(self) -> bool:
+        """relay paused the transport: the consumer lags, not the client."""
+        return self._paused
+
+    @property
     def done(self) -> bool:
         """No more bytes will arrive."""
         return self.ended or self._failure is not None
@@ -193,8 +198,7 @@ class StreamingRequest(server.Request):
         # the request itself learns them only in requestReceived.
         channel: Any = self.channel
         command, path, version = channel._command, channel._path, channel._version
-        method = self._effective_method(command)
-        if not (method in (b"PATCH", b"POST") and self._under_prefix(path)):
+        if not self.streams(command, path):
             super().gotLength(length)
             return
         self.content = BytesIO()
@@ -238,6 +242,13 @@ class StreamingRequest(server.Request):
         if self.body is not None:
             self.body.fail(reason)
         super().connectionLost(reason)
+
+    def streams(self, command: bytes, path: bytes) -> bool:
+        """
+        Whether this request's body streams to its route (a tus PATCH or
+        POST under the prefix), once its headers are in.
+        """
+        return self._effective_method(command) in (b"PATCH", b"POST") and self._under_prefix(path)
 
     # Called by resources.
 
