@@ -41,6 +41,7 @@ from relay.sync_messages import (
     PROJECT_RENAME,
     USER_PASSWORD,
 )
+from relay.text import bad_text
 
 _EDGE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
@@ -114,6 +115,9 @@ class CloudCommands:
         conn.execute("SAVEPOINT command")
         try:
             actor = self._access.actor(conn, body["actor"])
+            # The edge refuses such text; an edge that did not is refused here.
+            if bad_text(body) is not None:
+                raise Refused("text must be valid Unicode (no lone surrogates or non-characters)", "invalid")
             self._apply[message.type](conn, actor, body, command_id)
         except Refused as refusal:
             conn.execute("ROLLBACK TO SAVEPOINT command")

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from relay import text
 from relay.credentials import (
     DEFAULT_COST,
     ScryptCost,
@@ -325,9 +326,9 @@ def json_body(request: IRequest) -> dict[str, Any] | bytes:
     if len(data) > MAX_BODY:
         return json_answer(request, 413, {"error": "request body too large"})
     try:
-        body = json.loads(data)
-    except ValueError:
-        return json_answer(request, 400, {"error": "the body is not valid JSON"})
+        body = text.loads(data)
+    except text.BadText as e:
+        return json_answer(request, 400, {"error": str(e)})
     if not isinstance(body, dict):
         return json_answer(request, 400, {"error": "send a JSON object"})
     return body

@@ -37,6 +37,7 @@ from relay.edge.uploads.tus import (
     Checksum,
     Creation,
     TusError,
+    filetype,
     parse_integer,
     sanitise_filename,
     text,
@@ -171,7 +172,7 @@ class UploadService(Service):
         upload = Upload(
             id=secrets.token_hex(16), owner=principal.user_id, project=project,
             filename=sanitise_filename(creation.metadata.get("filename")),
-            filetype=text(creation.metadata.get("filetype") or creation.metadata.get("type"))[:255],
+            filetype=filetype(creation.metadata),
             length=length, raw_metadata=creation.raw_metadata, concat=creation.concat or "",
             created=now, updated=now, expires=now + self.limits.expiry,
         )  # fmt: skip

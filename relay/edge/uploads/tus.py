@@ -20,6 +20,8 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import urlsplit
 
+from relay.media_types import parse_media_type
+
 VERSION = "1.0.0"
 EXTENSIONS = (
     "creation",
@@ -263,6 +265,19 @@ def sanitise_filename(raw: bytes | str | None, fallback: str = "upload") -> str:
         stem = stem.encode()[:room].decode("utf-8", "ignore").rstrip(" .")
         text = (stem + dot + ext) if stem else fallback
     return text
+
+
+def filetype(metadata: Mapping[str, bytes]) -> str:
+    """
+    The upload's declared media type (C{filetype}, or C{type} as some
+    clients send it), checked: a value that is not a media type is 400.
+    """
+    raw = metadata.get("filetype") or metadata.get("type") or b""
+    try:
+        return parse_media_type(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        reason = e if isinstance(e, ValueError) and not isinstance(e, UnicodeDecodeError) else "UTF-8 text"
+        raise TusError(400, f"Upload-Metadata filetype must be {reason}") from None
 
 
 def http_date(seconds: float) -> str:

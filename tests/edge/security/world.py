@@ -32,6 +32,7 @@ from relay.testing.transfer_world import Vhost
 from tests.conftest import free_port
 
 PASSWORD = "alice's password"
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def open_fds() -> int:
@@ -151,7 +152,7 @@ class SecureEdge:
         self.config_path = self.directory / "edge.toml"
         self.config_path.write_text(
             f'[edge]\nlisten = "tcp:{self.port}:interface=127.0.0.1"\ndata_dir = "{self.data_dir}"\n'
-            f'web_dir = "{Path.cwd() / "web"}"\n[link]\nurl = "{vhost.url()}"\n{extra}'
+            f'web_dir = "{ROOT / "web"}"\n[link]\nurl = "{vhost.url()}"\n{extra}'
         )
         self.config = load(EdgeConfig, self.config_path)
         self.service = edge_service(self.config, reactor)
@@ -164,6 +165,15 @@ class SecureEdge:
         self.service.startService()
         case.addCleanup(lambda: Deferred.fromCoroutine(self._stop()))
 
+    async def uploads_ready(self) -> None:
+        """Wait until the tus receiver has recovered its spool (503 before)."""
+        (uploads,) = [s for s in self.service if type(s).__name__ == "UploadService"]
+        for _ in range(200):
+            if uploads.ready:
+                return
+            await deferLater(reactor, 0.05, lambda: None)
+        raise AssertionError("the uploads service did not become ready")
+
     @property
     def site(self) -> Any:
         (listener,) = [s for s in self.service if hasattr(s, "factory")]
@@ -172,12 +182,17 @@ class SecureEdge:
     async def _stop(self) -> None:
         if self.service.running:
             await self.service.stopService()
-        # Connections the tests left to the edge end on their own (their
-        # clients have closed): wait for the edge to see it.
+        await self._settle()
+
+    async def _settle(self) -> None:
+        """
+        Wait until the edge has seen every connection the tests closed.
+        """
         for _ in range(100):
             if not self.site.open:
                 break
             await deferLater(reactor, 0.05, lambda: None)
+        await deferLater(reactor, 0.05, lambda: None)
 
     def exchange(self, head: bytes, body: Any = (), **kwargs: Any) -> Deferred[Exchange]:
         return deferToThread(raw_exchange, self.port, head, body, **kwargs)
