@@ -98,6 +98,7 @@ def build_uploads(
         expiry=float(config.expiry),
         lock_stale_after=config.lock_stale_after,
         lock_wait=config.lock_wait,
+        max_unfinished=config.max_unfinished,
     )
     sink = sink if sink is not None else LocalStaging()
     service = UploadService(reactor, UploadStore(db), spool, sink, projects, limits, PREFIX, events=events)
