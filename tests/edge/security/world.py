@@ -140,11 +140,11 @@ class SecureEdge:
     (C{[web]} and C{[uploads]} tables).
     """
 
-    def __init__(self, case: TestCase, extra: str = "") -> None:
+    def __init__(self, case: TestCase, extra: str = "", data_dir: Path | None = None) -> None:
         self.case = case
         self.directory = Path(case.mktemp()).absolute()
         self.directory.mkdir(parents=True)
-        self.data_dir = self.directory / "edge"
+        self.data_dir = data_dir or self.directory / "edge"
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         vhost = Vhost().create()
