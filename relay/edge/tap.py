@@ -161,7 +161,7 @@ def edge_service(
     identity.routes(web.app)
     streams = api_routes(
         web.app, identity, db, replica.CommandIssuer(bridge.outbox, reactor), hub, bridge.outbox.wake,
-        reactor, cpu,
+        reactor, cpu, streams_per_user=config.web.max_streams_per_user,
     )
     streams.setServiceParent(root)
     # Upload bodies stream to the spool instead of being buffered whole;

@@ -174,6 +174,14 @@ class SecureEdge:
             await deferLater(reactor, 0.05, lambda: None)
         raise AssertionError("the uploads service did not become ready")
 
+    async def _settle_streams(self, count: int) -> None:
+        """Wait until C{count} event streams are open."""
+        (streams,) = [s for s in self.service if type(s).__name__ == "EventStreams"]
+        for _ in range(100):
+            if streams.open == count:
+                return
+            await deferLater(reactor, 0.05, lambda: None)
+
     @property
     def site(self) -> Any:
         (listener,) = [s for s in self.service if hasattr(s, "factory")]
