@@ -67,6 +67,9 @@ SCHEMA = Schema(
 )
 
 COOKIE = b"relay_session"
+#: Under TLS: a browser accepts it only if Secure, for Path=/ and without
+#: Domain, so neither plain HTTP nor a sibling domain can set or shadow it.
+SECURE_COOKIE = b"__Host-relay_session"
 CSRF_HEADER = b"x-csrf-token"
 SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 MAX_BODY = 64 * 1024
@@ -140,7 +143,7 @@ class Identity:
         authorization = request.getHeader(b"authorization")
         if authorization is not None:
             return await self._api_key(authorization)
-        token = request.getCookie(COOKIE)
+        token = request.getCookie(cookie_name(request))
         if not token:
             return None, "not logged in"
         try:
@@ -265,7 +268,7 @@ class Identity:
                     request.setHeader(b"retry-after", str(refused.retry_after).encode())
                 return json_answer(request, refused.status, {"error": str(refused)})
             request.addCookie(  # type: ignore[call-arg]
-                COOKIE, session.token.encode(), path=b"/", httpOnly=True, sameSite="strict",
+                cookie_name(request), session.token.encode(), path=b"/", httpOnly=True, sameSite="strict",
                 secure=request.isSecure(), max_age=str(int(self._max_age)).encode(),
             )
             return json_answer(request, 200, {"user": _user(session.principal), "csrf_token": session.csrf_token})
@@ -276,9 +279,9 @@ class Identity:
             if principal is None or principal.via != "session":
                 return json_answer(request, 401 if problem != "missing or wrong CSRF token" else 403,
                                {"error": problem or "not logged in with a session"})
-            await self.logout(request.getCookie(COOKIE).decode("ascii"))
+            await self.logout(request.getCookie(cookie_name(request)).decode("ascii"))
             request.addCookie(  # type: ignore[call-arg]
-                COOKIE, b"", path=b"/", httpOnly=True, sameSite="strict", secure=request.isSecure(),
+                cookie_name(request), b"", path=b"/", httpOnly=True, sameSite="strict", secure=request.isSecure(),
                 max_age=b"0",
             )
             return json_answer(request, 200, {"ok": True})
@@ -290,9 +293,14 @@ class Identity:
                 return json_answer(request, 401, {"error": problem})
             answer: dict[str, Any] = {"user": _user(principal), "via": principal.via}
             if principal.via == "session":
-                token = request.getCookie(COOKIE).decode("ascii")
+                token = request.getCookie(cookie_name(request)).decode("ascii")
                 answer["csrf_token"] = await self._db.read(_csrf, session_token_hash(token))
             return json_answer(request, 200, answer)
+
+
+def cookie_name(request: IRequest) -> bytes:
+    """The session cookie's name: C{__Host-} prefixed under TLS."""
+    return SECURE_COOKIE if request.isSecure() else COOKIE
 
 
 def _address(request: IRequest) -> str | None:

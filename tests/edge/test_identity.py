@@ -275,3 +275,6 @@ class _FakeRequest:
 
     def getCookie(self, name: bytes) -> bytes | None:
         return self._cookie
+
+    def isSecure(self) -> bool:
+        return False

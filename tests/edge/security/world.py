@@ -140,7 +140,10 @@ class SecureEdge:
     (C{[web]} and C{[uploads]} tables).
     """
 
-    def __init__(self, case: TestCase, extra: str = "", data_dir: Path | None = None) -> None:
+    def __init__(
+        self, case: TestCase, extra: str = "", data_dir: Path | None = None,
+        listen: str = "tcp:{port}:interface=127.0.0.1",
+    ) -> None:
         self.case = case
         self.directory = Path(case.mktemp()).absolute()
         self.directory.mkdir(parents=True)
@@ -151,7 +154,7 @@ class SecureEdge:
         case.addCleanup(vhost.delete)
         self.config_path = self.directory / "edge.toml"
         self.config_path.write_text(
-            f'[edge]\nlisten = "tcp:{self.port}:interface=127.0.0.1"\ndata_dir = "{self.data_dir}"\n'
+            f'[edge]\nlisten = "{listen.format(port=self.port)}"\ndata_dir = "{self.data_dir}"\n'
             f'web_dir = "{ROOT / "web"}"\n[link]\nurl = "{vhost.url()}"\n{extra}'
         )
         self.config = load(EdgeConfig, self.config_path)
