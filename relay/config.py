@@ -273,6 +273,9 @@ class LogConfig:
     """
 
     format: typing.Literal["text", "json"] = "text"
+    #: The audit log (JSON lines, L{relay.audit}); relative to the data
+    #: directory.
+    audit: Path = Path("audit.log")
 
 
 def load_or_exit(cls: type[T], path: Path | str, overrides: Mapping[str, Any], program: str) -> T:

@@ -17,6 +17,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.server import Site
 
+from relay.audit import AuditLog
 from relay.cloud import registry, sync, transfers
 from relay.cloud.commands import CloudCommands
 from relay.cloud.config import CloudConfig, database_target
@@ -79,7 +80,7 @@ def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:
     """
     The cloud's services, in start order (they stop in reverse).
     """
-    prepare_data_dir(relative_to(Path.cwd(), config.cloud.data_dir))
+    data_dir = prepare_data_dir(relative_to(Path.cwd(), config.cloud.data_dir))
     root = InOrder()
     # SQLite in the data directory, or the PostgreSQL of registry.dsn.
     db = Database(reactor, database_target(config, Path.cwd()), schemas=SCHEMAS)
@@ -104,7 +105,8 @@ def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:
     # Jobs: the commands' effects queue them; workers run them.
     cpu = partial(deferToThreadPool, reactor, reactor.getThreadPool())
     jobs = build_jobs(config.jobs, reactor, db, bridge, the_registry, objects, cpu, Path.cwd())
-    CloudCommands(the_registry, jobs.effects).register(bridge.inbox)
+    audit = AuditLog(relative_to(data_dir, config.log.audit), reactor)
+    CloudCommands(the_registry, jobs.effects, audit).register(bridge.inbox)
     sync.SyncResponder(bridge.outbox, reactor).register(bridge.inbox)
     publisher = sync.SyncPublisher(bridge.outbox, reactor)
     sync.SyncPublishing(db, publisher, bridge.outbox, reactor).setServiceParent(root)

@@ -34,6 +34,7 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from relay import text
+from relay.audit import AuditLog
 from relay.credentials import (
     DEFAULT_COST,
     ScryptCost,
@@ -116,7 +117,7 @@ class Identity:
     def __init__(
         self, db: Database, clock: IReactorTime, cpu: CpuRunner, *,
         idle_timeout: float = 8 * 3600, max_age: float = 7 * 86400,
-        throttle: LoginThrottle | None = None, cost: ScryptCost = DEFAULT_COST,
+        throttle: LoginThrottle | None = None, cost: ScryptCost = DEFAULT_COST, audit: AuditLog | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
@@ -126,6 +127,7 @@ class Identity:
         self._throttle = throttle or LoginThrottle(clock)
         self._cost = cost
         self._dummy: str | None = None
+        self._audit = audit
 
     # -- IAuthenticator --------------------------------------------------------
 
@@ -210,6 +212,17 @@ class Identity:
 
     async def _login(self, name: str, password: str, address: str | None = None) -> Session:
         try:
+            return await self._checked_login(name, password, address)
+        except LoginRefused as refused:
+            # Throttled attempts are not each recorded: the throttle bounds
+            # what an attacker can make this file grow by.
+            if self._audit is not None and refused.status != 429:
+                self._audit.record("login.failed", actor=name, address=address, status=refused.status,
+                                   reason=str(refused))  # fmt: skip
+            raise
+
+    async def _checked_login(self, name: str, password: str, address: str | None) -> Session:
+        try:
             # Reserved before the password is checked: concurrent guesses
             # count, and a refused one costs no scrypt.
             attempt = self._throttle.reserve(name, address)
@@ -239,6 +252,8 @@ class Identity:
             now - self._max_age, now - self._idle_timeout,
         )
         self.log.info("{name} logged in", name=name)
+        if self._audit is not None:
+            self._audit.record("login", actor=user["id"], name=name, address=address)
         principal = Principal(user["id"], user["name"], "session", bool(user["is_admin"]),
                               must_change_password=bool(user["must_change_password"]))  # fmt: skip
         return Session(principal, token, csrf)

@@ -14,6 +14,7 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
 
+from relay.audit import AuditLog
 from relay.config import TapOptions, config_path, load_or_exit, prepare_data_dir, relative_to
 from relay.db import Database, Schema
 from relay.edge import identity as identity_module
@@ -137,7 +138,8 @@ def edge_service(
         reactor, free=web_config.login_free_attempts, delay=web_config.login_delay,
         cap=web_config.login_delay_cap, window=web_config.login_window, in_flight=web_config.login_queue,
     )
-    identity = identity_module.Identity(db, reactor, cpu, throttle=throttle)
+    audit = AuditLog(relative_to(data_dir, config.log.audit), reactor)
+    identity = identity_module.Identity(db, reactor, cpu, throttle=throttle, audit=audit)
     authenticator = authenticator if authenticator is not None else identity
     projects = projects if projects is not None else identity
     # The transfer stage moves staged uploads to S3 (unless a test hands in
