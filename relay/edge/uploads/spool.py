@@ -737,6 +737,46 @@ class Spool:
             if p.name.endswith(".key") and _FILE_ID.match(p.name[: -len(".key")])
         )
 
+    def rewrap(self, new_master_key: bytes) -> int:
+        """
+        Wrap every file's key with C{new_master_key} instead (master key
+        rotation; the data is not touched).  Each key record is replaced
+        atomically and durably; a record that already opens with the new
+        key is left alone, so an interrupted rotation can simply be run
+        again.  Returns how many records were rewrapped.
+
+        @raise SpoolCorrupt: a record opens with neither key.
+        """
+        if len(new_master_key) != KEY_SIZE:
+            raise ValueError(f"master key must be {KEY_SIZE} bytes")
+        done = 0
+        for file_id in self.list_ids():
+            path = self._path(file_id, "key")
+            record = path.read_bytes()
+            if not record.startswith(_KEY_MAGIC):
+                raise SpoolCorrupt(f"spool file {file_id}: key record is not a key record")
+            wrapped, context = record[len(_KEY_MAGIC) :], file_id.encode()
+            try:
+                unwrap_key(new_master_key, wrapped, context)
+                continue  # rewrapped by an earlier run
+            except DecryptionError:
+                pass
+            try:
+                file_key = unwrap_key(self._master_key, wrapped, context)
+            except DecryptionError:
+                raise SpoolCorrupt(f"spool file {file_id}: key record opens with neither key") from None
+            tmp = self._path(file_id, "key.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                _pwrite_all(fd, _KEY_MAGIC + wrap_key(new_master_key, file_key, context), 0)
+                _fdatasync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            done += 1
+        fsync_directory(self.directory)
+        return done
+
     def erase(self, file_id: str) -> bool:
         """
         Crypto-erase: destroy the key record durably, then remove the data.
