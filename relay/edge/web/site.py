@@ -30,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, ISSLTransport
 from twisted.internet.protocol import connectionDone
@@ -91,6 +92,19 @@ class _BoundedBody(BytesIO):
             self._over()
             return 0
         return super().write(data)
+
+
+def _utf8_target(path: bytes, host: bytes) -> bool:
+    """
+    Whether the request target's path (percent-decoded) and the Host are
+    UTF-8, as the routes need (Klein would log a traceback for each).
+    """
+    try:
+        unquote_to_bytes(path.split(b"?", 1)[0]).decode("utf-8")
+        host.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _unsent(transport: Any) -> int:
@@ -185,6 +199,9 @@ class EdgeChannel(HTTPChannel):
     def allHeadersReceived(self) -> None:
         self._cancel_deadline()
         request = self.requests[-1]
+        if not _utf8_target(self._path, request.requestHeaders.getRawHeaders(b"host", [b""])[0]):
+            self._refuse(400, b"Bad Request", "the URL and Host must be UTF-8 (percent-encoded or not)")
+            return
         streams = getattr(request, "streams", None)
         if callable(streams) and streams(self._command, self._path):
             super().allHeadersReceived()
