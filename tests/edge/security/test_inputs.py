@@ -104,6 +104,12 @@ class TextTests(TestCase):
                                        persistent=False)  # fmt: skip
             self.assertEqual(response.code, 400, bad)
             self.assertIn(b"filetype", await response.content())
+        for key in ("filename", "project", "filetype"):
+            for bad in (b"a\xed\xa0\x80b", b"x\xef\xbf\xbe", b"\xff"):
+                response = await treq.post(f"{edge.base}/files/", headers={**auth,
+                                           "Upload-Metadata": metadata(**{key: bad})}, persistent=False)
+                self.assertEqual(response.code, 400, (key, bad))
+                self.assertIn(key.encode(), await response.content())
         self.assertEqual(edge.db.run_now(lambda c: c.execute("SELECT count(*) FROM uploads").fetchone()[0]), 0)
         response = await treq.post(f"{edge.base}/files/", headers={**auth,
                                    "Upload-Metadata": metadata(filename=b"f", filetype=b"Image/PNG; q=1")},
