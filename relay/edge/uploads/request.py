@@ -68,6 +68,9 @@ class RequestBody:
     def interrupted(self) -> bool:
         return self._failure is not None
 
+    #: How often relay has paused the transport so far.
+    pauses = 0
+
     @property
     def paused(self) -> bool:
         """relay paused the transport: the consumer lags, not the client."""
@@ -141,6 +144,7 @@ class RequestBody:
     def _pause(self) -> None:
         if not self._paused and self._producer is not None:
             self._paused = True
+            self.pauses += 1
             self._producer.pauseProducing()
             self._on_pause(True)
 

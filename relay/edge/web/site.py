@@ -131,6 +131,8 @@ class EdgeChannel(HTTPChannel):
     _rate_check: IDelayedCall | None = None
     _linger: IDelayedCall | None = None
     _bounded: _BoundedBody | None = None
+    _body_started: float | None = None
+    _seen_pauses = 0
 
     def connectionMade(self) -> None:
         limits = self.site.limits
@@ -189,15 +191,19 @@ class EdgeChannel(HTTPChannel):
 
     def requestDone(self, request: Any) -> None:
         self._bounded = None
-        super().requestDone(request)
-        transport: Any = self.transport
-        if self.persistent and transport is not None and not transport.disconnecting:
+        self._body_started = None
+        # Armed first: a pipelined request parsed from the buffer inside
+        # requestDone cancels it when its headers are complete.
+        if self.persistent:
             self._arm_deadline()
+        super().requestDone(request)
 
     # -- bodies ----------------------------------------------------------------
 
     def allHeadersReceived(self) -> None:
         self._cancel_deadline()
+        self._received = 0
+        self._body_started = self.site.reactor.seconds() if self.length != 0 else None
         request = self.requests[-1]
         if not _utf8_target(self._path, request.requestHeaders.getRawHeaders(b"host", [b""])[0]):
             self._refuse(400, b"Bad Request", "the URL and Host must be UTF-8 (percent-encoded or not)")
@@ -220,7 +226,6 @@ class EdgeChannel(HTTPChannel):
         expect = request.requestHeaders.getRawHeaders(b"expect")
         if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
             self._send100Continue()
-        self._received = 0
 
     def rawDataReceived(self, data: bytes) -> None:
         if self._refused:  # the rest of what the refused request's read brought
@@ -269,10 +274,20 @@ class EdgeChannel(HTTPChannel):
     # -- rates -----------------------------------------------------------------
 
     def _receiving_body(self) -> bool:
+        """
+        A body has been arriving for a whole window at least (so the last
+        window's count is all body), and relay has not paused it.
+        """
+        started = self._body_started
+        if started is None or self.site.reactor.seconds() - started < self.site.limits.rate_window:
+            return False
         if self._transferDecoder is None or self._handlingRequest or not self.requests:
             return False
         body = getattr(self.requests[-1], "body", None)
-        return not getattr(body, "paused", False)
+        pauses = getattr(body, "pauses", 0)
+        paused_lately, self._seen_pauses = pauses != self._seen_pauses, pauses
+        # Paused now, or since the last look: the disk lagged, not the client.
+        return not paused_lately and not getattr(body, "paused", False)
 
     def _check_rate(self) -> None:
         limits = self.site.limits
