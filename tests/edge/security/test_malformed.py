@@ -55,7 +55,7 @@ class MalformedRequestTests(TestCase):
             b"GET /api/uploads/" + b"a"*5000 + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + k.encode() + b"\r\nConnection: close\r\n\r\n",
         ]
         for case in cases:
-            seen = await edge.exchange(case, timeout=5)
+            seen = await edge.exchange(case, timeout=10)
             self.assertIsNotNone(seen.status, case[:80])
             assert seen.status is not None
             self.assertLess(seen.status, 500, (case[:80], seen.answer[:300]))

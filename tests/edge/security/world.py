@@ -180,10 +180,11 @@ class SecureEdge:
     async def _settle_streams(self, count: int) -> None:
         """Wait until C{count} event streams are open."""
         (streams,) = [s for s in self.service if type(s).__name__ == "EventStreams"]
-        for _ in range(100):
+        for _ in range(200):
             if streams.open == count:
                 return
             await deferLater(reactor, 0.05, lambda: None)
+        raise AssertionError(f"{streams.open} event streams open, not {count}")
 
     @property
     def site(self) -> Any:
