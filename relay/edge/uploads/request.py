@@ -9,9 +9,11 @@ it arrives through a L{RequestBody}: bounded memory, and a transport that is
 paused while the consumer (the spool writer) lags.  Every other request is
 left to twisted.web.
 
-Timeouts: the channel's idle timeout (the L{Site}'s C{timeout}) covers a
-connection waiting for headers; while a body streams, a separate body idle
-timeout applies, suspended while relay itself has paused the transport.
+Timeouts: the edge's channel (L{relay.edge.web.site.EdgeChannel}) gives
+each request's headers a deadline and holds bodies and responses to a
+minimum rate; while a body streams, a separate body idle timeout applies
+too, suspended while relay itself has paused the transport (which the
+channel's rate check also allows for: L{RequestBody.pauses}).
 """
 
 from __future__ import annotations
