@@ -18,11 +18,29 @@ guessing rate), with at most C{keys} accounts and addresses remembered.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
+
+
+def address_group(host: str) -> str:
+    """
+    What counts as one address for limits: an IPv4 address, or an IPv6
+    address's /64 (one subscriber's usual allocation: its many addresses
+    are one client).  Anything else (a unix socket's name) as it is.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 @dataclass
@@ -90,7 +108,8 @@ class LoginThrottle:
         @raise Throttled: when it must wait.
         """
         now = self._clock.seconds()
-        name_key, address_key = "n:" + name, None if address is None else "a:" + address
+        name_key = "n:" + name
+        address_key = None if address is None else "a:" + address_group(address)
         waits = [0.0]
         if self.in_flight >= self._max_in_flight:
             waits.append(1.0)

@@ -40,6 +40,8 @@ from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
+from relay.edge.login_throttle import address_group
+
 log = Logger()
 
 SERVER = b"relay"
@@ -358,6 +360,8 @@ class EdgeSite(Site):
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         host = getattr(addr, "host", None)
+        if host is not None:
+            host = address_group(host)
         limits = self.limits
         if self.open >= limits.max_connections or (
             host is not None and self._by_host[host] >= limits.max_connections_per_address

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from relay.edge.login_throttle import LoginThrottle, Throttled
+from relay.edge.login_throttle import LoginThrottle, Throttled, address_group
 from tests.edge.security.world import PASSWORD, SecureEdge
 
 MANY = "[web]\nmax_connections_per_address = 256\n"
@@ -136,6 +136,14 @@ class ThrottleTests(SynchronousTestCase):
         for i in range(5):
             self.throttle.reserve(f"user{i}", f"a{i}")
         self.assertRaises(Throttled, self.throttle.reserve, "user9", "a9")
+
+    def test_an_ipv6_64_is_one_address(self) -> None:
+        self.assertEqual(address_group("2001:db8:1:2:aaaa::1"), address_group("2001:db8:1:2:bbbb::9"))
+        self.assertNotEqual(address_group("2001:db8:1:2::1"), address_group("2001:db8:1:3::1"))
+        self.assertEqual(address_group("::ffff:192.0.2.7"), "192.0.2.7")
+        for i in range(3):
+            self.throttle.reserve(f"user{i}", f"2001:db8::{i}").failed()
+        self.assertRaises(Throttled, self.throttle.reserve, "user9", "2001:db8::99")
 
     def test_an_unsettled_attempt_counts_as_failed(self) -> None:
         attempt = self.throttle.reserve("alice", "a1")
