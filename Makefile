@@ -37,12 +37,13 @@ services:
 run: setup services
 	$(BIN)/python tools/run_local.py
 
-# The tests also talk to PostgreSQL (the cloud registry's other database)
-# and drive Debian's Chromium (the browser tests); a missing one is a
-# failure, not a skip.
+# The tests also talk to PostgreSQL (the cloud registry's other database),
+# drive Debian's Chromium (the browser tests) and attack the edge with
+# Debian's slowhttptest (the security tests); a missing one is a failure,
+# not a skip.
 test: setup services
 	tools/ensure-postgresql
-	tools/ensure-packages chromium:chromium curl:curl wget:wget aria2c:aria2 nginx:nginx
+	tools/ensure-packages chromium:chromium curl:curl wget:wget aria2c:aria2 nginx:nginx slowhttptest:slowhttptest
 	$(BIN)/ruff check relay tests bench tools twisted
 	$(BIN)/mypy relay
 	RELAY_REQUIRE_POSTGRESQL=1 $(BIN)/pytest

@@ -15,6 +15,7 @@ from relay import __version__
 from relay.cloud import admin as registry_admin
 from relay.cloud.config import CloudConfig
 from relay.config import ConfigError, load
+from relay.edge import spool_admin
 from relay.edge.config import EdgeConfig
 from relay.link import admin as link_admin
 
@@ -46,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
 
     link_admin.add_commands(commands)
     registry_admin.add_commands(commands)
+    spool_admin.add_commands(commands)
     return top
 
 

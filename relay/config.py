@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import tomllib
 import types
 import typing
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union
 
 from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
 
 
@@ -271,6 +273,9 @@ class LogConfig:
     """
 
     format: typing.Literal["text", "json"] = "text"
+    #: The audit log (JSON lines, L{relay.audit}); relative to the data
+    #: directory.
+    audit: Path = Path("audit.log")
 
 
 def load_or_exit(cls: type[T], path: Path | str, overrides: Mapping[str, Any], program: str) -> T:
@@ -286,10 +291,16 @@ def load_or_exit(cls: type[T], path: Path | str, overrides: Mapping[str, Any], p
 
 def prepare_data_dir(path: Path) -> Path:
     """
-    Create the state directory (owner-only) if needed and return it.
+    Create the state directory (owner-only) if needed and return it; one
+    that others may read or enter is made owner-only, with a warning.
     """
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            Logger().warn("data directory {path} was open to others (mode {mode:o}); made it 0700",
+                          path=path, mode=mode)  # fmt: skip
+            os.chmod(path, 0o700)
     except OSError as e:
         raise SystemExit(f"cannot create data directory {path}: {e.strerror}") from None
     return path

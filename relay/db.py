@@ -27,7 +27,9 @@ portable SQL otherwise.  L{dialect} tells a unit of work which one it has.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +85,27 @@ CREATE TABLE IF NOT EXISTS schema_version (
 """
 
 
+def owner_only_file(path: Path) -> None:
+    """
+    Create C{path} readable by its owner only (whatever the umask), or make
+    an existing one so, with a warning: databases hold password and key
+    hashes.  SQLite gives its -wal and -shm files the database's mode.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            Logger().warn("{path} was readable by others (mode {mode:o}); made it 0600", path=path, mode=mode)
+            os.chmod(path, 0o600)
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.exists() and stat.S_IMODE(side.stat().st_mode) & 0o077:
+                os.chmod(side, 0o600)
+    else:
+        os.close(fd)
+
+
 def connect(path: Path | str) -> sqlite3.Connection:
     """
     Open a connection configured the way relay uses SQLite.
@@ -91,6 +114,8 @@ def connect(path: Path | str) -> sqlite3.Connection:
     committed transaction survive a power cut, which the outbox and inbox
     promise.  Transactions are managed explicitly (C{isolation_level=None}).
     """
+    if str(path) != ":memory:":
+        owner_only_file(Path(path))
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")

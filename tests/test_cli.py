@@ -241,3 +241,16 @@ def test_only_a_password_chosen_by_the_user_is_kept(relay: Relay) -> None:
     relay("user", "passwd", "bob")  # generated: one-time again
     relay("user", "passwd", "alice", "--password-stdin", stdin="alice's own password\n")
     assert (temporary("alice"), temporary("bob")) == (0, 1)
+
+
+def test_key_and_user_changes_are_audited(relay: Relay) -> None:
+    relay("user", "add", "alice")
+    key_id = relay.json("key", "create", "alice")["key_id"]
+    relay("key", "revoke", key_id)
+    relay("user", "disable", "alice")
+    audit = Path(relay.target).parent / "audit.log"
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [r["event"] for r in records] == ["user.added", "key.created", "key.revoked", "user.disabled"]
+    assert all(r["actor"].startswith("cli:") for r in records)
+    assert records[1]["key_id"] == key_id
+    assert "relay_" not in audit.read_text(), "never the key itself"

@@ -30,6 +30,12 @@ def test_systemd_unit_command_line_parses(side: str, tap: object) -> None:
     assert unit["Service"]["NoNewPrivileges"] == "yes"
     assert unit["Service"]["ProtectSystem"] == "strict"
     assert unit["Service"]["StateDirectory"] == f"relay-{side}"
+    assert unit["Service"]["UMask"] == "0077"
+    if side == "edge":
+        # What the edge checks at start (relay.edge.web.site.ensure_open_files).
+        from relay.edge.config import WebSection
+
+        assert int(unit["Service"]["LimitNOFILE"]) >= WebSection().min_open_files
     logger = argv[argv.index("--logger") + 1]
     module, name = logger.rsplit(".", 1)
     assert callable(getattr(__import__(module, fromlist=[name]), name))

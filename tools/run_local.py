@@ -90,6 +90,11 @@ def stop(children: list[subprocess.Popen]) -> None:
 
 def main() -> int:
     os.chdir(ROOT)
+    # Everything this deployment writes (databases, spool, keys, objects) is
+    # the owner's only, whatever the shell's umask; the children inherit it.
+    os.umask(0o077)
+    VAR.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(VAR, 0o700)
     if port_open(S3_ADDRESS):
         raise SystemExit(f"run: {S3_ADDRESS[0]}:{S3_ADDRESS[1]} is already in use; stop what listens there")
     creds = s3_credentials()

@@ -15,6 +15,7 @@ command line was wrong.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -23,10 +24,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from relay.audit import AuditLog
 from relay.cloud.config import CloudConfig, database_target
 from relay.cloud.registry import Registry
 from relay.cloud.sync import EventLog
-from relay.config import ConfigError, config_path, load
+from relay.config import ConfigError, config_path, load, relative_to
 from relay.credentials import (
     DEFAULT_COST,
     ScryptCost,
@@ -63,9 +65,13 @@ def open_registry(args: argparse.Namespace) -> tuple[Database, Registry]:
     """
     if args.db:
         target: Path | str = args.db
+        audit_path = None if is_postgresql(target) else Path(target).parent / "audit.log"
     else:
         path = config_path(args.config, DEFAULT_CONFIG)
-        target = database_target(load(CloudConfig, path), Path.cwd())
+        config = load(CloudConfig, path)
+        target = database_target(config, Path.cwd())
+        audit_path = relative_to(relative_to(Path.cwd(), config.cloud.data_dir), config.log.audit)
+    args.audit_path = audit_path
     if not is_postgresql(target):
         Path(target).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     from relay.cloud.tap import SCHEMAS
@@ -130,6 +136,7 @@ def user_add(args: argparse.Namespace, db: Database, registry: Registry, out: Te
     user = db.run_now(
         lambda c: registry.add_user(c, args.name, password_hash, is_admin=args.admin, temporary=generated)
     )
+    _audited(args, "user.added", user=user["id"], name=args.name, is_admin=bool(args.admin))
     if args.json:
         shown = {"password": password} if generated else {}
         print(json.dumps({"id": user["id"], "name": user["name"], "is_admin": bool(user["is_admin"]), **shown}), file=out)
@@ -155,6 +162,7 @@ def _set_disabled(disabled: bool) -> Callable[..., None]:
         if bool(user["disabled"]) == disabled:
             raise Failed(f"user {args.name} is already {'disabled' if disabled else 'enabled'}")
         db.run_now(registry.set_disabled, user["id"], disabled)
+        _audited(args, "user.disabled" if disabled else "user.enabled", user=user["id"])
         state = "disabled" if disabled else "enabled"
         print(json.dumps({"name": args.name, "disabled": disabled}) if args.json else f"{state} user {args.name}", file=out)
 
@@ -167,6 +175,7 @@ def user_passwd(args: argparse.Namespace, db: Database, registry: Registry, out:
     db.run_now(
         lambda c: registry.set_password(c, user["id"], hash_password(password, args.cost), temporary=generated)
     )
+    _audited(args, "user.password", user=user["id"])
     if args.json:
         print(json.dumps({"name": args.name, **({"password": password} if generated else {})}), file=out)
         return
@@ -179,6 +188,7 @@ def user_passwd(args: argparse.Namespace, db: Database, registry: Registry, out:
 def key_create(args: argparse.Namespace, db: Database, registry: Registry, out: TextIO, stdin: TextIO) -> None:
     user = _user(db, registry, args.name)
     key = db.run_now(registry.create_key, user["id"], args.label)
+    _audited(args, "key.created", user=user["id"], key_id=key.key_id, label=args.label)
     if args.json:
         print(json.dumps({"key_id": key.key_id, "user": args.name, "key": key.token}), file=out)
         return
@@ -188,6 +198,7 @@ def key_create(args: argparse.Namespace, db: Database, registry: Registry, out: 
 
 def key_revoke(args: argparse.Namespace, db: Database, registry: Registry, out: TextIO, stdin: TextIO) -> None:
     db.run_now(registry.revoke_key, args.key_id)
+    _audited(args, "key.revoked", key_id=args.key_id)
     print(json.dumps({"key_id": args.key_id, "revoked": True}) if args.json else f"revoked API key {args.key_id}", file=out)
 
 
@@ -256,6 +267,21 @@ def admin_bootstrap(args: argparse.Namespace, db: Database, registry: Registry, 
     else:
         print(f"created admin account {name!r}; one-time password (shown once): {password}", file=out)
         print("log in with it at the edge, which asks for a new one before anything else", file=out)
+
+
+def _audited(args: argparse.Namespace, event: str, **fields: Any) -> None:
+    """
+    An audit record of an administration command (C{log.audit}, next to the
+    cloud's database), made by whoever runs the command on this host.
+    """
+    path = getattr(args, "audit_path", None)
+    if path is None:
+        return
+    audit = AuditLog(path, WallClock())  # type: ignore[arg-type]
+    try:
+        audit.record(event, actor=f"cli:{getpass.getuser()}", via="relay command", **fields)
+    finally:
+        audit.close()
 
 
 # -- the command line -----------------------------------------------------------

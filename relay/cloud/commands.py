@@ -25,6 +25,7 @@ from typing import Any
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from relay.audit import AuditLog
 from relay.cloud.registry import Registry
 from relay.credentials import password_hash_digest
 from relay.link.envelope import Envelope
@@ -41,6 +42,7 @@ from relay.sync_messages import (
     PROJECT_RENAME,
     USER_PASSWORD,
 )
+from relay.text import bad_text
 
 _EDGE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
@@ -103,9 +105,10 @@ class CloudCommands:
 
     log = Logger()
 
-    def __init__(self, registry: Registry, effects: ICommandEffects) -> None:
+    def __init__(self, registry: Registry, effects: ICommandEffects, audit: AuditLog | None = None) -> None:
         self._registry = registry
         self._effects = effects
+        self._audit = audit
         self._access = Access("")
         self._apply: dict[str, Callable[[Any, Any, dict[str, Any], str], None]] = {
             PROJECT_CREATE: self._project_create,
@@ -137,6 +140,9 @@ class CloudCommands:
         conn.execute("SAVEPOINT command")
         try:
             actor = self._access.actor(conn, body["actor"])
+            # The edge refuses such text; an edge that did not is refused here.
+            if bad_text(body) is not None:
+                raise Refused("text must be valid Unicode (no lone surrogates or non-characters)", "invalid")
             self._apply[message.type](conn, actor, body, command_id)
         except Refused as refusal:
             conn.execute("ROLLBACK TO SAVEPOINT command")
@@ -147,6 +153,7 @@ class CloudCommands:
                 command_id,
             )
             self._record(conn, command_id, edge, message.type, body, "rejected", seq, refusal)
+            self._audited("command.refused", message.type, edge, body, reason=refusal.reason, code=refusal.code)
             self.log.info(
                 "{type} {id} from {edge} refused: {reason}",
                 type=message.type, id=command_id, edge=edge, reason=refusal.reason,
@@ -155,6 +162,16 @@ class CloudCommands:
         conn.execute("RELEASE SAVEPOINT command")
         seq = self._registry.log.append(conn, COMMAND_APPLIED, {"command_id": command_id, "edge": edge}, command_id)
         self._record(conn, command_id, edge, message.type, body, "applied", seq, None)
+        self._audited("command.applied", message.type, edge, body)
+
+    def _audited(self, event: str, type: str, edge: str, body: dict[str, Any], **more: Any) -> None:
+        """An audit record of a command: its ids and role, never its other fields (a hash, a name)."""
+        if self._audit is None:
+            return
+        actor = body.get("actor")
+        ids = {k: v for k, v in body.items() if k == "role" or (k.endswith("_id") and k != "command_id")}
+        self._audit.record(event, actor=actor.get("user_id") if isinstance(actor, dict) else None,
+                           edge=edge, type=type, command_id=body.get("command_id"), **ids, **more)  # fmt: skip
 
     def _record(
         self, conn: Any, command_id: str, edge: str, type: str, body: dict[str, Any], status: str,

@@ -17,6 +17,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.server import Site
 
+from relay.audit import AuditLog
 from relay.cloud import downloads as downloads_component
 from relay.cloud import registry, sync, transfers
 from relay.cloud.commands import CloudCommands, Effects
@@ -83,7 +84,7 @@ def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:
     """
     The cloud's services, in start order (they stop in reverse).
     """
-    prepare_data_dir(relative_to(Path.cwd(), config.cloud.data_dir))
+    data_dir = prepare_data_dir(relative_to(Path.cwd(), config.cloud.data_dir))
     root = InOrder()
     # SQLite in the data directory, or the PostgreSQL of registry.dsn.
     db = Database(reactor, database_target(config, Path.cwd()), schemas=SCHEMAS)
@@ -110,7 +111,8 @@ def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:
     jobs = build_jobs(config.jobs, reactor, db, bridge, the_registry, objects, cpu, Path.cwd())
     # Downloads: presigned GET URLs for the edges; deleted files' objects go.
     downloads = build_downloads(config.s3, reactor, db, bridge, objects)
-    CloudCommands(the_registry, Effects(jobs.effects, downloads.effects)).register(bridge.inbox)
+    audit = AuditLog(relative_to(data_dir, config.log.audit), reactor)
+    CloudCommands(the_registry, Effects(jobs.effects, downloads.effects), audit).register(bridge.inbox)
     sync.SyncResponder(bridge.outbox, reactor).register(bridge.inbox)
     publisher = sync.SyncPublisher(bridge.outbox, reactor)
     sync.SyncPublishing(db, publisher, bridge.outbox, reactor).setServiceParent(root)

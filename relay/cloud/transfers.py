@@ -60,6 +60,7 @@ from relay.cloud.transfer_store import (
 from relay.config import relative_to
 from relay.db import Database
 from relay.link.envelope import Envelope, to_edge
+from relay.media_types import stored_content_type
 from relay.permissions import Refused, allowed
 from relay.replication import IOutbox
 from relay.transfer_messages import (
@@ -362,7 +363,9 @@ class CloudTransfers(Service):
             raise failed(tid, "invalid", f"{count} parts of {part_size} bytes cannot hold {size} bytes")
         key = object_key(body["project"], body["file_id"])
         metadata = {SHA256_METADATA: body["sha256"], "relay-transfer": tid, "relay-file-id": body["file_id"]}
-        upload_id = await self._objects.create_upload(key, metadata, body["content_type"])
+        # The object's Content-Type is relay's choice, never the edge's (or
+        # its client's) raw value.
+        upload_id = await self._objects.create_upload(key, metadata, stored_content_type(body["content_type"]))
         new = Transfer(
             tid, request.edge, body["file_id"], body["project"], body["owner"], body["name"],
             body["content_type"], size, body["sha256"], part_size, count, key, upload_id, "open",

@@ -53,7 +53,9 @@ class UploadsSection:
     expiry: int = 24 * 3600
     #: How often expired uploads are looked for.
     housekeeping_interval: int = 300
-    #: A connection may wait this long for its request headers.
+    #: A connection has this long in all for each request's line and
+    #: headers (a deadline, not an idle timer), and may stay idle this long
+    #: between requests.
     header_timeout: int = 30
     #: A request body may pause this long between bytes.
     body_timeout: int = 60
@@ -62,6 +64,8 @@ class UploadsSection:
     #: waiting lock_wait.
     lock_stale_after: float = 2.0
     lock_wait: float = 5.0
+    #: Unfinished uploads one user may have at once (429 beyond).
+    max_unfinished: int = 100
     #: Origins whose scripts may upload (CORS), e.g. "https://app.example.com".
     cors_origins: tuple[str, ...] = ()
     #: The encrypted spool (default: <data_dir>/spool) and the master key
@@ -70,7 +74,8 @@ class UploadsSection:
     master_key: Path | None = None
 
     def __post_init__(self) -> None:
-        positive = ("max_size", "housekeeping_interval", "header_timeout", "body_timeout", "expiry")
+        positive = ("max_size", "housekeeping_interval", "header_timeout", "body_timeout", "expiry",
+                    "max_unfinished")
         for name in positive:
             if getattr(self, name) <= 0:
                 value = getattr(self, name)
@@ -184,6 +189,58 @@ class JobsSection:
 
 
 @dataclass(frozen=True)
+class WebSection:
+    """
+    The C{[web]} table: what the edge's HTTP listener allows any client
+    before a route sees the request (C{docs/security.md}).  Sizes in bytes,
+    times in seconds.
+    """
+
+    #: The largest request body outside C{/files/} (413 from Content-Length
+    #: or as soon as a chunked body passes it; nothing reaches the disk).
+    max_body: int = 64 * 1024
+    #: Request line plus headers, and the number of headers (400 beyond).
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 64
+    #: Bodies and responses must move at least min_rate bytes in every
+    #: rate_window seconds, or the connection is dropped (relay's own
+    #: pauses, while the disk catches up, do not count).
+    min_rate: int = 1024
+    rate_window: float = 30.0
+    #: Open connections in all and from one address; more are closed at once.
+    max_connections: int = 2048
+    max_connections_per_address: int = 64
+    #: Open C{/api/events} streams per user (429 beyond).
+    max_streams_per_user: int = 8
+    #: Logins: failures each account and each address may have before each
+    #: further attempt waits, doubling from login_delay up to
+    #: login_delay_cap; failures are forgotten after login_window.
+    login_free_attempts: int = 3
+    login_delay: float = 1.0
+    login_delay_cap: float = 300.0
+    login_window: float = 900.0
+    #: Password checks (scrypt) run on this many threads at most, and at
+    #: most login_queue logins wait for them (429 beyond).
+    scrypt_threads: int = 2
+    login_queue: int = 32
+    #: The file descriptors the edge needs (RLIMIT_NOFILE); a lower soft
+    #: limit is raised to it at start, or the start is refused.
+    min_open_files: int = 4096
+
+    def __post_init__(self) -> None:
+        positive = (
+            "max_body", "max_header_bytes", "max_headers", "min_rate", "rate_window", "max_connections",
+            "max_connections_per_address", "max_streams_per_user", "login_free_attempts", "login_delay",
+            "login_delay_cap", "login_window", "scrypt_threads", "login_queue", "min_open_files",
+        )  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"web.{name}: expected a positive number, got {getattr(self, name)}")
+        if self.min_open_files < self.max_connections + 64:
+            raise ValueError("web.min_open_files: expected at least web.max_connections + 64")
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     """
     Everything C{relay-edge} is configured with.
@@ -194,5 +251,6 @@ class EdgeConfig:
     transfer: TransferSection = field(default_factory=TransferSection)
     downloads: DownloadsSection = field(default_factory=DownloadsSection)
     jobs: JobsSection = field(default_factory=JobsSection)
+    web: WebSection = field(default_factory=WebSection)
     link: LinkConfig = field(default_factory=LinkConfig)
     log: LogConfig = field(default_factory=LogConfig)

@@ -33,6 +33,8 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from relay import text
+from relay.audit import AuditLog
 from relay.credentials import (
     DEFAULT_COST,
     ScryptCost,
@@ -46,7 +48,7 @@ from relay.credentials import (
 )
 from relay.db import Database, Schema
 from relay.edge.auth import IAuthenticator, IProjectAccess, Principal
-from relay.edge.login_throttle import LoginThrottle
+from relay.edge.login_throttle import LoginThrottle, Throttled
 
 SCHEMA = Schema(
     "identity",
@@ -66,6 +68,9 @@ SCHEMA = Schema(
 )
 
 COOKIE = b"relay_session"
+#: Under TLS: a browser accepts it only if Secure, for Path=/ and without
+#: Domain, so neither plain HTTP nor a sibling domain can set or shadow it.
+SECURE_COOKIE = b"__Host-relay_session"
 CSRF_HEADER = b"x-csrf-token"
 SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 MAX_BODY = 64 * 1024
@@ -92,9 +97,10 @@ class LoginRefused(Exception):
     status.
     """
 
-    def __init__(self, message: str, status: int = 401) -> None:
+    def __init__(self, message: str, status: int = 401, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
 
 @implementer(IAuthenticator, IProjectAccess)
@@ -111,7 +117,7 @@ class Identity:
     def __init__(
         self, db: Database, clock: IReactorTime, cpu: CpuRunner, *,
         idle_timeout: float = 8 * 3600, max_age: float = 7 * 86400,
-        throttle: LoginThrottle | None = None, cost: ScryptCost = DEFAULT_COST,
+        throttle: LoginThrottle | None = None, cost: ScryptCost = DEFAULT_COST, audit: AuditLog | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
@@ -121,6 +127,7 @@ class Identity:
         self._throttle = throttle or LoginThrottle(clock)
         self._cost = cost
         self._dummy: str | None = None
+        self._audit = audit
 
     # -- IAuthenticator --------------------------------------------------------
 
@@ -138,7 +145,7 @@ class Identity:
         authorization = request.getHeader(b"authorization")
         if authorization is not None:
             return await self._api_key(authorization)
-        token = request.getCookie(COOKIE)
+        token = request.getCookie(cookie_name(request))
         if not token:
             return None, "not logged in"
         try:
@@ -193,32 +200,50 @@ class Identity:
 
     # -- sessions --------------------------------------------------------------
 
-    def login(self, name: str, password: str) -> Deferred[Session]:
+    def login(self, name: str, password: str, address: str | None = None) -> Deferred[Session]:
         """
         Check a password against the replica and open a session.
 
+        @param address: the client's address (throttled as well as C{name}).
         @raise LoginRefused: wrong name or password, a disabled account, or
-            too many failures for this name lately.
+            (429, with C{retry_after}) too many failures lately.
         """
-        return Deferred.fromCoroutine(self._login(name, password))
+        return Deferred.fromCoroutine(self._login(name, password, address))
 
-    async def _login(self, name: str, password: str) -> Session:
-        if self._throttle.blocked(name):
-            raise LoginRefused("too many failed logins; try again in a few minutes", 429)
-        user = await self._db.read(_user_by_name, name)
-        if user is None:
-            # Spend the same time as for a real user, so timing says nothing.
-            if self._dummy is None:
-                self._dummy = await self._cpu(dummy_hash, self._cost)
-            await self._cpu(verify_password, password, self._dummy)
-            self._throttle.failed(name)
-            raise LoginRefused("wrong name or password")
-        if not await self._cpu(verify_password, password, user["password_hash"]):
-            self._throttle.failed(name)
-            raise LoginRefused("wrong name or password")
+    async def _login(self, name: str, password: str, address: str | None = None) -> Session:
+        try:
+            return await self._checked_login(name, password, address)
+        except LoginRefused as refused:
+            # Throttled attempts are not each recorded: the throttle bounds
+            # what an attacker can make this file grow by.
+            if self._audit is not None and refused.status != 429:
+                self._audit.record("login.failed", actor=name, address=address, status=refused.status,
+                                   reason=str(refused))  # fmt: skip
+            raise
+
+    async def _checked_login(self, name: str, password: str, address: str | None) -> Session:
+        try:
+            # Reserved before the password is checked: concurrent guesses
+            # count, and a refused one costs no scrypt.
+            attempt = self._throttle.reserve(name, address)
+        except Throttled as throttled:
+            raise LoginRefused("too many failed logins; try again later", 429,
+                               throttled.retry_after) from None  # fmt: skip
+        try:
+            user = await self._db.read(_user_by_name, name)
+            if user is None:
+                # Spend the same time as for a real user, so timing says nothing.
+                if self._dummy is None:
+                    self._dummy = await self._cpu(dummy_hash, self._cost)
+                await self._cpu(verify_password, password, self._dummy)
+                raise LoginRefused("wrong name or password")
+            if not await self._cpu(verify_password, password, user["password_hash"]):
+                raise LoginRefused("wrong name or password")
+            attempt.succeeded()
+        finally:
+            attempt.failed()  # unless it succeeded
         if user["disabled"]:
             raise LoginRefused("this account is disabled", 403)
-        self._throttle.succeeded(name)
         token, token_hash = new_session_token()
         csrf = secrets.token_urlsafe(32)
         now = self._clock.seconds()
@@ -227,6 +252,8 @@ class Identity:
             now - self._max_age, now - self._idle_timeout,
         )
         self.log.info("{name} logged in", name=name)
+        if self._audit is not None:
+            self._audit.record("login", actor=user["id"], name=name, address=address)
         principal = Principal(user["id"], user["name"], "session", bool(user["is_admin"]),
                               must_change_password=bool(user["must_change_password"]))  # fmt: skip
         return Session(principal, token, csrf)
@@ -250,11 +277,13 @@ class Identity:
             if not isinstance(name, str) or not isinstance(password, str) or not name or not password:
                 return json_answer(request, 400, {"error": "send a JSON object with 'name' and 'password'"})
             try:
-                session = await self.login(name, password)
+                session = await self.login(name, password, _address(request))
             except LoginRefused as refused:
+                if refused.retry_after is not None:
+                    request.setHeader(b"retry-after", str(refused.retry_after).encode())
                 return json_answer(request, refused.status, {"error": str(refused)})
             request.addCookie(  # type: ignore[call-arg]
-                COOKIE, session.token.encode(), path=b"/", httpOnly=True, sameSite="strict",
+                cookie_name(request), session.token.encode(), path=b"/", httpOnly=True, sameSite="strict",
                 secure=request.isSecure(), max_age=str(int(self._max_age)).encode(),
             )
             return json_answer(request, 200, {"user": _user(session.principal), "csrf_token": session.csrf_token})
@@ -265,9 +294,9 @@ class Identity:
             if principal is None or principal.via != "session":
                 return json_answer(request, 401 if problem != "missing or wrong CSRF token" else 403,
                                {"error": problem or "not logged in with a session"})
-            await self.logout(request.getCookie(COOKIE).decode("ascii"))
+            await self.logout(request.getCookie(cookie_name(request)).decode("ascii"))
             request.addCookie(  # type: ignore[call-arg]
-                COOKIE, b"", path=b"/", httpOnly=True, sameSite="strict", secure=request.isSecure(),
+                cookie_name(request), b"", path=b"/", httpOnly=True, sameSite="strict", secure=request.isSecure(),
                 max_age=b"0",
             )
             return json_answer(request, 200, {"ok": True})
@@ -279,9 +308,18 @@ class Identity:
                 return json_answer(request, 401, {"error": problem})
             answer: dict[str, Any] = {"user": _user(principal), "via": principal.via}
             if principal.via == "session":
-                token = request.getCookie(COOKIE).decode("ascii")
+                token = request.getCookie(cookie_name(request)).decode("ascii")
                 answer["csrf_token"] = await self._db.read(_csrf, session_token_hash(token))
             return json_answer(request, 200, answer)
+
+
+def cookie_name(request: IRequest) -> bytes:
+    """The session cookie's name: C{__Host-} prefixed under TLS."""
+    return SECURE_COOKIE if request.isSecure() else COOKIE
+
+
+def _address(request: IRequest) -> str | None:
+    return getattr(request.getClientAddress(), "host", None)
 
 
 def _user(principal: Principal) -> dict[str, Any]:
@@ -311,9 +349,9 @@ def json_body(request: IRequest) -> dict[str, Any] | bytes:
     if len(data) > MAX_BODY:
         return json_answer(request, 413, {"error": "request body too large"})
     try:
-        body = json.loads(data)
-    except ValueError:
-        return json_answer(request, 400, {"error": "the body is not valid JSON"})
+        body = text.loads(data)
+    except text.BadText as e:
+        return json_answer(request, 400, {"error": str(e)})
     if not isinstance(body, dict):
         return json_answer(request, 400, {"error": "send a JSON object"})
     return body

@@ -8,15 +8,13 @@ object below it is handed what it needs.
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
-from twisted.internet.threads import deferToThreadPool
-from twisted.web.server import Site
 
+from relay.audit import AuditLog
 from relay.config import TapOptions, config_path, load_or_exit, prepare_data_dir, relative_to
 from relay.db import Database, Schema
 from relay.edge import identity as identity_module
@@ -28,6 +26,7 @@ from relay.edge.downloads.service import build_downloads
 from relay.edge.events import EventHub
 from relay.edge.jobs import SCHEMA as JOB_LOGS_SCHEMA
 from relay.edge.jobs import build_job_watch
+from relay.edge.login_throttle import LoginThrottle
 from relay.edge.transfer import journal as transfer_journal
 from relay.edge.transfer.service import build_transfers
 from relay.edge.uploads import store as upload_store
@@ -36,13 +35,14 @@ from relay.edge.uploads.handoff import IUploadSink
 from relay.edge.web.announcer import ReplicaAnnouncer
 from relay.edge.web.api import api_routes
 from relay.edge.web.app import EdgeWeb
+from relay.edge.web.site import EdgeSite, ListenerLimits, ensure_open_files
 from relay.health import Health
 from relay.link import inbox, outbox
 from relay.link.bridge import Bridge
 from relay.link.catalogue import Catalogue
 from relay.link.envelope import to_edge
 from relay.metrics import Metrics
-from relay.process import GracefulStop, InOrder
+from relay.process import GracefulStop, InOrder, PoolService
 from relay.sync_messages import register_types as register_sync_types
 
 DEFAULT_CONFIG = "etc/edge.toml"
@@ -102,6 +102,7 @@ def edge_service(
     database first, the web listener last.  Tests (and .tac files) may
     hand in the identity seams and the transfer stage's upload sink.
     """
+    ensure_open_files(config.web.min_open_files)
     data_dir = prepare_data_dir(relative_to(Path.cwd(), config.edge.data_dir))
     root = InOrder()
     db = Database(reactor, data_dir / "edge.db", schemas=SCHEMAS)
@@ -121,7 +122,7 @@ def edge_service(
     # upload and transfer progress.
     hub = EventHub(first_id=int(reactor.seconds() * 1_000_000))
     # The replica of the cloud registry, and identity checked against it
-    # (scrypt runs on the reactor's thread pool, never on its thread).
+    # (scrypt runs on a bounded pool, never on the reactor's thread).
     applier = replica.ReplicaApplier(
         config.edge.id, bridge.outbox, reactor, observer=ReplicaAnnouncer(hub, reactor)
     )
@@ -134,8 +135,18 @@ def edge_service(
     # Running jobs' logs and progress, live.
     job_watch = build_job_watch(config.jobs, reactor, db, bridge, hub, config.edge.id)
     job_watch.setServiceParent(root)
-    cpu = partial(deferToThreadPool, reactor, reactor.getThreadPool())
-    identity = identity_module.Identity(db, reactor, cpu)
+    # scrypt on a small pool of its own, behind the login throttle's queue:
+    # a flood of logins cannot take the threads other work needs.
+    scrypt = PoolService(reactor, "scrypt", config.web.scrypt_threads)
+    scrypt.setServiceParent(root)
+    cpu = scrypt.run
+    web_config = config.web
+    throttle = LoginThrottle(
+        reactor, free=web_config.login_free_attempts, delay=web_config.login_delay,
+        cap=web_config.login_delay_cap, window=web_config.login_window, in_flight=web_config.login_queue,
+    )
+    audit = AuditLog(relative_to(data_dir, config.log.audit), reactor)
+    identity = identity_module.Identity(db, reactor, cpu, throttle=throttle, audit=audit)
     authenticator = authenticator if authenticator is not None else identity
     projects = projects if projects is not None else identity
     # The transfer stage moves staged uploads to S3 (unless a test hands in
@@ -165,13 +176,26 @@ def edge_service(
     job_watch.add_routes(web.app, identity)
     streams = api_routes(
         web.app, identity, db, replica.CommandIssuer(bridge.outbox, reactor), hub, bridge.outbox.wake,
-        reactor, cpu,
+        reactor, cpu, streams_per_user=config.web.max_streams_per_user,
     )
     streams.setServiceParent(root)
-    # Upload bodies stream to the spool instead of being buffered whole.
-    site = Site(web.app.resource(), requestFactory=uploads.request_factory,
-                timeout=uploads.header_timeout, reactor=reactor)  # fmt: skip
-    site.displayTracebacks = False
+    # Upload bodies stream to the spool instead of being buffered whole;
+    # every other body is bounded before it is read (relay.edge.web.site).
+    site = EdgeSite(web.app.resource(), listener_limits(config), requestFactory=uploads.request_factory,
+                    timeout=uploads.header_timeout, reactor=reactor)  # fmt: skip
     listener = strports.service(config.edge.listen, site, reactor=reactor)
     listener.setServiceParent(root)
     return root
+
+
+def listener_limits(config: EdgeConfig) -> ListenerLimits:
+    """
+    The web listener's limits, from C{[web]} and C{uploads.header_timeout}.
+    """
+    web = config.web
+    return ListenerLimits(
+        max_body=web.max_body, max_header_bytes=web.max_header_bytes, max_headers=web.max_headers,
+        header_timeout=float(config.uploads.header_timeout), min_rate=web.min_rate,
+        rate_window=web.rate_window, max_connections=web.max_connections,
+        max_connections_per_address=web.max_connections_per_address,
+    )

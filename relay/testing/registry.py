@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
+from relay.audit import AuditLog
 from relay.cloud import registry as registry_schema
 from relay.cloud import sync
 from relay.cloud.commands import CloudCommands, ICommandEffects
@@ -85,7 +86,8 @@ class CloudSide:
     """
 
     def __init__(
-        self, target: Path | str, clock: Clock, link: InProcessLink | None = None, *, dedupe: bool = True
+        self, target: Path | str, clock: Clock, link: InProcessLink | None = None, *, dedupe: bool = True,
+        audit: AuditLog | None = None,
     ) -> None:
         self.clock = clock
         self.db = ImmediateDatabase(target, [registry_schema.SCHEMA, sync.SCHEMA, FAKE_LINK_SCHEMA])
@@ -94,7 +96,7 @@ class CloudSide:
         self.outbox = FakeOutbox("cloud", clock)
         self.inbox = FakeInbox(self.db, catalogue(), dedupe=dedupe)
         self.effects = RecordedEffects()
-        self.commands = CloudCommands(self.registry, self.effects)
+        self.commands = CloudCommands(self.registry, self.effects, audit)
         self.commands.register(self.inbox)
         self.responder = sync.SyncResponder(self.outbox, clock)
         self.responder.register(self.inbox)

@@ -86,6 +86,9 @@ def build_uploads(
 ) -> Uploads:
     spool_dir = relative_to(data_dir, config.spool_dir or Path("spool"))
     key_path = relative_to(data_dir, config.master_key or Path("spool.key"))
+    if key_path.with_name(key_path.name + ".new").exists():
+        raise SystemExit(f"relay-edge: a rotation of the spool master key {key_path} is unfinished; "
+                         "run `relay spool rotate-key` again before starting")  # fmt: skip
     try:
         master_key = load_or_create_master_key(key_path, outside=spool_dir)
     except MasterKeyError as e:
@@ -98,6 +101,7 @@ def build_uploads(
         expiry=float(config.expiry),
         lock_stale_after=config.lock_stale_after,
         lock_wait=config.lock_wait,
+        max_unfinished=config.max_unfinished,
     )
     sink = sink if sink is not None else LocalStaging()
     service = UploadService(reactor, UploadStore(db), spool, sink, projects, limits, PREFIX, events=events)

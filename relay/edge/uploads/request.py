@@ -9,9 +9,11 @@ it arrives through a L{RequestBody}: bounded memory, and a transport that is
 paused while the consumer (the spool writer) lags.  Every other request is
 left to twisted.web.
 
-Timeouts: the channel's idle timeout (the L{Site}'s C{timeout}) covers a
-connection waiting for headers; while a body streams, a separate body idle
-timeout applies, suspended while relay itself has paused the transport.
+Timeouts: the edge's channel (L{relay.edge.web.site.EdgeChannel}) gives
+each request's headers a deadline and holds bodies and responses to a
+minimum rate; while a body streams, a separate body idle timeout applies
+too, suspended while relay itself has paused the transport (which the
+channel's rate check also allows for: L{RequestBody.pauses}).
 """
 
 from __future__ import annotations
@@ -67,6 +69,14 @@ class RequestBody:
     @property
     def interrupted(self) -> bool:
         return self._failure is not None
+
+    #: How often relay has paused the transport so far.
+    pauses = 0
+
+    @property
+    def paused(self) -> bool:
+        """relay paused the transport: the consumer lags, not the client."""
+        return self._paused
 
     @property
     def done(self) -> bool:
@@ -136,6 +146,7 @@ class RequestBody:
     def _pause(self) -> None:
         if not self._paused and self._producer is not None:
             self._paused = True
+            self.pauses += 1
             self._producer.pauseProducing()
             self._on_pause(True)
 
@@ -193,8 +204,7 @@ class StreamingRequest(server.Request):
         # the request itself learns them only in requestReceived.
         channel: Any = self.channel
         command, path, version = channel._command, channel._path, channel._version
-        method = self._effective_method(command)
-        if not (method in (b"PATCH", b"POST") and self._under_prefix(path)):
+        if not self.streams(command, path):
             super().gotLength(length)
             return
         self.content = BytesIO()
@@ -238,6 +248,13 @@ class StreamingRequest(server.Request):
         if self.body is not None:
             self.body.fail(reason)
         super().connectionLost(reason)
+
+    def streams(self, command: bytes, path: bytes) -> bool:
+        """
+        Whether this request's body streams to its route (a tus PATCH or
+        POST under the prefix), once its headers are in.
+        """
+        return self._effective_method(command) in (b"PATCH", b"POST") and self._under_prefix(path)
 
     # Called by resources.
 

@@ -12,6 +12,7 @@ owner hears of each upload's state and bytes received as they change
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ from relay.edge.uploads.tus import (
     Checksum,
     Creation,
     TusError,
+    filetype,
     parse_integer,
     sanitise_filename,
     text,
@@ -62,6 +64,7 @@ class UploadLimits:
     @ivar lock_wait: how long a newer request waits before 423.
     @ivar checksum_memory: bytes of a checksummed body held in memory before
         they go to an encrypted scratch file.
+    @ivar max_unfinished: unfinished uploads one user may have at once.
     """
 
     max_size: int = 64 << 30
@@ -71,6 +74,7 @@ class UploadLimits:
     lock_stale_after: float = 2.0
     lock_wait: float = 5.0
     checksum_memory: int = 4 << 20
+    max_unfinished: int = 100
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ class UploadService(Service):
         self.ready = False
         self._recovery: Deferred[None] | None = None
         self.announce = UploadAnnouncer(reactor, events)
+        self._creating: Counter[str] = Counter()
 
     # Lifecycle.
 
@@ -163,6 +168,25 @@ class UploadService(Service):
         if length is not None and length > self.limits.max_size:
             raise TusError(413, f"the upload is {length} bytes; this edge accepts at most "
                                 f"{self.limits.max_size} (Tus-Max-Size)")  # fmt: skip
+        owner = principal.user_id
+        # Counted from the store and the creations in flight, so that
+        # concurrent creations cannot pass the cap together.
+        self._creating[owner] += 1
+        try:
+            unfinished = await self.store.unfinished(owner) + self._creating[owner] - 1
+            if unfinished >= self.limits.max_unfinished:
+                raise TusError(429, f"you have {unfinished} unfinished uploads at this edge, the most "
+                                    "allowed; finish or delete some first")  # fmt: skip
+            return await self._create(principal, creation, body, checksum, abort, length)
+        finally:
+            self._creating[owner] -= 1
+            if not self._creating[owner]:
+                del self._creating[owner]
+
+    async def _create(
+        self, principal: Principal, creation: Creation, body: RequestBody | None, checksum: Checksum | None,
+        abort: Callable[[], None], length: int | None,
+    ) -> Outcome:
         project = await self.project_for(principal, creation)
         await self._check_quota(principal, length or 0)
         if length and self.spool.free_bytes() - length < self.limits.disk_reserve:
@@ -171,7 +195,7 @@ class UploadService(Service):
         upload = Upload(
             id=secrets.token_hex(16), owner=principal.user_id, project=project,
             filename=sanitise_filename(creation.metadata.get("filename")),
-            filetype=text(creation.metadata.get("filetype") or creation.metadata.get("type"))[:255],
+            filetype=filetype(creation.metadata),
             length=length, raw_metadata=creation.raw_metadata, concat=creation.concat or "",
             created=now, updated=now, expires=now + self.limits.expiry,
         )  # fmt: skip

@@ -175,6 +175,27 @@ class _SpoolFile:
             _SLOT.size + MAX_GENERATIONS * _GENERATION.size + RECORD_NONCE_SIZE + size + TAG_SIZE
         )
 
+    def record_size(self, tail_len: int) -> int:
+        """The most a state record holding C{tail_len} bytes of tail takes."""
+        return _SLOT.size + MAX_GENERATIONS * _GENERATION.size + RECORD_NONCE_SIZE + tail_len + TAG_SIZE
+
+    def reserve(self, tail_len: int) -> None:
+        """
+        Allocate both state slots for records of up to C{tail_len} bytes of
+        tail, so that a flush of them still fits when the disk fills up.
+        The rest of each slot stays a hole: a file's tail costs disk in
+        proportion to what it holds.
+        """
+        size = self.record_size(tail_len)
+        for slot in (0, 1):
+            try:
+                os.posix_fallocate(self.tail_fd, slot * self.slot_size, size)
+            except OSError as e:
+                if e.errno in _NO_SPACE:
+                    raise SpoolFull(f"spool disk full: {e.strerror}") from e
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+
     def __del__(self) -> None:
         # Dropped without close(): like a crash, nothing more is written.
         if getattr(self, "data_fd", -1) >= 0:
@@ -320,7 +341,9 @@ class SpoolWriter:
     Obtained from L{Spool.create} or L{Spool.open_writer}.
     """
 
-    def __init__(self, f: _SpoolFile, state: _State, *, rotate: bool, marked: bool) -> None:
+    def __init__(
+        self, f: _SpoolFile, state: _State, *, rotate: bool, marked: bool, reserved: int = -1
+    ) -> None:
         self._f = f
         seg = f.segment_size
         self._seg = seg
@@ -344,6 +367,9 @@ class SpoolWriter:
         self._final_recorded = state.final
         self._broken = False
         self._recorded: tuple[int, bool] | None = None
+        # Tail bytes whose state records have their disk reserved (unknown
+        # for an opened file: reserved again on its first write or flush).
+        self._reserved = reserved
 
     @property
     def offset(self) -> int:
@@ -368,6 +394,7 @@ class SpoolWriter:
                     pos += seg
                     continue
                 take = min(seg - self._tail_len, end - pos)
+                self._reserve(self._tail_len + take)
                 self._tail[self._tail_len : self._tail_len + take] = view[pos : pos + take]
                 self._tail_len += take
                 pos += take
@@ -511,9 +538,19 @@ class SpoolWriter:
             raise
         self._synced = self._full
 
+    def _reserve(self, tail_len: int) -> None:
+        """Reserve state records for C{tail_len} bytes of tail, doubling."""
+        if tail_len <= self._reserved:
+            return
+        want = min(self._seg, max(tail_len, 2 * self._reserved, 4096))
+        self._f.reserve(want)
+        self._reserved = want
+
     def _write_state(
         self, flags: int, fsync: bool, generations: list[tuple[int, bytes]] | None = None
     ) -> None:
+        if not flags & _FINAL:
+            self._reserve(self._tail_len)
         # Never overwrite the last durable record: a torn write must leave it.
         slot = 1 - self._durable_slot
         final = bool(flags & _FINAL)
@@ -635,14 +672,9 @@ class Spool:
             tail_fd = os.open(self._path(file_id, "tail"), flags, 0o600)
             _pwrite_all(data_fd, header, 0)
             f = _SpoolFile(file_id, data_fd, tail_fd, file_key)
-            try:
-                # Reserved now so that a flush still fits when the disk fills up.
-                os.posix_fallocate(tail_fd, 0, 2 * f.slot_size)
-            except OSError as e:
-                if e.errno in _NO_SPACE:
-                    raise SpoolFull(f"spool disk full: {e.strerror}") from e
-                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
+            # Reserved as the tail grows (SpoolWriter.write), so that a flush
+            # always fits when the disk fills up.
+            f.reserve(0)
             state = _State(1, 0, 0, 0, 0, 0, [(0, prefix)])
             _pwrite_all(tail_fd, f.encode_state(1, 0, 0, 0, b"", 0, state.generations), 0)
             _fdatasync(data_fd)
@@ -656,7 +688,7 @@ class Spool:
             self._remove_files(file_id)
             raise
         # The first record already says "not clean": sealing may start at once.
-        return SpoolWriter(f, state, rotate=False, marked=True)
+        return SpoolWriter(f, state, rotate=False, marked=True, reserved=0)
 
     def open_writer(self, file_id: str) -> SpoolWriter:
         """Resume appending after a restart; the offset is the recovered length."""
@@ -704,6 +736,46 @@ class Spool:
             for p in self.directory.iterdir()
             if p.name.endswith(".key") and _FILE_ID.match(p.name[: -len(".key")])
         )
+
+    def rewrap(self, new_master_key: bytes) -> int:
+        """
+        Wrap every file's key with C{new_master_key} instead (master key
+        rotation; the data is not touched).  Each key record is replaced
+        atomically and durably; a record that already opens with the new
+        key is left alone, so an interrupted rotation can simply be run
+        again.  Returns how many records were rewrapped.
+
+        @raise SpoolCorrupt: a record opens with neither key.
+        """
+        if len(new_master_key) != KEY_SIZE:
+            raise ValueError(f"master key must be {KEY_SIZE} bytes")
+        done = 0
+        for file_id in self.list_ids():
+            path = self._path(file_id, "key")
+            record = path.read_bytes()
+            if not record.startswith(_KEY_MAGIC):
+                raise SpoolCorrupt(f"spool file {file_id}: key record is not a key record")
+            wrapped, context = record[len(_KEY_MAGIC) :], file_id.encode()
+            try:
+                unwrap_key(new_master_key, wrapped, context)
+                continue  # rewrapped by an earlier run
+            except DecryptionError:
+                pass
+            try:
+                file_key = unwrap_key(self._master_key, wrapped, context)
+            except DecryptionError:
+                raise SpoolCorrupt(f"spool file {file_id}: key record opens with neither key") from None
+            tmp = self._path(file_id, "key.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                _pwrite_all(fd, _KEY_MAGIC + wrap_key(new_master_key, file_key, context), 0)
+                _fdatasync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            done += 1
+        fsync_directory(self.directory)
+        return done
 
     def erase(self, file_id: str) -> bool:
         """

@@ -246,6 +246,12 @@ class UploadStore:
             )  # fmt: skip
         )
 
+    def unfinished(self, owner: str) -> Deferred[int]:
+        """An owner's uploads still receiving (partial uploads included)."""
+        return self._db.read(lambda conn: int(conn.execute(
+            "SELECT count(*) FROM uploads WHERE owner = ? AND state = ?", (owner, UploadState.RECEIVING.value)
+        ).fetchone()[0]))  # fmt: skip
+
     def held_bytes(self, owner: str) -> Deferred[int]:
         """
         Bytes an owner's uploads hold or have reserved in the spool: the

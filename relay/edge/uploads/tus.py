@@ -20,6 +20,9 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import urlsplit
 
+from relay.media_types import parse_media_type
+from relay.text import bad_text
+
 VERSION = "1.0.0"
 EXTENSIONS = (
     "creation",
@@ -148,7 +151,28 @@ def parse_creation(
     else:
         raise TusError(400, "Upload-Length or Upload-Defer-Length: 1 is required")
     raw = (metadata or "").strip()
-    return Creation(size, raw, parse_metadata(raw), kind, parts)
+    parsed = parse_metadata(raw)
+    for key in TEXT_METADATA:
+        check_text(key, parsed.get(key))
+    return Creation(size, raw, parsed, kind, parts)
+
+
+#: The metadata relay reads as text: each must be valid UTF-8 and valid
+#: Unicode text (no surrogates or non-characters), else 400.
+TEXT_METADATA = ("filename", "filetype", "type", "project")
+
+
+def check_text(key: str, value: bytes | None) -> None:
+    """Refuse a metadata value that is not valid text (400)."""
+    if value is None:
+        return
+    try:
+        decoded = value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TusError(400, f"Upload-Metadata {key} must be UTF-8 text") from None
+    if bad_text(decoded) is not None:
+        raise TusError(400, f"Upload-Metadata {key} must be valid Unicode text "
+                            "(no surrogates or non-characters)")  # fmt: skip
 
 
 def parse_metadata(value: str) -> dict[str, bytes]:
@@ -263,6 +287,19 @@ def sanitise_filename(raw: bytes | str | None, fallback: str = "upload") -> str:
         stem = stem.encode()[:room].decode("utf-8", "ignore").rstrip(" .")
         text = (stem + dot + ext) if stem else fallback
     return text
+
+
+def filetype(metadata: Mapping[str, bytes]) -> str:
+    """
+    The upload's declared media type (C{filetype}, or C{type} as some
+    clients send it), checked: a value that is not a media type is 400.
+    """
+    raw = metadata.get("filetype") or metadata.get("type") or b""
+    try:
+        return parse_media_type(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        reason = e if isinstance(e, ValueError) and not isinstance(e, UnicodeDecodeError) else "UTF-8 text"
+        raise TusError(400, f"Upload-Metadata filetype must be {reason}") from None
 
 
 def http_date(seconds: float) -> str:

@@ -380,7 +380,7 @@ def _file(conn: Any, user_id: str, file_id: str) -> dict[str, Any] | None:
 def api_routes(
     app: Klein, identity: Identity, db: Database, issuer: CommandIssuer, hub: EventHub,
     wake: Callable[[], object], clock: IReactorTime, cpu: CpuRunner, *,
-    cost: ScryptCost = DEFAULT_COST, heartbeat: float = 15.0,
+    cost: ScryptCost = DEFAULT_COST, heartbeat: float = 15.0, streams_per_user: int = 8,
 ) -> EventStreams:
     """
     Add the API's routes (projects, members, jobs, files, notices,
@@ -389,9 +389,10 @@ def api_routes(
 
     @param wake: the outbox's C{wake}.
     @param cpu: runs scrypt off the reactor thread.
+    @param streams_per_user: open event streams one user may have.
     """
     EdgeApi(identity, db, issuer, hub, wake).routes(app)
     PasswordChange(identity, db, issuer, hub, wake, clock, cpu, cost=cost).routes(app)
-    streams = EventStreams(hub, identity, clock, heartbeat=heartbeat)
+    streams = EventStreams(hub, identity, clock, heartbeat=heartbeat, per_user=streams_per_user)
     streams.routes(app)
     return streams

@@ -33,7 +33,7 @@ from relay.db import Database
 from relay.edge.auth import Principal
 from relay.edge.events import EventHub
 from relay.edge.identity import CpuRunner, Identity, json_body
-from relay.edge.login_throttle import LoginThrottle
+from relay.edge.login_throttle import LoginThrottle, Throttled
 from relay.edge.replica.pending import CommandIssuer
 from relay.edge.web.guard import answer, authenticated
 from relay.permissions import Refused
@@ -74,13 +74,18 @@ class PasswordChange:
             except WeakPassword as weak:
                 return answer(request, 400, {"error": str(weak)})
             user_id = principal.user_id
-            if self._throttle.blocked(user_id):
-                return answer(request, 429, {"error": "too many wrong passwords; try again in a few minutes"})
-            stored = await self._db.read(_password_hash, user_id)
-            if stored is None or not await self._cpu(verify_password, current, stored):
-                self._throttle.failed(user_id)
-                return answer(request, 403, {"error": "the current password is wrong"})
-            self._throttle.succeeded(user_id)
+            try:
+                attempt = self._throttle.reserve(user_id)
+            except Throttled as throttled:
+                request.setHeader(b"retry-after", str(throttled.retry_after).encode())
+                return answer(request, 429, {"error": "too many wrong passwords; try again later"})
+            try:
+                stored = await self._db.read(_password_hash, user_id)
+                if stored is None or not await self._cpu(verify_password, current, stored):
+                    return answer(request, 403, {"error": "the current password is wrong"})
+                attempt.succeeded()
+            finally:
+                attempt.failed()  # unless it succeeded
             new_hash = await self._cpu(hash_password, new, self._cost)
             fields = {"password_hash": new_hash, "replaces": password_hash_digest(stored)}
             try:

@@ -21,6 +21,7 @@ is where it starts.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 from klein import Klein
@@ -57,11 +58,16 @@ class EventStreams(Service):
 
     log = Logger()
 
-    def __init__(self, hub: EventHub, identity: Identity, clock: IReactorTime, heartbeat: float = HEARTBEAT) -> None:
+    def __init__(
+        self, hub: EventHub, identity: Identity, clock: IReactorTime, heartbeat: float = HEARTBEAT,
+        per_user: int = 8,
+    ) -> None:
         self._hub = hub
         self._identity = identity
         self._clock = clock
         self._heartbeat = heartbeat
+        self._per_user = per_user
+        self._by_user: Counter[str] = Counter()
         self._open: set[Deferred[None]] = set()
 
     @property
@@ -81,12 +87,23 @@ class EventStreams(Service):
                 return principal
             if not self.running:
                 return answer(request, 503, {"error": "the edge is stopping"})
+            user_id = principal.user_id
+            if self._by_user[user_id] >= self._per_user:
+                request.setHeader(b"retry-after", b"30")
+                return answer(request, 429, {"error": f"at most {self._per_user} event streams at once; "
+                                                      "close another tab or client"})
             request.setResponseCode(200)
             request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
             request.setHeader(b"cache-control", b"no-store")
             # nginx buffers responses unless told not to.
             request.setHeader(b"x-accel-buffering", b"no")
-            await self._stream(request, principal.user_id)
+            self._by_user[user_id] += 1
+            try:
+                await self._stream(request, user_id)
+            finally:
+                self._by_user[user_id] -= 1
+                if not self._by_user[user_id]:
+                    del self._by_user[user_id]
             return b""
 
     async def _stream(self, request: IRequest, user_id: str) -> None:

@@ -82,6 +82,12 @@ class UserInterface:
                 return b"no such file\n"
             path, content_type = entry
             _secure(request)
+            # One range at most: twisted.web's multipart ranges hang on many
+            # ranges and answer overlapping ones many times over.  Several
+            # get the whole file, which RFC 9110 allows.
+            ranges = request.getHeader(b"range")
+            if ranges is not None and b"," in ranges:
+                request.requestHeaders.removeHeader(b"range")
             # Revalidated each time (Last-Modified), never stale after an upgrade.
             request.setHeader(b"cache-control", b"no-cache")
             resource = File(str(self.web_dir / path), defaultType=content_type)
