@@ -271,6 +271,8 @@ class Fetch:
         self.content_type = ""
         self.store_id = ""
         self.written = 0
+        #: Every byte is written and hashed right: the file is cached.
+        self.verified = False
         self.ready: Deferred[None] = Deferred()
         self.done: Deferred[None] = Deferred()
         self.error: Unavailable | None = None
@@ -290,9 +292,19 @@ class Fetch:
 
     # -- for readers -------------------------------------------------------------
 
+    def readable(self, end: int) -> int:
+        """
+        Where readers may read up to now, of C{[.., end)}: what is written,
+        except the file's last byte, which waits for the whole file's hash
+        (so no client ever holds a complete copy that turned out wrong).
+        """
+        if self.verified:
+            return end
+        return min(end, self.written, self.size - 1)
+
     def wait(self, offset: int) -> Deferred[None]:
-        """Fires when byte C{offset} is written (or the fetch ended)."""
-        if self.written > offset or self.done.called:
+        """Fires when byte C{offset} is readable (or the fetch ended)."""
+        if self.readable(offset + 1) > offset or self.error is not None:
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._waiters.append(d)
@@ -363,6 +375,7 @@ class Fetch:
             return
         finally:
             cache.unpin(self.file_id)
+        self.verified = True
         self._ready()
         self._wake_readers()
         self.done.callback(None)

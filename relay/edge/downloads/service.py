@@ -223,7 +223,7 @@ class Downloads(MultiService):
 
     def announce(self, fetch: Fetch) -> None:
         """A fetch moved on: tell the file's project."""
-        state = CACHED if fetch.done.called and fetch.error is None else FETCHING
+        state = CACHED if fetch.verified else FETCHING
         self._announce_state(fetch.file_id, state, fetch.written, fetch.size)
 
     def _announce_state(self, file_id: str, state: str, fetched: int, size: int) -> None:
@@ -380,10 +380,10 @@ class Downloads(MultiService):
                 if self.cache.dropped(store_id):
                     raise Unavailable("the file was dropped from the cache")
                 available = end
-                if fetch is not None and not (fetch.done.called and fetch.error is None):
+                if fetch is not None and not fetch.verified:
                     if fetch.error is not None:
                         raise fetch.error
-                    available = min(end, fetch.written)
+                    available = fetch.readable(end)
                     if available <= position:
                         await fetch.wait(position)
                         continue
@@ -431,7 +431,7 @@ class Downloads(MultiService):
                 await self._blocking(reader.close)
 
     def _open(self, store_id: str, fetch: Fetch | None) -> Deferred[SpoolReader]:
-        if fetch is None or fetch.done.called:
+        if fetch is None or fetch.verified:
             return self._blocking(self.cache.store.reader, store_id)
         return fetch.lock.run(self._blocking, self.cache.store.reader, store_id)
 
