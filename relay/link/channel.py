@@ -23,7 +23,8 @@ from txamqp.message import Message
 from txamqp.protocol import AMQChannel
 
 from relay.link import frames
-from relay.link.txfix import RelayClient, encode_table
+from relay.link.tables import encode_table
+from relay.link.txfix import RelayClient
 
 log = Logger()
 

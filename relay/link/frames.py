@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from io import BytesIO
 from typing import Any
 
+from relay.link.tables import TableCodec, encode_table
+
 FRAME_METHOD = 1
 FRAME_HEADER = 2
 FRAME_BODY = 3
@@ -90,8 +92,6 @@ def encode_properties(properties: Mapping[str, Any]) -> tuple[int, bytes]:
     """The presence flags and the encoded values of basic's content properties
     (keyed by their wire names, ``content-type`` and so on; ``None`` is absent).
     """
-    from relay.link.txfix import encode_table  # txfix imports this module
-
     unknown = set(properties) - _PROPERTY_NAMES
     if unknown:
         raise ValueError(f"unknown message properties: {sorted(unknown)}")
@@ -222,8 +222,6 @@ def decode_nack(payload: bytes) -> tuple[int, bool, bool]:
 
 def decode_content_header(payload: bytes) -> tuple[int, int, dict[str, Any]]:
     """A basic content header: weight, body size and the properties by wire name."""
-    from relay.link.txfix import TableCodec  # txfix imports this module
-
     _, weight, size = struct.unpack_from("!HHQ", payload)
     offset = 12
     present: list[bool] = []
