@@ -63,10 +63,10 @@ from relay.link.backoff import Backoff  # noqa: E402
 from relay.link.bridge import Bridge  # noqa: E402
 from relay.link.catalogue import Catalogue  # noqa: E402
 from relay.link.channel import Channel, ConfirmTracker, Delivery  # noqa: E402
+from relay.link.client import CLIENT_CAPABILITIES, BrokerListener, RelayClient, RelayDelegate  # noqa: E402
 from relay.link.connection import LinkService  # noqa: E402
 from relay.link.envelope import Envelope  # noqa: E402
 from relay.link.spec import load_spec  # noqa: E402
-from relay.link.txfix import CLIENT_CAPABILITIES, BrokerListener, RelayClient, RelayDelegate  # noqa: E402
 from relay.metrics import Metrics  # noqa: E402
 from relay.testing.linkemu import LinkEmulator, LinkProfile  # noqa: E402
 

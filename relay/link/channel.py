@@ -23,8 +23,8 @@ from txamqp.message import Message
 from txamqp.protocol import AMQChannel
 
 from relay.link import frames
+from relay.link.client import RelayClient
 from relay.link.tables import encode_table
-from relay.link.txfix import RelayClient
 
 log = Logger()
 

@@ -34,8 +34,8 @@ from txamqp.message import Message
 
 from relay.link.backoff import Backoff
 from relay.link.channel import Channel, ConfirmTracker, Delivery, LinkDown, ReturnedMessage
+from relay.link.client import CLIENT_CAPABILITIES, BrokerListener, RelayClient, RelayDelegate
 from relay.link.spec import load_spec
-from relay.link.txfix import CLIENT_CAPABILITIES, BrokerListener, RelayClient, RelayDelegate
 
 __all__ = [
     "BrokerAddress",

@@ -17,7 +17,7 @@ Everything else goes txAMQP's way.  The fast path is taken only while
 txAMQP's dispatcher is idle, so the delegate still sees every method in
 arrival order.  The codecs are byte-exact with the generic path
 (``tests/link/test_frames.py``).  relay's fixes to txAMQP
-(:class:`relay.link.txfix.RelayClient`) build on this class.
+(:class:`relay.link.client.RelayClient`) build on this class.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ unpacked here with precompiled ``struct`` formats:
 - ``basic.deliver`` and ``basic.return`` with their content (receiving).
 
 Every function here produces or reads exactly the bytes of txAMQP's generic
-path with relay's fixes (:func:`relay.link.txfix.encode_payload`,
-:func:`~relay.link.txfix.decode_method`, :func:`~relay.link.txfix.decode_header`);
+path with relay's fixes (:func:`relay.link.client.encode_payload`,
+:func:`~relay.link.client.decode_method`, :func:`~relay.link.client.decode_header`);
 ``tests/link/test_frames.py`` checks that byte for byte. The property list
 is AMQP 0-9-1's, checked against relay's protocol definition by the same
 tests.

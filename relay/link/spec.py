@@ -11,7 +11,7 @@ from importlib import resources
 
 from txamqp import spec as txspec
 
-from relay.link.txfix import alias_no_wait
+from relay.link.client import alias_no_wait
 
 SPEC_RESOURCE = "amqp0-9-1.xml"
 
@@ -26,7 +26,7 @@ def load_spec() -> txspec.Spec:
     """relay's AMQP 0-9-1 spec, parsed once per process and ready for txAMQP.
 
     The ``no-wait`` fields are aliased for txAMQP (see
-    :func:`relay.link.txfix.alias_no_wait`), so ``no_wait=True`` does not hang.
+    :func:`relay.link.client.alias_no_wait`), so ``no_wait=True`` does not hang.
     The returned object is shared: treat it as read-only.
     """
     # load_string, not load(path): package data may live in a zip.

@@ -4,7 +4,7 @@ AMQP field tables (message headers, method arguments) as RabbitMQ speaks them.
 txAMQP 0.8.2's table codec sends only strings and 32-bit ints, miscounts
 non-ASCII strings and cannot read arrays (RabbitMQ's C{x-death} header, which
 then kills the connection).  L{TableCodec} is its codec with RabbitMQ's field
-types; the client's generic frame codec (L{relay.link.txfix}) and the hot
+types; the client's generic frame codec (L{relay.link.client}) and the hot
 frames' codecs (L{relay.link.frames}) both use it.
 """
 

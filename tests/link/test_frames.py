@@ -17,14 +17,14 @@ from txamqp.message import Message
 
 from relay.link import frames
 from relay.link.channel import ConfirmTracker, Delivery
-from relay.link.spec import load_spec
-from relay.link.txfix import (
+from relay.link.client import (
     BrokerListener,
     RelayClient,
     RelayDelegate,
     decode_header,
     encode_payload,
 )
+from relay.link.spec import load_spec
 
 from ._broker import BrokerTestCase, open_channel, wait_for, within
 

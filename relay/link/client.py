@@ -1,4 +1,4 @@
-"""relay's fixes to txAMQP 0.8.2, in one place.
+"""relay's AMQP client: txAMQP 0.8.2's, with relay's fixes in one place.
 
 txAMQP 0.8.2 (2018, the last release) is pinned. Each fix below is a subclass
 or a targeted override; nothing in txAMQP is patched globally. Each one has a
