@@ -6,7 +6,8 @@ regression test in ``tests/link/`` that fails without it.
 
 1. ``no_wait=True`` hangs: ``AMQChannel.invoke`` only skips waiting for a reply
    when a field is named exactly ``nowait``; 0-9-1 calls it ``no-wait``.
-   :func:`alias_no_wait` registers the field under both names in a loaded spec.
+   :func:`relay.link.spec.alias_no_wait` registers the field under both names
+   in the loaded spec.
 2. Bodies are decoded as text: a body frame that is valid UTF-8 becomes
    ``str``; a message may then never be delivered (``str`` length is not the
    byte count) or be truncated (a later binary frame replaces the buffer).
@@ -72,23 +73,6 @@ CLIENT_CAPABILITIES: dict[str, bool] = {
     "basic.nack": True,
     "authentication_failure_close": True,
 }
-
-
-# -- 1. no_wait ---------------------------------------------------------------
-
-
-def alias_no_wait(spec: Spec) -> Spec:
-    """Make txAMQP see 0-9-1's ``no-wait`` fields as the ``nowait`` it looks for.
-
-    Only the by-name index of each method's fields gains an entry; field order,
-    Python argument names (``no_wait``) and encoding are unchanged. Idempotent.
-    """
-    for klass in spec.classes:
-        for method in klass.methods:
-            field = method.fields.byname.get("no-wait")
-            if field is not None:
-                method.fields.byname.setdefault("nowait", field)
-    return spec
 
 
 # -- 2. frames, with bodies as bytes ------------------------------------------

@@ -6,8 +6,7 @@ from twisted.internet.defer import TimeoutError
 from twisted.trial.unittest import SynchronousTestCase
 from txamqp import spec as txspec
 
-from relay.link.client import alias_no_wait
-from relay.link.spec import load_spec, spec_bytes
+from relay.link.spec import alias_no_wait, load_spec, spec_bytes
 
 from ._broker import BrokerTestCase, open_channel, within
 
