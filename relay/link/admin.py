@@ -17,7 +17,7 @@ from typing import Any
 
 from relay.config import ConfigError, load, relative_to
 from relay.db import Database, is_postgresql
-from relay.link import inbox
+from relay.link import deadletters, inbox
 
 
 def database_path(args: argparse.Namespace) -> Path | str:
@@ -54,13 +54,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"relay: {e}", file=sys.stderr)
         return 1
     if args.action == "list":
-        rows = db.run_now(inbox.dead_letters, None if args.all else "dead")
+        rows = db.run_now(deadletters.listing, None if args.all else "dead")
         show(rows, args.json)
         return 0
     if not args.numbers:
         print("relay: name the dead letters by number (see 'relay dead-letters list')", file=sys.stderr)
         return 2
-    act = inbox.request_replay if args.action == "replay" else inbox.drop
+    act = deadletters.request_replay if args.action == "replay" else deadletters.drop
     changed = db.run_now(act, args.numbers)
     verb = "marked for replay" if args.action == "replay" else "dropped"
     if args.json:

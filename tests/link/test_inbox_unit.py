@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from relay.db import Schema
-from relay.link import inbox
+from relay.link import deadletters, inbox
 from relay.link.catalogue import Catalogue
 from relay.link.envelope import Envelope
 from relay.link.inbox import Inbox
@@ -71,7 +71,7 @@ class InboxTests(InboxWorld):
         m = message(-1)
         self.assertEqual(self.receive(m), "retry")
         self.assertEqual(self.receive(m), "dead")
-        rows = self.db.run_now(inbox.dead_letters)
+        rows = self.db.run_now(deadletters.listing)
         self.assertEqual(len(rows), 1)
         self.assertIn("handler failed 2 times; last: RuntimeError: negative", rows[0]["reason"])
         self.assertEqual(self.db.conn.execute("SELECT count(*) FROM seen").fetchone()[0], 0)
@@ -91,7 +91,7 @@ class InboxTests(InboxWorld):
                      Envelope("t", "a", 0.0, {"n": "x"}).to_bytes()]:
             self.assertEqual(self.successResultOf(self.inbox.receive(body)), "dead")
         self.assertEqual(self.applied, [])
-        self.assertEqual(len(self.db.run_now(inbox.dead_letters)), 5)
+        self.assertEqual(len(self.db.run_now(deadletters.listing)), 5)
 
 
 class Settlements:
@@ -134,7 +134,7 @@ class BundleTests(InboxWorld):
         settled = self.deliver_bundle(7, first.to_bytes(), poison, second.to_bytes(), b"not json")
         self.assertEqual(settled, [("ack", 7)])
         self.assertEqual(self.applied, [1, 2])
-        self.assertEqual(len(self.db.run_now(inbox.dead_letters)), 2)
+        self.assertEqual(len(self.db.run_now(deadletters.listing)), 2)
 
     def test_a_failing_handler_requeues_the_bundle_and_the_rest_is_not_applied_twice(self) -> None:
         bodies = [message(1).to_bytes(), message(-1).to_bytes(), message(2).to_bytes()]
@@ -144,7 +144,7 @@ class BundleTests(InboxWorld):
         self.assertEqual(self.deliver_bundle(2, *bodies), [("ack", 2)])
         self.assertEqual(self.applied, [1, 2])
         self.assertEqual(self.db.conn.execute("SELECT count(*) FROM seen").fetchone()[0], 2)
-        [dead] = self.db.run_now(inbox.dead_letters)
+        [dead] = self.db.run_now(deadletters.listing)
         self.assertIn("handler failed 2 times", dead["reason"])
 
     def test_stream_order_holds_across_a_bundle(self) -> None:
