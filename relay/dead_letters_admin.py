@@ -3,7 +3,9 @@ C{relay dead-letters}: see and act on the messages an inbox could not apply.
 
 The command works on the database file directly (no reactor, no broker): a
 replay only marks the dead letter, and the running process's inbox applies
-it within a second or two.
+it within a second or two.  It serves both sides, so it stands beside the
+C{relay} command (L{relay.cli}) rather than in the link layer, which knows
+neither side's configuration.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from relay.cloud.config import CloudConfig, database_target
 from relay.config import ConfigError, load, relative_to
 from relay.db import Database, is_postgresql
+from relay.edge.config import EdgeConfig
 from relay.link import deadletters, inbox
 
 
@@ -28,12 +32,8 @@ def database_path(args: argparse.Namespace) -> Path | str:
     if args.db:
         return args.db if is_postgresql(args.db) else Path(args.db)
     if args.side == "cloud":
-        from relay.cloud.config import CloudConfig, database_target
-
         cloud = load(CloudConfig, args.config or "etc/cloud.toml")
         return database_target(cloud, Path.cwd())
-    from relay.edge.config import EdgeConfig
-
     edge = load(EdgeConfig, args.config or "etc/edge.toml")
     return relative_to(Path.cwd(), edge.edge.data_dir) / "edge.db"
 
