@@ -33,6 +33,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from relay.cloud.objects import (
@@ -59,6 +60,7 @@ from relay.cloud.transfer_store import (
 )
 from relay.config import relative_to
 from relay.db import Database
+from relay.drain import Drain
 from relay.link.envelope import Envelope, to_edge
 from relay.permissions import Refused, allowed
 from relay.replication import IOutbox
@@ -199,8 +201,7 @@ class CloudTransfers(Service):
         # Transfers whose last request failed rest until then, even if the
         # failure could not be recorded.
         self._resting: dict[str, float] = {}
-        self._draining = False
-        self._again = False
+        self._requests = Drain(self._start_due, self._reading_failed, ready=lambda: bool(self.running))
         self._timer: IDelayedCall | None = None
         self._working: set[Deferred[None]] = set()
         self.processed = 0
@@ -257,32 +258,28 @@ class CloudTransfers(Service):
         """
         There may be requests to process.
         """
-        if not self.running:
-            return
-        self._again = True
-        if not self._draining:
-            Deferred.fromCoroutine(self._drain())
+        if self.running:
+            self._requests.wake()
 
-    async def _drain(self) -> None:
-        self._draining = True
-        try:
-            while self._again and self.running:
-                self._again = False
-                rows = await self._db.read(due_requests, self._reactor.seconds(), sorted(self._busy))
-                now = self._reactor.seconds()
-                for request in rows:
-                    if request.transfer_id in self._busy or self._resting.get(request.transfer_id, 0) > now:
-                        continue
-                    self._resting.pop(request.transfer_id, None)
-                    self._busy.add(request.transfer_id)
-                    d = self._slots.run(self._process, request)
-                    self._working.add(d)
-                    d.addBoth(self._finished, d)
-        except Exception:
-            self.log.failure("could not read transfer requests; trying again shortly")
-            self._schedule(1.0)
-        finally:
-            self._draining = False
+    async def _start_due(self) -> bool:
+        """
+        Start processing every due request of a transfer that is not busy.
+        """
+        rows = await self._db.read(due_requests, self._reactor.seconds(), sorted(self._busy))
+        now = self._reactor.seconds()
+        for request in rows:
+            if request.transfer_id in self._busy or self._resting.get(request.transfer_id, 0) > now:
+                continue
+            self._resting.pop(request.transfer_id, None)
+            self._busy.add(request.transfer_id)
+            d = self._slots.run(self._process, request)
+            self._working.add(d)
+            d.addBoth(self._finished, d)
+        return False
+
+    def _reading_failed(self, failure: Failure) -> None:
+        self.log.failure("could not read transfer requests; trying again shortly", failure)
+        self._schedule(1.0)
 
     def _finished(self, result: Any, d: Deferred[None]) -> None:
         self._working.discard(d)

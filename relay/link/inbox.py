@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relay.db import Database, Schema
+from relay.drain import Drain
 from relay.link import deadletters
 from relay.link.catalogue import Catalogue, InvalidBody, UnknownType
 from relay.link.channel import Delivery, LinkDown
@@ -198,7 +199,11 @@ class Inbox:
         self._savepoints = getattr(db, "dialect", "sqlite") == "sqlite"
         self._group = group if self._savepoints else 1
         self._waiting: list[tuple[bytes, bytes | None, _Done]] = []
-        self._committing = False
+        self._commits = Drain(
+            self._commit_group,
+            lambda failure: self.log.failure("inbox could not settle a group", failure),
+            ready=lambda: bool(self._waiting),
+        )
         self._applied_now = 0  # on the database thread, in _apply_group
         self._applied = metrics.counter("inbox_applied", "Messages applied.")
         self._duplicates = metrics.counter("inbox_duplicates", "Duplicate deliveries ignored.")
@@ -272,35 +277,34 @@ class Inbox:
         the commit.
         """
         self._waiting.append((body, payload, done))
-        if not self._committing:
-            Deferred.fromCoroutine(self._commit_waiting())
+        self._commits.wake()
 
-    async def _commit_waiting(self) -> None:
-        self._committing = True
+    async def _commit_group(self) -> bool:
+        """
+        One transaction: the next group of waiting messages.  Another
+        follows while messages wait.
+        """
+        group = self._next_group()
         try:
-            while self._waiting:
-                group = self._next_group()
-                try:
-                    outcomes, applied = await self._db.run(self._apply_group, [(b, p) for b, p, _ in group])
-                except Exception:
-                    failure = Failure()
-                    for body, payload, done in group:
-                        self._transaction_failed(body, payload, failure).addBoth(done)
-                    continue
-                self._applied.inc(applied)
-                self._duplicates.inc(outcomes.count("duplicate"))
-                if applied:
-                    self._on_applied()
-                for (body, _, done), outcome in zip(group, outcomes, strict=True):
-                    if isinstance(outcome, _Buried):
-                        done(self._buried(outcome.message_id, outcome.reason))
-                    elif isinstance(outcome, _HandlerFailed):
-                        failed = self._apply_failed(outcome.message, body, outcome.error)
-                        Deferred.fromCoroutine(failed).addBoth(done)
-                    else:
-                        done(outcome)
-        finally:
-            self._committing = False
+            outcomes, applied = await self._db.run(self._apply_group, [(b, p) for b, p, _ in group])
+        except Exception:
+            failure = Failure()
+            for body, payload, done in group:
+                self._transaction_failed(body, payload, failure).addBoth(done)
+            return True
+        self._applied.inc(applied)
+        self._duplicates.inc(outcomes.count("duplicate"))
+        if applied:
+            self._on_applied()
+        for (body, _, done), outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, _Buried):
+                done(self._buried(outcome.message_id, outcome.reason))
+            elif isinstance(outcome, _HandlerFailed):
+                failed = self._apply_failed(outcome.message, body, outcome.error)
+                Deferred.fromCoroutine(failed).addBoth(done)
+            else:
+                done(outcome)
+        return True
 
     def _next_group(self) -> list[tuple[bytes, bytes | None, _Done]]:
         count, size = 0, 0
