@@ -63,7 +63,7 @@ from relay.db import Database
 from relay.drain import Drain
 from relay.link.envelope import Envelope, to_edge
 from relay.permissions import Refused, allowed
-from relay.replication import IOutbox
+from relay.replication import IInbox, IOutbox
 from relay.transfer_messages import (
     ABORT,
     ABORTED,
@@ -206,7 +206,7 @@ class CloudTransfers(Service):
         self._working: set[Deferred[None]] = set()
         self.processed = 0
 
-    def register(self, inbox: Any) -> None:
+    def register(self, inbox: IInbox) -> None:
         """
         Handle the edges' requests from C{inbox}.
         """

@@ -34,6 +34,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
 
 from relay.db import Database, Schema
 from relay.drain import Drain
@@ -47,6 +48,22 @@ T = TypeVar("T")
 
 #: A handler applies one message inside the inbox's transaction.
 Handler = Callable[[sqlite3.Connection, Envelope], None]
+
+
+class IInbox(Interface):
+    """
+    What components that receive messages need of the inbox (the fake is
+    L{relay.testing.sync.FakeInbox}).
+    """
+
+    def register(type: str, handler: Handler) -> None:
+        """
+        Apply messages of C{type} with C{handler}: on the database thread,
+        inside the transaction that records the message as applied, once per
+        message id (a handler that raises undoes its own message's effects,
+        which are tried again).  The type must be in the catalogue, and have
+        no handler yet.
+        """
 
 SCHEMA = Schema(
     "inbox",
@@ -159,6 +176,7 @@ class _Settlement:
             _settle(self._delivery.ack)
 
 
+@implementer(IInbox)
 class Inbox:
     """
     Applies the messages of one queue through registered handlers.

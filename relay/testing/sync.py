@@ -7,8 +7,9 @@ queue was lost) messages that never arrive.
   - L{FakeOutbox} provides L{IOutbox}: C{put} writes the message to a table
     in the caller's transaction, so a rolled-back transaction sends nothing,
     exactly like the real outbox.
-  - L{FakeInbox} records each message id with the handler's effect in one
-    transaction and ignores a message seen before, like the real inbox.
+  - L{FakeInbox} provides L{IInbox}: it records each message id with the
+    handler's effect in one transaction and ignores a message seen before,
+    like the real inbox.
   - L{InProcessLink} carries committed messages from every outbox to the
     inbox of the queue they are addressed to.
 """
@@ -27,7 +28,7 @@ from zope.interface import implementer
 from relay.db import Database, Schema
 from relay.link.catalogue import Catalogue
 from relay.link.envelope import Envelope
-from relay.replication import IOutbox
+from relay.replication import IInbox, IOutbox
 
 SCHEMA = Schema(
     "fake_link",
@@ -103,6 +104,7 @@ class FakeOutbox:
         return [(queue, Envelope.from_bytes(message.encode())) for queue, message in rows]
 
 
+@implementer(IInbox)
 class FakeInbox:
     """
     Applies messages through registered handlers, once per message id,

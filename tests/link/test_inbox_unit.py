@@ -9,6 +9,7 @@ from pathlib import Path
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from relay.db import Schema
 from relay.link import deadletters, inbox
@@ -16,6 +17,7 @@ from relay.link.catalogue import Catalogue
 from relay.link.envelope import Envelope
 from relay.link.inbox import Inbox
 from relay.metrics import Metrics
+from relay.testing import sync
 from relay.testing.db import SynchronousDatabase
 
 SEEN = Schema("seen", ["CREATE TABLE seen (n INTEGER NOT NULL);"])
@@ -151,3 +153,32 @@ class BundleTests(InboxWorld):
         bodies = [message(n, "s", n).to_bytes() for n in (2, 3, 1)]
         self.assertEqual(self.deliver_bundle(1, *bodies), [("ack", 1)])
         self.assertEqual(self.applied, [1, 2, 3])
+
+
+class InterfaceTests(SynchronousTestCase):
+    """
+    The inbox and its fake are one seam: both provide L{inbox.IInbox}, and
+    both refuse a type the catalogue lacks or a second handler for a type.
+    """
+
+    def inboxes(self) -> list[object]:
+        db = SynchronousDatabase(Path(self.mktemp()), [inbox.SCHEMA, sync.SCHEMA])
+        catalogue = Catalogue()
+        catalogue.register("t", {"type": "object"})
+        return [
+            Inbox(db, Clock(), catalogue, Metrics(), queue="q"),  # type: ignore[arg-type]
+            sync.FakeInbox(db, catalogue),  # type: ignore[arg-type]
+        ]
+
+    def test_the_inbox_and_its_fake_provide_the_interface(self) -> None:
+        for box in self.inboxes():
+            self.assertTrue(verifyObject(inbox.IInbox, box))
+
+    def test_both_refuse_what_the_real_one_refuses(self) -> None:
+        for box in self.inboxes():
+            assert isinstance(box, (Inbox, sync.FakeInbox))
+            with self.assertRaises(ValueError):
+                box.register("not.in.the.catalogue", lambda conn, m: None)
+            box.register("t", lambda conn, m: None)
+            with self.assertRaises(ValueError):
+                box.register("t", lambda conn, m: None)

@@ -51,7 +51,7 @@ from relay.edge.uploads.spool import Spool
 from relay.edge.uploads.store import UploadState, UploadStore
 from relay.link.envelope import TO_CLOUD
 from relay.metrics import Metrics
-from relay.replication import IOutbox
+from relay.replication import IInbox, IOutbox
 from relay.transfer_messages import ABORT, register_types
 
 
@@ -137,7 +137,7 @@ class TransferService(Service):
         self.spool = spool
         self.store = self.reports.store = store
 
-    def register(self, inbox: Any) -> None:
+    def register(self, inbox: IInbox) -> None:
         """Apply the cloud's answers from C{inbox}."""
         CloudAnswers(self).register(inbox)
 
