@@ -54,15 +54,15 @@ from twisted.internet import reactor
 from relay.config import load
 from relay.edge.config import EdgeConfig
 from relay.edge.tap import edge_service
-from relay.edge.uploads.handoff import LocalStaging
 from relay.testing.auth import FakeAuthenticator, FakeProjectAccess
+from relay.testing.transfer import FakeUploadSink
 auth = FakeAuthenticator()
 auth.add_user("bench", key={KEY!r})
 config = load(EdgeConfig, os.environ["RELAY_CONFIG"])
 application = Application("relay-edge-bench")
 # Ingest only: completed uploads stay staged (the transfer stage is not measured).
 edge_service(config, reactor, authenticator=auth, projects=FakeProjectAccess(),
-             upload_sink=LocalStaging()).setServiceParent(application)
+             upload_sink=FakeUploadSink()).setServiceParent(application)
 """
 
 

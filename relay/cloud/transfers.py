@@ -116,17 +116,6 @@ class RegistryFiles:
         )  # fmt: skip
 
 
-@implementer(IFileRegistry)
-class NoRegistry:
-    """
-    For a cloud built without the registry: nothing to record; the edge
-    still gets C{file.registered}.
-    """
-
-    def register_file(self, conn: Any, transfer: Transfer) -> None:
-        return None
-
-
 class Reply(Exception):
     """
     Ends a request with one reply (and a state change) instead of the
@@ -172,7 +161,7 @@ class CloudTransfers(Service):
         db: Database,
         outbox: IOutbox,
         objects: IObjectStore,
-        files: IFileRegistry | None = None,
+        files: IFileRegistry,
         *,
         presign_expiry: int = 3600,
         readback: bool = False,
@@ -190,7 +179,7 @@ class CloudTransfers(Service):
         self._db = db
         self._outbox = outbox
         self._objects = objects
-        self._files = files if files is not None else NoRegistry()
+        self._files = files
         self._expiry = presign_expiry
         self._readback = readback
         self._slots = DeferredSemaphore(concurrency)
@@ -495,7 +484,7 @@ def build_objects(s3: Any, reactor: Any, base: Path) -> S3Objects:
 
 
 def build_transfers(
-    s3: Any, reactor: Any, db: Database, bridge: Any, files: IFileRegistry | None, objects: IObjectStore
+    s3: Any, reactor: Any, db: Database, bridge: Any, files: IFileRegistry, objects: IObjectStore
 ) -> CloudTransfers:
     """
     The cloud's transfer stage from the C{[s3]} table: the request

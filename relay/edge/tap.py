@@ -27,7 +27,7 @@ from relay.edge.events import EventHub
 from relay.edge.transfer import journal as transfer_journal
 from relay.edge.transfer.service import build_transfers
 from relay.edge.uploads import store as upload_store
-from relay.edge.uploads.component import NobodyAuthenticated, NoProjectAccess, build_uploads
+from relay.edge.uploads.component import build_uploads
 from relay.edge.uploads.handoff import IUploadSink
 from relay.edge.web.announcer import ReplicaAnnouncer
 from relay.edge.web.api import api_routes
@@ -138,11 +138,8 @@ def edge_service(
         transfers = build_transfers(config.transfer, reactor, db, bridge, metrics, hub)
         upload_sink = transfers
     uploads = build_uploads(
-        config.uploads, data_dir, reactor, db, metrics,
-        authenticator if authenticator is not None else NobodyAuthenticated(),
-        projects if projects is not None else NoProjectAccess(),
-        upload_sink, events=hub,
-    )  # fmt: skip
+        config.uploads, data_dir, reactor, db, metrics, authenticator, projects, upload_sink, events=hub
+    )
     uploads.set_service_parent(root)
     if transfers is not None:
         transfers.bind(uploads.spool, uploads.service.store)

@@ -13,18 +13,16 @@ from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from relay.cloud import transfers
 from relay.cloud.objects import ObjectStoreError, object_key
-from relay.cloud.transfers import CloudTransfers, IFileRegistry, NoRegistry, Transfer
+from relay.cloud.transfers import CloudTransfers, IFileRegistry
 from relay.link.catalogue import Catalogue
 from relay.link.envelope import Envelope, to_edge
-from relay.permissions import Refused
 from relay.testing import sync as fake_link
 from relay.testing.db import SynchronousDatabase
-from relay.testing.transfer import FakeObjectStore
+from relay.testing.transfer import FakeFileRegistry, FakeObjectStore
 from relay.transfer_messages import register_types
 
 MiB = 1 << 20
@@ -38,18 +36,6 @@ def md5(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode()
 
 
-@implementer(IFileRegistry)
-class Files:
-    def __init__(self) -> None:
-        self.registered: list[Transfer] = []
-        self.refuse: str | None = None
-
-    def register_file(self, conn: Any, transfer: Transfer) -> None:
-        if self.refuse:
-            raise Refused(self.refuse, "forbidden")
-        self.registered.append(transfer)
-
-
 class Cloud:
     def __init__(self, path: Path, readback: bool = False) -> None:
         self.clock = Clock()
@@ -60,7 +46,7 @@ class Cloud:
         register_types(catalogue)
         self.inbox = fake_link.FakeInbox(self.db, catalogue)  # type: ignore[arg-type]
         self.objects = FakeObjectStore()
-        self.files = Files()
+        self.files = FakeFileRegistry()
         self.service = CloudTransfers(self.clock, self.db, self.outbox, self.objects, self.files,  # type: ignore[arg-type]
                                       presign_expiry=600, readback=readback)  # fmt: skip
         self.service.register(self.inbox)
@@ -109,7 +95,7 @@ class CloudTransferTests(SynchronousTestCase):
         return Cloud(Path(self.mktemp()), **kwargs)
 
     def test_registries(self) -> None:
-        self.assertTrue(verifyObject(IFileRegistry, NoRegistry()))
+        self.assertTrue(verifyObject(IFileRegistry, FakeFileRegistry()))
         self.assertTrue(verifyObject(IFileRegistry, transfers.RegistryFiles(object())))
 
     def test_a_whole_transfer(self) -> None:

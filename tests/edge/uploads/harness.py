@@ -21,7 +21,6 @@ from twisted.web.server import Site
 
 from relay.db import Database
 from relay.edge.events import EventHub
-from relay.edge.uploads.handoff import LocalStaging
 from relay.edge.uploads.housekeeping import UploadHousekeeping
 from relay.edge.uploads.request import StreamingSettings, streaming_request_factory
 from relay.edge.uploads.resource import UploadRoutes
@@ -29,6 +28,7 @@ from relay.edge.uploads.service import UploadLimits, UploadService
 from relay.edge.uploads.spool import Spool
 from relay.edge.uploads.store import SCHEMA, UploadStore
 from relay.testing.auth import FakeAuthenticator, FakeProjectAccess
+from relay.testing.transfer import FakeUploadSink
 
 KEY = "k-alice"
 OTHER_KEY = "k-bob"
@@ -74,7 +74,7 @@ class Edge:
     body_timeout: float = 10.0
     header_timeout: float = 10.0
     spool: Spool | None = None
-    sink: LocalStaging = field(default_factory=LocalStaging)
+    sink: FakeUploadSink = field(default_factory=FakeUploadSink)
     hub: EventHub = field(default_factory=EventHub)
     cleanups: list[Any] = field(default_factory=list)
 

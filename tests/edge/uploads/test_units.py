@@ -14,26 +14,24 @@ from zope.interface.verify import verifyObject
 
 from relay.edge.auth import IAuthenticator, IProjectAccess
 from relay.edge.uploads import tus
-from relay.edge.uploads.component import NobodyAuthenticated, NoProjectAccess
-from relay.edge.uploads.handoff import IUploadSink, LocalStaging, StagedUpload
+from relay.edge.uploads.handoff import IUploadSink, StagedUpload
 from relay.edge.uploads.locks import UploadLocks
 from relay.edge.uploads.request import BodyInterrupted, RequestBody
 from relay.edge.uploads.store import Upload, UploadState
 from relay.testing.auth import FakeAuthenticator, FakeProjectAccess
+from relay.testing.transfer import FakeUploadSink
 
 from .harness import checksum
 
 
 def test_fakes_and_sink_provide_their_interfaces() -> None:
     assert verifyObject(IAuthenticator, FakeAuthenticator())
-    assert verifyObject(IAuthenticator, NobodyAuthenticated())
     assert verifyObject(IProjectAccess, FakeProjectAccess())
-    assert verifyObject(IProjectAccess, NoProjectAccess())
-    assert verifyObject(IUploadSink, LocalStaging())
+    assert verifyObject(IUploadSink, FakeUploadSink())
 
 
-def test_local_staging_remembers() -> None:
-    sink = LocalStaging()
+def test_the_fake_sink_remembers() -> None:
+    sink = FakeUploadSink()
     staged = StagedUpload("u", "u", "alice", "p", "f", "t", 3)
     sink.upload_staged(staged)
     assert sink.staged == {"u": staged}
