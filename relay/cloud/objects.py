@@ -3,7 +3,7 @@ The cloud's side of S3: multipart uploads the edges fill through presigned
 URLs.  Only this module holds AWS credentials.
 
 boto3 is blocking, so every call runs on this module's own bounded thread
-pool (L{deferToThreadPool}), never on the reactor.  The client is the
+pool (L{relay.threads.Threads}), never on the reactor.  The client is the
 classic one (no CRT, which ignores C{endpoint_url}) with
 C{request_checksum_calculation="when_required"}: boto3 >= 1.36 otherwise
 adds CRC32 checksums and aws-chunked bodies that several S3-compatible
@@ -28,9 +28,9 @@ import botocore.exceptions
 from botocore.config import Config
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
 from zope.interface import Interface, implementer
+
+from relay.threads import Threads
 
 R = TypeVar("R")
 
@@ -257,18 +257,16 @@ class S3Objects(Service):
         self._presigner = session.client(
             "s3", endpoint_url=(presign_endpoint_url or endpoint_url) or None, config=config
         )
-        self._pool = ThreadPool(minthreads=0, maxthreads=max_threads, name="s3")
+        self._threads = Threads(reactor, "s3", max_threads)
 
     def startService(self) -> None:
         super().startService()
-        self._pool.start()
+        self._threads.startService()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         # Waits for calls in progress; boto3's own timeouts bound them.
-        return deferToThreadPool(self._reactor, self._pool, lambda: None).addCallback(
-            lambda _: self._pool.stop()
-        )
+        return self._threads.stopService()
 
     def _call(self, what: str, work: Callable[..., R], *args: Any) -> Deferred[R]:
         def guarded() -> R:
@@ -279,7 +277,7 @@ class S3Objects(Service):
             except Exception as e:
                 raise _error(e, what) from None
 
-        return deferToThreadPool(self._reactor, self._pool, guarded)
+        return self._threads.run(guarded)
 
     # IObjectStore
 

@@ -7,14 +7,12 @@ the configuration file, and the only one that touches the global reactor.
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from klein import Klein
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
-from twisted.internet.threads import deferToThreadPool
 from twisted.web.server import Site
 
 from relay.cloud import registry, sync, transfers
@@ -33,8 +31,12 @@ from relay.link.envelope import JOBS, TO_CLOUD
 from relay.metrics import Metrics
 from relay.process import GracefulStop, InOrder
 from relay.sync_messages import register_types as register_sync_types
+from relay.threads import Threads
 
 DEFAULT_CONFIG = "etc/cloud.toml"
+
+#: Threads for hashing jobs' results, as many as the reactor's own pool had.
+CPU_THREADS = 10
 
 #: The schemas of every component with tables in the cloud's database.
 SCHEMAS: list[Schema] = [outbox.SCHEMA, inbox.SCHEMA, registry.SCHEMA, sync.SCHEMA, transfers.SCHEMA,
@@ -102,8 +104,9 @@ def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:
     objects = build_objects(config.s3, reactor, Path.cwd())
     objects.setServiceParent(root)
     # Jobs: the commands' effects queue them; workers run them.
-    cpu = partial(deferToThreadPool, reactor, reactor.getThreadPool())
-    jobs = build_jobs(config.jobs, reactor, db, bridge, the_registry, objects, cpu, Path.cwd())
+    cpu = Threads(reactor, "cpu", CPU_THREADS)
+    cpu.setServiceParent(root)
+    jobs = build_jobs(config.jobs, reactor, db, bridge, the_registry, objects, cpu.run, Path.cwd())
     CloudCommands(the_registry, jobs.effects).register(bridge.inbox)
     sync.SyncResponder(bridge.outbox, reactor).register(bridge.inbox)
     publisher = sync.SyncPublisher(bridge.outbox, reactor)

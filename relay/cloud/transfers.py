@@ -171,11 +171,6 @@ class CloudTransfers(Service):
         rng: random.Random | None = None,
     ) -> None:
         self._reactor = reactor
-        # From the database thread back to the reactor, after the
-        # transaction (a Clock in unit tests has no threads: next turn).
-        self._notify: Callable[[Callable[[], None]], Any] = getattr(
-            reactor, "callFromThread", lambda f: reactor.callLater(0, f)
-        )
         self._db = db
         self._outbox = outbox
         self._objects = objects
@@ -214,8 +209,9 @@ class CloudTransfers(Service):
             "INSERT INTO transfer_requests (transfer_id, edge, kind, body, received) VALUES (?, ?, ?, ?, ?)",
             (message.body["transfer_id"], edge, message.type, json.dumps(message.body), message.time),
         )
-        # Runs after this transaction: the database thread is serial.
-        self._notify(self.wake)
+        # From the database thread back to the reactor: runs after this
+        # transaction, since the database thread is serial.
+        self._reactor.callFromThread(self.wake)
 
     # -- the service -----------------------------------------------------------
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +46,7 @@ from relay.credentials import (
 from relay.db import Database, Schema
 from relay.edge.auth import IAuthenticator, IProjectAccess, Principal
 from relay.edge.login_throttle import LoginThrottle
+from relay.threads import Blocking
 
 SCHEMA = Schema(
     "identity",
@@ -71,7 +71,7 @@ SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 MAX_BODY = 64 * 1024
 
 #: Runs a CPU-heavy function (scrypt) off the reactor thread.
-CpuRunner = Callable[..., Deferred[Any]]
+CpuRunner = Blocking
 
 
 @dataclass(frozen=True)

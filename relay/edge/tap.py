@@ -8,13 +8,11 @@ object below it is handed what it needs.
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
-from twisted.internet.threads import deferToThreadPool
 from twisted.web.server import Site
 
 from relay.config import TapOptions, config_path, load_or_exit, prepare_data_dir, relative_to
@@ -40,8 +38,13 @@ from relay.link.envelope import to_edge
 from relay.metrics import Metrics
 from relay.process import GracefulStop, InOrder
 from relay.sync_messages import register_types as register_sync_types
+from relay.threads import Threads
 
 DEFAULT_CONFIG = "etc/edge.toml"
+
+#: Threads for password hashing (scrypt), as many as the reactor's own pool
+#: had.
+CPU_THREADS = 10
 
 #: The schemas of every component with tables in the edge's database.
 SCHEMAS: list[Schema] = [
@@ -127,8 +130,9 @@ def edge_service(
     )
     monitor.setServiceParent(root)
     bridge.when_up(monitor.link_up)
-    cpu = partial(deferToThreadPool, reactor, reactor.getThreadPool())
-    identity = identity_module.Identity(db, reactor, cpu)
+    cpu = Threads(reactor, "cpu", CPU_THREADS)
+    cpu.setServiceParent(root)
+    identity = identity_module.Identity(db, reactor, cpu.run)
     authenticator = authenticator if authenticator is not None else identity
     projects = projects if projects is not None else identity
     # The transfer stage moves staged uploads to S3 (unless a test hands in
@@ -149,7 +153,7 @@ def edge_service(
     identity.routes(web.app)
     streams = api_routes(
         web.app, identity, db, replica.CommandIssuer(bridge.outbox, reactor), hub, bridge.outbox.wake,
-        reactor, cpu,
+        reactor, cpu.run,
     )
     streams.setServiceParent(root)
     # Upload bodies stream to the spool instead of being buffered whole.

@@ -48,12 +48,6 @@ PROPERTY_NAMES = frozenset(
 )
 
 
-def _default_reactor() -> IReactorTime:
-    from twisted.internet import reactor
-
-    return reactor  # type: ignore[return-value]
-
-
 class LinkDown(Exception):
     """The channel is gone (its connection was lost or closed); wait for the next one."""
 
@@ -115,7 +109,7 @@ class Channel:
     Calls on a channel whose connection is gone raise :class:`LinkDown`.
     """
 
-    def __init__(self, amqp_channel: AMQChannel) -> None:
+    def __init__(self, amqp_channel: AMQChannel, clock: IReactorTime) -> None:
         self._channel = amqp_channel
         # relay's client encodes publishes and settlements by hand (see
         # relay.link.frames); a stock txAMQP client (some tests) does not.
@@ -132,7 +126,7 @@ class Channel:
         self._settled: set[int] = set()
         self._acks: list[int] = []
         self._flush_call: IDelayedCall | None = None
-        self._clock: IReactorTime = getattr(client, "clock", None) or _default_reactor()
+        self._clock = clock
         self.on_ack: Callable[[int, bool], object] | None = None
         self.on_nack: Callable[[int, bool], object] | None = None
         self.on_return: Callable[[ReturnedMessage], object] | None = None

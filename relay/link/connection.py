@@ -359,7 +359,7 @@ class LinkService(Service):
                 confirming.addErrback(lambda _: None)  # fails too; the first failure says why
                 raise
             await confirming
-            session.channel = Channel(amqp_channel)
+            session.channel = Channel(amqp_channel, self._reactor)
             if self._on_connected is not None:
                 await maybeDeferred(self._on_connected, session.channel)
             if session.lost:

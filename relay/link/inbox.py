@@ -214,7 +214,7 @@ class Inbox:
         # Group commit and savepoints: SQLite only.  On PostgreSQL a failed
         # statement inside a savepoint could hide a serialization failure
         # from the retry, so a message is its own transaction there.
-        self._savepoints = getattr(db, "dialect", "sqlite") == "sqlite"
+        self._savepoints = db.dialect == "sqlite"
         self._group = group if self._savepoints else 1
         self._waiting: list[tuple[bytes, bytes | None, _Done]] = []
         self._commits = Drain(

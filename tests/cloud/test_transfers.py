@@ -1,6 +1,6 @@
 """
 The cloud's transfer requests, with the in-memory object store, the fake
-link and a Clock: every answer, the checks before completing, retries of
+link and the test reactor: every answer, the checks before completing, retries of
 failed S3 calls, and recovery from a crash between S3 and the database.
 """
 
@@ -11,7 +11,6 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -22,6 +21,7 @@ from relay.link.catalogue import Catalogue
 from relay.link.envelope import Envelope, to_edge
 from relay.testing import sync as fake_link
 from relay.testing.db import SynchronousDatabase
+from relay.testing.reactor import TestReactor, reactor_for
 from relay.testing.transfer import FakeFileRegistry, FakeObjectStore
 from relay.transfer_messages import register_types
 
@@ -37,8 +37,8 @@ def md5(data: bytes) -> str:
 
 
 class Cloud:
-    def __init__(self, path: Path, readback: bool = False) -> None:
-        self.clock = Clock()
+    def __init__(self, path: Path, clock: TestReactor, readback: bool = False) -> None:
+        self.clock = clock
         self.clock.advance(1_764_000_000)
         self.db = SynchronousDatabase(path, [transfers.SCHEMA, fake_link.SCHEMA])
         self.outbox = fake_link.FakeOutbox("cloud", self.clock)
@@ -92,7 +92,9 @@ class Cloud:
 
 class CloudTransferTests(SynchronousTestCase):
     def cloud(self, **kwargs: Any) -> Cloud:
-        return Cloud(Path(self.mktemp()), **kwargs)
+        cloud = Cloud(Path(self.mktemp()), reactor_for(self), **kwargs)
+        self.addCleanup(cloud.service.stopService)
+        return cloud
 
     def test_registries(self) -> None:
         self.assertTrue(verifyObject(IFileRegistry, FakeFileRegistry()))

@@ -38,11 +38,9 @@ from relay.cloud.registry.store import new_id
 from relay.db import Database
 from relay.link.channel import Delivery, LinkDown
 from relay.link.envelope import JOBS, BadEnvelope, Envelope
+from relay.threads import Blocking
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-#: Blocking work (hashing a result) on a bounded pool.
-Blocking = Callable[..., Deferred[Any]]
 
 
 def safe_name(name: str) -> str:

@@ -29,10 +29,8 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from relay.db import Database
@@ -52,6 +50,7 @@ from relay.edge.uploads.store import UploadState, UploadStore
 from relay.link.envelope import TO_CLOUD
 from relay.metrics import Metrics
 from relay.replication import IInbox, IOutbox
+from relay.threads import Blocking, Threads
 from relay.transfer_messages import ABORT, register_types
 
 
@@ -99,23 +98,18 @@ class TransferService(Service):
         *,
         target: IPartTarget | None = None,
         metrics: Metrics | None = None,
-        blocking: Callable[..., Deferred[Any]] | None = None,
+        blocking: Blocking | None = None,
         events: EventHub | None = None,
     ) -> None:
         self.reactor = self.clock = reactor
-        # From the database thread back to the reactor, after the
-        # transaction (a Clock in unit tests has no threads: next turn).
-        self._notify: Callable[..., Any] = getattr(
-            reactor, "callFromThread", lambda f, *a: reactor.callLater(0, f, *a)
-        )
+        # From the database thread back to the reactor, after the transaction.
+        self._notify: Callable[..., Any] = reactor.callFromThread
         self.db = db
         self.outbox = outbox
         self.settings = settings
-        self.threads = ThreadPool(minthreads=0, maxthreads=settings.read_threads, name="transfer-spool")
+        self.threads = Threads(reactor, "transfer-spool", settings.read_threads)
         #: Runs spool I/O and hashing off the reactor (tests: inline).
-        self.blocking: Callable[..., Deferred[Any]] = blocking or (
-            lambda f, *args: deferToThreadPool(reactor, self.threads, f, *args)
-        )
+        self.blocking: Blocking = blocking or self.threads.run
         self._target = target if target is not None else HTTPPartTarget(reactor, settings.concurrency)
         policy = RetryPolicy(initial=settings.retry_initial, cap=settings.retry_cap,
                              stall_timeout=settings.stall_timeout, part_timeout=settings.part_timeout)  # fmt: skip
@@ -177,7 +171,7 @@ class TransferService(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.threads.start()
+        self.threads.startService()
         Deferred.fromCoroutine(self._resume()).addErrback(
             lambda f: self.log.failure("could not resume transfers", f)
         )
@@ -199,7 +193,7 @@ class TransferService(Service):
             close = getattr(self._target, "close", None)
             if close is not None:
                 await close()
-            self.threads.stop()
+            await self.threads.stopService()
 
         return Deferred.fromCoroutine(stopped())
 

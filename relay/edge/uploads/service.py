@@ -19,7 +19,6 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from relay.edge.auth import IProjectAccess, Principal
 from relay.edge.events import EventHub
@@ -27,7 +26,7 @@ from relay.edge.uploads.announcer import UploadAnnouncer
 from relay.edge.uploads.concatenation import concatenate
 from relay.edge.uploads.handoff import IUploadSink, StagedUpload
 from relay.edge.uploads.locks import Lease, UploadLocks
-from relay.edge.uploads.receiver import SPACE_MESSAGE, BodyReceiver, Received, Threads
+from relay.edge.uploads.receiver import SPACE_MESSAGE, BodyReceiver, Received
 from relay.edge.uploads.recovery import recover
 from relay.edge.uploads.request import RequestBody
 from relay.edge.uploads.spool import Spool, SpoolError, SpoolFinalized, SpoolFull
@@ -41,6 +40,7 @@ from relay.edge.uploads.tus import (
     sanitise_filename,
     text,
 )
+from relay.threads import Threads
 
 log = Logger()
 
@@ -111,8 +111,7 @@ class UploadService(Service):
         self.limits = limits
         self.prefix = prefix
         self.locks = UploadLocks(reactor, limits.lock_stale_after, limits.lock_wait)
-        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="spool")
-        self.threads = Threads(reactor, self._pool)
+        self.threads = Threads(reactor, "spool", threads)
         self.ready = False
         self._recovery: Deferred[None] | None = None
         self.announce = UploadAnnouncer(reactor, events)
@@ -121,7 +120,7 @@ class UploadService(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._pool.start()
+        self.threads.startService()
         self._recovery = Deferred.fromCoroutine(self.recover())
         self._recovery.addErrback(lambda f: log.failure("upload recovery failed", f))
 
@@ -139,7 +138,7 @@ class UploadService(Service):
         for d in waits:
             d.addTimeout(30, self.reactor)
         await DeferredList(waits, consumeErrors=True)
-        self._pool.stop()
+        await self.threads.stopService()
         self.announce.flush()
 
     def now(self) -> float:

@@ -1,5 +1,5 @@
 """
-The edge's transfer service as a state machine, with a Clock, a real spool,
+The edge's transfer service as a state machine, with the test reactor, a real spool,
 the fake link and the fake part target: what it says to the cloud, how it
 applies the answers, and what it does to the spool file.
 """
@@ -12,8 +12,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import maybeDeferred
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -29,6 +27,7 @@ from relay.link.catalogue import Catalogue
 from relay.link.envelope import TO_CLOUD, Envelope
 from relay.testing import sync as fake_link
 from relay.testing.db import SynchronousDatabase
+from relay.testing.reactor import TestReactor, inline
 from relay.testing.transfer import FakePartTarget
 from relay.transfer_messages import register_types
 
@@ -41,7 +40,7 @@ class Edge:
     def __init__(self, root: Path, db: SynchronousDatabase | None = None, spool: Spool | None = None,
                  **settings: Any) -> None:  # fmt: skip
         self.root = root
-        self.clock = Clock()
+        self.clock = TestReactor()
         self.clock.advance(1_764_000_000)
         self.db = db or SynchronousDatabase(root / "edge.db", [*SCHEMAS, fake_link.SCHEMA])
         self.spool = spool or Spool(root / "spool", b"m" * 32, segment_size=64 * KiB)
@@ -56,7 +55,7 @@ class Edge:
             self.clock, self.db, self.outbox,  # type: ignore[arg-type]
             TransferSettings(**{"min_part_size": MiB, "concurrency": 2, "request_timeout": 60,
                                 "tail_copies": 1, **settings}),
-            target=self.target, blocking=lambda f, *a: maybeDeferred(f, *a), events=self.hub,
+            target=self.target, blocking=inline, events=self.hub,
         )  # fmt: skip
         self.service.bind(self.spool, self.store)
         self.service.register(self.inbox)
