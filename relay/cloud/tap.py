@@ -23,7 +23,7 @@ from relay.cloud.jobs.component import build_jobs
 from relay.cloud.transfers import RegistryFiles, build_objects, build_transfers
 from relay.config import TapOptions, config_path, load_or_exit, prepare_data_dir, relative_to
 from relay.db import Database, Schema
-from relay.health import Health
+from relay.health import DatabaseHealth, Health
 from relay.link import inbox, outbox
 from relay.link.bridge import Bridge
 from relay.link.catalogue import Catalogue
@@ -93,10 +93,13 @@ def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:
     register_sync_types(catalogue)
     bridge = Bridge(
         reactor, db, metrics, health, catalogue,
-        url=config.link.url, heartbeat=config.link.heartbeat, source="cloud",
+        url=config.link.url, heartbeat=config.link.heartbeat,
+        unhealthy_after=config.link.unhealthy_after,
+        source="cloud",
         consume=TO_CLOUD, declare=[JOBS], declare_destinations=True,
     )
     bridge.setServiceParent(root)
+    health.add_section("database", DatabaseHealth(db, reactor))
     # The registry: edge commands and sync requests arrive through the
     # inbox; the publisher sends each edge the events it has not had.
     events = sync.EventLog(reactor)

@@ -30,7 +30,7 @@ from relay.edge.uploads.handoff import IUploadSink
 from relay.edge.web.announcer import ReplicaAnnouncer
 from relay.edge.web.api import api_routes
 from relay.edge.web.app import EdgeWeb
-from relay.health import Health
+from relay.health import DatabaseHealth, Health
 from relay.link import inbox, outbox
 from relay.link.bridge import Bridge
 from relay.link.catalogue import Catalogue
@@ -112,10 +112,13 @@ def edge_service(
     register_sync_types(catalogue)
     bridge = Bridge(
         reactor, db, metrics, health, catalogue,
-        url=config.link.url, heartbeat=config.link.heartbeat, source=f"edge:{config.edge.id}",
+        url=config.link.url, heartbeat=config.link.heartbeat,
+        unhealthy_after=config.link.unhealthy_after,
+        source=f"edge:{config.edge.id}",
         consume=to_edge(config.edge.id), declare=[],
     )
     bridge.setServiceParent(root)
+    health.add_section("database", DatabaseHealth(db, reactor))
     # Live events for the browsers (/api/events): the replica's changes,
     # upload and transfer progress.
     hub = EventHub(first_id=int(reactor.seconds() * 1_000_000))
@@ -145,6 +148,7 @@ def edge_service(
         config.uploads, data_dir, reactor, db, metrics, authenticator, projects, upload_sink, events=hub
     )
     uploads.set_service_parent(root)
+    health.add_section("spool", uploads.spool_health)
     if transfers is not None:
         transfers.bind(uploads.spool, uploads.service.store)
         transfers.setServiceParent(root)

@@ -46,6 +46,18 @@ class Uploads:
     def add_routes(self, app: Klein) -> None:
         self.routes.routes(app)
 
+    def spool_health(self) -> dict[str, Any]:
+        """
+        The C{spool} section of C{/healthz}: not ok while the spool's disk
+        has less free space than C{uploads.disk_reserve} (new uploads get
+        507 then).
+        """
+        free, reserve = self.spool.free_bytes(), self.service.limits.disk_reserve
+        fields: dict[str, Any] = {"ok": free >= reserve, "free_bytes": free, "reserve": reserve}
+        if not fields["ok"]:
+            fields["reason"] = f"{free} bytes free on the spool's disk, below uploads.disk_reserve ({reserve})"
+        return fields
+
     def set_service_parent(self, parent: MultiService) -> None:
         self.service.setServiceParent(parent)
         self.housekeeping.setServiceParent(parent)
