@@ -449,7 +449,12 @@ class Outbox:
         Deferred.fromCoroutine(self._postpone(ids, f"{returned.reply_code} {returned.reply_text}"))
 
     async def _postpone(self, ids: list[str], error: str) -> None:
-        await self._db.run(_postpone, ids, self._reactor.seconds() + self._retry_returned, error)
+        try:
+            await self._db.run(_postpone, ids, self._reactor.seconds() + self._retry_returned, error)
+        except Exception:
+            # The messages are still in the table: the retry below publishes
+            # them again, only without the attempt counted.
+            self.log.failure("could not record the return of {ids}; retrying anyway", ids=ids)
         if not self._stopped and (self._retry_call is None or not self._retry_call.active()):
             self._retry_call = self._reactor.callLater(self._retry_returned, self._retry)
 

@@ -7,6 +7,7 @@ and returns.  Time is a Clock; nothing sleeps.
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,24 @@ class PumpTests(SynchronousTestCase):
         self.assertEqual(self.metrics.counter("outbox_returned", "").value(), 1)
         row = self.db.conn.execute("SELECT attempts, last_error FROM outbox").fetchone()
         self.assertEqual(tuple(row), (1, "312 NO_ROUTE"))
+        self.clock.advance(5.0)
+        self.assertEqual(channel.numbers(), [1, 1])
+
+    def test_returned_message_is_retried_when_recording_the_return_fails(self) -> None:
+        # The database refuses the update that records the return (as a
+        # full disk would): the message must still be published again.
+        self.db.conn.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON outbox BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+        channel = FakeChannel()
+        self.outbox.attach(channel)  # type: ignore[arg-type]
+        self.put(1)
+        [(_, key, body, properties)] = channel.published
+        channel.on_return(ReturnedMessage(312, "NO_ROUTE", key, key, body, {}, properties))
+        channel.on_ack(1, False)
+        self.assertEqual(len(self.flushLoggedErrors(sqlite3.Error)), 1)
+        row = self.db.conn.execute("SELECT attempts, last_error FROM outbox").fetchone()
+        self.assertEqual(tuple(row), (0, None), "the return could not be recorded")
         self.clock.advance(5.0)
         self.assertEqual(channel.numbers(), [1, 1])
 
