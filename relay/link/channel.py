@@ -136,11 +136,6 @@ class Channel:
     def is_open(self) -> bool:
         return self._closed is None and not self._channel.closed
 
-    @property
-    def next_publish_seq(self) -> int:
-        """The sequence number the next :meth:`publish` will get."""
-        return self._next_seq
-
     def _check_open(self) -> None:
         if self._closed is not None:
             raise LinkDown(f"channel closed: {self._closed.getErrorMessage()}")

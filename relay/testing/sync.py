@@ -16,7 +16,6 @@ queue was lost) messages that never arrive.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -239,7 +238,3 @@ class InProcessLink:
                 break
             delivered += 1
         return delivered
-
-
-def message_bodies(messages: list[tuple[str, Envelope]], type: str) -> list[dict[str, Any]]:
-    return [json.loads(json.dumps(m.body)) for _, m in messages if m.type == type]
