@@ -28,6 +28,7 @@ from relay.link import inbox, outbox
 from relay.link.bridge import Bridge
 from relay.link.catalogue import Catalogue
 from relay.link.envelope import JOBS, TO_CLOUD
+from relay.logs import LogFormat
 from relay.metrics import Metrics
 from relay.process import GracefulStop, InOrder
 from relay.sync_messages import register_types as register_sync_types
@@ -74,7 +75,7 @@ def makeService(options: Options) -> IService:
 
     service = cloud_service(config, reactor)
     GracefulStop(reactor).setServiceParent(service)
-    return service
+    return LogFormat(config.log.format, service)
 
 
 def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:

@@ -35,6 +35,7 @@ from relay.link import inbox, outbox
 from relay.link.bridge import Bridge
 from relay.link.catalogue import Catalogue
 from relay.link.envelope import to_edge
+from relay.logs import LogFormat
 from relay.metrics import Metrics
 from relay.process import GracefulStop, InOrder
 from relay.sync_messages import register_types as register_sync_types
@@ -86,7 +87,7 @@ def makeService(options: Options) -> IService:
 
     service = edge_service(config, reactor)
     GracefulStop(reactor).setServiceParent(service)
-    return service
+    return LogFormat(config.log.format, service)
 
 
 def edge_service(
