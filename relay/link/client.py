@@ -2,35 +2,35 @@
 
 txAMQP 0.8.2 (2018, the last release) is pinned. Each fix below is a subclass
 or a targeted override; nothing in txAMQP is patched globally. Each one has a
-regression test in ``tests/link/`` that fails without it.
+regression test in C{tests/link/} that fails without it.
 
-1. ``no_wait=True`` hangs: ``AMQChannel.invoke`` only skips waiting for a reply
-   when a field is named exactly ``nowait``; 0-9-1 calls it ``no-wait``.
-   :func:`relay.link.spec.alias_no_wait` registers the field under both names
+1. C{no_wait=True} hangs: C{AMQChannel.invoke} only skips waiting for a reply
+   when a field is named exactly C{nowait}; 0-9-1 calls it C{no-wait}.
+   L{relay.link.spec.alias_no_wait} registers the field under both names
    in the loaded spec.
 2. Bodies are decoded as text: a body frame that is valid UTF-8 becomes
-   ``str``; a message may then never be delivered (``str`` length is not the
+   C{str}; a message may then never be delivered (C{str} length is not the
    byte count) or be truncated (a later binary frame replaces the buffer).
-   :class:`RelayClient` decodes frames itself, bodies as ``bytes``.
-3. The table codec sends only ``str`` and 32-bit ints, miscounts non-ASCII
-   strings and cannot read arrays (RabbitMQ's ``x-death``).
-   :class:`relay.link.tables.TableCodec` speaks RabbitMQ's field types, and
+   L{RelayClient} decodes frames itself, bodies as C{bytes}.
+3. The table codec sends only C{str} and 32-bit ints, miscounts non-ASCII
+   strings and cannot read arrays (RabbitMQ's C{x-death}).
+   L{relay.link.tables.TableCodec} speaks RabbitMQ's field types, and
    RelayClient's frame codec uses it.
-4. The stock delegate has no handler for ``basic.ack``/``basic.nack`` (the first
-   publisher confirm closes the connection), ``basic.cancel``,
-   ``connection.blocked``/``unblocked``, and advertises no client capabilities
-   (so RabbitMQ sends none of those). :class:`RelayDelegate` advertises them and
-   routes every broker-initiated method to a :class:`BrokerListener`.
-5. Smaller ones in RelayClient: the 0-9-1 protocol header (``AMQP 0 0 9 1``;
+4. The stock delegate has no handler for C{basic.ack}/C{basic.nack} (the first
+   publisher confirm closes the connection), C{basic.cancel},
+   C{connection.blocked}/C{unblocked}, and advertises no client capabilities
+   (so RabbitMQ sends none of those). L{RelayDelegate} advertises them and
+   routes every broker-initiated method to a L{BrokerListener}.
+5. Smaller ones in RelayClient: the 0-9-1 protocol header (C{AMQP 0 0 9 1};
    txAMQP sends the 0-9 one); a frame writer that cannot die silently
    (txAMQP's stops sending for good after one encoding error, while its
    heartbeats keep the dead link looking alive); and a lost connection that
-   says why (the broker's ``connection.close`` reply, or
-   :class:`HeartbeatTimeout`) instead of "closed cleanly" / "aborted".
+   says why (the broker's C{connection.close} reply, or
+   L{HeartbeatTimeout}) instead of "closed cleanly" / "aborted".
 6. Speed, not correctness: txAMQP sets a timer for every frame received
    and restarts its heartbeat loop for every frame sent; RelayClient notes
    the time instead. The hot frames' short way past txAMQP's generic codec
-   and Deferred queues is :mod:`relay.link.fastpath`, which RelayClient
+   and Deferred queues is L{relay.link.fastpath}, which RelayClient
    builds on.
 """
 
@@ -151,7 +151,7 @@ def decode_header(spec: Spec, data: bytes) -> Header:
 
 
 async def read_content(queue: TimeoutDeferredQueue) -> Content:
-    """Collect a content header and its body frames into one ``bytes`` body."""
+    """Collect a content header and its body frames into one C{bytes} body."""
     header = (await queue.get()).payload
     children = [await read_content(queue) for _ in range(header.weight)]
     chunks: list[bytes] = []
@@ -174,22 +174,22 @@ class BrokerListener:
     """
 
     def delivered(self, channel_id: int, message: Message) -> None:
-        """A ``basic.deliver`` with its content (body as ``bytes``)."""
+        """A C{basic.deliver} with its content (body as C{bytes})."""
 
     def returned(self, channel_id: int, message: Message) -> None:
-        """A ``basic.return``: a mandatory message that no queue took."""
+        """A C{basic.return}: a mandatory message that no queue took."""
 
     def confirmed(self, channel_id: int, delivery_tag: int, multiple: bool, ack: bool) -> None:
-        """A publisher confirm: ``basic.ack`` (``ack``) or ``basic.nack``."""
+        """A publisher confirm: C{basic.ack} (C{ack}) or C{basic.nack}."""
 
     def consumer_cancelled(self, channel_id: int, consumer_tag: str) -> None:
         """The broker ended a consumer (its queue was deleted, for example)."""
 
     def blocked(self, reason: str) -> None:
-        """``connection.blocked``: the broker stopped reading our publishes."""
+        """C{connection.blocked}: the broker stopped reading our publishes."""
 
     def unblocked(self) -> None:
-        """``connection.unblocked``."""
+        """C{connection.unblocked}."""
 
     def channel_closed(self, channel_id: int, reason: Failure) -> None:
         """A channel was closed by the broker (a channel-level error)."""
@@ -200,7 +200,7 @@ class BrokerListener:
 
 class RelayDelegate(TwistedDelegate):
     """txAMQP's delegate, with client capabilities and every broker-initiated
-    method relay needs routed to a :class:`BrokerListener`.
+    method relay needs routed to a L{BrokerListener}.
     """
 
     def __init__(self, listener: BrokerListener, client_properties: Mapping[str, Any]) -> None:
@@ -260,9 +260,9 @@ class RelayDelegate(TwistedDelegate):
 class RelayClient(FastPathClient):
     """txAMQP's client with relay's frame codec, bytes bodies and listener hooks.
 
-    Construct with a :class:`RelayDelegate` and pass the reactor as ``clock``.
+    Construct with a L{RelayDelegate} and pass the reactor as C{clock}.
     The hot frames bypass txAMQP's generic machinery: see
-    :class:`relay.link.fastpath.FastPathClient`, which this builds on.
+    L{relay.link.fastpath.FastPathClient}, which this builds on.
     """
 
     checkHB: IDelayedCall  # set by txAMQP when heartbeats are on
