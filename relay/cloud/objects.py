@@ -201,7 +201,7 @@ def _error(e: Exception, what: str) -> ObjectStoreError:
             return NoSuchUpload(f"{what}: no such upload")
         transient = status >= 500 or status in (408, 429) or code in ("SlowDown", "RequestTimeout")
         return ObjectStoreError(f"{what}: {code or status}: {error.get('Message', '')}",
-                                transient=transient, code=code)  # fmt: skip
+                                transient=transient, code=code)
     if isinstance(e, botocore.exceptions.BotoCoreError):
         # Connection and read errors, timeouts: the network, not the request.
         return ObjectStoreError(f"{what}: {type(e).__name__}: {e}", transient=True)
@@ -286,7 +286,7 @@ class S3Objects(Service):
             answer = self._client.create_multipart_upload(
                 Bucket=self.bucket, Key=key, Metadata=dict(metadata),
                 ContentType=content_type or "application/octet-stream",
-            )  # fmt: skip
+            )
             return str(answer["UploadId"])
 
         return self._call("CreateMultipartUpload", work)
@@ -301,7 +301,7 @@ class S3Objects(Service):
                     Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id,
                             "PartNumber": number, "ContentMD5": md5},
                     ExpiresIn=expires_in,
-                )  # fmt: skip
+                )
                 for number, md5 in parts
             }
 
@@ -315,10 +315,10 @@ class S3Objects(Service):
                 page = self._client.list_parts(
                     Bucket=self.bucket, Key=key, UploadId=upload_id,
                     MaxParts=self._page_size, PartNumberMarker=marker,
-                )  # fmt: skip
+                )
                 for part in page.get("Parts", []):
                     parts.append(PartInfo(int(part["PartNumber"]), int(part["Size"]),
-                                          str(part["ETag"]).strip('"').lower()))  # fmt: skip
+                                          str(part["ETag"]).strip('"').lower()))
                 if not page.get("IsTruncated"):
                     return parts
                 following = int(page.get("NextPartNumberMarker") or 0)
@@ -333,7 +333,7 @@ class S3Objects(Service):
             answer = self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id,
                 MultipartUpload={"Parts": [{"PartNumber": n, "ETag": f'"{etag}"'} for n, etag in parts]},
-            )  # fmt: skip
+            )
             return str(answer.get("ETag", "")).strip('"').lower()
 
         return self._call("CompleteMultipartUpload", work)
@@ -347,7 +347,7 @@ class S3Objects(Service):
                     return None
                 raise
             return ObjectInfo(int(answer["ContentLength"]), str(answer.get("ETag", "")).strip('"').lower(),
-                              {k.lower(): v for k, v in answer.get("Metadata", {}).items()})  # fmt: skip
+                              {k.lower(): v for k, v in answer.get("Metadata", {}).items()})
 
         return self._call("HeadObject", work)
 

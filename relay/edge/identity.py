@@ -228,7 +228,7 @@ class Identity:
         )
         self.log.info("{name} logged in", name=name)
         principal = Principal(user["id"], user["name"], "session", bool(user["is_admin"]),
-                              must_change_password=bool(user["must_change_password"]))  # fmt: skip
+                              must_change_password=bool(user["must_change_password"]))
         return Session(principal, token, csrf)
 
     def logout(self, token: str) -> Deferred[None]:

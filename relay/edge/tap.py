@@ -163,7 +163,7 @@ def edge_service(
     streams.setServiceParent(root)
     # Upload bodies stream to the spool instead of being buffered whole.
     site = Site(web.app.resource(), requestFactory=uploads.request_factory,
-                timeout=uploads.header_timeout, reactor=reactor)  # fmt: skip
+                timeout=uploads.header_timeout, reactor=reactor)
     site.displayTracebacks = False
     listener = strports.service(config.edge.listen, site, reactor=reactor)
     listener.setServiceParent(root)

@@ -250,7 +250,7 @@ class Channel:
             data = frames.encode_publish(
                 self._channel.id, exchange, routing_key, bytes(body), wire,
                 frame_max=fast.MAX_LENGTH, mandatory=mandatory,
-            )  # fmt: skip
+            )
             seq = self._next_seq
             self._next_seq += 1
             fast.send_encoded(data)

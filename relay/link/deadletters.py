@@ -24,7 +24,7 @@ from typing import Any
 def bury(
     conn: sqlite3.Connection, message_id: str | None, type: str | None, queue: str, reason: str,
     body: bytes, payload: bytes | None, now: float,
-) -> None:  # fmt: skip
+) -> None:
     """
     Keep a message that will not be applied, and forget its failed attempts.
 

@@ -352,13 +352,13 @@ class Inbox:
             self.log.warn(
                 "handler for {type} failed on {id} (attempt {attempts}): {reason}",
                 type=message.type, id=message.id, attempts=attempts, reason=reason,
-            )  # fmt: skip
+            )
             return "retry"
         reason = f"handler failed {attempts} times; last: {reason}"
         await self._db.run(
             deadletters.bury, message.id, message.type, self.queue, reason, body, message.payload,
             self._reactor.seconds(),
-        )  # fmt: skip
+        )
         return self._buried(message.id, reason)
 
     def _buried(self, message_id: str | None, reason: str) -> str:

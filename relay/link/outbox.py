@@ -369,7 +369,7 @@ class Outbox:
                 queue, queue, payload,
                 headers={ENVELOPE_HEADER: body.decode()},
                 properties={"message_id": message_id, "content_type": "application/octet-stream"},
-            )  # fmt: skip
+            )
         elif len(rows) == 1:
             seq = channel.publish(
                 queue, queue, body, properties={"message_id": message_id, "content_type": "application/json"}
@@ -378,7 +378,7 @@ class Outbox:
             seq = channel.publish(
                 queue, queue, b"\n".join(row[3] for row in rows),
                 properties={"message_id": message_id, "content_type": BUNDLE_TYPE},
-            )  # fmt: skip
+            )
         positions = [row[0] for row in rows]
         self._queued.update(positions)
         self._in_flight[seq] = _InFlight(message_id, positions, [row[1] for row in rows])
@@ -445,7 +445,7 @@ class Outbox:
             id=message_id if len(ids) == 1 else f"{message_id} (a bundle of {len(ids)})",
             queue=returned.routing_key, code=returned.reply_code,
             text=returned.reply_text, delay=self._retry_returned,
-        )  # fmt: skip
+        )
         Deferred.fromCoroutine(self._postpone(ids, f"{returned.reply_code} {returned.reply_text}"))
 
     async def _postpone(self, ids: list[str], error: str) -> None:

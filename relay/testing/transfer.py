@@ -91,13 +91,13 @@ class FakeObjectStore:
         return self._answer("presign_parts", lambda: {
             n: f"https://s3.example/{key}?uploadId={upload_id}&partNumber={n}&X-Amz-Signature=secret"
             for n, _ in parts
-        })  # fmt: skip
+        })
 
     def list_parts(self, key: str, upload_id: str) -> Deferred[list[PartInfo]]:
         return self._answer("list_parts", lambda: [
             PartInfo(n, len(data), hashlib.md5(data).hexdigest())
             for n, data in sorted(self._upload(upload_id).parts.items())
-        ])  # fmt: skip
+        ])
 
     def complete_upload(self, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> Deferred[str]:
         def work() -> str:

@@ -48,7 +48,7 @@ class Cloud:
         self.objects = FakeObjectStore()
         self.files = FakeFileRegistry()
         self.service = CloudTransfers(self.clock, self.db, self.outbox, self.objects, self.files,  # type: ignore[arg-type]
-                                      presign_expiry=600, readback=readback)  # fmt: skip
+                                      presign_expiry=600, readback=readback)
         self.service.register(self.inbox)
         self.service.startService()
 
@@ -67,13 +67,13 @@ class Cloud:
             "transfer_id": TID, "file_id": "f1", "project": "p1", "owner": "u1", "name": "a.bin",
             "content_type": "application/octet-stream", "size": len(WHOLE),
             "sha256": hashlib.sha256(WHOLE).hexdigest(), "part_size": PART, "part_count": 3,
-        }  # fmt: skip
+        }
         body.update(changes)
         self.send("transfer.begin", body)
 
     def presign(self, numbers: list[int]) -> dict[int, str]:
         self.send("transfer.presign", {"transfer_id": TID,
-                                       "parts": [{"number": n, "md5": md5(CHUNKS[n - 1])} for n in numbers]})  # fmt: skip
+                                       "parts": [{"number": n, "md5": md5(CHUNKS[n - 1])} for n in numbers]})
         (kind, body), = self.replies()
         assert kind == "transfer.urls", body
         return {u["number"]: u["url"] for u in body["urls"]}
@@ -104,7 +104,7 @@ class CloudTransferTests(SynchronousTestCase):
         cloud = self.cloud()
         cloud.begin()
         self.assertEqual(cloud.replies(), [("transfer.started", {"transfer_id": TID,
-                                                                 "object_key": object_key("p1", "f1")})])  # fmt: skip
+                                                                 "object_key": object_key("p1", "f1")})])
         upload = cloud.objects.uploads[cloud.upload_id()]
         self.assertEqual(upload.key, "projects/p1/files/f1")
         self.assertEqual(upload.metadata["sha256"], hashlib.sha256(WHOLE).hexdigest())
@@ -221,7 +221,7 @@ class CloudTransferTests(SynchronousTestCase):
         cloud.presign([1, 2, 3])
         cloud.put_all()
         cloud.objects.complete_upload("projects/p1/files/f1", cloud.upload_id(),
-                                      [(n, "") for n in (1, 2, 3)])  # fmt: skip
+                                      [(n, "") for n in (1, 2, 3)])
         cloud.send("transfer.finish", {"transfer_id": TID})
         self.assertEqual([k for k, _ in cloud.replies()], ["file.registered"])
 

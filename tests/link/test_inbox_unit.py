@@ -125,7 +125,7 @@ class BundleTests(InboxWorld):
         delivery = Delivery(
             b"\n".join(bodies), {}, {"content_type": BUNDLE_TYPE}, tag, False, "q", "q", "c",
             channel,  # type: ignore[arg-type]
-        )  # fmt: skip
+        )
         self.inbox.deliver(delivery)
         return channel.settled
 

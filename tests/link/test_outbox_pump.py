@@ -239,7 +239,7 @@ class BundleTests(SynchronousTestCase):
             self.kinds(),
             [(BUNDLE_TYPE, 3), (BUNDLE_TYPE, 3), ("application/json", 1), (BUNDLE_TYPE, 2),
              ("application/json", 1), ("application/json", 1)],
-        )  # fmt: skip
+        )
         self.assertEqual([key for _, key, _, _ in self.channel.published][3], "relay.to-edge.e1")
         self.assertEqual(self.channel.numbers(), list(range(11)))
 

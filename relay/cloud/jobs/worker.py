@@ -201,7 +201,7 @@ class JobWorker(Service):
             outcome, why = await self._execute(claim, kind, run_dir, paths, log)
             if why is not None:
                 self.log.info("job {job_id} epoch {epoch} stopped: {why}", job_id=claim.job_id,
-                              epoch=claim.epoch, why=why)  # fmt: skip
+                              epoch=claim.epoch, why=why)
                 return
             log.close()
             results = await self._store(claim, kind, run_dir, log)
@@ -223,7 +223,7 @@ class JobWorker(Service):
             self.log.info("job {job_id} {state}", job_id=claim.job_id, state=state)
         else:
             self.log.warn("job {job_id} epoch {epoch} lost its lease: its outcome is not recorded",
-                          job_id=claim.job_id, epoch=claim.epoch)  # fmt: skip
+                          job_id=claim.job_id, epoch=claim.epoch)
 
     async def _fetch(self, work: Path, number: int, input: Input) -> str:
         relative = f"inputs/{number:03d}-{safe_name(input.name)}"

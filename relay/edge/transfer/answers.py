@@ -53,7 +53,7 @@ class CloudAnswers:
     def _on_parts(self, conn: Any, message: Envelope) -> None:
         body = message.body
         self._service._notify(self._page_arrived, body["transfer_id"], body["request_id"], body["page"],
-                              body["last"], body["parts"])  # fmt: skip
+                              body["last"], body["parts"])
 
     def _page_arrived(self, transfer_id: str, request_id: str, page: int, last: bool, parts: list[Any]) -> None:
         run = self._service._run_for(transfer_id)

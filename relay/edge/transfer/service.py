@@ -112,7 +112,7 @@ class TransferService(Service):
         self.blocking: Blocking = blocking or self.threads.run
         self._target = target if target is not None else HTTPPartTarget(reactor, settings.concurrency)
         policy = RetryPolicy(initial=settings.retry_initial, cap=settings.retry_cap,
-                             stall_timeout=settings.stall_timeout, part_timeout=settings.part_timeout)  # fmt: skip
+                             stall_timeout=settings.stall_timeout, part_timeout=settings.part_timeout)
         self.uploader = PartUploader(reactor, self._target, DeferredSemaphore(settings.concurrency), policy)
         self.throttle = Throttle(reactor, settings.bandwidth_limit)
         self.spool: Spool | None = None
@@ -143,13 +143,13 @@ class TransferService(Service):
         metrics.gauge("transfer_part_retries", "Part PUTs retried since start.", lambda: stats.retries)
         metrics.gauge("transfer_part_stalls", "Part PUTs abandoned for lack of progress.", lambda: stats.stalls)
         metrics.gauge("transfer_urls_refreshed", "Presigned URLs replaced after a refusal.",
-                      lambda: stats.refreshed_urls)  # fmt: skip
+                      lambda: stats.refreshed_urls)
         metrics.gauge("transfer_bytes_sent", "Part bytes written to S3 connections.", lambda: stats.bytes_sent)
         metrics.gauge("transfer_restarts", "Transfers started over.", lambda: self.restarts)
         metrics.gauge("transfer_part_copies", "Extra PUTs of tail parts (first answer wins).",
-                      lambda: self.hedges)  # fmt: skip
+                      lambda: self.hedges)
         metrics.gauge("transfer_presign_requests", "transfer.presign requests sent.",
-                      lambda: self.presign_requests)  # fmt: skip
+                      lambda: self.presign_requests)
 
     # -- IUploadSink ---------------------------------------------------------------
 
@@ -161,9 +161,9 @@ class TransferService(Service):
         now = self.clock.seconds()
         await self.db.run(journal.add_job, upload, secrets.token_hex(16), now)
         await self.reports.moved(upload.upload_id, upload.owner, upload.length, UploadState.TRANSFERRING,
-                                 transferred=0)  # fmt: skip
+                                 transferred=0)
         self.log.info("upload {upload_id} queued for transfer ({length} bytes)",
-                      upload_id=upload.upload_id, length=upload.length)  # fmt: skip
+                      upload_id=upload.upload_id, length=upload.length)
         if self.running:
             self._start(upload.upload_id, resumed=False)
 
@@ -179,7 +179,7 @@ class TransferService(Service):
     async def _resume(self) -> None:
         for job in await self.db.read(journal.unfinished):
             self.log.info("resuming the transfer of upload {upload_id} ({state})",
-                          upload_id=job.upload_id, state=job.state.value)  # fmt: skip
+                          upload_id=job.upload_id, state=job.state.value)
             self._start(job.upload_id, resumed=job.state is JobState.SENDING)
 
     def stopService(self) -> Deferred[None]:
@@ -211,7 +211,7 @@ class TransferService(Service):
 
     def _run_failed(self, failure: Failure, upload_id: str) -> None:
         self.log.failure("the transfer of upload {upload_id} failed; trying again in 30 s", failure,
-                         upload_id=upload_id)  # fmt: skip
+                         upload_id=upload_id)
         self.clock.callLater(30.0, self._restart_run, upload_id)
 
     def _restart_run(self, upload_id: str) -> None:
@@ -260,7 +260,7 @@ class TransferService(Service):
 
         return PartBody(self.clock, part.size,
                         lambda: self.blocking(next_block),
-                        close, self.throttle)  # fmt: skip
+                        close, self.throttle)
 
     def progress(self, upload_id: str) -> TransferProgress | None:
         """Bytes S3 has confirmed of an upload in transfer (since this start)."""
@@ -278,14 +278,14 @@ class TransferService(Service):
         now = self.clock.seconds()
         if current.restarts >= self.settings.max_restarts:
             journal.set_state(conn, upload_id, JobState.FAILED, now,
-                              error=f"started over {current.restarts} times; last: {reason}")  # fmt: skip
+                              error=f"started over {current.restarts} times; last: {reason}")
             return
         new = secrets.token_hex(16)
         journal.restart(conn, upload_id, transfer_id, new, now, reason)
         self._abort(conn, transfer_id)
         self.restarts += 1
         self.log.warn("upload {upload_id}: transfer {old} starts over as {new}: {reason}",
-                      upload_id=upload_id, old=transfer_id, new=new, reason=reason)  # fmt: skip
+                      upload_id=upload_id, old=transfer_id, new=new, reason=reason)
 
     async def fail(self, job: Job, reason: str, *, abort: bool = False) -> None:
         """
@@ -295,7 +295,7 @@ class TransferService(Service):
 
         def work(conn: Any) -> None:
             if journal.set_state(conn, job.upload_id, JobState.FAILED, self.clock.seconds(),
-                                 transfer_id=job.transfer_id, error=reason) and abort:  # fmt: skip
+                                 transfer_id=job.transfer_id, error=reason) and abort:
                 self._abort(conn, job.transfer_id)
 
         await self.db.run(work)
@@ -314,7 +314,7 @@ class TransferService(Service):
         if job is None:
             return False
         self.log.info("upload {upload_id}: its failed transfer starts over as {transfer_id}",
-                      upload_id=upload_id, transfer_id=job.transfer_id)  # fmt: skip
+                      upload_id=upload_id, transfer_id=job.transfer_id)
         await self.reports.moved(upload_id, job.owner, job.size, UploadState.TRANSFERRING, transferred=0, error="")
         if self.running:
             self._start(upload_id, resumed=False)
@@ -345,7 +345,7 @@ class TransferService(Service):
         spool = self.spool
         await self.blocking(spool.erase, job.spool_id)
         await self.reports.moved(job.upload_id, job.owner, job.size, UploadState.IN_CLOUD, transferred=job.size,
-                                 error="")  # fmt: skip
+                                 error="")
         await self.db.run(journal.set_state, job.upload_id, JobState.DONE, self.clock.seconds())
         self.log.info("upload {upload_id} is in the cloud; spool file erased", upload_id=job.upload_id)
 
@@ -356,7 +356,7 @@ class TransferService(Service):
         if upload is not None and upload.state is not UploadState.FAILED:
             await self.reports.moved(job.upload_id, job.owner, job.size, UploadState.FAILED, error=job.error)
             self.log.error("the transfer of upload {upload_id} failed: {error}",
-                           upload_id=job.upload_id, error=job.error)  # fmt: skip
+                           upload_id=job.upload_id, error=job.error)
 
 
 def build_transfers(

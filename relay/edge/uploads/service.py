@@ -161,7 +161,7 @@ class UploadService(Service):
         length = creation.length
         if length is not None and length > self.limits.max_size:
             raise TusError(413, f"the upload is {length} bytes; this edge accepts at most "
-                                f"{self.limits.max_size} (Tus-Max-Size)")  # fmt: skip
+                                f"{self.limits.max_size} (Tus-Max-Size)")
         project = await self.project_for(principal, creation)
         await self._check_quota(principal, length or 0)
         if length and self.spool.free_bytes() - length < self.limits.disk_reserve:
@@ -173,7 +173,7 @@ class UploadService(Service):
             filetype=text(creation.metadata.get("filetype") or creation.metadata.get("type"))[:255],
             length=length, raw_metadata=creation.raw_metadata, concat=creation.concat or "",
             created=now, updated=now, expires=now + self.limits.expiry,
-        )  # fmt: skip
+        )
         try:
             writer = await self.threads.run(self.spool.create, upload.id)
         except SpoolFull:
@@ -182,7 +182,7 @@ class UploadService(Service):
         await self.store.add(upload)
         self.announce.state(upload.owner, upload.id, upload.state.value)
         log.info("upload {upload_id} created by {user} ({length} bytes)",
-                 upload_id=upload.id, user=principal.user_id, length=length)  # fmt: skip
+                 upload_id=upload.id, user=principal.user_id, length=length)
         if length == 0:
             return Outcome(await self._append(upload, None, None, abort))
         if body is not None and (body.received or not body.done):
@@ -217,21 +217,21 @@ class UploadService(Service):
             raise TusError(400, f"Upload-Length is already {upload.length}")
         if declared is not None and declared < upload.offset:
             raise TusError(400, f"Upload-Length {declared} is less than the "
-                                f"{upload.offset} bytes already received")  # fmt: skip
+                                f"{upload.offset} bytes already received")
         if declared is not None and declared > self.limits.max_size:
             raise TusError(413, f"Upload-Length exceeds the maximum of {self.limits.max_size}")
         if body.expected is not None:
             total = declared if declared is not None else upload.length
             if total is not None and at + body.expected > total:
                 raise TusError(413, f"the body would end at {at + body.expected}, past the "
-                                    f"upload's length of {total}")  # fmt: skip
+                                    f"upload's length of {total}")
         lease = await self.locks.acquire(upload_id, abort)
         try:
             upload = await self.owned(principal, upload_id)
             if at != upload.offset:
                 raise TusError(409, f"Upload-Offset is {at} but the upload holds {upload.offset} "
                                     "bytes; ask with HEAD and continue from there",
-                               {"Upload-Offset": str(upload.offset)})  # fmt: skip
+                               {"Upload-Offset": str(upload.offset)})
             if upload.state is not UploadState.RECEIVING:
                 if not body.expected:
                     return Outcome(upload)
@@ -241,7 +241,7 @@ class UploadService(Service):
             if declared is not None and upload.length is None:
                 if declared < upload.offset:
                     raise TusError(400, f"Upload-Length {declared} is less than the "
-                                        f"{upload.offset} bytes already received")  # fmt: skip
+                                        f"{upload.offset} bytes already received")
                 await self.store.declare_length(upload_id, declared, self.now())
                 upload = upload.replace(length=declared)
             return await self._append_held(upload, body, checksum, lease)
@@ -254,7 +254,7 @@ class UploadService(Service):
         upload = await self.owned(principal, upload_id)
         if upload.state is not UploadState.RECEIVING:
             raise TusError(409, f"the upload is complete ({upload.state.value}) and belongs to "
-                                "the transfer stage now; it cannot be terminated")  # fmt: skip
+                                "the transfer stage now; it cannot be terminated")
         lease = await self.locks.acquire(upload_id, abort, take_over=True)
         try:
             await self.erase([upload_id])
@@ -313,7 +313,7 @@ class UploadService(Service):
     def _check_ready(self) -> None:
         if not self.ready:
             raise TusError(503, "the upload service is starting; retry in a moment",
-                           {"Retry-After": "1"})  # fmt: skip
+                           {"Retry-After": "1"})
 
     async def owned(self, principal: Principal, upload_id: str) -> Upload:
         upload = await self.store.get(upload_id) if OURS.match(upload_id) else None
@@ -342,7 +342,7 @@ class UploadService(Service):
         if held + more > quota:
             raise TusError(413, f"this upload would take your uploads waiting at this edge to "
                                 f"{held + more} bytes, over your limit of {quota}; retry once "
-                                "earlier uploads have reached the cloud")  # fmt: skip
+                                "earlier uploads have reached the cloud")
 
     async def _append_outcome(
         self, upload: Upload, body: RequestBody, checksum: Checksum | None, abort: Callable[[], None]
@@ -356,7 +356,7 @@ class UploadService(Service):
     async def _append(
         self, upload: Upload, body: RequestBody | None, checksum: Checksum | None,
         abort: Callable[[], None],
-    ) -> Upload:  # fmt: skip
+    ) -> Upload:
         if body is None:
             return await self.complete(upload)
         return (await self._append_outcome(upload, body, checksum, abort)).upload
@@ -374,14 +374,14 @@ class UploadService(Service):
             if writer.offset != upload.offset:
                 await self.store.record_offset(upload.id, writer.offset, self.now(), upload.expires)
                 raise TusError(409, f"the upload holds {writer.offset} bytes; ask with HEAD",
-                               {"Upload-Offset": str(writer.offset)})  # fmt: skip
+                               {"Upload-Offset": str(writer.offset)})
             limit, limit_error = await self._limit(upload)
             declared = upload
             receiver = BodyReceiver(
                 self.threads, self.spool, writer, lease, limit, limit_error,
                 self.limits.disk_reserve, self.limits.checksum_memory,
                 lambda offset: self.announce.received(declared.owner, declared.id, offset, declared.length),
-            )  # fmt: skip
+            )
             received: Received = await receiver.receive(body, checksum)
             now = self.now()
             upload = upload.replace(offset=received.offset, updated=now)
@@ -394,7 +394,7 @@ class UploadService(Service):
             self.announce.received(upload.owner, upload.id, received.offset, upload.length)
             if received.interrupted:
                 log.info("upload {upload_id}: connection lost at {offset}, bytes kept",
-                         upload_id=upload.id, offset=received.offset)  # fmt: skip
+                         upload_id=upload.id, offset=received.offset)
             return Outcome(upload, received.error)
         finally:
             await self.threads.run(_close_quietly, writer)
@@ -402,7 +402,7 @@ class UploadService(Service):
     async def _limit(self, upload: Upload) -> tuple[int, TusError]:
         if upload.length is not None:
             return upload.length, TusError(413, f"the body goes past the upload's length of "
-                                                f"{upload.length} bytes")  # fmt: skip
+                                                f"{upload.length} bytes")
         limit = self.limits.max_size
         error = TusError(413, f"the upload exceeds the maximum size of {limit} bytes")
         if self.limits.user_quota:
@@ -411,7 +411,7 @@ class UploadService(Service):
             if room < limit:
                 limit, error = room, TusError(413, "the upload exceeds your limit of "
                                                    f"{self.limits.user_quota} bytes waiting "
-                                                   "at this edge")  # fmt: skip
+                                                   "at this edge")
         return limit, error
 
     async def complete(self, upload: Upload) -> Upload:
@@ -429,17 +429,17 @@ class UploadService(Service):
         upload = upload.replace(offset=upload.length, state=UploadState.STAGED, expires=None)
         self.announce.state(upload.owner, upload.id, upload.state.value)
         log.info("upload {upload_id} complete ({length} bytes)",
-                 upload_id=upload.id, length=upload.length)  # fmt: skip
+                 upload_id=upload.id, length=upload.length)
         self.hand_off(upload)
         return upload
 
     def hand_off(self, upload: Upload) -> None:
         assert upload.length is not None
         staged = StagedUpload(upload.id, upload.id, upload.owner, upload.project,
-                              upload.filename, upload.filetype, upload.length)  # fmt: skip
+                              upload.filename, upload.filetype, upload.length)
         d = Deferred.fromCoroutine(_call(self.sink.upload_staged, staged))
         d.addErrback(lambda f: log.failure("handing upload {upload_id} on failed", f,
-                                           upload_id=upload.id))  # fmt: skip
+                                           upload_id=upload.id))
 
     async def erase(self, upload_ids: Sequence[str] | dict[str, None]) -> None:
         ids = list(upload_ids)

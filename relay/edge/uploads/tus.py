@@ -98,10 +98,10 @@ def check_version(value: str | None) -> None:
     """Every request but OPTIONS must name the protocol version relay speaks."""
     if value is None:
         raise TusError(412, "missing Tus-Resumable header: this is a tus 1.0.0 server",
-                       {"Tus-Version": VERSION})  # fmt: skip
+                       {"Tus-Version": VERSION})
     if value.strip() != VERSION:
         raise TusError(412, f"unsupported tus version {value!r}; this server speaks {VERSION}",
-                       {"Tus-Version": VERSION})  # fmt: skip
+                       {"Tus-Version": VERSION})
 
 
 def parse_integer(name: str, value: str) -> int:
@@ -135,7 +135,7 @@ def parse_creation(
     if kind == "final":
         if length is not None or defer is not None:
             raise TusError(400, "a final upload (Upload-Concat: final) must not carry "
-                                "Upload-Length or Upload-Defer-Length")  # fmt: skip
+                                "Upload-Length or Upload-Defer-Length")
         size = None
     elif length is not None and defer is not None:
         raise TusError(400, "send either Upload-Length or Upload-Defer-Length, not both")
@@ -219,7 +219,7 @@ def parse_checksum(value: str | None) -> Checksum | None:
     if algorithm not in CHECKSUM_ALGORITHMS:
         supported = ",".join(CHECKSUM_ALGORITHMS)
         raise TusError(400, f"unsupported checksum algorithm {algorithm[:20]!r}; "
-                            f"supported: {supported}")  # fmt: skip
+                            f"supported: {supported}")
     try:
         digest = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):

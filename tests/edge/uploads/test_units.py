@@ -39,7 +39,7 @@ def test_the_fake_sink_remembers() -> None:
 
 def test_metadata() -> None:
     assert tus.parse_metadata("filename d29ybGQ=,empty, type dGV4dA==") == {
-        "filename": b"world", "empty": b"", "type": b"text"}  # fmt: skip
+        "filename": b"world", "empty": b"", "type": b"text"}
     for bad in ("a b c", "a !!", "a YQ==,a YQ==", ",", "k\u00e9y YQ=="):
         with pytest.raises(tus.TusError) as e:
             tus.parse_metadata(bad)
@@ -173,7 +173,7 @@ class RequestBodyTests(SynchronousTestCase):
 
 class LockTests(SynchronousTestCase):
     def acquire(self, locks: UploadLocks, upload_id: str, aborted: list[str], name: str,
-                take_over: bool = False):  # type: ignore[no-untyped-def]  # fmt: skip
+                take_over: bool = False):  # type: ignore[no-untyped-def]
         from twisted.internet.defer import Deferred
 
         return Deferred.fromCoroutine(
