@@ -95,21 +95,21 @@ def request_replay(conn: sqlite3.Connection, numbers: list[int]) -> int:
     """
     Mark dead letters for replay by the running process; return how many.
     """
-    changed = 0
-    for number in numbers:
-        changed += conn.execute(
-            "UPDATE dead_letter SET state = 'replay' WHERE number = ? AND state = 'dead'", (number,)
-        ).rowcount
-    return changed
+    return _move(conn, numbers, "replay")
 
 
 def drop(conn: sqlite3.Connection, numbers: list[int]) -> int:
     """
     Give up on dead letters; return how many.
     """
+    return _move(conn, numbers, "dropped")
+
+
+def _move(conn: sqlite3.Connection, numbers: list[int], state: str) -> int:
+    # Only a letter still dead moves: one replayed or dropped stays so.
     changed = 0
     for number in numbers:
         changed += conn.execute(
-            "UPDATE dead_letter SET state = 'dropped' WHERE number = ? AND state = 'dead'", (number,)
+            "UPDATE dead_letter SET state = ? WHERE number = ? AND state = 'dead'", (state, number)
         ).rowcount
     return changed
