@@ -124,7 +124,7 @@ def edge_service(
     # upload and transfer progress.
     hub = EventHub(first_id=int(reactor.seconds() * 1_000_000))
     # The replica of the cloud registry, and identity checked against it
-    # (scrypt runs on the reactor's thread pool, never on its thread).
+    # (scrypt runs on the cpu pool below, never on the reactor's thread).
     applier = replica.ReplicaApplier(
         config.edge.id, bridge.outbox, reactor, observer=ReplicaAnnouncer(hub, reactor)
     )
