@@ -29,6 +29,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
@@ -498,8 +499,6 @@ class Outbox:
         return Deferred.fromCoroutine(self._wait_drained())
 
     async def _wait_drained(self) -> None:
-        from twisted.internet.task import deferLater
-
         while True:
             await self._refresh_depth()
             if self.depth == 0:
