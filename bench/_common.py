@@ -91,7 +91,7 @@ def format_table(results: Sequence[Result], baseline: str) -> str:
             _cell(r.seconds, 2) if r.seconds is not None else "not done",
             _cell(r.rate), "-" if x is None else f"{x:.2f}x",
             _cell(r.loss), _cell(r.duplicates), r.notes,
-        ))  # fmt: skip
+        ))
     numeric = {3, 4, 5, 6, 7, 8}
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
@@ -146,7 +146,7 @@ def http_request(
     """
     with socket.create_connection(("127.0.0.1", port)) as s:
         lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close",
-                 f"Content-Length: {length}", *(f"{k}: {v}" for k, v in headers.items())]  # fmt: skip
+                 f"Content-Length: {length}", *(f"{k}: {v}" for k, v in headers.items())]
         s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         if send_body is not None:
             send_body(s)

@@ -54,15 +54,15 @@ from twisted.internet import reactor
 from relay.config import load
 from relay.edge.config import EdgeConfig
 from relay.edge.tap import edge_service
-from relay.edge.uploads.handoff import LocalStaging
 from relay.testing.auth import FakeAuthenticator, FakeProjectAccess
+from relay.testing.transfer import FakeUploadSink
 auth = FakeAuthenticator()
 auth.add_user("bench", key={KEY!r})
 config = load(EdgeConfig, os.environ["RELAY_CONFIG"])
 application = Application("relay-edge-bench")
 # Ingest only: completed uploads stay staged (the transfer stage is not measured).
 edge_service(config, reactor, authenticator=auth, projects=FakeProjectAccess(),
-             upload_sink=LocalStaging()).setServiceParent(application)
+             upload_sink=FakeUploadSink()).setServiceParent(application)
 """
 
 
@@ -90,7 +90,7 @@ def serve_raw(port: int, directory: Path) -> None:
                 head += more
             head, _, rest = head.partition(b"\r\n\r\n")
             length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:"))  # fmt: skip
+                          if line.lower().startswith(b"content-length:"))
             fd = os.open(directory / f"sink-{next(counter)}", os.O_WRONLY | os.O_CREAT, 0o600)
             try:
                 os.write(fd, rest)
@@ -161,7 +161,7 @@ def start_edge(work: Path) -> Server:
     process = subprocess.Popen(
         [str(BIN / "twistd"), "-n", "--pidfile=", f"--logfile={work / 'edge.log'}", "-y",
          str(work / "edge.tac")], env=env, cwd=work,
-    )  # fmt: skip
+    )
     return Server("relay edge", process, port, "/files/", True)
 
 
@@ -169,7 +169,7 @@ def start_self(kind: str, work: Path, name: str, path: str, tus: bool) -> Server
     port = free_port()
     (work / kind).mkdir()
     process = subprocess.Popen([sys.executable, __file__, f"--serve-{kind}", str(port),
-                                str(work / kind)])  # fmt: skip
+                                str(work / kind)])
     return Server(name, process, port, path, tus)
 
 
@@ -195,7 +195,7 @@ def wait_up(server: Server) -> None:
 
 
 def request(port: int, method: str, path: str, headers: dict[str, str], length: int
-            ) -> tuple[int, dict[str, str]]:  # fmt: skip
+            ) -> tuple[int, dict[str, str]]:
     """One request whose body is C{length} bytes from BUFFER; returns status and headers."""
 
     def send(s: socket.socket) -> None:
@@ -217,11 +217,11 @@ def upload(server: Server, size: int) -> None:
         return
     status, headers = request(server.port, "POST", server.path,
                               {**tus, "Upload-Length": str(size),
-                               "Upload-Metadata": "filename YmVuY2guYmlu"}, 0)  # fmt: skip
+                               "Upload-Metadata": "filename YmVuY2guYmlu"}, 0)
     assert status == 201, (server.name, status, headers)
     location = urllib.parse.urlsplit(headers["location"]).path
     status, headers = request(server.port, "PATCH", location, {
-        **tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}, size)  # fmt: skip
+        **tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}, size)
     assert status == 204 and int(headers["upload-offset"]) == size, (server.name, status, headers)
 
 
@@ -294,7 +294,7 @@ def main() -> None:
     parser.add_argument("--small-mib", type=int, default=256)
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--dir", default=str(ROOT / "var" / "bench"),
-                        help="where servers write (the disk under test)")  # fmt: skip
+                        help="where servers write (the disk under test)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median)")
     parser.add_argument("--only", action="append", help="run only this server (repeatable)")
     parser.add_argument("--serve-raw", nargs=2, help=argparse.SUPPRESS)
@@ -321,7 +321,7 @@ def main() -> None:
         ("relay edge", start_edge),
         ("tuspyserver", (lambda w: start_self("tuspyserver", w, "tuspyserver", "/files", True))
          if have_tuspyserver else None),
-    ]  # fmt: skip
+    ]
     scenarios = [
         (f"1 x {args.big_mib} MiB", [args.big_mib << 20]),
         (f"{args.streams} x {args.small_mib} MiB", [args.small_mib << 20] * args.streams),

@@ -82,7 +82,7 @@ async def wait_for(reactor: Any, what: str, predicate: Any, timeout: float) -> N
 
 
 async def scenario(reactor: Any, name: str, profile: LinkProfile, args: argparse.Namespace, s3: Any,
-                   work: Path) -> list[tuple[str, str, list[float], str]]:  # fmt: skip
+                   work: Path) -> list[tuple[str, str, list[float], str]]:
     root = work / name.replace(" ", "-")
     root.mkdir()
     world = TransferWorld(root, s3, s3_link=LinkProfile(), amqp_link=profile, cloud_toml=jobs_toml(args.lines))
@@ -101,7 +101,7 @@ async def scenario(reactor: Any, name: str, profile: LinkProfile, args: argparse
             submitted = time.time()
             code, answer = await world.api("POST", "/api/v1/jobs", {
                 "project_id": world.project, "kind": "ticker", "parameters": {}, "inputs": [upload_id],
-            })  # fmt: skip
+            })
             if code != 202:
                 raise SystemExit(f"bench/jobs: submit answered {code}: {answer}")
             job_id = answer["job"]["id"]
@@ -112,7 +112,7 @@ async def scenario(reactor: Any, name: str, profile: LinkProfile, args: argparse
             await wait_for(reactor, f"job {number} done", ended, 120)
             frames = stream.of("job.log", job_id)
             stamps = [(frame, line) for frame in frames for line in frame.data["text"].splitlines()
-                      if line.startswith("tick ")]  # fmt: skip
+                      if line.startswith("tick ")]
             latencies += [frame.received - float(line.split()[2]) for frame, line in stamps]
             starts.append(float(stamps[0][1].split()[2]) - submitted)
             seen: list[Frame] = [f for f in stream.of("job.state", job_id) if f.data["state"] == "running"]
@@ -143,7 +143,7 @@ def table(rows: list[tuple[str, str, list[float], str]]) -> str:
         if target:
             met = "yes" if p99 < float(target.split("<")[1].split()[0]) else "NO"
         lines.append((name, measure, str(len(values)), f"{statistics.median(values) * 1000:.0f}", f"{p99:.0f}",
-                      f"{max(values) * 1000:.0f}", target, met))  # fmt: skip
+                      f"{max(values) * 1000:.0f}", target, met))
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     out = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in lines]
     out.insert(1, "  ".join("-" * w for w in widths))

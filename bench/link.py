@@ -63,10 +63,10 @@ from relay.link.backoff import Backoff  # noqa: E402
 from relay.link.bridge import Bridge  # noqa: E402
 from relay.link.catalogue import Catalogue  # noqa: E402
 from relay.link.channel import Channel, ConfirmTracker, Delivery  # noqa: E402
+from relay.link.client import CLIENT_CAPABILITIES, BrokerListener, RelayClient, RelayDelegate  # noqa: E402
 from relay.link.connection import LinkService  # noqa: E402
 from relay.link.envelope import Envelope  # noqa: E402
 from relay.link.spec import load_spec  # noqa: E402
-from relay.link.txfix import CLIENT_CAPABILITIES, BrokerListener, RelayClient, RelayDelegate  # noqa: E402
 from relay.metrics import Metrics  # noqa: E402
 from relay.testing.linkemu import LinkEmulator, LinkProfile  # noqa: E402
 
@@ -184,7 +184,7 @@ async def serve_cloud(reactor: Any, args: argparse.Namespace) -> None:
         reactor, db, metrics, Health(reactor, "cloud", metrics), catalogue(),
         url=args.url, heartbeat=HEARTBEAT, source="cloud", consume=args.queue, declare=[args.peer],
         prefetch=args.prefetch, connection_name=unique("cloud"),
-    )  # fmt: skip
+    )
     bridge.inbox.register(PAYLOAD, apply_payload)
     control = _Control()
     stdio.StandardIO(control, reactor=reactor)
@@ -283,7 +283,7 @@ async def start_cloud(
     argv = [
         sys.executable, str(Path(__file__).resolve()), "--serve-cloud", str(db_path),
         "--url", broker_url(args), "--queue", queue, "--peer", peer, "--prefetch", str(args.prefetch),
-    ]  # fmt: skip
+    ]
     if args.profile:
         argv += ["--profile", str(Path(args.profile) / f"cloud-{slug(scenario)}.prof")]
     reactor.spawnProcess(process, sys.executable, argv, env=os.environ, childFDs={0: "w", 1: "r", 2: 2})
@@ -333,7 +333,7 @@ class Admin:
                 seq = channel.publish(
                     "", queue, message.to_bytes(),
                     properties={"message_id": self.message_id(number), "content_type": "application/json"},
-                )  # fmt: skip
+                )
                 confirms.append(tracker.expect(seq))
             if not all(await gatherResults(confirms)):
                 raise RuntimeError(f"the broker refused messages while pre-loading {queue}")
@@ -409,7 +409,7 @@ async def emulated(reactor: Any, args: argparse.Namespace, profile: LinkProfile 
     emulator = LinkEmulator(
         reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{args.amqp_port}",
         profile=profile, rng=random.Random(args.seed),
-    )  # fmt: skip
+    )
     await emulator.start()
     return emulator
 
@@ -447,7 +447,7 @@ async def relay_run(
         url=broker_url(args, emulator.port if emulator is not None else None), heartbeat=HEARTBEAT,
         source="edge:bench", consume=to_edge, declare=[to_cloud], window=args.window, backoff=backoff,
         connection_name=unique("edge"),
-    )  # fmt: skip
+    )
     pad = padding("edge:bench")
 
     def commit(conn: sqlite3.Connection, numbers: range) -> None:
@@ -532,7 +532,7 @@ async def relay_run(
         Result(
             scenario, "relay", APPLIED, n, seconds(applied_at), loss, duplicates,
             after_first(n, started, first_applied, applied_at),
-        ),  # fmt: skip
+        ),
     ]
 
 
@@ -615,7 +615,7 @@ def scenarios(args: argparse.Namespace) -> list[tuple[str, str, int, LinkProfile
             "resets", f"{rtt}, resets ~{args.reset_mean_s:g} s", resets_n,
             LinkProfile(latency_ms=args.latency_ms, reset_mean_s=args.reset_mean_s),
         ),
-    ]  # fmt: skip
+    ]
     wanted = args.scenarios.split(",")
     unknown = set(wanted) - {key for key, *_ in every}
     if unknown:
@@ -715,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="cProfile relay's reactors into DIR: edge-<scenario>.prof (until the edge's outbox is "
         "empty; the emulator runs in that process too) and cloud-<scenario>.prof, and the cloud's "
         "database thread (where the inbox applies) into cloud-<scenario>-db.prof",
-    )  # fmt: skip
+    )
     # The cloud side runs this same file in a child process.
     add("--serve-cloud", metavar="DB", help=argparse.SUPPRESS)
     add("--url", help=argparse.SUPPRESS)

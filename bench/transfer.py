@@ -132,15 +132,15 @@ def tus_upload(port: int, source: Path, size: int) -> str:
 
         tus = {"Tus-Resumable": "1.0.0", "Authorization": f"Bearer {KEY}"}
         return http_request(port, method, path, {**tus, **headers}, size if body is not None else 0,
-                            send if body is not None else None)  # fmt: skip
+                            send if body is not None else None)
 
     metadata = f"filename YmVuY2guYmlu,project {base64.b64encode(PROJECT.encode()).decode()}"
     status, headers = request("POST", "/files/", {"Upload-Length": str(size), "Upload-Metadata": metadata},
-                              None)  # fmt: skip
+                              None)
     assert status == 201, (status, headers)
     location = urllib.parse.urlsplit(headers["location"]).path
     status, headers = request("PATCH", location, {"Upload-Offset": "0",
-                                                  "Content-Type": "application/offset+octet-stream"}, source)  # fmt: skip
+                                                  "Content-Type": "application/offset+octet-stream"}, source)
     assert status == 204 and int(headers["upload-offset"]) == size, (status, headers)
     return location.rstrip("/").rsplit("/", 1)[-1]
 
@@ -162,15 +162,15 @@ def wait_port(port: int, process: subprocess.Popen[bytes], seconds: float = 60) 
 
 
 async def run_relay(args: argparse.Namespace, work: Path, s3: S3Server, source: Path, size: int,
-                    sha256: str, rows: list[Row]) -> None:  # fmt: skip
+                    sha256: str, rows: list[Row]) -> None:
     from twisted.internet import reactor
 
     vhost = Vhost()
     await deferToThread(vhost.create)
     s3_link = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{s3.port}", china(args),
-                           random.Random(args.seed))  # fmt: skip
+                           random.Random(args.seed))
     amqp_link = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{AMQP_PORT}", china(args),
-                             random.Random(args.seed + 1))  # fmt: skip
+                             random.Random(args.seed + 1))
     await s3_link.start()
     await amqp_link.start()
     seed_cloud(work / "cloud", "bench", user_id=USER, project_id=PROJECT)
@@ -178,7 +178,7 @@ async def run_relay(args: argparse.Namespace, work: Path, s3: S3Server, source: 
     cloud = cloud_node(work, amqp_url=vhost.url(), listen_port=free_port(), s3={
         "bucket": s3.bucket, "endpoint_url": s3.endpoint, "addressing_style": "path",
         "presign_endpoint_url": f"http://127.0.0.1:{s3_link.port}", "credentials_file": str(credentials),
-    })  # fmt: skip
+    })
     cloud.start()
     port = free_port()
     (work / "edge.tac").write_text(EDGE_TAC)
@@ -187,12 +187,12 @@ async def run_relay(args: argparse.Namespace, work: Path, s3: S3Server, source: 
         "link": {"url": vhost.url(amqp_link.port), "heartbeat": 5},
         "uploads": {"disk_reserve": 0},
         "transfer": {"concurrency": args.concurrency},
-    })  # fmt: skip
+    })
     log = (work / "edge.log").open("ab")
     edge = subprocess.Popen(
         [str(BIN / "twistd"), "-n", "--pidfile=", "-y", str(work / "edge.tac")],
         env={**os.environ, "RELAY_CONFIG": str(config)}, cwd=work, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    )
     try:
         await deferToThread(wait_port, port, edge)
         await sleep(2)  # the uploads service recovers before it accepts uploads
@@ -200,7 +200,7 @@ async def run_relay(args: argparse.Namespace, work: Path, s3: S3Server, source: 
         upload_id = await deferToThread(tus_upload, port, source, size)
         staged = time.monotonic()
         rows.append(Row("the user's tus upload to the edge", "upload complete (loopback)", staged - started,
-                        True, "what the user waits for"))  # fmt: skip
+                        True, "what the user waits for"))
         print(f"  tus upload done in {staged - started:.1f} s; relay transfer running ...", flush=True)
         deadline = staged + (args.cap or 900.0)
         done = False
@@ -219,7 +219,7 @@ async def run_relay(args: argparse.Namespace, work: Path, s3: S3Server, source: 
             seconds if ok else None, ok,
             f"{s3_link.counters.resets_injected} resets, {getattr(job, 'restarts', '?')} restarts, "
             f"{s3_link.counters.bytes_to_upstream / size:.2f}x bytes sent, upload {state}",
-        ))  # fmt: skip
+        ))
     finally:
         edge.terminate()
         await deferToThread(edge.wait)
@@ -239,7 +239,7 @@ def _object_sha256(s3: S3Server, key: str) -> str:
 
 
 async def run_boto3(args: argparse.Namespace, s3: S3Server, source: Path, size: int, sha256: str,
-                    how: str, rows: list[Row], limit: float) -> None:  # fmt: skip
+                    how: str, rows: list[Row], limit: float) -> None:
     """
     One baseline through its own emulated link (same profile), started over
     after each failure until it succeeds or the cap passes.
@@ -247,7 +247,7 @@ async def run_boto3(args: argparse.Namespace, s3: S3Server, source: Path, size: 
     from twisted.internet import reactor
 
     link = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{s3.port}", china(args),
-                        random.Random(args.seed + 2))  # fmt: skip
+                        random.Random(args.seed + 2))
     await link.start()
     # boto3's defaults, but its checksums off as for relay (the S3 servers
     # here reject aws-chunked bodies) and the classic transfer path.
@@ -282,14 +282,14 @@ async def run_boto3(args: argparse.Namespace, s3: S3Server, source: Path, size: 
         except Exception as e:
             error = f"{type(e).__name__}: {str(e)[:80]}"
             print(f"  {how} attempt {attempts} failed after {time.monotonic() - started:.0f} s: {error}",
-                  flush=True)  # fmt: skip
+                  flush=True)
     seconds = time.monotonic() - started
     capper.cancel()
     capper.addErrback(lambda f: None)
     if ok:
         ok = await deferToThread(_object_sha256, s3, key) == sha256
     label = {"put_object": "boto3 put_object (single stream)",
-             "upload_file": "boto3 upload_file (default TransferConfig)"}[how]  # fmt: skip
+             "upload_file": "boto3 upload_file (default TransferConfig)"}[how]
     notes = f"{attempts} attempt(s), {link.counters.resets_injected} resets"
     if not ok:
         notes += f"; did not finish in {limit:.0f} s; last: {error[:60]}"
@@ -316,12 +316,12 @@ def table(rows: list[Row], size: int, args: argparse.Namespace) -> str:
             else:
                 speedup = f">{(row.limit or 0) / relay.seconds:.1f}x"
         lines.append(f"{row.contender:44} {seconds:>9} {rate:>7} {'yes' if row.completed else 'NO':>5} "
-                     f"{speedup:>10}  {row.notes}")  # fmt: skip
+                     f"{speedup:>10}  {row.notes}")
     ideal = size / (args.rate_kib * 1024)
     lines.append("")
     lines.append(f"one stream at the full {args.rate_kib} KiB/s with no reset at all would take "
                  f"{ideal:.0f} s" + (f" (relay is {ideal / relay.seconds:.1f}x faster than even that)"
-                                     if relay is not None and relay.seconds else ""))  # fmt: skip
+                                     if relay is not None and relay.seconds else ""))
     return "\n".join(lines)
 
 

@@ -44,7 +44,7 @@ class AuditLog:
         line = json.dumps({
             "time": round(now, 3), "at": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
             "event": event, "actor": actor, **fields,
-        }, ensure_ascii=True, default=str)  # fmt: skip
+        }, ensure_ascii=True, default=str)
         with self._lock:
             self._file.write(line + "\n")
 

@@ -11,13 +11,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from relay import __version__
+from relay import __version__, dead_letters_admin
 from relay.cloud import admin as registry_admin
 from relay.cloud.config import CloudConfig
 from relay.config import ConfigError, load
 from relay.edge import spool_admin
 from relay.edge.config import EdgeConfig
-from relay.link import admin as link_admin
 
 
 def check_config(args: argparse.Namespace) -> int:
@@ -45,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("path")
     check.set_defaults(run=check_config)
 
-    link_admin.add_commands(commands)
+    dead_letters_admin.add_commands(commands)
     registry_admin.add_commands(commands)
     spool_admin.add_commands(commands)
     return top

@@ -258,12 +258,18 @@ class LinkConfig:
     #: Seconds between AMQP heartbeats; a silent stall is noticed within
     #: three of them.
     heartbeat: int = 10
+    #: Seconds the link may be down before C{/healthz} answers 503 (0:
+    #: never).  Serving users while the link is away is what the edge is
+    #: for: this is for a link that does not come back.
+    unhealthy_after: int = 600
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("amqp://", "amqps://")):
             raise ValueError(f"link.url: expected an amqp:// or amqps:// URL, got {self.url!r}")
         if not 1 <= self.heartbeat <= 600:
             raise ValueError(f"link.heartbeat: expected 1 to 600 seconds, got {self.heartbeat}")
+        if self.unhealthy_after < 0:
+            raise ValueError(f"link.unhealthy_after: expected 0 or more seconds, got {self.unhealthy_after}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,7 +305,7 @@ def prepare_data_dir(path: Path) -> Path:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
             Logger().warn("data directory {path} was open to others (mode {mode:o}); made it 0700",
-                          path=path, mode=mode)  # fmt: skip
+                          path=path, mode=mode)
             os.chmod(path, 0o700)
     except OSError as e:
         raise SystemExit(f"cannot create data directory {path}: {e.strerror}") from None

@@ -5,15 +5,12 @@ Process-level behaviour shared by both twistd processes.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
 from types import FrameType
 from typing import Any, TypeVar
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 T = TypeVar("T")
 
@@ -83,23 +80,3 @@ class GracefulStop(Service):
         self._reactor.callFromThread(self._reactor.stop)
 
 
-class PoolService(Service):
-    """
-    A bounded L{ThreadPool} for CPU-heavy work (scrypt), started and stopped
-    with its service tree; L{run} is the C{CpuRunner} components are handed.
-    """
-
-    def __init__(self, reactor: Any, name: str, threads: int) -> None:
-        self._reactor = reactor
-        self.pool = ThreadPool(minthreads=0, maxthreads=threads, name=name)
-
-    def startService(self) -> None:
-        super().startService()
-        self.pool.start()
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.pool.stop()
-
-    def run(self, f: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
-        return deferToThreadPool(self._reactor, self.pool, f, *args, **kwargs)

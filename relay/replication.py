@@ -1,6 +1,7 @@
 """
 What the registry (cloud) and its replicas (edges) share: the replicated
-tables, the event kinds that change them, and the seam to the outbox.
+tables, the event kinds that change them, and the seams to the outbox and
+the inbox.
 
 The registry's tables and each edge's replica tables have the same columns
 (the replica's are prefixed C{replica_}).  A change to a row travels as an
@@ -17,9 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from relay.link.inbox import IInbox
 from relay.link.outbox import IOutbox
 
-__all__ = ["IOutbox"]
+__all__ = ["IInbox", "IOutbox"]
 
 
 @dataclass(frozen=True)

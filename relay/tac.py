@@ -9,10 +9,9 @@ from __future__ import annotations
 from typing import Literal
 
 from twisted.application.service import Application
-from twisted.logger import ILogObserver
 from twisted.python.components import Componentized
 
-from relay import logs
+from relay.logs import LogFormat
 from relay.process import GracefulStop
 
 
@@ -35,7 +34,5 @@ def application_for(side: Literal["edge", "cloud"]) -> Componentized:
         service, log_format = cloud_tap.cloud_service(cloud_config, reactor), cloud_config.log.format
     GracefulStop(reactor).setServiceParent(service)
     application = Application(f"relay-{side}")
-    if log_format == "json":
-        application.setComponent(ILogObserver, logs.json())
-    service.setServiceParent(application)
+    LogFormat(log_format, service).setServiceParent(application)
     return application

@@ -57,18 +57,18 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         "link": {"url": vhost.url(), "heartbeat": 2},
         "s3": {"bucket": s3.bucket, "endpoint_url": s3.endpoint, "addressing_style": "path",
                "credentials_file": str(credentials)},
-    })  # fmt: skip
+    })
     edge_config = write_config(tmp_path / "edge.toml", {
         "edge": {"id": "browser", "listen": f"tcp:{edge_port}:interface=127.0.0.1",
                  "data_dir": str(tmp_path / "edge"), "web_dir": str(ROOT / "web")},
         "link": {"url": vhost.url(), "heartbeat": 2},
-    })  # fmt: skip
+    })
     subprocess.run(
         [str(Path(sys.executable).parent / "relay"), "user", "add", "alice", "--password-stdin",
          "--config", str(cloud_config)],
         input=PASSWORD.encode(), check=True, capture_output=True, cwd=tmp_path,
         env={k: v for k, v in os.environ.items() if k != "RELAY_CONFIG"},
-    )  # fmt: skip
+    )
     cloud = Node("relay-cloud", cloud_config, tmp_path / "cloud.log", tmp_path).start()
     edge = Node("relay-edge", edge_config, tmp_path / "edge.log", tmp_path).start()
     edge_url = f"http://127.0.0.1:{edge_port}"
@@ -186,7 +186,7 @@ def test_a_one_time_password_must_be_replaced_first(deployment: Deployment, page
          "--config", str(deployment.cloud.config)],
         check=True, capture_output=True, cwd=tmp_path,
         env={k: v for k, v in os.environ.items() if k != "RELAY_CONFIG"},
-    )  # fmt: skip
+    )
     one_time = json.loads(done.stdout)["password"]
     edge_db = tmp_path / "edge" / "edge.db"
     deadline = time.monotonic() + 30

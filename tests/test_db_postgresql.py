@@ -200,7 +200,7 @@ class DatabaseThreadTests(TestCase):
     async def test_the_inbox_counts_a_failing_handler_and_buries_it(self) -> None:
         # On PostgreSQL a message is its own transaction, without savepoints:
         # a failing handler fails it, and the attempt is counted in another.
-        from relay.link import inbox
+        from relay.link import deadletters, inbox
         from relay.link.catalogue import Catalogue
         from relay.link.envelope import Envelope
         from relay.metrics import Metrics
@@ -219,5 +219,5 @@ class DatabaseThreadTests(TestCase):
         good, bad = Envelope("t", "e", 0.0, {"n": 1}), Envelope("t", "e", 0.0, {"n": -1})
         outcomes = [await box.receive(m.to_bytes()) for m in (good, good, bad, bad)]
         self.assertEqual(outcomes, ["applied", "duplicate", "retry", "dead"])
-        dead = await db.read(inbox.dead_letters)
+        dead = await db.read(deadletters.listing)
         self.assertEqual([row["message_id"] for row in dead], [bad.id])

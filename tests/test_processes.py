@@ -226,3 +226,28 @@ def test_json_logger_for_the_plugin(
     assert lines
     for line in lines:
         json.loads(line)
+
+
+@pytest.mark.parametrize("side", ["edge", "cloud"])
+def test_json_log_format_for_the_plugin(
+    tmp_path: Path, twistd: list[str], clean_env: dict[str, str], processes: list[subprocess.Popen], side: str
+) -> None:
+    """
+    twistd relay-<side> (no --logger) with [log] format = "json" in the
+    file: every line it writes is a JSON object.
+    """
+    port = free_port()
+    path = config(tmp_path, side, port)
+    path.write_text(path.read_text() + '\n[log]\nformat = "json"\n')
+    out_path = tmp_path / "out.log"
+    with out_path.open("w") as out:
+        process = subprocess.Popen(
+            [*twistd, f"relay-{side}", "--config", str(path)], cwd=tmp_path, env=clean_env, stdout=out
+        )
+    processes.append(process)
+    wait_until_up(f"http://127.0.0.1:{port}/healthz", process)
+    assert stop(process)[0] == 0
+    events = [json.loads(line) for line in out_path.read_text().splitlines() if line.strip()]
+    assert events
+    assert all("log_namespace" in event for event in events)
+    assert any(event.get("log_namespace", "").startswith("relay.") for event in events)

@@ -153,7 +153,7 @@ def user_list(args: argparse.Namespace, db: Database, registry: Registry, out: T
         args, out, db.run_now(registry.users), "users", ["NAME", "ADMIN", "DISABLED", "KEYS", "CREATED (UTC)"],
         lambda u: [u["name"], "yes" if u["is_admin"] else "", "yes" if u["disabled"] else "",
                    str(u["active_keys"]), _when(u["created_at"])],
-    )  # fmt: skip
+    )
 
 
 def _set_disabled(disabled: bool) -> Callable[..., None]:

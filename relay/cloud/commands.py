@@ -171,7 +171,7 @@ class CloudCommands:
         actor = body.get("actor")
         ids = {k: v for k, v in body.items() if k == "role" or (k.endswith("_id") and k != "command_id")}
         self._audit.record(event, actor=actor.get("user_id") if isinstance(actor, dict) else None,
-                           edge=edge, type=type, command_id=body.get("command_id"), **ids, **more)  # fmt: skip
+                           edge=edge, type=type, command_id=body.get("command_id"), **ids, **more)
 
     def _record(
         self, conn: Any, command_id: str, edge: str, type: str, body: dict[str, Any], status: str,

@@ -3,7 +3,7 @@ The cloud's side of S3: multipart uploads the edges fill through presigned
 URLs.  Only this module holds AWS credentials.
 
 boto3 is blocking, so every call runs on this module's own bounded thread
-pool (L{deferToThreadPool}), never on the reactor.  The client is the
+pool (L{relay.threads.Threads}), never on the reactor.  The client is the
 classic one (no CRT, which ignores C{endpoint_url}) with
 C{request_checksum_calculation="when_required"}: boto3 >= 1.36 otherwise
 adds CRC32 checksums and aws-chunked bodies that several S3-compatible
@@ -28,9 +28,9 @@ import botocore.exceptions
 from botocore.config import Config
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
 from zope.interface import Interface, implementer
+
+from relay.threads import Threads
 
 R = TypeVar("R")
 
@@ -212,7 +212,7 @@ def _error(e: Exception, what: str) -> ObjectStoreError:
             return NoSuchUpload(f"{what}: no such upload")
         transient = status >= 500 or status in (408, 429) or code in ("SlowDown", "RequestTimeout")
         return ObjectStoreError(f"{what}: {code or status}: {error.get('Message', '')}",
-                                transient=transient, code=code)  # fmt: skip
+                                transient=transient, code=code)
     if isinstance(e, botocore.exceptions.BotoCoreError):
         # Connection and read errors, timeouts: the network, not the request.
         return ObjectStoreError(f"{what}: {type(e).__name__}: {e}", transient=True)
@@ -268,18 +268,16 @@ class S3Objects(Service):
         self._presigner = session.client(
             "s3", endpoint_url=(presign_endpoint_url or endpoint_url) or None, config=config
         )
-        self._pool = ThreadPool(minthreads=0, maxthreads=max_threads, name="s3")
+        self._threads = Threads(reactor, "s3", max_threads)
 
     def startService(self) -> None:
         super().startService()
-        self._pool.start()
+        self._threads.startService()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         # Waits for calls in progress; boto3's own timeouts bound them.
-        return deferToThreadPool(self._reactor, self._pool, lambda: None).addCallback(
-            lambda _: self._pool.stop()
-        )
+        return self._threads.stopService()
 
     def _call(self, what: str, work: Callable[..., R], *args: Any) -> Deferred[R]:
         def guarded() -> R:
@@ -290,7 +288,7 @@ class S3Objects(Service):
             except Exception as e:
                 raise _error(e, what) from None
 
-        return deferToThreadPool(self._reactor, self._pool, guarded)
+        return self._threads.run(guarded)
 
     # IObjectStore
 
@@ -299,7 +297,7 @@ class S3Objects(Service):
             answer = self._client.create_multipart_upload(
                 Bucket=self.bucket, Key=key, Metadata=dict(metadata),
                 ContentType=content_type or "application/octet-stream",
-            )  # fmt: skip
+            )
             return str(answer["UploadId"])
 
         return self._call("CreateMultipartUpload", work)
@@ -314,7 +312,7 @@ class S3Objects(Service):
                     Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id,
                             "PartNumber": number, "ContentMD5": md5},
                     ExpiresIn=expires_in,
-                )  # fmt: skip
+                )
                 for number, md5 in parts
             }
 
@@ -328,10 +326,10 @@ class S3Objects(Service):
                 page = self._client.list_parts(
                     Bucket=self.bucket, Key=key, UploadId=upload_id,
                     MaxParts=self._page_size, PartNumberMarker=marker,
-                )  # fmt: skip
+                )
                 for part in page.get("Parts", []):
                     parts.append(PartInfo(int(part["PartNumber"]), int(part["Size"]),
-                                          str(part["ETag"]).strip('"').lower()))  # fmt: skip
+                                          str(part["ETag"]).strip('"').lower()))
                 if not page.get("IsTruncated"):
                     return parts
                 following = int(page.get("NextPartNumberMarker") or 0)
@@ -346,7 +344,7 @@ class S3Objects(Service):
             answer = self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id,
                 MultipartUpload={"Parts": [{"PartNumber": n, "ETag": f'"{etag}"'} for n, etag in parts]},
-            )  # fmt: skip
+            )
             return str(answer.get("ETag", "")).strip('"').lower()
 
         return self._call("CompleteMultipartUpload", work)

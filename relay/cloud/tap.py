@@ -7,14 +7,12 @@ the configuration file, and the only one that touches the global reactor.
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from klein import Klein
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
-from twisted.internet.threads import deferToThreadPool
 from twisted.web.server import Site
 
 from relay.audit import AuditLog
@@ -28,16 +26,21 @@ from relay.cloud.jobs.component import build_jobs
 from relay.cloud.transfers import RegistryFiles, build_objects, build_transfers
 from relay.config import TapOptions, config_path, load_or_exit, prepare_data_dir, relative_to
 from relay.db import Database, Schema
-from relay.health import Health
+from relay.health import DatabaseHealth, Health
 from relay.link import inbox, outbox
 from relay.link.bridge import Bridge
 from relay.link.catalogue import Catalogue
 from relay.link.envelope import JOBS, TO_CLOUD
+from relay.logs import LogFormat
 from relay.metrics import Metrics
 from relay.process import GracefulStop, InOrder
 from relay.sync_messages import register_types as register_sync_types
+from relay.threads import Threads
 
 DEFAULT_CONFIG = "etc/cloud.toml"
+
+#: Threads for hashing jobs' results, as many as the reactor's own pool had.
+CPU_THREADS = 10
 
 #: The schemas of every component with tables in the cloud's database.
 SCHEMAS: list[Schema] = [
@@ -77,7 +80,7 @@ def makeService(options: Options) -> IService:
 
     service = cloud_service(config, reactor)
     GracefulStop(reactor).setServiceParent(service)
-    return service
+    return LogFormat(config.log.format, service)
 
 
 def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:
@@ -96,10 +99,13 @@ def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:
     register_sync_types(catalogue)
     bridge = Bridge(
         reactor, db, metrics, health, catalogue,
-        url=config.link.url, heartbeat=config.link.heartbeat, source="cloud",
+        url=config.link.url, heartbeat=config.link.heartbeat,
+        unhealthy_after=config.link.unhealthy_after,
+        source="cloud",
         consume=TO_CLOUD, declare=[JOBS], declare_destinations=True,
     )
     bridge.setServiceParent(root)
+    health.add_section("database", DatabaseHealth(db, reactor))
     # The registry: edge commands and sync requests arrive through the
     # inbox; the publisher sends each edge the events it has not had.
     events = sync.EventLog(reactor)
@@ -107,8 +113,9 @@ def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:
     objects = build_objects(config.s3, reactor, Path.cwd())
     objects.setServiceParent(root)
     # Jobs: the commands' effects queue them; workers run them.
-    cpu = partial(deferToThreadPool, reactor, reactor.getThreadPool())
-    jobs = build_jobs(config.jobs, reactor, db, bridge, the_registry, objects, cpu, Path.cwd())
+    cpu = Threads(reactor, "cpu", CPU_THREADS)
+    cpu.setServiceParent(root)
+    jobs = build_jobs(config.jobs, reactor, db, bridge, the_registry, objects, cpu.run, Path.cwd())
     # Downloads: presigned GET URLs for the edges; deleted files' objects go.
     downloads = build_downloads(config.s3, reactor, db, bridge, objects)
     audit = AuditLog(relative_to(data_dir, config.log.audit), reactor)

@@ -150,7 +150,7 @@ def load_transfer(conn: Any, transfer_id: str) -> Transfer | None:
 
 def digests_of(conn: Any, transfer_id: str) -> dict[int, str]:
     return {int(r[0]): r[1] for r in conn.execute(
-        "SELECT number, md5 FROM transfer_digests WHERE transfer_id = ?", (transfer_id,))}  # fmt: skip
+        "SELECT number, md5 FROM transfer_digests WHERE transfer_id = ?", (transfer_id,))}
 
 
 def remember_digests(conn: Any, transfer_id: str, parts: list[tuple[int, str]]) -> None:
@@ -163,9 +163,9 @@ def remember_digests(conn: Any, transfer_id: str, parts: list[tuple[int, str]]) 
 
 def record_completed(conn: Any, transfer_id: str, etag: str, now: float) -> None:
     conn.execute("UPDATE transfers SET state = 'completed', etag = ?, updated = ? WHERE id = ?",
-                 (etag, now, transfer_id))  # fmt: skip
+                 (etag, now, transfer_id))
 
 
 def record_postponed(conn: Any, position: int, attempts: int, not_before: float, error: str) -> None:
     conn.execute("UPDATE transfer_requests SET attempts = ?, not_before = ?, last_error = ? WHERE position = ?",
-                 (attempts, not_before, error, position))  # fmt: skip
+                 (attempts, not_before, error, position))

@@ -33,6 +33,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from relay.cloud.objects import (
@@ -59,10 +60,11 @@ from relay.cloud.transfer_store import (
 )
 from relay.config import relative_to
 from relay.db import Database
+from relay.drain import Drain
 from relay.link.envelope import Envelope, to_edge
 from relay.media_types import stored_content_type
 from relay.permissions import Refused, allowed
-from relay.replication import IOutbox
+from relay.replication import IInbox, IOutbox
 from relay.transfer_messages import (
     ABORT,
     ABORTED,
@@ -112,18 +114,7 @@ class RegistryFiles:
         self._registry.put_file(
             conn, transfer.project, transfer.name, transfer.size, sha256=transfer.sha256,
             object_key=transfer.object_key, state="stored", file_id=transfer.file_id,
-        )  # fmt: skip
-
-
-@implementer(IFileRegistry)
-class NoRegistry:
-    """
-    For a cloud built without the registry: nothing to record; the edge
-    still gets C{file.registered}.
-    """
-
-    def register_file(self, conn: Any, transfer: Transfer) -> None:
-        return None
+        )
 
 
 class Reply(Exception):
@@ -141,7 +132,7 @@ class Reply(Exception):
 
 
 def failed(transfer_id: str, code: str, reason: str, state: str | None = None,
-           missing: list[int] | None = None) -> Reply:  # fmt: skip
+           missing: list[int] | None = None) -> Reply:
     body: dict[str, Any] = {"transfer_id": transfer_id, "code": code, "reason": reason[:2000]}
     if missing is not None:
         body["missing"] = missing
@@ -171,7 +162,7 @@ class CloudTransfers(Service):
         db: Database,
         outbox: IOutbox,
         objects: IObjectStore,
-        files: IFileRegistry | None = None,
+        files: IFileRegistry,
         *,
         presign_expiry: int = 3600,
         readback: bool = False,
@@ -181,15 +172,10 @@ class CloudTransfers(Service):
         rng: random.Random | None = None,
     ) -> None:
         self._reactor = reactor
-        # From the database thread back to the reactor, after the
-        # transaction (a Clock in unit tests has no threads: next turn).
-        self._notify: Callable[[Callable[[], None]], Any] = getattr(
-            reactor, "callFromThread", lambda f: reactor.callLater(0, f)
-        )
         self._db = db
         self._outbox = outbox
         self._objects = objects
-        self._files = files if files is not None else NoRegistry()
+        self._files = files
         self._expiry = presign_expiry
         self._readback = readback
         self._slots = DeferredSemaphore(concurrency)
@@ -200,13 +186,12 @@ class CloudTransfers(Service):
         # Transfers whose last request failed rest until then, even if the
         # failure could not be recorded.
         self._resting: dict[str, float] = {}
-        self._draining = False
-        self._again = False
+        self._requests = Drain(self._start_due, self._reading_failed, ready=lambda: bool(self.running))
         self._timer: IDelayedCall | None = None
         self._working: set[Deferred[None]] = set()
         self.processed = 0
 
-    def register(self, inbox: Any) -> None:
+    def register(self, inbox: IInbox) -> None:
         """
         Handle the edges' requests from C{inbox}.
         """
@@ -219,14 +204,15 @@ class CloudTransfers(Service):
         edge = edge_of(message)
         if edge is None:
             self.log.warn("transfer request {id} from {source}, not an edge: ignored",
-                          id=message.id, source=message.source)  # fmt: skip
+                          id=message.id, source=message.source)
             return
         conn.execute(
             "INSERT INTO transfer_requests (transfer_id, edge, kind, body, received) VALUES (?, ?, ?, ?, ?)",
             (message.body["transfer_id"], edge, message.type, json.dumps(message.body), message.time),
         )
-        # Runs after this transaction: the database thread is serial.
-        self._notify(self.wake)
+        # From the database thread back to the reactor: runs after this
+        # transaction, since the database thread is serial.
+        self._reactor.callFromThread(self.wake)
 
     # -- the service -----------------------------------------------------------
 
@@ -258,32 +244,28 @@ class CloudTransfers(Service):
         """
         There may be requests to process.
         """
-        if not self.running:
-            return
-        self._again = True
-        if not self._draining:
-            Deferred.fromCoroutine(self._drain())
+        if self.running:
+            self._requests.wake()
 
-    async def _drain(self) -> None:
-        self._draining = True
-        try:
-            while self._again and self.running:
-                self._again = False
-                rows = await self._db.read(due_requests, self._reactor.seconds(), sorted(self._busy))
-                now = self._reactor.seconds()
-                for request in rows:
-                    if request.transfer_id in self._busy or self._resting.get(request.transfer_id, 0) > now:
-                        continue
-                    self._resting.pop(request.transfer_id, None)
-                    self._busy.add(request.transfer_id)
-                    d = self._slots.run(self._process, request)
-                    self._working.add(d)
-                    d.addBoth(self._finished, d)
-        except Exception:
-            self.log.failure("could not read transfer requests; trying again shortly")
-            self._schedule(1.0)
-        finally:
-            self._draining = False
+    async def _start_due(self) -> bool:
+        """
+        Start processing every due request of a transfer that is not busy.
+        """
+        rows = await self._db.read(due_requests, self._reactor.seconds(), sorted(self._busy))
+        now = self._reactor.seconds()
+        for request in rows:
+            if request.transfer_id in self._busy or self._resting.get(request.transfer_id, 0) > now:
+                continue
+            self._resting.pop(request.transfer_id, None)
+            self._busy.add(request.transfer_id)
+            d = self._slots.run(self._process, request)
+            self._working.add(d)
+            d.addBoth(self._finished, d)
+        return False
+
+    def _reading_failed(self, failure: Failure) -> None:
+        self.log.failure("could not read transfer requests; trying again shortly", failure)
+        self._schedule(1.0)
 
     def _finished(self, result: Any, d: Deferred[None]) -> None:
         self._working.discard(d)
@@ -306,13 +288,13 @@ class CloudTransfers(Service):
         if isinstance(error, ObjectStoreError):
             self.log.warn("{kind} for transfer {tid} failed (attempt {attempts}): {error}; again in {delay:.1f}s",
                           kind=request.kind, tid=request.transfer_id, attempts=attempts,
-                          error=str(error), delay=delay)  # fmt: skip
+                          error=str(error), delay=delay)
         else:
             self.log.failure("{kind} for transfer {tid} failed; again in {delay:.1f}s", None,
-                             kind=request.kind, tid=request.transfer_id, delay=delay)  # fmt: skip
+                             kind=request.kind, tid=request.transfer_id, delay=delay)
         try:
             await self._db.run(record_postponed, request.position, attempts,
-                               self._reactor.seconds() + delay, str(error)[:500])  # fmt: skip
+                               self._reactor.seconds() + delay, str(error)[:500])
         except Exception:
             self.log.failure("could not record the failure of request {position}", position=request.position)
         self._schedule(delay)
@@ -322,7 +304,7 @@ class CloudTransfers(Service):
         handler: Callable[[Request, Any], Any] = {
             BEGIN: self._begin, PRESIGN: self._presign, STATUS: self._status,
             FINISH: self._finish, ABORT: self._abort,
-        }[request.kind]  # fmt: skip
+        }[request.kind]
         try:
             if request.kind != BEGIN:
                 transfer = self._check(request, transfer)
@@ -331,7 +313,7 @@ class CloudTransfers(Service):
             replies, state = [(reply.type, reply.body)], reply.state
             if reply.type == FAILED:
                 self.log.warn("transfer {tid}: {kind} failed: {code}: {reason}", tid=request.transfer_id,
-                              kind=request.kind, code=reply.body["code"], reason=reply.body["reason"])  # fmt: skip
+                              kind=request.kind, code=reply.body["code"], reason=reply.body["reason"])
         await self._db.run(self._answer, request, replies, state, "")
         self._outbox.wake()
 
@@ -341,12 +323,12 @@ class CloudTransfers(Service):
         return transfer
 
     def _answer(self, conn: Any, request: Request, replies: list[tuple[str, dict[str, Any]]],
-                state: str | None, error: str) -> None:  # fmt: skip
+                state: str | None, error: str) -> None:
         for type, body in replies:
             self._outbox.put(conn, type, body, to=to_edge(request.edge))
         if state is not None:
             conn.execute("UPDATE transfers SET state = ?, error = ?, updated = ? WHERE id = ? AND edge = ?",
-                          (state, error, self._reactor.seconds(), request.transfer_id, request.edge))  # fmt: skip
+                          (state, error, self._reactor.seconds(), request.transfer_id, request.edge))
         conn.execute("DELETE FROM transfer_requests WHERE position = ?", (request.position,))
 
     # -- the requests ----------------------------------------------------------
@@ -369,10 +351,10 @@ class CloudTransfers(Service):
         new = Transfer(
             tid, request.edge, body["file_id"], body["project"], body["owner"], body["name"],
             body["content_type"], size, body["sha256"], part_size, count, key, upload_id, "open",
-        )  # fmt: skip
+        )
         await self._db.run(self._insert, new)
         self.log.info("transfer {tid}: {key} open for edge {edge} ({size} bytes, {count} parts)",
-                      tid=tid, key=key, edge=request.edge, size=size, count=count)  # fmt: skip
+                      tid=tid, key=key, edge=request.edge, size=size, count=count)
         return [(STARTED, {"transfer_id": tid, "object_key": key})]
 
     def _insert(self, conn: Any, t: Transfer) -> None:
@@ -383,7 +365,7 @@ class CloudTransfers(Service):
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?)",
             (t.id, t.edge, t.file_id, t.project, t.owner, t.name, t.content_type, t.size, t.sha256,
              t.part_size, t.part_count, t.object_key, t.upload_id, now, now),
-        )  # fmt: skip
+        )
 
     async def _presign(self, request: Request, t: Transfer) -> list[tuple[str, dict[str, Any]]]:
         self._must_be_open(t)
@@ -396,7 +378,7 @@ class CloudTransfers(Service):
             (URLS, {"transfer_id": t.id, "expires_in": self._expiry,
                     "urls": [{"number": n, "url": urls[n]} for n, _ in parts[i:i + MAX_PRESIGN_BATCH]]})
             for i in range(0, len(parts), MAX_PRESIGN_BATCH)
-        ]  # fmt: skip
+        ]
 
     async def _status(self, request: Request, t: Transfer) -> list[tuple[str, dict[str, Any]]]:
         self._must_be_open(t)
@@ -410,7 +392,7 @@ class CloudTransfers(Service):
                      "last": number == len(pages),
                      "parts": [{"number": p.number, "size": p.size, "etag": p.etag} for p in page]})
             for number, page in enumerate(pages, start=1)
-        ]  # fmt: skip
+        ]
 
     async def _finish(self, request: Request, t: Transfer) -> list[tuple[str, dict[str, Any]]]:
         if t.state == "registered":
@@ -428,13 +410,13 @@ class CloudTransfers(Service):
                 info = await self._objects.head(t.object_key)
                 if info is None or info.metadata.get("relay-transfer") != t.id:
                     raise failed(t.id, "no_such_upload", "S3 no longer has this multipart upload",
-                                 "aborted") from None  # fmt: skip
+                                 "aborted") from None
                 etag = info.etag
             else:
                 missing = missing_parts(t, parts, digests)
                 if missing:
                     raise failed(t.id, "incomplete", f"{len(missing)} parts are not in S3 as announced",
-                                 missing=missing)  # fmt: skip
+                                 missing=missing)
                 by_number = {p.number: p for p in parts}
                 etag = await self._objects.complete_upload(
                     t.object_key, t.upload_id, [(n, by_number[n].etag) for n in range(1, t.part_count + 1)]
@@ -454,20 +436,20 @@ class CloudTransfers(Service):
         except Refused as e:
             raise failed(t.id, "refused", e.reason, "failed") from None
         self.log.info("transfer {tid}: {key} complete and registered ({size} bytes, sha256 {sha256})",
-                      tid=t.id, key=t.object_key, size=t.size, sha256=t.sha256)  # fmt: skip
+                      tid=t.id, key=t.object_key, size=t.size, sha256=t.sha256)
         return []  # the registration's transaction carried the reply
 
     def _register(self, conn: Any, t: Transfer) -> None:
         self._files.register_file(conn, t)
         conn.execute("UPDATE transfers SET state = 'registered', updated = ? WHERE id = ?",
-                     (self._reactor.seconds(), t.id))  # fmt: skip
+                     (self._reactor.seconds(), t.id))
         type, body = self._registered(t)
         self._outbox.put(conn, type, body, to=to_edge(t.edge))
 
     def _registered(self, t: Transfer) -> tuple[str, dict[str, Any]]:
         return REGISTERED, {"transfer_id": t.id, "file_id": t.file_id, "project": t.project,
                             "object_key": t.object_key, "size": t.size, "sha256": t.sha256,
-                            "etag": t.etag}  # fmt: skip
+                            "etag": t.etag}
 
     async def _abort(self, request: Request, t: Transfer) -> list[tuple[str, dict[str, Any]]]:
         if t.state in ("open", "failed"):
@@ -479,7 +461,7 @@ class CloudTransfers(Service):
     def _must_be_open(self, t: Transfer) -> None:
         if t.state != "open":
             raise failed(t.id, "no_such_upload" if t.state in ("aborted", "failed") else "invalid",
-                         f"this transfer is {t.state}")  # fmt: skip
+                         f"this transfer is {t.state}")
 
 
 def build_objects(s3: Any, reactor: Any, base: Path) -> S3Objects:
@@ -497,11 +479,11 @@ def build_objects(s3: Any, reactor: Any, base: Path) -> S3Objects:
         reactor, bucket=s3.bucket, region=s3.region, endpoint_url=s3.endpoint_url,
         presign_endpoint_url=s3.presign_endpoint_url, addressing_style=s3.addressing_style,
         credentials=credentials, max_threads=s3.max_threads,
-    )  # fmt: skip
+    )
 
 
 def build_transfers(
-    s3: Any, reactor: Any, db: Database, bridge: Any, files: IFileRegistry | None, objects: IObjectStore
+    s3: Any, reactor: Any, db: Database, bridge: Any, files: IFileRegistry, objects: IObjectStore
 ) -> CloudTransfers:
     """
     The cloud's transfer stage from the C{[s3]} table: the request
@@ -510,6 +492,6 @@ def build_transfers(
     """
     register_types(bridge.catalogue)
     transfers = CloudTransfers(reactor, db, bridge.outbox, objects, files,
-                               presign_expiry=s3.presign_expiry, readback=s3.verify_readback)  # fmt: skip
+                               presign_expiry=s3.presign_expiry, readback=s3.verify_readback)
     transfers.register(bridge.inbox)
     return transfers

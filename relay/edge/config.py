@@ -232,7 +232,7 @@ class WebSection:
             "max_body", "max_header_bytes", "max_headers", "min_rate", "rate_window", "max_connections",
             "max_connections_per_address", "max_streams_per_user", "login_free_attempts", "login_delay",
             "login_delay_cap", "login_window", "scrypt_threads", "login_queue", "min_open_files",
-        )  # fmt: skip
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"web.{name}: expected a positive number, got {getattr(self, name)}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +48,7 @@ from relay.credentials import (
 from relay.db import Database, Schema
 from relay.edge.auth import IAuthenticator, IProjectAccess, Principal
 from relay.edge.login_throttle import LoginThrottle, Throttled
+from relay.threads import Blocking
 
 SCHEMA = Schema(
     "identity",
@@ -76,7 +76,7 @@ SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 MAX_BODY = 64 * 1024
 
 #: Runs a CPU-heavy function (scrypt) off the reactor thread.
-CpuRunner = Callable[..., Deferred[Any]]
+CpuRunner = Blocking
 
 
 @dataclass(frozen=True)
@@ -218,7 +218,7 @@ class Identity:
             # what an attacker can make this file grow by.
             if self._audit is not None and refused.status != 429:
                 self._audit.record("login.failed", actor=name, address=address, status=refused.status,
-                                   reason=str(refused))  # fmt: skip
+                                   reason=str(refused))
             raise
 
     async def _checked_login(self, name: str, password: str, address: str | None) -> Session:
@@ -228,7 +228,7 @@ class Identity:
             attempt = self._throttle.reserve(name, address)
         except Throttled as throttled:
             raise LoginRefused("too many failed logins; try again later", 429,
-                               throttled.retry_after) from None  # fmt: skip
+                               throttled.retry_after) from None
         try:
             user = await self._db.read(_user_by_name, name)
             if user is None:
@@ -255,7 +255,7 @@ class Identity:
         if self._audit is not None:
             self._audit.record("login", actor=user["id"], name=name, address=address)
         principal = Principal(user["id"], user["name"], "session", bool(user["is_admin"]),
-                              must_change_password=bool(user["must_change_password"]))  # fmt: skip
+                              must_change_password=bool(user["must_change_password"]))
         return Session(principal, token, csrf)
 
     def logout(self, token: str) -> Deferred[None]:

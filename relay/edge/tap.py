@@ -30,20 +30,22 @@ from relay.edge.login_throttle import LoginThrottle
 from relay.edge.transfer import journal as transfer_journal
 from relay.edge.transfer.service import build_transfers
 from relay.edge.uploads import store as upload_store
-from relay.edge.uploads.component import NobodyAuthenticated, NoProjectAccess, build_uploads
+from relay.edge.uploads.component import build_uploads
 from relay.edge.uploads.handoff import IUploadSink
 from relay.edge.web.announcer import ReplicaAnnouncer
 from relay.edge.web.api import api_routes
 from relay.edge.web.app import EdgeWeb
 from relay.edge.web.site import EdgeSite, ListenerLimits, ensure_open_files
-from relay.health import Health
+from relay.health import DatabaseHealth, Health
 from relay.link import inbox, outbox
 from relay.link.bridge import Bridge
 from relay.link.catalogue import Catalogue
 from relay.link.envelope import to_edge
+from relay.logs import LogFormat
 from relay.metrics import Metrics
-from relay.process import GracefulStop, InOrder, PoolService
+from relay.process import GracefulStop, InOrder
 from relay.sync_messages import register_types as register_sync_types
+from relay.threads import Threads
 
 DEFAULT_CONFIG = "etc/edge.toml"
 
@@ -87,7 +89,7 @@ def makeService(options: Options) -> IService:
 
     service = edge_service(config, reactor)
     GracefulStop(reactor).setServiceParent(service)
-    return service
+    return LogFormat(config.log.format, service)
 
 
 def edge_service(
@@ -114,15 +116,18 @@ def edge_service(
     register_sync_types(catalogue)
     bridge = Bridge(
         reactor, db, metrics, health, catalogue,
-        url=config.link.url, heartbeat=config.link.heartbeat, source=f"edge:{config.edge.id}",
+        url=config.link.url, heartbeat=config.link.heartbeat,
+        unhealthy_after=config.link.unhealthy_after,
+        source=f"edge:{config.edge.id}",
         consume=to_edge(config.edge.id), declare=[],
     )
     bridge.setServiceParent(root)
+    health.add_section("database", DatabaseHealth(db, reactor))
     # Live events for the browsers (/api/events): the replica's changes,
     # upload and transfer progress.
     hub = EventHub(first_id=int(reactor.seconds() * 1_000_000))
     # The replica of the cloud registry, and identity checked against it
-    # (scrypt runs on a bounded pool, never on the reactor's thread).
+    # (scrypt runs on the cpu pool below, never on the reactor's thread).
     applier = replica.ReplicaApplier(
         config.edge.id, bridge.outbox, reactor, observer=ReplicaAnnouncer(hub, reactor)
     )
@@ -137,16 +142,15 @@ def edge_service(
     job_watch.setServiceParent(root)
     # scrypt on a small pool of its own, behind the login throttle's queue:
     # a flood of logins cannot take the threads other work needs.
-    scrypt = PoolService(reactor, "scrypt", config.web.scrypt_threads)
-    scrypt.setServiceParent(root)
-    cpu = scrypt.run
+    cpu = Threads(reactor, "scrypt", config.web.scrypt_threads)
+    cpu.setServiceParent(root)
     web_config = config.web
     throttle = LoginThrottle(
         reactor, free=web_config.login_free_attempts, delay=web_config.login_delay,
         cap=web_config.login_delay_cap, window=web_config.login_window, in_flight=web_config.login_queue,
     )
     audit = AuditLog(relative_to(data_dir, config.log.audit), reactor)
-    identity = identity_module.Identity(db, reactor, cpu, throttle=throttle, audit=audit)
+    identity = identity_module.Identity(db, reactor, cpu.run, throttle=throttle, audit=audit)
     authenticator = authenticator if authenticator is not None else identity
     projects = projects if projects is not None else identity
     # The transfer stage moves staged uploads to S3 (unless a test hands in
@@ -156,12 +160,10 @@ def edge_service(
         transfers = build_transfers(config.transfer, reactor, db, bridge, metrics, hub)
         upload_sink = transfers
     uploads = build_uploads(
-        config.uploads, data_dir, reactor, db, metrics,
-        authenticator if authenticator is not None else NobodyAuthenticated(),
-        projects if projects is not None else NoProjectAccess(),
-        upload_sink, events=hub,
-    )  # fmt: skip
+        config.uploads, data_dir, reactor, db, metrics, authenticator, projects, upload_sink, events=hub
+    )
     uploads.set_service_parent(root)
+    health.add_section("spool", uploads.spool_health)
     # Downloads: the cache (beside the spool), fetches from S3, prefetch.
     downloads = build_downloads(config.downloads, reactor, db, bridge, hub, data_dir, uploads.spool, metrics)
     downloads.setServiceParent(root)
@@ -176,13 +178,13 @@ def edge_service(
     job_watch.add_routes(web.app, identity)
     streams = api_routes(
         web.app, identity, db, replica.CommandIssuer(bridge.outbox, reactor), hub, bridge.outbox.wake,
-        reactor, cpu, streams_per_user=config.web.max_streams_per_user,
+        reactor, cpu.run, streams_per_user=config.web.max_streams_per_user,
     )
     streams.setServiceParent(root)
     # Upload bodies stream to the spool instead of being buffered whole;
     # every other body is bounded before it is read (relay.edge.web.site).
     site = EdgeSite(web.app.resource(), listener_limits(config), requestFactory=uploads.request_factory,
-                    timeout=uploads.header_timeout, reactor=reactor)  # fmt: skip
+                    timeout=uploads.header_timeout, reactor=reactor)
     listener = strports.service(config.edge.listen, site, reactor=reactor)
     listener.setServiceParent(root)
     return root

@@ -4,7 +4,7 @@ The attempt counter lives here, not in ClientService, because ClientService
 forgets its count whenever a TCP connection succeeds: a broker that accepts
 TCP and then fails the AMQP handshake would be retried at the initial delay
 forever. The counter is reset only once a connection has stayed healthy for
-``healthy_after`` seconds.
+C{healthy_after} seconds.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ Jitter = Literal["full", "decorrelated", "none"]
 class Backoff:
     """Delays between connection attempts, with an injected clock.
 
-    ``jitter="full"``: uniform in ``[0, min(cap, initial * factor**n)]`` for the
-    n-th consecutive failure (n from 0). ``"decorrelated"``: uniform in
-    ``[initial, previous * factor]``, at most ``cap``. ``"none"``: the ceiling
-    itself. Every delay lies in ``[0, cap]``.
+    C{jitter="full"}: uniform in C{[0, min(cap, initial * factor**n)]} for the
+    n-th consecutive failure (n from 0). C{"decorrelated"}: uniform in
+    C{[initial, previous * factor]}, at most C{cap}. C{"none"}: the ceiling
+    itself. Every delay lies in C{[0, cap]}.
 
-    Call :meth:`next_delay` once per attempt to wait for (it counts it),
-    :meth:`connected` when a connection is fully usable, and
-    :meth:`disconnected` when it goes away.
+    Call L{next_delay} once per attempt to wait for (it counts it),
+    L{connected} when a connection is fully usable, and
+    L{disconnected} when it goes away.
     """
 
     log = Logger()
@@ -79,7 +79,7 @@ class Backoff:
         return ceiling
 
     def connected(self) -> None:
-        """A connection is up: forget past failures if it lasts ``healthy_after`` seconds."""
+        """A connection is up: forget past failures if it lasts C{healthy_after} seconds."""
         self._cancel_pending_reset()
         self._pending_reset = self._clock.callLater(self.healthy_after, self._healthy)
 
@@ -88,7 +88,7 @@ class Backoff:
         message): start over from the initial delay now.
 
         On a link that resets every few seconds a connection never lasts
-        ``healthy_after``, and delays would grow to the cap although every
+        C{healthy_after}, and delays would grow to the cap although every
         connection works; a connection that carried messages is evidence
         enough.  Handshakes that fail still back off.
         """

@@ -39,6 +39,8 @@ class Bridge(MultiService):
         bound; declaring is idempotent).
     @param declare_destinations: also declare any other destination before
         publishing to it (see L{Outbox}).
+    @param unhealthy_after: seconds the link may be down before the C{link}
+        section of C{/healthz} says it is not ok (0: never).
     """
 
     log = Logger()
@@ -62,9 +64,13 @@ class Bridge(MultiService):
         tls_trust_root: Any = None,
         declare_destinations: bool = False,
         connection_name: str | None = None,
+        unhealthy_after: float = 0,
     ) -> None:
         super().__init__()
         self._reactor = reactor
+        self._unhealthy_after = unhealthy_after
+        # Down from the start until the link first comes up.
+        self._down_since: float | None = reactor.seconds()
         self._consume = consume
         self._declare = list(dict.fromkeys([*declare, consume]))
         self._prefetch = prefetch
@@ -106,13 +112,17 @@ class Bridge(MultiService):
 
     def report(self) -> dict[str, Any]:
         """
-        The C{link} section of C{/healthz}.  It has no C{ok} field on purpose:
-        the link being down is the situation relay is built for, not a reason
-        to take the process out of a load balancer.
+        The C{link} section of C{/healthz}.  The link being down is the
+        situation relay is built for, not a reason to take the process out
+        of a load balancer: only a link down for longer than
+        C{unhealthy_after} seconds makes it not ok.
         """
         health = self.link.health
-        return {
+        down_for = 0.0 if self._down_since is None else self._reactor.seconds() - self._down_since
+        report: dict[str, Any] = {
+            "ok": True,
             "up": health.connected,
+            "down_for": round(down_for, 3),
             "blocked": health.blocked,
             "reconnects": health.reconnects,
             "last_error": health.last_error,
@@ -124,6 +134,13 @@ class Bridge(MultiService):
             },
             "dead_letters": self.inbox.dead_letters,
         }
+        if self._unhealthy_after and down_for > self._unhealthy_after:
+            report["ok"] = False
+            report["reason"] = (
+                f"down for {down_for:.0f} s, longer than link.unhealthy_after ({self._unhealthy_after:g} s)"
+                + (f"; last error: {health.last_error}" if health.last_error else "")
+            )
+        return report
 
     async def _connected(self, channel: Channel) -> None:
         channel.on_consumer_cancelled = self._consumer_cancelled
@@ -142,6 +159,7 @@ class Bridge(MultiService):
         await consuming
 
     def _up(self) -> None:
+        self._down_since = None
         for hook in self._up_hooks:
             try:
                 hook()
@@ -162,6 +180,8 @@ class Bridge(MultiService):
             self._backoff.proven()
 
     def _disconnected(self, reason: Failure) -> None:
+        if self._down_since is None:
+            self._down_since = self._reactor.seconds()
         self.outbox.detach()
 
     def _consumer_cancelled(self, consumer_tag: str) -> None:

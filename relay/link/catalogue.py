@@ -53,7 +53,7 @@ SAME_IN_DRAFT_7 = frozenset(
         "maxItems", "uniqueItems", "minProperties", "maxProperties", "anyOf", "oneOf", "allOf",
         "not", "if", "then", "else", "format", "title", "description", "default", "examples",
     }
-)  # fmt: skip
+)
 _SUBSCHEMA = ("items", "additionalProperties", "not", "propertyNames", "if", "then", "else")
 _SUBSCHEMA_MAPS = ("properties", "patternProperties")
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf")

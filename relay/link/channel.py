@@ -1,8 +1,8 @@
 """The AMQP channel as relay's outbox and inbox use it.
 
-One :class:`Channel` lives exactly as long as one broker connection: confirm
+One L{Channel} lives exactly as long as one broker connection: confirm
 sequence numbers and delivery tags mean nothing on another, so a new one is
-handed out after every reconnect (see :class:`relay.link.connection.LinkService`).
+handed out after every reconnect (see L{relay.link.connection.LinkService}).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from txamqp.message import Message
 from txamqp.protocol import AMQChannel
 
 from relay.link import frames
-from relay.link.txfix import RelayClient, encode_table
+from relay.link.client import RelayClient
+from relay.link.tables import encode_table
 
 log = Logger()
 
@@ -47,19 +48,13 @@ PROPERTY_NAMES = frozenset(
 )
 
 
-def _default_reactor() -> IReactorTime:
-    from twisted.internet import reactor
-
-    return reactor  # type: ignore[return-value]
-
-
 class LinkDown(Exception):
     """The channel is gone (its connection was lost or closed); wait for the next one."""
 
 
 @dataclass(frozen=True)
 class Delivery:
-    """One message handed to a consumer. Settle it exactly once, on ``channel``."""
+    """One message handed to a consumer. Settle it exactly once, on C{channel}."""
 
     body: bytes
     headers: dict[str, Any]
@@ -83,7 +78,7 @@ class Delivery:
 
 @dataclass(frozen=True)
 class ReturnedMessage:
-    """A mandatory message that no queue took (``basic.return``); its ack follows."""
+    """A mandatory message that no queue took (C{basic.return}); its ack follows."""
 
     reply_code: int
     reply_text: str
@@ -108,13 +103,13 @@ class Channel:
     """Channel 1 of a live broker connection, in confirm mode.
 
     Set the callbacks right after receiving the channel (they are per channel):
-    ``on_ack(seq, multiple)`` / ``on_nack(seq, multiple)`` for publisher
-    confirms (``multiple`` covers every sequence number up to ``seq``),
-    ``on_return(ReturnedMessage)``, ``on_consumer_cancelled(consumer_tag)``.
-    Calls on a channel whose connection is gone raise :class:`LinkDown`.
+    C{on_ack(seq, multiple)} / C{on_nack(seq, multiple)} for publisher
+    confirms (C{multiple} covers every sequence number up to C{seq}),
+    C{on_return(ReturnedMessage)}, C{on_consumer_cancelled(consumer_tag)}.
+    Calls on a channel whose connection is gone raise L{LinkDown}.
     """
 
-    def __init__(self, amqp_channel: AMQChannel) -> None:
+    def __init__(self, amqp_channel: AMQChannel, clock: IReactorTime) -> None:
         self._channel = amqp_channel
         # relay's client encodes publishes and settlements by hand (see
         # relay.link.frames); a stock txAMQP client (some tests) does not.
@@ -131,7 +126,7 @@ class Channel:
         self._settled: set[int] = set()
         self._acks: list[int] = []
         self._flush_call: IDelayedCall | None = None
-        self._clock: IReactorTime = getattr(client, "clock", None) or _default_reactor()
+        self._clock = clock
         self.on_ack: Callable[[int, bool], object] | None = None
         self.on_nack: Callable[[int, bool], object] | None = None
         self.on_return: Callable[[ReturnedMessage], object] | None = None
@@ -140,11 +135,6 @@ class Channel:
     @property
     def is_open(self) -> bool:
         return self._closed is None and not self._channel.closed
-
-    @property
-    def next_publish_seq(self) -> int:
-        """The sequence number the next :meth:`publish` will get."""
-        return self._next_seq
 
     def _check_open(self) -> None:
         if self._closed is not None:
@@ -195,8 +185,8 @@ class Channel:
         return int(reply.message_count)
 
     async def declare_destination(self, name: str) -> None:
-        """Declare destination ``name``: a durable direct exchange and a
-        durable quorum queue of that name, bound with routing key ``name``
+        """Declare destination C{name}: a durable direct exchange and a
+        durable quorum queue of that name, bound with routing key C{name}
         (idempotent).
 
         relay publishes to a destination's exchange rather than through the
@@ -260,7 +250,7 @@ class Channel:
             data = frames.encode_publish(
                 self._channel.id, exchange, routing_key, bytes(body), wire,
                 frame_max=fast.MAX_LENGTH, mandatory=mandatory,
-            )  # fmt: skip
+            )
             seq = self._next_seq
             self._next_seq += 1
             fast.send_encoded(data)
@@ -288,10 +278,10 @@ class Channel:
         prefetch: int = 64,
         arguments: Mapping[str, Any] | None = None,
     ) -> str:
-        """Consume ``queue`` with manual acks; return the consumer tag.
+        """Consume C{queue} with manual acks; return the consumer tag.
 
-        ``callback`` gets each :class:`Delivery` and must settle it (ack,
-        nack or reject); at most ``prefetch`` stay unsettled at once. If it
+        C{callback} gets each L{Delivery} and must settle it (ack,
+        nack or reject); at most C{prefetch} stay unsettled at once. If it
         returns an awaitable, its failure is logged, nothing more.
         """
         self._check_open()
@@ -323,7 +313,7 @@ class Channel:
         """Acknowledge a delivery.
 
         Acks are sent at the end of the reactor's turn, coalesced: one
-        ``basic.ack`` with ``multiple`` for the longest run of settled
+        C{basic.ack} with C{multiple} for the longest run of settled
         deliveries from the oldest unsettled one, single acks for those
         behind a delivery still in progress.  An inbox group of 200
         deliveries costs the broker one ack frame, not 200.
@@ -375,7 +365,7 @@ class Channel:
                 last = tag
         if last is not None:
             # Covers the already-settled ones before it too, which the
-            # broker no longer counts; ``last`` itself is still outstanding.
+            # broker no longer counts; C{last} itself is still outstanding.
             self._send_ack(last, multiple=True)
         for tag in sorted(acks):  # behind a delivery still in progress
             self._send_ack(tag, multiple=False)
@@ -446,11 +436,11 @@ class Channel:
 
 
 class ConfirmTracker:
-    """Turns ``on_ack``/``on_nack`` (with ``multiple``) into one result per message.
+    """Turns C{on_ack}/C{on_nack} (with C{multiple}) into one result per message.
 
-    ``tracker.attach(channel)``, then ``tracker.expect(channel.publish(...))``
-    gives a Deferred that fires ``True`` (acked) or ``False`` (nacked), or
-    fails with :class:`LinkDown` from :meth:`fail_all`.
+    C{tracker.attach(channel)}, then C{tracker.expect(channel.publish(...))}
+    gives a Deferred that fires C{True} (acked) or C{False} (nacked), or
+    fails with L{LinkDown} from L{fail_all}.
     """
 
     def __init__(self) -> None:

@@ -1,14 +1,14 @@
 """relay's connection to its broker: reconnecting, heartbeating, confirm-mode.
 
-:class:`LinkService` keeps one AMQP connection up through ``ClientService``.
+L{LinkService} keeps one AMQP connection up through C{ClientService}.
 After each TCP connect it authenticates (PLAIN), opens channel 1, turns on
-publisher confirms and hands a fresh :class:`~relay.link.channel.Channel` to
-``on_connected`` (where the outbox and inbox declare their queues and attach)
-and to :meth:`LinkService.whenConnected` callers.
+publisher confirms and hands a fresh L{relay.link.channel.Channel} to
+C{on_connected} (where the outbox and inbox declare their queues and attach)
+and to L{LinkService.whenConnected} callers.
 
-Failures of any kind (TCP, TLS, AMQP handshake, ``on_connected``, a channel
+Failures of any kind (TCP, TLS, AMQP handshake, C{on_connected}, a channel
 error, a heartbeat timeout) end the connection; ClientService then waits as
-long as relay's :class:`~relay.link.backoff.Backoff` says and tries again.
+long as relay's L{relay.link.backoff.Backoff} says and tries again.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from txamqp.message import Message
 
 from relay.link.backoff import Backoff
 from relay.link.channel import Channel, ConfirmTracker, Delivery, LinkDown, ReturnedMessage
+from relay.link.client import CLIENT_CAPABILITIES, BrokerListener, RelayClient, RelayDelegate
 from relay.link.spec import load_spec
-from relay.link.txfix import CLIENT_CAPABILITIES, BrokerListener, RelayClient, RelayDelegate
 
 __all__ = [
     "BrokerAddress",
@@ -56,10 +56,10 @@ OnDisconnected = Callable[[Failure], object]
 
 @dataclass(frozen=True)
 class BrokerAddress:
-    """Where and as whom to connect, from ``amqp[s]://user:pass@host:port/vhost``.
+    """Where and as whom to connect, from C{amqp[s]://user:pass@host:port/vhost}.
 
-    Parts are percent-decoded. No path, or ``/`` alone, means vhost ``/``
-    (write ``%2F`` to be explicit). Ports default to 5672 / 5671 (amqps).
+    Parts are percent-decoded. No path, or C{/} alone, means vhost C{/}
+    (write C{%2F} to be explicit). Ports default to 5672 / 5671 (amqps).
     """
 
     tls: bool
@@ -92,7 +92,7 @@ class BrokerAddress:
     def endpoint(
         self, reactor: Any, *, timeout: float = 30.0, trust_root: Any = None
     ) -> IStreamClientEndpoint:
-        """A client endpoint; with TLS, the broker's certificate must name ``host``."""
+        """A client endpoint; with TLS, the broker's certificate must name C{host}."""
         tcp = HostnameEndpoint(reactor, self.host, self.port, timeout=timeout)
         if not self.tls:
             return tcp
@@ -140,7 +140,7 @@ class _Session(BrokerListener):
         self.timer: IDelayedCall | None = None
 
     def abort(self, why: str) -> None:
-        """Drop the connection now; ``why`` becomes the reason it was lost."""
+        """Drop the connection now; C{why} becomes the reason it was lost."""
         client = self.client
         # client.closed: txAMQP is already tearing the connection down.
         if not self.lost and client is not None and not client.closed and client.transport:
@@ -191,13 +191,13 @@ class _LinkFactory(Factory):
 class LinkService(Service):
     """The broker connection as a service: always trying to have one ready channel.
 
-    ``on_connected(channel)`` runs on every (re)connection before the
+    C{on_connected(channel)} runs on every (re)connection before the
     connection counts as up; if it fails (or its awaitable does), the
-    connection is dropped and retried. ``on_up()`` runs once it counts
-    as up (``channel`` is set, ``health.connected`` is true): components that
-    catch up after an outage start there. ``on_disconnected(reason)`` runs
-    when a connection that was up goes away. ``reactor`` must provide IReactorTCP and
-    IReactorTime. ``heartbeat`` (seconds) also bounds how long a silently
+    connection is dropped and retried. C{on_up()} runs once it counts
+    as up (C{channel} is set, C{health.connected} is true): components that
+    catch up after an outage start there. C{on_disconnected(reason)} runs
+    when a connection that was up goes away. C{reactor} must provide IReactorTCP and
+    IReactorTime. C{heartbeat} (seconds) also bounds how long a silently
     stalled link goes unnoticed: three intervals without a frame end it.
     """
 
@@ -359,7 +359,7 @@ class LinkService(Service):
                 confirming.addErrback(lambda _: None)  # fails too; the first failure says why
                 raise
             await confirming
-            session.channel = Channel(amqp_channel)
+            session.channel = Channel(amqp_channel, self._reactor)
             if self._on_connected is not None:
                 await maybeDeferred(self._on_connected, session.channel)
             if session.lost:

@@ -3,21 +3,21 @@
 txAMQP hands every frame it receives through two Deferred queues and a
 generic per-field decoder, and copies the rest of its read buffer after each
 frame; it encodes every frame it sends the same generic way.  That was most
-of relay's link CPU (see bench/link.py ``--profile``).  :class:`FastPathClient`
+of relay's link CPU (see bench/link.py C{--profile}).  L{FastPathClient}
 takes the frames relay sends and receives most a shorter way:
 
-- :meth:`~FastPathClient.send_encoded` writes frames already encoded by
-  :mod:`relay.link.frames` (``basic.publish`` with its content,
-  ``basic.ack``/``nack``), behind any frame txAMQP has queued;
-- incoming data is parsed in place, and ``basic.deliver``/``basic.return``
-  with their content and ``basic.ack``/``basic.nack`` (publisher confirms)
+- L{FastPathClient.send_encoded} writes frames already encoded by
+  L{relay.link.frames} (C{basic.publish} with its content,
+  C{basic.ack}/C{nack}), behind any frame txAMQP has queued;
+- incoming data is parsed in place, and C{basic.deliver}/C{basic.return}
+  with their content and C{basic.ack}/C{basic.nack} (publisher confirms)
   go straight to the delegate.
 
 Everything else goes txAMQP's way.  The fast path is taken only while
 txAMQP's dispatcher is idle, so the delegate still sees every method in
 arrival order.  The codecs are byte-exact with the generic path
-(``tests/link/test_frames.py``).  relay's fixes to txAMQP
-(:class:`relay.link.txfix.RelayClient`) build on this class.
+(C{tests/link/test_frames.py}).  relay's fixes to txAMQP
+(L{relay.link.client.RelayClient}) build on this class.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ _FRAME_HEAD = struct.Struct("!BHI")
 
 
 class Encoded:
-    """Frames already encoded by :mod:`relay.link.frames`, queued behind others."""
+    """Frames already encoded by L{relay.link.frames}, queued behind others."""
 
     __slots__ = ("data",)
 
@@ -49,7 +49,7 @@ class Encoded:
 
 
 class _Incoming:
-    """A ``basic.deliver`` or ``basic.return`` whose content is arriving."""
+    """A C{basic.deliver} or C{basic.return} whose content is arriving."""
 
     __slots__ = ("channel", "method", "args", "size", "properties", "chunks", "received")
 
@@ -66,8 +66,8 @@ class _Incoming:
 class FastPathClient(AMQClient):
     """txAMQP's client with the hot frames taken the short way.
 
-    A subclass provides :meth:`_decode_frame` (the generic decoder, for the
-    frames the fast path leaves to txAMQP) and writes :class:`Encoded` items
+    A subclass provides L{_decode_frame} (the generic decoder, for the
+    frames the fast path leaves to txAMQP) and writes L{Encoded} items
     that reach txAMQP's writer queue as their bytes.
     """
 
@@ -97,7 +97,7 @@ class FastPathClient(AMQClient):
     # -- sending --------------------------------------------------------------
 
     def send_encoded(self, data: bytes) -> None:
-        """Send frames encoded by :mod:`relay.link.frames`, after any frame
+        """Send frames encoded by L{relay.link.frames}, after any frame
         txAMQP has queued but not yet written."""
         outgoing = self.outgoing
         if outgoing.waiting and not outgoing.pending:

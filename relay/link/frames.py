@@ -1,20 +1,20 @@
 """Hand-written codecs for the AMQP frames relay sends and receives most.
 
 txAMQP encodes and decodes every frame field by field through a generic
-codec (a BytesIO, a ``getattr`` and a ``struct`` call per field), and hands
+codec (a BytesIO, a C{getattr} and a C{struct} call per field), and hands
 each frame through two Deferred queues. That cost most of the edge's reactor
 when publishing and half the cloud's when consuming (see bench/link.py
-``--profile``). The hot frames are few and fixed, so they are packed and
-unpacked here with precompiled ``struct`` formats:
+C{--profile}). The hot frames are few and fixed, so they are packed and
+unpacked here with precompiled C{struct} formats:
 
-- ``basic.publish`` with its content header and body frames (sending);
-- ``basic.ack`` / ``basic.nack`` (sending settlements, receiving confirms);
-- ``basic.deliver`` and ``basic.return`` with their content (receiving).
+- C{basic.publish} with its content header and body frames (sending);
+- C{basic.ack} / C{basic.nack} (sending settlements, receiving confirms);
+- C{basic.deliver} and C{basic.return} with their content (receiving).
 
 Every function here produces or reads exactly the bytes of txAMQP's generic
-path with relay's fixes (:func:`relay.link.txfix.encode_payload`,
-:func:`~relay.link.txfix.decode_method`, :func:`~relay.link.txfix.decode_header`);
-``tests/link/test_frames.py`` checks that byte for byte. The property list
+path with relay's fixes (L{relay.link.client.encode_payload},
+L{relay.link.client.decode_method}, L{relay.link.client.decode_header});
+C{tests/link/test_frames.py} checks that byte for byte. The property list
 is AMQP 0-9-1's, checked against relay's protocol definition by the same
 tests.
 """
@@ -25,6 +25,8 @@ import struct
 from collections.abc import Mapping
 from io import BytesIO
 from typing import Any
+
+from relay.link.tables import TableCodec, encode_table
 
 FRAME_METHOD = 1
 FRAME_HEADER = 2
@@ -88,10 +90,8 @@ def _shortstr(value: str | bytes) -> bytes:
 
 def encode_properties(properties: Mapping[str, Any]) -> tuple[int, bytes]:
     """The presence flags and the encoded values of basic's content properties
-    (keyed by their wire names, ``content-type`` and so on; ``None`` is absent).
+    (keyed by their wire names, C{content-type} and so on; C{None} is absent).
     """
-    from relay.link.txfix import encode_table  # txfix imports this module
-
     unknown = set(properties) - _PROPERTY_NAMES
     if unknown:
         raise ValueError(f"unknown message properties: {sorted(unknown)}")
@@ -124,8 +124,8 @@ def encode_publish(
     mandatory: bool = False,
     immediate: bool = False,
 ) -> bytes:
-    """The frames of one ``basic.publish``: method, content header, and the
-    body cut into frames of at most ``frame_max`` bytes (none for an empty
+    """The frames of one C{basic.publish}: method, content header, and the
+    body cut into frames of at most C{frame_max} bytes (none for an empty
     body), as one string of bytes.
     """
     exchange_b = _shortstr(exchange)
@@ -158,12 +158,12 @@ def encode_publish(
 
 
 def encode_ack(channel: int, delivery_tag: int, multiple: bool = False) -> bytes:
-    """One ``basic.ack`` method frame."""
+    """One C{basic.ack} method frame."""
     return _ACK.pack(FRAME_METHOD, channel, _ACK_FRAME_SIZE, BASIC, ACK, delivery_tag, int(multiple)) + FRAME_END_BYTE
 
 
 def encode_nack(channel: int, delivery_tag: int, multiple: bool = False, requeue: bool = True) -> bytes:
-    """One ``basic.nack`` method frame."""
+    """One C{basic.nack} method frame."""
     bits = int(multiple) | int(requeue) << 1
     return _ACK.pack(FRAME_METHOD, channel, _ACK_FRAME_SIZE, BASIC, NACK, delivery_tag, bits) + FRAME_END_BYTE
 
@@ -187,7 +187,7 @@ def _read_shortstr(data: bytes, offset: int) -> tuple[str | bytes, int]:
 
 
 def decode_deliver(payload: bytes) -> tuple[str | bytes, int, bool, str | bytes, str | bytes]:
-    """The arguments of a ``basic.deliver`` method frame's payload: consumer
+    """The arguments of a C{basic.deliver} method frame's payload: consumer
     tag, delivery tag, redelivered, exchange, routing key.
     """
     consumer_tag, offset = _read_shortstr(payload, 4)
@@ -199,7 +199,7 @@ def decode_deliver(payload: bytes) -> tuple[str | bytes, int, bool, str | bytes,
 
 
 def decode_return(payload: bytes) -> tuple[int, str | bytes, str | bytes, str | bytes]:
-    """The arguments of a ``basic.return``: reply code and text, exchange, routing key."""
+    """The arguments of a C{basic.return}: reply code and text, exchange, routing key."""
     (reply_code,) = _H.unpack_from(payload, 4)
     reply_text, offset = _read_shortstr(payload, 6)
     exchange, offset = _read_shortstr(payload, offset)
@@ -208,13 +208,13 @@ def decode_return(payload: bytes) -> tuple[int, str | bytes, str | bytes, str | 
 
 
 def decode_ack(payload: bytes) -> tuple[int, bool]:
-    """The arguments of a ``basic.ack``: delivery tag, multiple."""
+    """The arguments of a C{basic.ack}: delivery tag, multiple."""
     (delivery_tag,) = _Q.unpack_from(payload, 4)
     return delivery_tag, bool(payload[12] & 1)
 
 
 def decode_nack(payload: bytes) -> tuple[int, bool, bool]:
-    """The arguments of a ``basic.nack``: delivery tag, multiple, requeue."""
+    """The arguments of a C{basic.nack}: delivery tag, multiple, requeue."""
     (delivery_tag,) = _Q.unpack_from(payload, 4)
     bits = payload[12]
     return delivery_tag, bool(bits & 1), bool(bits & 2)
@@ -222,8 +222,6 @@ def decode_nack(payload: bytes) -> tuple[int, bool, bool]:
 
 def decode_content_header(payload: bytes) -> tuple[int, int, dict[str, Any]]:
     """A basic content header: weight, body size and the properties by wire name."""
-    from relay.link.txfix import TableCodec  # txfix imports this module
-
     _, weight, size = struct.unpack_from("!HHQ", payload)
     offset = 12
     present: list[bool] = []

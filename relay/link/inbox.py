@@ -17,9 +17,9 @@ then applied with the ones it unblocks, in the same transaction.
 
 A poison message (not an envelope, an unknown type, a body its schema
 rejects, or one whose handler failed C{max_attempts} times) goes to the
-C{dead_letter} table with the reason and is acked, so it never blocks the
-queue.  C{relay dead-letters} lists and replays them: a replay is picked up
-by the running process's inbox.
+dead letters (L{relay.link.deadletters}) with the reason and is acked, so
+it never blocks the queue.  C{relay dead-letters} lists and replays them: a
+replay is picked up by the running process's inbox.
 """
 
 from __future__ import annotations
@@ -28,14 +28,17 @@ import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
 
 from relay.db import Database, Schema
+from relay.drain import Drain
+from relay.link import deadletters
 from relay.link.catalogue import Catalogue, InvalidBody, UnknownType
 from relay.link.channel import Delivery, LinkDown
 from relay.link.envelope import BUNDLE_TYPE, ENVELOPE_HEADER, BadEnvelope, Envelope
@@ -45,6 +48,22 @@ T = TypeVar("T")
 
 #: A handler applies one message inside the inbox's transaction.
 Handler = Callable[[sqlite3.Connection, Envelope], None]
+
+
+class IInbox(Interface):
+    """
+    What components that receive messages need of the inbox (the fake is
+    L{relay.testing.sync.FakeInbox}).
+    """
+
+    def register(type: str, handler: Handler) -> None:
+        """
+        Apply messages of C{type} with C{handler}: on the database thread,
+        inside the transaction that records the message as applied, once per
+        message id (a handler that raises undoes its own message's effects,
+        which are tried again).  The type must be in the catalogue, and have
+        no handler yet.
+        """
 
 SCHEMA = Schema(
     "inbox",
@@ -157,6 +176,7 @@ class _Settlement:
             _settle(self._delivery.ack)
 
 
+@implementer(IInbox)
 class Inbox:
     """
     Applies the messages of one queue through registered handlers.
@@ -194,10 +214,14 @@ class Inbox:
         # Group commit and savepoints: SQLite only.  On PostgreSQL a failed
         # statement inside a savepoint could hide a serialization failure
         # from the retry, so a message is its own transaction there.
-        self._savepoints = getattr(db, "dialect", "sqlite") == "sqlite"
+        self._savepoints = db.dialect == "sqlite"
         self._group = group if self._savepoints else 1
         self._waiting: list[tuple[bytes, bytes | None, _Done]] = []
-        self._committing = False
+        self._commits = Drain(
+            self._commit_group,
+            lambda failure: self.log.failure("inbox could not settle a group", failure),
+            ready=lambda: bool(self._waiting),
+        )
         self._applied_now = 0  # on the database thread, in _apply_group
         self._applied = metrics.counter("inbox_applied", "Messages applied.")
         self._duplicates = metrics.counter("inbox_duplicates", "Duplicate deliveries ignored.")
@@ -217,7 +241,7 @@ class Inbox:
         self._handlers[type] = handler
 
     async def refresh(self) -> None:
-        self.dead_letters = await self._db.read(_count_dead)
+        self.dead_letters = await self._db.read(deadletters.count)
 
     # -- deliveries ------------------------------------------------------------
 
@@ -271,35 +295,34 @@ class Inbox:
         the commit.
         """
         self._waiting.append((body, payload, done))
-        if not self._committing:
-            Deferred.fromCoroutine(self._commit_waiting())
+        self._commits.wake()
 
-    async def _commit_waiting(self) -> None:
-        self._committing = True
+    async def _commit_group(self) -> bool:
+        """
+        One transaction: the next group of waiting messages.  Another
+        follows while messages wait.
+        """
+        group = self._next_group()
         try:
-            while self._waiting:
-                group = self._next_group()
-                try:
-                    outcomes, applied = await self._db.run(self._apply_group, [(b, p) for b, p, _ in group])
-                except Exception:
-                    failure = Failure()
-                    for body, payload, done in group:
-                        self._transaction_failed(body, payload, failure).addBoth(done)
-                    continue
-                self._applied.inc(applied)
-                self._duplicates.inc(outcomes.count("duplicate"))
-                if applied:
-                    self._on_applied()
-                for (body, _, done), outcome in zip(group, outcomes, strict=True):
-                    if isinstance(outcome, _Buried):
-                        done(self._buried(outcome.message_id, outcome.reason))
-                    elif isinstance(outcome, _HandlerFailed):
-                        failed = self._apply_failed(outcome.message, body, outcome.error)
-                        Deferred.fromCoroutine(failed).addBoth(done)
-                    else:
-                        done(outcome)
-        finally:
-            self._committing = False
+            outcomes, applied = await self._db.run(self._apply_group, [(b, p) for b, p, _ in group])
+        except Exception:
+            failure = Failure()
+            for body, payload, done in group:
+                self._transaction_failed(body, payload, failure).addBoth(done)
+            return True
+        self._applied.inc(applied)
+        self._duplicates.inc(outcomes.count("duplicate"))
+        if applied:
+            self._on_applied()
+        for (body, _, done), outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, _Buried):
+                done(self._buried(outcome.message_id, outcome.reason))
+            elif isinstance(outcome, _HandlerFailed):
+                failed = self._apply_failed(outcome.message, body, outcome.error)
+                Deferred.fromCoroutine(failed).addBoth(done)
+            else:
+                done(outcome)
+        return True
 
     def _next_group(self) -> list[tuple[bytes, bytes | None, _Done]]:
         count, size = 0, 0
@@ -329,13 +352,13 @@ class Inbox:
             self.log.warn(
                 "handler for {type} failed on {id} (attempt {attempts}): {reason}",
                 type=message.type, id=message.id, attempts=attempts, reason=reason,
-            )  # fmt: skip
+            )
             return "retry"
         reason = f"handler failed {attempts} times; last: {reason}"
         await self._db.run(
-            _bury, message.id, message.type, self.queue, reason, body, message.payload,
+            deadletters.bury, message.id, message.type, self.queue, reason, body, message.payload,
             self._reactor.seconds(),
-        )  # fmt: skip
+        )
         return self._buried(message.id, reason)
 
     def _buried(self, message_id: str | None, reason: str) -> str:
@@ -374,7 +397,9 @@ class Inbox:
                 outcomes.append(None)
             except (BadEnvelope, UnknownType, InvalidBody) as e:
                 message_id = _peek_id(body)
-                _bury(conn, message_id, _peek_type(body), self.queue, str(e), body, payload, self._reactor.seconds())
+                deadletters.bury(
+                    conn, message_id, _peek_type(body), self.queue, str(e), body, payload, self._reactor.seconds()
+                )
                 outcomes.append(_Buried(message_id, str(e)))
         applied = iter(self._apply_valid(conn, valid))
         return [outcome if outcome is not None else next(applied) for outcome in outcomes], self._applied_now
@@ -526,13 +551,13 @@ class Inbox:
         dead-letters replay}); return how many were applied.  Called by a
         timer.
         """
-        replays = await self._db.read(_replays, self.queue)
+        replays = await self._db.read(deadletters.replays_due, self.queue)
         applied = 0
         for number, body, payload in replays:
             await self._db.run(_clear_failure, _peek_id(body))
             outcome = await self.receive(body, payload)
             state = "replayed" if outcome in ("applied", "duplicate", "held") else "dead"
-            await self._db.run(_replayed, number, state)
+            await self._db.run(deadletters.mark_replayed, number, state)
             applied += state == "replayed"
         await self.refresh()
         return applied
@@ -569,19 +594,6 @@ def _peek_type(body: bytes) -> str | None:
     return _peek(body, "type")
 
 
-def _bury(
-    conn: sqlite3.Connection, message_id: str | None, type: str | None, queue: str, reason: str,
-    body: bytes, payload: bytes | None, now: float,
-) -> None:
-    conn.execute(
-        "INSERT INTO dead_letter (message_id, type, queue, reason, body, payload, received) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (message_id, type, queue, reason, body, payload, now),
-    )
-    if message_id is not None:
-        conn.execute("DELETE FROM inbox_failure WHERE id = ?", (message_id,))
-
-
 def _failed(conn: sqlite3.Connection, message_id: str, reason: str) -> int:
     row = conn.execute(
         "INSERT INTO inbox_failure (id, attempts, last_error) VALUES (?, 1, ?) "
@@ -594,66 +606,3 @@ def _failed(conn: sqlite3.Connection, message_id: str, reason: str) -> int:
 
 def _clear_failure(conn: sqlite3.Connection, message_id: str | None) -> None:
     conn.execute("DELETE FROM inbox_failure WHERE id = ?", (message_id,))
-
-
-def _count_dead(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT count(*) FROM dead_letter WHERE state = 'dead'").fetchone()[0])
-
-
-def _replays(conn: sqlite3.Connection, queue: str) -> list[tuple[int, bytes, bytes | None]]:
-    return [
-        (row[0], bytes(row[1]), None if row[2] is None else bytes(row[2]))
-        for row in conn.execute(
-            "SELECT number, body, payload FROM dead_letter WHERE state = 'replay' AND queue = ? "
-            "ORDER BY number",
-            (queue,),
-        )
-    ]
-
-
-def _replayed(conn: sqlite3.Connection, number: int, state: str) -> None:
-    if state == "replayed":
-        conn.execute("UPDATE dead_letter SET state = 'replayed' WHERE number = ?", (number,))
-        return
-    # The replay failed again and was buried anew; the old record is done.
-    conn.execute("UPDATE dead_letter SET state = 'dropped' WHERE number = ?", (number,))
-
-
-def dead_letters(conn: sqlite3.Connection, state: str | None = "dead") -> list[dict[str, Any]]:
-    """
-    The dead letters (for C{relay dead-letters list}).
-    """
-    query = (
-        "SELECT number, message_id, type, queue, reason, received, state, "
-        "length(body) + coalesce(length(payload), 0) AS size FROM dead_letter"
-    )
-    args: tuple[Any, ...] = ()
-    if state is not None:
-        query += " WHERE state = ?"
-        args = (state,)
-    return [dict(row) for row in conn.execute(query + " ORDER BY number", args)]
-
-
-def request_replay(conn: sqlite3.Connection, numbers: list[int]) -> int:
-    """
-    Mark dead letters for replay by the running process; return how many.
-    """
-    changed = 0
-    for number in numbers:
-        changed += conn.execute(
-            "UPDATE dead_letter SET state = 'replay' WHERE number = ? AND state = 'dead'", (number,)
-        ).rowcount
-    return changed
-
-
-def drop(conn: sqlite3.Connection, numbers: list[int]) -> int:
-    """
-    Give up on dead letters; return how many.
-    """
-    changed = 0
-    for number in numbers:
-        changed += conn.execute(
-            "UPDATE dead_letter SET state = 'dropped' WHERE number = ? AND state = 'dead'", (number,)
-        ).rowcount
-    return changed
-

@@ -29,10 +29,13 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from relay.db import Database, Schema
+from relay.drain import Drain
 from relay.link.channel import Channel, LinkDown, ReturnedMessage
 from relay.link.envelope import BUNDLE_TYPE, ENVELOPE_HEADER, JOBS, Envelope
 from relay.metrics import Metrics
@@ -161,8 +164,7 @@ class Outbox:
         self._queued: set[int] = set()
         self._cursor = 0
         self._acked: list[int] = []
-        self._filling = False
-        self._more = True
+        self._pump = Drain(self._fill, self._pump_failed, ready=self._may_publish)
         self._deleting: Deferred[None] | None = None
         self._retry_call: IDelayedCall | None = None
         self._returned_ids: set[str] = set()
@@ -259,7 +261,6 @@ class Outbox:
         channel.on_return = self._on_return
         self._forget_in_flight()
         self._cursor = 0
-        self._more = True
         self.wake()
 
     def detach(self) -> None:
@@ -287,40 +288,33 @@ class Outbox:
         """
         There may be new messages: publish what the window allows.
         """
-        self._more = True
-        if not self._filling:
-            Deferred.fromCoroutine(self._fill())
+        self._pump.wake()
 
-    async def _fill(self) -> None:
-        self._filling = True
-        try:
-            while (
-                self._more
-                and self._channel is not None
-                and not self._blocked
-                and self._in_flight_messages < self._window
-            ):
-                self._more = False
-                channel = self._channel
-                rows = await self._db.read(
-                    _pending, self._cursor, self._batch, self._reactor.seconds()
-                )
-                if len(rows) < self._batch:
-                    # Caught up: a good moment to count what is left.
-                    self._count_soon()
-                if channel is not self._channel:
-                    self._more = True
-                    continue
-                if not await self._publish_rows(channel, rows):
-                    continue
-                if len(rows) == self._batch:
-                    self._more = True
-        except Exception:
-            self.log.failure("outbox pump failed; retrying shortly")
-            if not self._stopped:
-                self._pump_call = self._reactor.callLater(1.0, self.wake)
-        finally:
-            self._filling = False
+    def _may_publish(self) -> bool:
+        return self._channel is not None and not self._blocked and self._in_flight_messages < self._window
+
+    async def _fill(self) -> bool:
+        """
+        One pass of the pump: publish the next batch of rows; whether
+        another pass should follow at once.
+        """
+        channel = self._channel
+        assert channel is not None
+        rows = await self._db.read(_pending, self._cursor, self._batch, self._reactor.seconds())
+        if len(rows) < self._batch:
+            # Caught up: a good moment to count what is left.
+            self._count_soon()
+        if channel is not self._channel:
+            return True
+        if not await self._publish_rows(channel, rows):
+            return False
+        # A full batch, or a full window (the pump waits for confirms then).
+        return len(rows) == self._batch or self._in_flight_messages >= self._window
+
+    def _pump_failed(self, failure: Failure) -> None:
+        self.log.failure("outbox pump failed; retrying shortly", failure)
+        if not self._stopped:
+            self._pump_call = self._reactor.callLater(1.0, self.wake)
 
     async def _publish_rows(self, channel: Channel, rows: list[_Row]) -> bool:
         """
@@ -333,7 +327,6 @@ class Outbox:
             for row in rows:
                 position, _, queue, body, payload = row
                 if self._in_flight_messages + len(bundle) >= self._window:
-                    self._more = True
                     break
                 if position in self._queued:
                     self._cursor = max(self._cursor, position)
@@ -377,7 +370,7 @@ class Outbox:
                 queue, queue, payload,
                 headers={ENVELOPE_HEADER: body.decode()},
                 properties={"message_id": message_id, "content_type": "application/octet-stream"},
-            )  # fmt: skip
+            )
         elif len(rows) == 1:
             seq = channel.publish(
                 queue, queue, body, properties={"message_id": message_id, "content_type": "application/json"}
@@ -386,7 +379,7 @@ class Outbox:
             seq = channel.publish(
                 queue, queue, b"\n".join(row[3] for row in rows),
                 properties={"message_id": message_id, "content_type": BUNDLE_TYPE},
-            )  # fmt: skip
+            )
         positions = [row[0] for row in rows]
         self._queued.update(positions)
         self._in_flight[seq] = _InFlight(message_id, positions, [row[1] for row in rows])
@@ -453,11 +446,16 @@ class Outbox:
             id=message_id if len(ids) == 1 else f"{message_id} (a bundle of {len(ids)})",
             queue=returned.routing_key, code=returned.reply_code,
             text=returned.reply_text, delay=self._retry_returned,
-        )  # fmt: skip
+        )
         Deferred.fromCoroutine(self._postpone(ids, f"{returned.reply_code} {returned.reply_text}"))
 
     async def _postpone(self, ids: list[str], error: str) -> None:
-        await self._db.run(_postpone, ids, self._reactor.seconds() + self._retry_returned, error)
+        try:
+            await self._db.run(_postpone, ids, self._reactor.seconds() + self._retry_returned, error)
+        except Exception:
+            # The messages are still in the table: the retry below publishes
+            # them again, only without the attempt counted.
+            self.log.failure("could not record the return of {ids}; retrying anyway", ids=ids)
         if not self._stopped and (self._retry_call is None or not self._retry_call.active()):
             self._retry_call = self._reactor.callLater(self._retry_returned, self._retry)
 
@@ -501,8 +499,6 @@ class Outbox:
         return Deferred.fromCoroutine(self._wait_drained())
 
     async def _wait_drained(self) -> None:
-        from twisted.internet.task import deferLater
-
         while True:
             await self._refresh_depth()
             if self.depth == 0:

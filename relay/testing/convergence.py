@@ -128,7 +128,7 @@ class CloudNode:
     """
 
     def __init__(self, reactor: Any, path: Path, url: str, connection_name: str, *,
-                 publish_interval: float = 0.2) -> None:  # fmt: skip
+                 publish_interval: float = 0.2) -> None:
         self.connection_name = connection_name
         self.root = InOrder()
         self.db = Database(reactor, path, schemas=[outbox.SCHEMA, inbox.SCHEMA, registry_schema.SCHEMA, sync.SCHEMA])
@@ -176,7 +176,7 @@ class EdgeNode:
     """
 
     def __init__(self, reactor: Any, edge_id: str, path: Path, url: str, connection_name: str, *,
-                 monitor_interval: float = 1.0) -> None:  # fmt: skip
+                 monitor_interval: float = 1.0) -> None:
         self.reactor = reactor
         self.edge_id = edge_id
         self.path = path

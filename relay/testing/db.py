@@ -22,6 +22,8 @@ class SynchronousDatabase:
     call finished before it returns.
     """
 
+    dialect = "sqlite"
+
     def __init__(self, path: Path | str, schemas: Sequence[Schema] = ()) -> None:
         self.path = Path(path)
         self.conn = connect(self.path)

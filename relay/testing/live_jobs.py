@@ -49,7 +49,7 @@ class EventStream:
         self._response = await treq.get(
             f"{self._base}/api/events", headers=Headers({"Authorization": [f"Bearer {self._key}"]}), unbuffered=True,
             persistent=False,
-        )  # fmt: skip
+        )
         if self._response.code != 200:
             raise AssertionError(f"/api/events answered {self._response.code}")
         self.done = treq.collect(self._response, self._data)
@@ -78,7 +78,7 @@ class EventStream:
             if "event" not in fields:
                 continue
             frame = Frame(int(fields.get("id", "0")), fields["event"], json.loads(fields.get("data") or "{}"),
-                          self._reactor.seconds())  # fmt: skip
+                          self._reactor.seconds())
             self.frames.append(frame)
             if self._on_frame is not None:
                 self._on_frame(frame)
@@ -131,7 +131,7 @@ class LogFollower:
         response = await treq.get(
             f"{self.base}/api/v1/jobs/{self.job_id}/log?offset={start}",
             headers=Headers({"Authorization": [f"Bearer {self.api_key}"]}), persistent=False,
-        )  # fmt: skip
+        )
         body = await response.content()
         if response.code != 200:
             raise AssertionError(f"log endpoint answered {response.code}: {body!r}")

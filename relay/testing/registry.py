@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
@@ -32,6 +31,7 @@ from relay.link.envelope import TO_CLOUD, to_edge
 from relay.replication import dump
 from relay.sync_messages import register_types
 from relay.testing.immediate import ImmediateDatabase
+from relay.testing.reactor import inline
 from relay.testing.sync import SCHEMA as FAKE_LINK_SCHEMA
 from relay.testing.sync import Endpoint, FakeInbox, FakeOutbox, InProcessLink
 
@@ -71,13 +71,6 @@ def catalogue() -> Catalogue:
         _CATALOGUE = Catalogue()
         register_types(_CATALOGUE)
     return _CATALOGUE
-
-
-def inline(function: Any, *args: Any) -> Deferred[Any]:
-    """
-    A CPU runner for L{Identity} that runs in the calling thread.
-    """
-    return maybeDeferred(function, *args)
 
 
 class CloudSide:

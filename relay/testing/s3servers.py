@@ -86,7 +86,7 @@ class S3Server:
             aws_access_key_id=self.credentials.access_key_id,
             aws_secret_access_key=self.credentials.secret_access_key,
             config=Config(**options),
-        )  # fmt: skip
+        )
 
     def write_credentials(self, path: Path) -> Path:
         path.write_text(
@@ -123,9 +123,9 @@ def start_moto(bucket: str = "relay-test", log_path: Path | None = None) -> S3Se
     process = subprocess.Popen(
         [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     server = S3Server("moto", port, bucket, Credentials("testing", "testing"), process, log_path,
-                      _log=log if not isinstance(log, int) else None)  # fmt: skip
+                      _log=log if not isinstance(log, int) else None)
     try:
         _wait_listening(port, process)
         server.client().create_bucket(Bucket=bucket)
@@ -136,7 +136,7 @@ def start_moto(bucket: str = "relay-test", log_path: Path | None = None) -> S3Se
 
 
 def start_rclone(root: Path, bucket: str = "relay-test", log_path: Path | None = None,
-                 *extra: str) -> S3Server:  # fmt: skip
+                 *extra: str) -> S3Server:
     """
     C{rclone serve s3} on a free loopback port serving directory C{root},
     with generated credentials and C{bucket} created (as a directory).
@@ -154,9 +154,9 @@ def start_rclone(root: Path, bucket: str = "relay-test", log_path: Path | None =
          "--auth-key", f"{credentials.access_key_id},{credentials.secret_access_key}",
          "--config", "/dev/null", "--disable-multipart-streaming", *extra, str(root)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     server = S3Server("rclone", port, bucket, credentials, process, log_path, root,
-                      _log=log if not isinstance(log, int) else None)  # fmt: skip
+                      _log=log if not isinstance(log, int) else None)
     try:
         _wait_listening(port, process)
     except BaseException:

@@ -7,15 +7,15 @@ queue was lost) messages that never arrive.
   - L{FakeOutbox} provides L{IOutbox}: C{put} writes the message to a table
     in the caller's transaction, so a rolled-back transaction sends nothing,
     exactly like the real outbox.
-  - L{FakeInbox} records each message id with the handler's effect in one
-    transaction and ignores a message seen before, like the real inbox.
+  - L{FakeInbox} provides L{IInbox}: it records each message id with the
+    handler's effect in one transaction and ignores a message seen before,
+    like the real inbox.
   - L{InProcessLink} carries committed messages from every outbox to the
     inbox of the queue they are addressed to.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +27,7 @@ from zope.interface import implementer
 from relay.db import Database, Schema
 from relay.link.catalogue import Catalogue
 from relay.link.envelope import Envelope
-from relay.replication import IOutbox
+from relay.replication import IInbox, IOutbox
 
 SCHEMA = Schema(
     "fake_link",
@@ -103,6 +103,7 @@ class FakeOutbox:
         return [(queue, Envelope.from_bytes(message.encode())) for queue, message in rows]
 
 
+@implementer(IInbox)
 class FakeInbox:
     """
     Applies messages through registered handlers, once per message id,
@@ -237,7 +238,3 @@ class InProcessLink:
                 break
             delivered += 1
         return delivered
-
-
-def message_bodies(messages: list[tuple[str, Envelope]], type: str) -> list[dict[str, Any]]:
-    return [json.loads(json.dumps(m.body)) for _, m in messages if m.type == type]

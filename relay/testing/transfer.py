@@ -1,9 +1,12 @@
 """
 Fakes for the transfer stage's seams: an in-memory object store for the
-cloud side (L{FakeObjectStore} provides L{IObjectStore}) and a scriptable
-part target for the edge's uploader (L{FakePartTarget} provides
-L{IPartTarget}).  Both answer with Deferreds that have already fired, or
-that the test fires, so tests drive them with a C{Clock} and no sockets.
+cloud side (L{FakeObjectStore} provides L{IObjectStore}), the registry as
+the cloud's transfers see it (L{FakeFileRegistry} provides
+L{IFileRegistry}), the transfer stage as the tus receiver sees it
+(L{FakeUploadSink} provides L{IUploadSink}) and a scriptable part target
+for the edge's uploader (L{FakePartTarget} provides L{IPartTarget}).  They
+answer with Deferreds that have already fired, or that the test fires, so
+tests drive them with a C{Clock} and no sockets.
 """
 
 from __future__ import annotations
@@ -22,7 +25,11 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from relay.cloud.objects import IObjectStore, NoSuchUpload, ObjectInfo, ObjectStoreError, PartInfo
+from relay.cloud.transfer_store import Transfer
+from relay.cloud.transfers import IFileRegistry
 from relay.edge.transfer.uploader import IPartTarget, PartResponse
+from relay.edge.uploads.handoff import IUploadSink, StagedUpload
+from relay.permissions import Refused
 
 
 @dataclass
@@ -84,13 +91,13 @@ class FakeObjectStore:
         return self._answer("presign_parts", lambda: {
             n: f"https://s3.example/{key}?uploadId={upload_id}&partNumber={n}&X-Amz-Signature=secret"
             for n, _ in parts
-        })  # fmt: skip
+        })
 
     def list_parts(self, key: str, upload_id: str) -> Deferred[list[PartInfo]]:
         return self._answer("list_parts", lambda: [
             PartInfo(n, len(data), hashlib.md5(data).hexdigest())
             for n, data in sorted(self._upload(upload_id).parts.items())
-        ])  # fmt: skip
+        ])
 
     def complete_upload(self, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> Deferred[str]:
         def work() -> str:
@@ -167,6 +174,43 @@ class PartRequest:
     answer: Deferred[PartResponse]
     received: _Collector = field(default_factory=_Collector)
     produced: Deferred[None] | None = None
+
+
+@implementer(IFileRegistry)
+class FakeFileRegistry:
+    """
+    Records the files the cloud's transfers register; with C{refuse} set,
+    refuses them with that reason, as the registry does when the uploader
+    may no longer add files to the project.
+    """
+
+    def __init__(self) -> None:
+        self.registered: list[Transfer] = []
+        self.refuse: str | None = None
+
+    def register_file(self, conn: Any, transfer: Transfer) -> None:
+        if self.refuse:
+            raise Refused(self.refuse, "forbidden")
+        self.registered.append(transfer)
+
+
+@implementer(IUploadSink)
+class FakeUploadSink:
+    """
+    Keeps staged uploads where they are (they stay C{staged} in the spool)
+    and remembers what it was given, which is what tests look at.
+    """
+
+    def __init__(self) -> None:
+        self.staged: dict[str, StagedUpload] = {}
+
+    def upload_staged(self, upload: StagedUpload) -> Deferred[None]:
+        self.staged[upload.upload_id] = upload
+        return succeed(None)
+
+    def retry_transfer(self, upload_id: str) -> Deferred[bool]:
+        # Nothing here ever fails.
+        return succeed(False)
 
 
 @implementer(IPartTarget)

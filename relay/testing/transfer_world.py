@@ -96,7 +96,7 @@ def pattern(seed: int, size: int, block: int = MiB) -> Iterator[bytes]:
 
 
 def stage_upload(data_dir: Path, size: int, *, seed: int, owner: str, project: str,
-                 filename: str = "design.bin", content: bytes | None = None) -> tuple[str, str]:  # fmt: skip
+                 filename: str = "design.bin", content: bytes | None = None) -> tuple[str, str]:
     """
     Put a complete upload of C{size} pseudo-random bytes in the edge's spool
     and its record, C{staged}, as the tus receiver leaves it: the edge hands
@@ -124,14 +124,14 @@ def stage_upload(data_dir: Path, size: int, *, seed: int, owner: str, project: s
         UploadStore(db).add(Upload(  # type: ignore[arg-type]
             id=upload_id, owner=owner, project=project, filename=filename, filetype="application/octet-stream",
             length=size, offset=size, state=UploadState.STAGED, created=now, updated=now,
-        ))  # fmt: skip
+        ))
     finally:
         db.close()
     return upload_id, digest.hexdigest()
 
 
 def seed_cloud(data_dir: Path, name: str = "alice", *, user_id: str | None = None,
-               project_id: str | None = None) -> tuple[str, str]:  # fmt: skip
+               project_id: str | None = None) -> tuple[str, str]:
     """
     A user with their default project in the cloud's registry (before the
     cloud starts), and the project C{project_id} if given; returns (user
@@ -152,7 +152,7 @@ def seed_cloud(data_dir: Path, name: str = "alice", *, user_id: str | None = Non
             db.run(lambda conn: registry.create_project(conn, user["id"], "Uploads", project_id=project_id))
             return str(user["id"]), project_id
         row = db.conn.execute("SELECT id FROM projects WHERE owner_id = ? AND is_default = 1",
-                              (user["id"],)).fetchone()  # fmt: skip
+                              (user["id"],)).fetchone()
         return str(user["id"]), str(row[0])
     finally:
         db.close()
@@ -202,22 +202,22 @@ def job_view(data_dir: Path, upload_id: str) -> JobView | None:
     db = data_dir / "edge.db"
     try:
         rows = read_db(db, "SELECT state, transfer_id, confirmed_bytes, part_count, restarts "
-                           "FROM transfer_jobs WHERE upload_id = ?", (upload_id,))  # fmt: skip
+                           "FROM transfer_jobs WHERE upload_id = ?", (upload_id,))
         if not rows:
             return None
         parts = read_db(db, "SELECT number FROM transfer_parts WHERE upload_id = ? AND confirmed = 1",
-                        (upload_id,))  # fmt: skip
+                        (upload_id,))
     except sqlite3.OperationalError:
         return None  # not created yet
     row = rows[0]
     return JobView(row["state"], row["transfer_id"], row["confirmed_bytes"],
-                   frozenset(r[0] for r in parts), row["part_count"], row["restarts"])  # fmt: skip
+                   frozenset(r[0] for r in parts), row["part_count"], row["restarts"])
 
 
 def upload_view(data_dir: Path, upload_id: str) -> tuple[str, int, str]:
     """(state, transferred, error) of the upload's record at the edge."""
     row = read_db(data_dir / "edge.db", "SELECT state, transferred, error FROM uploads WHERE id = ?",
-                  (upload_id,))[0]  # fmt: skip
+                  (upload_id,))[0]
     return row["state"], row["transferred"], row["error"]
 
 
@@ -246,7 +246,7 @@ class Node:
         self.process = subprocess.Popen(
             [str(BIN / "twistd"), "-n", "--pidfile=", self.plugin, "--config", str(self.config)],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.cwd, env=env,
-        )  # fmt: skip
+        )
         return self
 
     @property
@@ -308,7 +308,7 @@ def edge_node(root: Path, *, edge_id: str, amqp_url: str, listen_port: int,
         "link": {"url": amqp_url, "heartbeat": 2},
         "transfer": transfer or {},
         "downloads": downloads or {},
-    })  # fmt: skip
+    })
     return Node("relay-edge", config, root / "edge.log", root)
 
 
@@ -321,7 +321,7 @@ def cloud_node(root: Path, *, amqp_url: str, listen_port: int, s3: dict[str, Any
         "cloud": {"listen": f"tcp:{listen_port}:interface=127.0.0.1", "data_dir": str(root / "cloud")},
         "link": {"url": amqp_url, "heartbeat": 2},
         "s3": s3,
-    })  # fmt: skip
+    })
     if more_toml:
         config.write_text(config.read_text() + "\n" + more_toml)
     return Node("relay-cloud", config, root / "cloud.log", root)

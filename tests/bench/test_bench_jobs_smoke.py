@@ -17,7 +17,7 @@ def test_jobs_benchmark_runs_and_prints_the_table() -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "jobs.py"), "--jobs", "1", "--lines", "5"],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     lines = done.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("scenario  "))

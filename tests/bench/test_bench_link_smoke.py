@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 COLUMNS = [
     "scenario", "system", "done when", "messages", "seconds", "msg/s", "vs Shovel",
     "loss", "duplicates", "notes",
-]  # fmt: skip
+]
 
 
 def table(output: str) -> list[dict[str, str]]:
@@ -39,7 +39,7 @@ def test_link_benchmark_runs_and_prints_the_table(tmp_path: Path) -> None:
         sys.executable, str(ROOT / "bench" / "link.py"), "--count", "200",
         "--scenarios", "loopback,resets", "--latency-ms", "20", "--reset-mean-s", "1",
         "--timeout", "20", "--dir", str(tmp_path),
-    ]  # fmt: skip
+    ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = table(done.stdout)
@@ -49,7 +49,7 @@ def test_link_benchmark_runs_and_prints_the_table(tmp_path: Path) -> None:
         for system, measured in [
             ("relay", "edge confirmed"), ("relay", "cloud applied"), ("Shovel", "dest holds N"),
         ]
-    ]  # fmt: skip
+    ]
     assert [(r["scenario"], r["system"], r["done when"]) for r in rows] == expected
     for row in rows:
         assert row["messages"] == "200", row

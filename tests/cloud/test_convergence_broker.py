@@ -158,7 +158,7 @@ async def fields_for(pick: Choices, run: Run, type: str, user: str) -> dict[str,
         return {"project_id": project()}
     if type == "project.member.add":
         return {"project_id": project(), "user_id": run.users[pick(list(USERS))],
-                "role": pick(["member", "viewer"])}  # fmt: skip
+                "role": pick(["member", "viewer"])}
     if type == "project.member.remove":
         # Mostly someone who is a member (or oneself leaving).
         members = [(m["project_id"], m["user_id"]) for m in registry["members"] if m["role"] != "owner"]

@@ -47,7 +47,7 @@ def put(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
     try:
         conn.request("PUT", f"{u.path}?{u.query}", body=body,
-                     headers={"Content-Length": str(len(body)), **headers})  # fmt: skip
+                     headers={"Content-Length": str(len(body)), **headers})
         response = conn.getresponse()
         return response.status, response.read()
     except OSError as e:
@@ -69,7 +69,7 @@ class ObjectsMixin:
             reactor, bucket=self.server.bucket, region="us-east-1",
             endpoint_url=self.server.endpoint, addressing_style="path",
             credentials=self.server.credentials, max_threads=4, **kwargs,
-        )  # fmt: skip
+        )
         objects.startService()
         self.addCleanup(objects.stopService)  # type: ignore[attr-defined]
         return objects
@@ -185,7 +185,7 @@ class RcloneTests(ObjectsMixin, unittest.TestCase):
         objects = S3Objects(
             reactor, bucket=self.server.bucket, region="us-east-1", endpoint_url=self.server.endpoint,
             addressing_style="path", credentials=load_credentials(self._bad_credentials()),
-        )  # fmt: skip
+        )
         objects.startService()
         self.addCleanup(objects.stopService)
         with self.assertRaises(ObjectStoreError) as caught:

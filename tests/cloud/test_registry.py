@@ -147,9 +147,9 @@ def test_timed_out_attempts_and_result_files(cloud: CloudSide) -> None:
     job = cloud.run(cloud.registry.submit_job, project, alice["id"], "render", {}, [])
     cloud.run(cloud.registry.start_job, job, 2)
     log_file = cloud.run(lambda c: cloud.registry.put_file(
-        c, project, "render.log", 3, sha256="c" * 64, kind="result", job_id=job))  # fmt: skip
+        c, project, "render.log", 3, sha256="c" * 64, kind="result", job_id=job))
     cloud.run(lambda c: cloud.registry.finish_job(c, job, "timed_out", result_files=[log_file],
-                                                  error="timed out after 2 s"))  # fmt: skip
+                                                  error="timed out after 2 s"))
     [row] = cloud.dump()["jobs"]
     assert (row["state"], row["attempts"], row["error"]) == ("timed_out", 2, "timed out after 2 s")
     [file] = cloud.dump()["files"]

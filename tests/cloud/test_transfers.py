@@ -1,6 +1,6 @@
 """
 The cloud's transfer requests, with the in-memory object store, the fake
-link and a Clock: every answer, the checks before completing, retries of
+link and the test reactor: every answer, the checks before completing, retries of
 failed S3 calls, and recovery from a crash between S3 and the database.
 """
 
@@ -11,20 +11,18 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from relay.cloud import transfers
 from relay.cloud.objects import ObjectStoreError, object_key
-from relay.cloud.transfers import CloudTransfers, IFileRegistry, NoRegistry, Transfer
+from relay.cloud.transfers import CloudTransfers, IFileRegistry
 from relay.link.catalogue import Catalogue
 from relay.link.envelope import Envelope, to_edge
-from relay.permissions import Refused
 from relay.testing import sync as fake_link
 from relay.testing.db import SynchronousDatabase
-from relay.testing.transfer import FakeObjectStore
+from relay.testing.reactor import TestReactor, reactor_for
+from relay.testing.transfer import FakeFileRegistry, FakeObjectStore
 from relay.transfer_messages import register_types
 
 MiB = 1 << 20
@@ -38,21 +36,9 @@ def md5(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode()
 
 
-@implementer(IFileRegistry)
-class Files:
-    def __init__(self) -> None:
-        self.registered: list[Transfer] = []
-        self.refuse: str | None = None
-
-    def register_file(self, conn: Any, transfer: Transfer) -> None:
-        if self.refuse:
-            raise Refused(self.refuse, "forbidden")
-        self.registered.append(transfer)
-
-
 class Cloud:
-    def __init__(self, path: Path, readback: bool = False) -> None:
-        self.clock = Clock()
+    def __init__(self, path: Path, clock: TestReactor, readback: bool = False) -> None:
+        self.clock = clock
         self.clock.advance(1_764_000_000)
         self.db = SynchronousDatabase(path, [transfers.SCHEMA, fake_link.SCHEMA])
         self.outbox = fake_link.FakeOutbox("cloud", self.clock)
@@ -60,9 +46,9 @@ class Cloud:
         register_types(catalogue)
         self.inbox = fake_link.FakeInbox(self.db, catalogue)  # type: ignore[arg-type]
         self.objects = FakeObjectStore()
-        self.files = Files()
+        self.files = FakeFileRegistry()
         self.service = CloudTransfers(self.clock, self.db, self.outbox, self.objects, self.files,  # type: ignore[arg-type]
-                                      presign_expiry=600, readback=readback)  # fmt: skip
+                                      presign_expiry=600, readback=readback)
         self.service.register(self.inbox)
         self.service.startService()
 
@@ -81,13 +67,13 @@ class Cloud:
             "transfer_id": TID, "file_id": "f1", "project": "p1", "owner": "u1", "name": "a.bin",
             "content_type": "application/octet-stream", "size": len(WHOLE),
             "sha256": hashlib.sha256(WHOLE).hexdigest(), "part_size": PART, "part_count": 3,
-        }  # fmt: skip
+        }
         body.update(changes)
         self.send("transfer.begin", body)
 
     def presign(self, numbers: list[int]) -> dict[int, str]:
         self.send("transfer.presign", {"transfer_id": TID,
-                                       "parts": [{"number": n, "md5": md5(CHUNKS[n - 1])} for n in numbers]})  # fmt: skip
+                                       "parts": [{"number": n, "md5": md5(CHUNKS[n - 1])} for n in numbers]})
         (kind, body), = self.replies()
         assert kind == "transfer.urls", body
         return {u["number"]: u["url"] for u in body["urls"]}
@@ -106,17 +92,19 @@ class Cloud:
 
 class CloudTransferTests(SynchronousTestCase):
     def cloud(self, **kwargs: Any) -> Cloud:
-        return Cloud(Path(self.mktemp()), **kwargs)
+        cloud = Cloud(Path(self.mktemp()), reactor_for(self), **kwargs)
+        self.addCleanup(cloud.service.stopService)
+        return cloud
 
     def test_registries(self) -> None:
-        self.assertTrue(verifyObject(IFileRegistry, NoRegistry()))
+        self.assertTrue(verifyObject(IFileRegistry, FakeFileRegistry()))
         self.assertTrue(verifyObject(IFileRegistry, transfers.RegistryFiles(object())))
 
     def test_a_whole_transfer(self) -> None:
         cloud = self.cloud()
         cloud.begin()
         self.assertEqual(cloud.replies(), [("transfer.started", {"transfer_id": TID,
-                                                                 "object_key": object_key("p1", "f1")})])  # fmt: skip
+                                                                 "object_key": object_key("p1", "f1")})])
         upload = cloud.objects.uploads[cloud.upload_id()]
         self.assertEqual(upload.key, "projects/p1/files/f1")
         self.assertEqual(upload.metadata["sha256"], hashlib.sha256(WHOLE).hexdigest())
@@ -233,7 +221,7 @@ class CloudTransferTests(SynchronousTestCase):
         cloud.presign([1, 2, 3])
         cloud.put_all()
         cloud.objects.complete_upload("projects/p1/files/f1", cloud.upload_id(),
-                                      [(n, "") for n in (1, 2, 3)])  # fmt: skip
+                                      [(n, "") for n in (1, 2, 3)])
         cloud.send("transfer.finish", {"transfer_id": TID})
         self.assertEqual([k for k, _ in cloud.replies()], ["file.registered"])
 

@@ -19,9 +19,9 @@ from txamqp.protocol import AMQChannel, AMQClient
 from txamqp.spec import Spec
 
 from relay.link.channel import Channel
+from relay.link.client import CLIENT_CAPABILITIES, BrokerListener, RelayClient, RelayDelegate
 from relay.link.connection import LinkService
 from relay.link.spec import load_spec
-from relay.link.txfix import CLIENT_CAPABILITIES, BrokerListener, RelayClient, RelayDelegate
 
 HOST = "127.0.0.1"
 PORT = int(os.environ.get("RELAY_TEST_AMQP_PORT", "5672"))

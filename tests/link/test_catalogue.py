@@ -25,7 +25,7 @@ ANY_JSON = st.recursive(
     | st.text(max_size=4),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
     max_leaves=6,
-)  # fmt: skip
+)
 
 
 def relay_catalogue() -> Catalogue:
@@ -213,7 +213,7 @@ class CompiledAgreesWithJsonschema(SynchronousTestCase):
             find(
                 bodies(kind.schema), validator.is_valid,
                 settings=settings(max_examples=5000, database=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)),
-            )  # fmt: skip
+            )
 
 
 class Fallback(SynchronousTestCase):

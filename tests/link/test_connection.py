@@ -16,8 +16,8 @@ from zope.interface import implementer
 
 from relay.link.backoff import Backoff
 from relay.link.channel import Channel, LinkDown
+from relay.link.client import HeartbeatTimeout
 from relay.link.connection import BrokerAddress, LinkService, describe
-from relay.link.txfix import HeartbeatTimeout
 
 from ._broker import (
     HOST,
@@ -32,7 +32,7 @@ from ._broker import (
     within,
 )
 from ._stallproxy import StallProxy
-from .test_txfix_delegate import _frame
+from .test_client_delegate import _frame
 
 
 def _quick_backoff(**kwargs: Any) -> Backoff:

@@ -18,7 +18,7 @@ from twisted.trial import unittest
 
 from relay.db import Database, Schema
 from relay.health import Health
-from relay.link import inbox, outbox
+from relay.link import deadletters, inbox, outbox
 from relay.link.backoff import Backoff
 from relay.link.bridge import Bridge
 from relay.link.catalogue import Catalogue
@@ -263,7 +263,7 @@ class PoisonTests(unittest.TestCase):
         await wait_for(lambda: len(failures) >= 5, timeout=30)
         total, distinct, _ = await cloud.effects()
         self.assertEqual((total, distinct), (19, 19))
-        rows = await cloud.db.read(inbox.dead_letters)
+        rows = await cloud.db.read(deadletters.listing)
         reasons = sorted(row["reason"] for row in rows)
         self.assertEqual(len(rows), 5)
         self.assertTrue(any("not JSON" in r for r in reasons), reasons)
@@ -274,7 +274,7 @@ class PoisonTests(unittest.TestCase):
         # The operator fixes the cause and replays the handler failure.
         cloud.bridge.inbox._handlers["test.count"] = record
         [unlucky] = [row["number"] for row in rows if "handler failed" in row["reason"]]
-        self.assertEqual(await cloud.db.run(inbox.request_replay, [unlucky]), 1)
+        self.assertEqual(await cloud.db.run(deadletters.request_replay, [unlucky]), 1)
         await wait_for(lambda: cloud.bridge.inbox.dead_letters == 4, timeout=10)
         total, distinct, _ = await cloud.effects()
         self.assertEqual((total, distinct), (20, 20))

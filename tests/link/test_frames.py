@@ -17,14 +17,14 @@ from txamqp.message import Message
 
 from relay.link import frames
 from relay.link.channel import ConfirmTracker, Delivery
-from relay.link.spec import load_spec
-from relay.link.txfix import (
+from relay.link.client import (
     BrokerListener,
     RelayClient,
     RelayDelegate,
     decode_header,
     encode_payload,
 )
+from relay.link.spec import load_spec
 
 from ._broker import BrokerTestCase, open_channel, wait_for, within
 
@@ -75,7 +75,7 @@ def generic_client(frame_max: int = 131072) -> tuple[RelayClient, StringTranspor
 def generic_publish(
     exchange: str, routing_key: str, body: bytes, properties: dict[str, Any], *,
     frame_max: int, mandatory: bool, immediate: bool = False,
-) -> bytes:  # fmt: skip
+) -> bytes:
     """What txAMQP's own basic.publish writes (relay's frame codec underneath)."""
     from txamqp.content import Content
 
@@ -84,7 +84,7 @@ def generic_publish(
     channel.basic_publish(
         exchange=exchange, routing_key=routing_key, mandatory=mandatory, immediate=immediate,
         content=Content(body, properties=dict(properties)),
-    )  # fmt: skip
+    )
     return bytes(transport.value())
 
 
@@ -101,7 +101,7 @@ class PropertiesMatchTheSpec(SynchronousTestCase):
         for name, head in [
             ("publish", None), ("deliver", frames.BASIC_DELIVER), ("return", frames.BASIC_RETURN),
             ("ack", frames.BASIC_ACK), ("nack", frames.BASIC_NACK),
-        ]:  # fmt: skip
+        ]:
             method = BASIC.methods.byname[name]
             if head is not None:
                 self.assertEqual(head, bytes([0, BASIC.id, 0, method.id]))
@@ -111,15 +111,15 @@ class PropertiesMatchTheSpec(SynchronousTestCase):
 class EncodePublish(SynchronousTestCase):
     def check(self, body: bytes, properties: dict[str, Any], *, frame_max: int = 131072,
               mandatory: bool = True, immediate: bool = False, exchange: str = "relay.to-cloud",
-              routing_key: str = "relay.to-cloud") -> None:  # fmt: skip
+              routing_key: str = "relay.to-cloud") -> None:
         fast = frames.encode_publish(
             1, exchange, routing_key, body, properties, frame_max=frame_max, mandatory=mandatory,
             immediate=immediate,
-        )  # fmt: skip
+        )
         generic = generic_publish(
             exchange, routing_key, body, properties, frame_max=frame_max, mandatory=mandatory,
             immediate=immediate,
-        )  # fmt: skip
+        )
         self.assertEqual(fast, generic)
 
     def test_body_sizes_around_frame_max(self) -> None:
@@ -148,7 +148,7 @@ class EncodePublish(SynchronousTestCase):
                 rng.randbytes(rng.randrange(0, 600)), props, frame_max=rng.choice([512, 4096]),
                 mandatory=rng.random() < 0.5, immediate=rng.random() < 0.5,
                 exchange=rng.choice(["", "x", "é" * 100]), routing_key=rng.choice(["", "rk", "ü" * 127]),
-            )  # fmt: skip
+            )
 
     def test_errors(self) -> None:
         with self.assertRaises(ValueError):
@@ -316,7 +316,7 @@ class ThroughTheBroker(BrokerTestCase):
             b"", EVERY_BYTE, EVERY_BYTE[::-1] * 9, bytes(range(256)) * (room // 256) + b"x" * (room % 256),
             b"y" * (room - 1), b"z" * (room + 1), b"q" * (frame_max - 1), b"r" * (frame_max + 1),
             EVERY_BYTE * (8 * 1024 * 1024 // 256),
-        ]  # fmt: skip
+        ]
         headers = {k: v for k, v in HEADERS.items() if k not in ("none", "money")}
         confirms = []
         for n, body in enumerate(bodies):
@@ -332,7 +332,7 @@ class ThroughTheBroker(BrokerTestCase):
 
         for n, body in enumerate(bodies):
             wire = {"message-id": f"m{n}", "content-type": "application/octet-stream", "timestamp": 1_764_133_200,
-                    "headers": headers, "delivery-mode": 2}  # fmt: skip
+                    "headers": headers, "delivery-mode": 2}
             raw_channel.basic_publish(exchange="", routing_key=queue, mandatory=True, content=Content(body, properties=wire))
         await within(raw_channel.basic_qos(prefetch_count=1), 10)  # a round trip: published before this
 

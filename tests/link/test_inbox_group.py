@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from relay.db import Schema
-from relay.link import inbox
+from relay.link import deadletters, inbox
 from relay.link.catalogue import Catalogue
 from relay.link.envelope import Envelope
 from relay.link.inbox import Inbox
@@ -113,7 +113,7 @@ class GroupTests(InboxCase):
         outcomes = self.group(four, poison, three, five)
         self.assertEqual(outcomes, ["applied", "dead", "duplicate", "applied"])
         self.assertEqual(self.effects(), [1, 2, 3, 4, 5])
-        dead = self.db.run_now(inbox.dead_letters)
+        dead = self.db.run_now(deadletters.listing)
         self.assertEqual([row["message_id"] for row in dead], [poison.id])
         self.assertIn("handler failed 2 times; last: RuntimeError: poison", dead[0]["reason"])
         self.assertEqual(self.db.conn.execute("SELECT count(*) FROM inbox_failure").fetchone()[0], 0)

@@ -9,13 +9,15 @@ from pathlib import Path
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from relay.db import Schema
-from relay.link import inbox
+from relay.link import deadletters, inbox
 from relay.link.catalogue import Catalogue
 from relay.link.envelope import Envelope
 from relay.link.inbox import Inbox
 from relay.metrics import Metrics
+from relay.testing import sync
 from relay.testing.db import SynchronousDatabase
 
 SEEN = Schema("seen", ["CREATE TABLE seen (n INTEGER NOT NULL);"])
@@ -71,7 +73,7 @@ class InboxTests(InboxWorld):
         m = message(-1)
         self.assertEqual(self.receive(m), "retry")
         self.assertEqual(self.receive(m), "dead")
-        rows = self.db.run_now(inbox.dead_letters)
+        rows = self.db.run_now(deadletters.listing)
         self.assertEqual(len(rows), 1)
         self.assertIn("handler failed 2 times; last: RuntimeError: negative", rows[0]["reason"])
         self.assertEqual(self.db.conn.execute("SELECT count(*) FROM seen").fetchone()[0], 0)
@@ -91,7 +93,7 @@ class InboxTests(InboxWorld):
                      Envelope("t", "a", 0.0, {"n": "x"}).to_bytes()]:
             self.assertEqual(self.successResultOf(self.inbox.receive(body)), "dead")
         self.assertEqual(self.applied, [])
-        self.assertEqual(len(self.db.run_now(inbox.dead_letters)), 5)
+        self.assertEqual(len(self.db.run_now(deadletters.listing)), 5)
 
 
 class Settlements:
@@ -123,7 +125,7 @@ class BundleTests(InboxWorld):
         delivery = Delivery(
             b"\n".join(bodies), {}, {"content_type": BUNDLE_TYPE}, tag, False, "q", "q", "c",
             channel,  # type: ignore[arg-type]
-        )  # fmt: skip
+        )
         self.inbox.deliver(delivery)
         return channel.settled
 
@@ -134,7 +136,7 @@ class BundleTests(InboxWorld):
         settled = self.deliver_bundle(7, first.to_bytes(), poison, second.to_bytes(), b"not json")
         self.assertEqual(settled, [("ack", 7)])
         self.assertEqual(self.applied, [1, 2])
-        self.assertEqual(len(self.db.run_now(inbox.dead_letters)), 2)
+        self.assertEqual(len(self.db.run_now(deadletters.listing)), 2)
 
     def test_a_failing_handler_requeues_the_bundle_and_the_rest_is_not_applied_twice(self) -> None:
         bodies = [message(1).to_bytes(), message(-1).to_bytes(), message(2).to_bytes()]
@@ -144,10 +146,39 @@ class BundleTests(InboxWorld):
         self.assertEqual(self.deliver_bundle(2, *bodies), [("ack", 2)])
         self.assertEqual(self.applied, [1, 2])
         self.assertEqual(self.db.conn.execute("SELECT count(*) FROM seen").fetchone()[0], 2)
-        [dead] = self.db.run_now(inbox.dead_letters)
+        [dead] = self.db.run_now(deadletters.listing)
         self.assertIn("handler failed 2 times", dead["reason"])
 
     def test_stream_order_holds_across_a_bundle(self) -> None:
         bodies = [message(n, "s", n).to_bytes() for n in (2, 3, 1)]
         self.assertEqual(self.deliver_bundle(1, *bodies), [("ack", 1)])
         self.assertEqual(self.applied, [1, 2, 3])
+
+
+class InterfaceTests(SynchronousTestCase):
+    """
+    The inbox and its fake are one seam: both provide L{inbox.IInbox}, and
+    both refuse a type the catalogue lacks or a second handler for a type.
+    """
+
+    def inboxes(self) -> list[object]:
+        db = SynchronousDatabase(Path(self.mktemp()), [inbox.SCHEMA, sync.SCHEMA])
+        catalogue = Catalogue()
+        catalogue.register("t", {"type": "object"})
+        return [
+            Inbox(db, Clock(), catalogue, Metrics(), queue="q"),  # type: ignore[arg-type]
+            sync.FakeInbox(db, catalogue),  # type: ignore[arg-type]
+        ]
+
+    def test_the_inbox_and_its_fake_provide_the_interface(self) -> None:
+        for box in self.inboxes():
+            self.assertTrue(verifyObject(inbox.IInbox, box))
+
+    def test_both_refuse_what_the_real_one_refuses(self) -> None:
+        for box in self.inboxes():
+            assert isinstance(box, (Inbox, sync.FakeInbox))
+            with self.assertRaises(ValueError):
+                box.register("not.in.the.catalogue", lambda conn, m: None)
+            box.register("t", lambda conn, m: None)
+            with self.assertRaises(ValueError):
+                box.register("t", lambda conn, m: None)

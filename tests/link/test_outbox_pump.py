@@ -7,6 +7,7 @@ and returns.  Time is a Clock; nothing sleeps.
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,24 @@ class PumpTests(SynchronousTestCase):
         self.clock.advance(5.0)
         self.assertEqual(channel.numbers(), [1, 1])
 
+    def test_returned_message_is_retried_when_recording_the_return_fails(self) -> None:
+        # The database refuses the update that records the return (as a
+        # full disk would): the message must still be published again.
+        self.db.conn.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON outbox BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+        channel = FakeChannel()
+        self.outbox.attach(channel)  # type: ignore[arg-type]
+        self.put(1)
+        [(_, key, body, properties)] = channel.published
+        channel.on_return(ReturnedMessage(312, "NO_ROUTE", key, key, body, {}, properties))
+        channel.on_ack(1, False)
+        self.assertEqual(len(self.flushLoggedErrors(sqlite3.Error)), 1)
+        row = self.db.conn.execute("SELECT attempts, last_error FROM outbox").fetchone()
+        self.assertEqual(tuple(row), (0, None), "the return could not be recorded")
+        self.clock.advance(5.0)
+        self.assertEqual(channel.numbers(), [1, 1])
+
     def test_blocked_pauses_publishing(self) -> None:
         channel = FakeChannel()
         self.outbox.attach(channel)  # type: ignore[arg-type]
@@ -220,7 +239,7 @@ class BundleTests(SynchronousTestCase):
             self.kinds(),
             [(BUNDLE_TYPE, 3), (BUNDLE_TYPE, 3), ("application/json", 1), (BUNDLE_TYPE, 2),
              ("application/json", 1), ("application/json", 1)],
-        )  # fmt: skip
+        )
         self.assertEqual([key for _, key, _, _ in self.channel.published][3], "relay.to-edge.e1")
         self.assertEqual(self.channel.numbers(), list(range(11)))
 

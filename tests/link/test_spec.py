@@ -1,4 +1,4 @@
-"""relay's AMQP 0-9-1 definition, and the no_wait fix (txfix 1) against the broker."""
+"""relay's AMQP 0-9-1 definition, and the no_wait fix against the broker."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from twisted.internet.defer import TimeoutError
 from twisted.trial.unittest import SynchronousTestCase
 from txamqp import spec as txspec
 
-from relay.link.spec import load_spec, spec_bytes
-from relay.link.txfix import alias_no_wait
+from relay.link.spec import alias_no_wait, load_spec, spec_bytes
 
 from ._broker import BrokerTestCase, open_channel, within
 

@@ -272,7 +272,7 @@ class Peer(Protocol):
     def __init__(
         self, payload: bytes = b"", echo: bool = False, paused: bool = False,
         reply_on_eof: bytes | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.payload = payload
         self.echo = echo
         self.paused = paused
@@ -444,7 +444,7 @@ class RelayTests(LinkTestCase):
             latency_ms=20, jitter_ms=20, rate_bytes_per_s=4 * MIB,
             aggregate_bytes_per_s=6 * MIB, stall_mean_s=0.1, stall_duration_s=0.05,
             buffer_bytes=64 * KIB,
-        )  # fmt: skip
+        )
         await self.check_intact(profile, 1 * MIB)
         self.assertGreaterEqual(self.emulator.counters.stalls_injected, 1)
 
@@ -613,7 +613,7 @@ class CommandLineTests(TestCase):
             "--listen", f"tcp:{listen_port}:interface=127.0.0.1",
             "--connect", f"tcp:127.0.0.1:{upstream.getHost().port}",  # type: ignore[attr-defined]
             "--latency-ms", "20", "--rate-kbps", "8000",
-        ]  # fmt: skip
+        ]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         reactor.spawnProcess(process, sys.executable, args, env=env)  # type: ignore[attr-defined]
         try:

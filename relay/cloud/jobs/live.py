@@ -184,7 +184,7 @@ class LiveLog:
                         "eof": eof and last,
                         "progress": value if changed and last and value >= 0 else None,
                         "status": status if changed and last and value >= 0 else None,
-                    })  # fmt: skip
+                    })
                     at += len(piece)
             return True
 
@@ -211,7 +211,7 @@ class LiveLog:
             {"job_id": claim.job_id, "project_id": claim.project_id, "attempt": claim.attempt,
              "offset": offset, "size": len(piece), **more},
             to=to_edge(edge), payload=piece or None,
-        )  # fmt: skip
+        )
 
     async def serve(self) -> int:
         """
@@ -230,7 +230,7 @@ class LiveLog:
             ).fetchall()
             if rows:
                 conn.execute("DELETE FROM job_log_requests WHERE job_id = ? AND attempt = ?",
-                             (claim.job_id, claim.attempt))  # fmt: skip
+                             (claim.job_id, claim.attempt))
             ranges = [(row[0], int(row[1]), min(int(row[2]), sent)) for row in rows]
             return [(edge, max(after, upto - MAX_RANGE_BYTES), upto) for edge, after, upto in ranges]
 
@@ -245,7 +245,7 @@ class LiveLog:
             for edge, after, data in ranges:
                 for at in range(0, len(data), MAX_LOG_BYTES):
                     self._put(conn, edge, after + at, data[at : at + MAX_LOG_BYTES],
-                              {"eof": False, "progress": None, "status": None})  # fmt: skip
+                              {"eof": False, "progress": None, "status": None})
             return True
 
         if await self._db.run(put):

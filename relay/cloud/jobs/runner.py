@@ -143,7 +143,7 @@ class JobProcess:
         spec = json.dumps({
             "argv": self._argv, "limits": asdict(self._limits), "grace": self._grace,
             "parent": os.getpid(),
-        })  # fmt: skip
+        })
         devnull = os.open(os.devnull, os.O_RDONLY)
         try:
             # The shepherd's own file, run isolated (-I): neither the job's
@@ -152,7 +152,7 @@ class JobProcess:
             self._transport = self._reactor.spawnProcess(
                 _ShepherdProtocol(self), sys.executable, [sys.executable, "-I", _SHEPHERD, spec],
                 env=self._env, path=str(self._workdir), childFDs={0: devnull, 1: "r", 2: "r"},
-            )  # fmt: skip
+            )
         finally:
             os.close(devnull)
         self._calls.append(self._reactor.callLater(self._timeout, self.stop, "timed_out"))

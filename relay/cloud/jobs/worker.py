@@ -41,11 +41,9 @@ from relay.download_messages import INLINE_MAX
 from relay.link.channel import Delivery, LinkDown
 from relay.link.envelope import JOBS, BadEnvelope, Envelope
 from relay.link.outbox import IOutbox
+from relay.threads import Blocking
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-#: Blocking work (hashing a result) on a bounded pool.
-Blocking = Callable[..., Deferred[Any]]
 
 
 def safe_name(name: str) -> str:
@@ -218,7 +216,7 @@ class JobWorker(Service):
             await live.close()
             if why is not None:
                 self.log.info("job {job_id} epoch {epoch} stopped: {why}", job_id=claim.job_id,
-                              epoch=claim.epoch, why=why)  # fmt: skip
+                              epoch=claim.epoch, why=why)
                 return
             log.close()
             results = await self._store(claim, kind, run_dir, log)
@@ -238,7 +236,7 @@ class JobWorker(Service):
             self.log.info("job {job_id} {state}", job_id=claim.job_id, state=state)
         else:
             self.log.warn("job {job_id} epoch {epoch} lost its lease: its outcome is not recorded",
-                          job_id=claim.job_id, epoch=claim.epoch)  # fmt: skip
+                          job_id=claim.job_id, epoch=claim.epoch)
 
     async def _fetch(self, work: Path, number: int, input: Input) -> str:
         relative = f"inputs/{number:03d}-{safe_name(input.name)}"

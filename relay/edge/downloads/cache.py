@@ -25,7 +25,6 @@ bytes once the last reader lets go.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +33,7 @@ from twisted.logger import Logger
 
 from relay.db import Database, Schema
 from relay.edge.uploads.spool import Spool, SpoolWriter
+from relay.threads import Blocking
 
 SCHEMA = Schema(
     "downloads",
@@ -66,9 +66,6 @@ SCHEMA = Schema(
 
 FETCHING = "fetching"
 CACHED = "cached"
-
-Blocking = Callable[..., Deferred[Any]]
-
 
 @dataclass(frozen=True)
 class Entry:

@@ -29,9 +29,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
@@ -50,6 +48,7 @@ from relay.edge.uploads.spool import Spool, SpoolError, SpoolReader, SpoolWriter
 from relay.edge.web.guard import answer, authenticated
 from relay.link.envelope import Envelope
 from relay.metrics import Metrics
+from relay.threads import Threads
 
 #: Bytes read from the cache and written to the client at a time.
 BLOCK = 1 << 20
@@ -104,7 +103,7 @@ class Downloads(MultiService):
         cache: FileCache,
         fetcher: Fetcher,
         hub: EventHub | None,
-        threads: ThreadPool,
+        threads: Threads,
         *,
         prefetch_max_size: int,
         reconcile_interval: float = 60.0,
@@ -115,7 +114,6 @@ class Downloads(MultiService):
         self.cache = cache
         self.fetcher = fetcher
         self._hub = hub
-        self._threads = threads
         self._blocking = fetcher.blocking
         self._prefetch_max = prefetch_max_size
         self._prefetching = DeferredSemaphore(2)
@@ -126,12 +124,13 @@ class Downloads(MultiService):
         self._take_again = False
         self.served = 0
         self.inline_results = 0
+        # The spool I/O threads stop last, after everything using them.
+        threads.setServiceParent(self)
         TimerService(reconcile_interval, self.reconcile).setServiceParent(self)
 
     # -- the service -------------------------------------------------------------
 
     def startService(self) -> None:
-        self._threads.start()
         super().startService()
         if self._hub is not None:
             self._unwatch = self._hub.watch(self._event)
@@ -146,9 +145,8 @@ class Downloads(MultiService):
         return d
 
     async def _stop(self) -> None:
-        await super().stopService()
         await self.fetcher.stop()
-        self._threads.stop()
+        await super().stopService()
 
     async def _resume(self) -> None:
         try:
@@ -643,10 +641,8 @@ def build_downloads(
     routes with L{Downloads.routes}.
     """
     register_types(bridge.catalogue)
-    threads = ThreadPool(minthreads=0, maxthreads=8, name="downloads")
-
-    def blocking(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(reactor, threads, f, *args)
+    threads = Threads(reactor, "downloads", 8)
+    blocking = threads.run
 
     # The spool's format and master key.
     store = spool.beside(relative_to(data_dir, section.cache_dir or Path("cache")))

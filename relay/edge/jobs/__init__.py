@@ -51,5 +51,5 @@ def build_job_watch(
     receiver.register(bridge.inbox)
     watch = JobWatch(tails, receiver, db)
     JobLogHousekeeping(db, receiver, reactor, interval=min(ASK_EVERY, max(0.5, config.gap_wait / 4)),
-                       wake=bridge.outbox.wake).setServiceParent(watch)  # fmt: skip
+                       wake=bridge.outbox.wake).setServiceParent(watch)
     return watch

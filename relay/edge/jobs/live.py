@@ -99,7 +99,7 @@ class JobLogReceiver:
             progress = (members, {
                 "job_id": body["job_id"], "project_id": body["project_id"], "attempt": body["attempt"],
                 "progress": body["progress"], "status": body.get("status"),
-            })  # fmt: skip
+            })
         if (appended or progress) and members:
             self._call(self._publish, [(members, a) for a in appended], progress)
 
@@ -118,9 +118,9 @@ class JobLogReceiver:
             conn, JOB_LOG_RANGE,
             {"edge": self._edge_id, "job_id": job_id, "attempt": attempt, "after": after, "upto": upto},
             to=TO_CLOUD,
-        )  # fmt: skip
+        )
         self.log.info("job {job_id}: log bytes {after}..{upto} missing, asked for", job_id=job_id, after=after,
-                      upto=upto)  # fmt: skip
+                      upto=upto)
         return True
 
     def housekeeping(self, conn: Any, now: float) -> bool:
@@ -182,7 +182,7 @@ class JobLogReceiver:
             "job_id": appended.job_id, "project_id": appended.project_id, "attempt": attempt,
             "offset": end, "end": end + len(data), "text": data.decode("utf-8", "replace"),
             "eof": appended.eof,
-        }  # fmt: skip
+        }
 
 
 def _complete(data: bytes) -> int:

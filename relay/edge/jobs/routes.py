@@ -97,7 +97,7 @@ class JobRoutes:
                 return answer(request, 416, {
                     "error": f"offset {offset} is past the end of the log held ({end})", "start": start,
                     "end": end,
-                })  # fmt: skip
+                })
             request.setResponseCode(200)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             request.setHeader(b"cache-control", b"no-store")
@@ -156,7 +156,7 @@ class JobRoutes:
         detail = {
             **job, "parameters": {}, "inputs": [], "results": [], "attempts": 0, "started_at": None,
             "finished_at": None, "error": None,
-        }  # fmt: skip
+        }
         if row is not None:
             results = json.loads(row["result_files"])
             files = {
@@ -165,16 +165,16 @@ class JobRoutes:
                     f"SELECT id, name, size, sha256, state FROM replica_files WHERE id IN ({', '.join('?' * len(results))})",
                     results,
                 )
-            } if results else {}  # fmt: skip
+            } if results else {}
             detail.update(
                 parameters=json.loads(row["parameters"]), inputs=json.loads(row["inputs"]),
                 results=[files.get(i, {"id": i, "name": None, "size": None, "sha256": None, "state": None})
                          for i in results],
                 attempts=row["attempts"], started_at=row["started_at"], finished_at=row["finished_at"],
                 error=row["error"],
-            )  # fmt: skip
+            )
         held = self._tails.held(conn, job["id"])
         detail["log"] = None if held is None else {
             "attempt": held.attempt, "start": held.start, "end": held.end, "complete": held.eof,
-        }  # fmt: skip
+        }
         return detail

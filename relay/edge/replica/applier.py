@@ -36,6 +36,7 @@ from relay.replication import (
     COMMAND_REJECTED,
     PROJECTS,
     TABLES,
+    IInbox,
     IOutbox,
     Table,
 )
@@ -178,7 +179,7 @@ class ReplicaApplier:
         self._hello_interval = hello_interval
         self._observer: IReplicaObserver = observer if observer is not None else _Unobserved()
 
-    def register(self, inbox: Any) -> None:
+    def register(self, inbox: IInbox) -> None:
         inbox.register(EVENTS, self.on_events)
         inbox.register(SNAPSHOT, self.on_snapshot)
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from relay.edge.transfer import journal
 from relay.edge.transfer.journal import JobState
 from relay.link.envelope import Envelope
+from relay.replication import IInbox
 from relay.transfer_messages import ABORTED, FAILED, PARTS, REGISTERED, STARTED, URLS
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ class CloudAnswers:
     def __init__(self, service: TransferService) -> None:
         self._service = service
 
-    def register(self, inbox: Any) -> None:
+    def register(self, inbox: IInbox) -> None:
         inbox.register(STARTED, self._on_started)
         inbox.register(URLS, self._on_urls)
         inbox.register(PARTS, self._on_parts)
@@ -52,7 +53,7 @@ class CloudAnswers:
     def _on_parts(self, conn: Any, message: Envelope) -> None:
         body = message.body
         self._service._notify(self._page_arrived, body["transfer_id"], body["request_id"], body["page"],
-                              body["last"], body["parts"])  # fmt: skip
+                              body["last"], body["parts"])
 
     def _page_arrived(self, transfer_id: str, request_id: str, page: int, last: bool, parts: list[Any]) -> None:
         run = self._service._run_for(transfer_id)

@@ -87,7 +87,7 @@ class JobState(enum.StrEnum):
 
 #: States in which a transfer still has work to do after a restart.
 UNFINISHED = (JobState.PLANNED, JobState.READY, JobState.BEGINNING, JobState.SENDING,
-              JobState.FINISHING, JobState.REGISTERED)  # fmt: skip
+              JobState.FINISHING, JobState.REGISTERED)
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def add_job(conn: sqlite3.Connection, upload: Any, transfer_id: str, now: float)
         "size, transfer_id, state, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?)",
         (upload.upload_id, upload.spool_id, upload.owner, upload.project, upload.filename,
          upload.filetype, upload.length, transfer_id, now, now),
-    )  # fmt: skip
+    )
     return cursor.rowcount == 1
 
 
@@ -175,7 +175,7 @@ def unfinished(conn: sqlite3.Connection) -> list[Job]:
     return [_job(row) for row in conn.execute(
         f"SELECT {_JOB_COLUMNS} FROM transfer_jobs WHERE state IN ({marks}) ORDER BY created",
         tuple(s.value for s in UNFINISHED),
-    )]  # fmt: skip
+    )]
 
 
 def set_plan(conn: sqlite3.Connection, upload_id: str, plan: PartPlan, digests: Digests, now: float) -> None:
@@ -184,7 +184,7 @@ def set_plan(conn: sqlite3.Connection, upload_id: str, plan: PartPlan, digests: 
     conn.executemany(
         'INSERT INTO transfer_parts (upload_id, number, "offset", size, md5) VALUES (?, ?, ?, ?, ?)',
         [(upload_id, p.number, p.offset, p.size, md5) for p, md5 in zip(plan.parts(), digests.md5s, strict=True)],
-    )  # fmt: skip
+    )
     conn.execute(
         "UPDATE transfer_jobs SET state = 'ready', part_size = ?, part_count = ?, sha256 = ?, "
         "confirmed_bytes = 0, updated = ? WHERE upload_id = ?",
@@ -193,7 +193,7 @@ def set_plan(conn: sqlite3.Connection, upload_id: str, plan: PartPlan, digests: 
 
 
 def set_state(conn: sqlite3.Connection, upload_id: str, state: JobState, now: float,
-              *, transfer_id: str | None = None, error: str | None = None) -> bool:  # fmt: skip
+              *, transfer_id: str | None = None, error: str | None = None) -> bool:
     """
     Move a job to C{state} (only if its transfer is still C{transfer_id},
     when given); returns whether it moved.
@@ -228,32 +228,32 @@ def _recount(conn: sqlite3.Connection, upload_id: str, now: float) -> Confirmed:
     ).fetchone()
     confirmed = Confirmed(int(row[0]), int(row[1]))
     conn.execute("UPDATE transfer_jobs SET confirmed_bytes = ?, updated = ? WHERE upload_id = ?",
-                 (confirmed.bytes, now, upload_id))  # fmt: skip
+                 (confirmed.bytes, now, upload_id))
     return confirmed
 
 
 def confirm(conn: sqlite3.Connection, upload_id: str, transfer_id: str, number: int,
-            now: float) -> Confirmed | None:  # fmt: skip
+            now: float) -> Confirmed | None:
     """
     S3 holds part C{number} of transfer C{transfer_id}: returns what is
     confirmed now, or C{None} if the job has moved on to another transfer.
     """
     if not conn.execute("SELECT 1 FROM transfer_jobs WHERE upload_id = ? AND transfer_id = ?",
-                        (upload_id, transfer_id)).fetchone():  # fmt: skip
+                        (upload_id, transfer_id)).fetchone():
         return None
     conn.execute("UPDATE transfer_parts SET confirmed = 1 WHERE upload_id = ? AND number = ?", (upload_id, number))
     return _recount(conn, upload_id, now)
 
 
 def reconcile(conn: sqlite3.Connection, upload_id: str, transfer_id: str,
-              held: Mapping[int, tuple[int, str]], now: float) -> Confirmed | None:  # fmt: skip
+              held: Mapping[int, tuple[int, str]], now: float) -> Confirmed | None:
     """
     What S3 holds (C{number -> (size, etag)}) decides which parts count as
     confirmed: those with the planned size and MD5.  Returns what is
     confirmed, or C{None} if the job has moved on.
     """
     if not conn.execute("SELECT 1 FROM transfer_jobs WHERE upload_id = ? AND transfer_id = ?",
-                        (upload_id, transfer_id)).fetchone():  # fmt: skip
+                        (upload_id, transfer_id)).fetchone():
         return None
     updates = []
     for part in parts(conn, upload_id):
@@ -265,19 +265,19 @@ def reconcile(conn: sqlite3.Connection, upload_id: str, transfer_id: str,
 
 
 def unconfirm(conn: sqlite3.Connection, upload_id: str, transfer_id: str, numbers: Sequence[int],
-              now: float) -> bool:  # fmt: skip
+              now: float) -> bool:
     """S3 does not hold these parts after all (C{incomplete})."""
     if not conn.execute("SELECT 1 FROM transfer_jobs WHERE upload_id = ? AND transfer_id = ?",
-                        (upload_id, transfer_id)).fetchone():  # fmt: skip
+                        (upload_id, transfer_id)).fetchone():
         return False
     conn.executemany("UPDATE transfer_parts SET confirmed = 0 WHERE upload_id = ? AND number = ?",
-                     [(upload_id, n) for n in numbers])  # fmt: skip
+                     [(upload_id, n) for n in numbers])
     _recount(conn, upload_id, now)
     return True
 
 
 def restart(conn: sqlite3.Connection, upload_id: str, old_transfer_id: str, new_transfer_id: str,
-            now: float, reason: str) -> bool:  # fmt: skip
+            now: float, reason: str) -> bool:
     """
     Start over under a new transfer id: nothing confirmed, state C{ready}
     (the digests stay: the file has not changed).  Only if the job is
@@ -294,7 +294,7 @@ def restart(conn: sqlite3.Connection, upload_id: str, old_transfer_id: str, new_
 
 
 def start_again(conn: sqlite3.Connection, upload_id: str, old_transfer_id: str, new_transfer_id: str,
-                now: float) -> bool:  # fmt: skip
+                now: float) -> bool:
     """
     A failed transfer starts over from scratch under a new transfer id:
     C{planned} (the digests are computed again), nothing confirmed, no

@@ -56,7 +56,7 @@ class TransferReports:
         self.announce.transferred(job.owner, upload_id, confirmed.bytes, job.size, confirmed.parts, job.part_count)
 
     async def moved(self, upload_id: str, owner: str, size: int, state: UploadState, *,
-                    transferred: int | None = None, error: str | None = None) -> None:  # fmt: skip
+                    transferred: int | None = None, error: str | None = None) -> None:
         """
         The upload is in C{state} now (C{error}: why it failed): its record
         says so, then its owner hears it.

@@ -139,7 +139,7 @@ class TransferRun:
             self._book.close()
         self._transfer_id = job.transfer_id
         self._book = UrlBook(self._clock, lambda numbers: self._ask(job, numbers), self._upcoming,
-                             batch=self._service.settings.presign_batch)  # fmt: skip
+                             batch=self._service.settings.presign_batch)
         self._pages, self._last_page, self._status_request = {}, 0, ""
 
     async def _wait(self, timeout: float) -> bool:
@@ -162,7 +162,7 @@ class TransferRun:
                 timer.cancel()
 
     def _put(self, conn: Any, job: Job, type: str, body: dict[str, Any],
-             state: JobState | None = None) -> None:  # fmt: skip
+             state: JobState | None = None) -> None:
         """In a transaction: a message for the cloud, and maybe the state it leads to."""
         current = journal.job(conn, job.upload_id)
         if current is None or current.transfer_id != job.transfer_id:
@@ -185,7 +185,7 @@ class TransferRun:
                 if reader.length != job.size or not reader.finalized:
                     raise ValueError(f"the spool holds {reader.length} bytes, not {job.size}")
                 plan = plan_parts(job.size, reader.segment_size,
-                                  min_part_size=service.settings.min_part_size)  # fmt: skip
+                                  min_part_size=service.settings.min_part_size)
                 return plan, measure(plan, reader.blocks)
 
         started = self._clock.seconds()
@@ -203,7 +203,7 @@ class TransferRun:
         self.log.info("upload {upload_id}: {count} parts of {part_size} bytes, sha256 {sha256} "
                       "({seconds:.1f}s)", upload_id=job.upload_id, count=plan.count,
                       part_size=plan.part_size, sha256=digests.sha256,
-                      seconds=self._clock.seconds() - started)  # fmt: skip
+                      seconds=self._clock.seconds() - started)
 
     # -- ready -> beginning -> sending ---------------------------------------------
 
@@ -213,7 +213,7 @@ class TransferRun:
             "owner": job.owner, "name": job.filename or f"upload-{job.upload_id}",
             "content_type": job.filetype or "application/octet-stream", "size": job.size,
             "sha256": job.sha256, "part_size": job.part_size, "part_count": job.part_count,
-        }  # fmt: skip
+        }
 
     async def _begin(self, job: Job) -> None:
         await self._load_parts(job)
@@ -236,7 +236,7 @@ class TransferRun:
     def _ask(self, job: Job, numbers: list[int]) -> None:
         self._service.presign_requests += 1
         body = {"transfer_id": job.transfer_id,
-                "parts": [{"number": n, "md5": self._md5s[n]} for n in numbers]}  # fmt: skip
+                "parts": [{"number": n, "md5": self._md5s[n]} for n in numbers]}
         self._service.db.run(self._put, job, PRESIGN, body).addErrback(
             lambda f: f.trap(Interrupted) and None
         ).addErrback(lambda f: self.log.failure("asking for URLs failed", f))
@@ -252,7 +252,7 @@ class TransferRun:
             self._status_request = secrets.token_hex(16)
             self._pages, self._last_page = {}, 0
             await service.db.run(self._put, job, STATUS,
-                                 {"transfer_id": job.transfer_id, "request_id": self._status_request})  # fmt: skip
+                                 {"transfer_id": job.transfer_id, "request_id": self._status_request})
             while not (self._last_page and len(self._pages) >= self._last_page):
                 if not await self._wait(service.settings.request_timeout):
                     break
@@ -263,11 +263,11 @@ class TransferRun:
             else:
                 held = {p["number"]: (p["size"], p["etag"]) for page in self._pages.values() for p in page}
                 confirmed = await service.db.run(journal.reconcile, job.upload_id, job.transfer_id, held,
-                                                 self._clock.seconds())  # fmt: skip
+                                                 self._clock.seconds())
                 if confirmed is None:
                     raise Interrupted()
                 self.log.info("upload {upload_id}: S3 already holds {confirmed} of {size} bytes",
-                              upload_id=job.upload_id, confirmed=confirmed.bytes, size=job.size)  # fmt: skip
+                              upload_id=job.upload_id, confirmed=confirmed.bytes, size=job.size)
                 service.reports.progressed(job, confirmed)
                 return
 
@@ -291,7 +291,7 @@ class TransferRun:
         elif outcome == "done":
             try:
                 await service.db.run(self._put, job, FINISH, {"transfer_id": job.transfer_id},
-                                     JobState.FINISHING)  # fmt: skip
+                                     JobState.FINISHING)
             except Interrupted:
                 return
         else:
@@ -312,7 +312,7 @@ class TransferRun:
         """S3 holds C{part}: the journal says so, and progress moves."""
         service = self._service
         confirmed = await service.db.run(journal.confirm, job.upload_id, job.transfer_id, part.number,
-                                         self._clock.seconds())  # fmt: skip
+                                         self._clock.seconds())
         if confirmed is None:
             raise Interrupted()
         if part.number in self._pending:
@@ -365,7 +365,7 @@ class _PartSender:
         d = Deferred.fromCoroutine(service.uploader.send(
             planned, part.md5, self._book.get, self._book.invalidate,
             lambda p: service.open_body(job.spool_id, p),
-        ))  # fmt: skip
+        ))
         self._track(d)
         self._racing.setdefault(part.number, []).append(d)
         self._since.setdefault(part.number, self._run._clock.seconds())
@@ -441,7 +441,7 @@ class _PartSender:
             self._outcome = "interrupted"
         else:
             self._run.log.failure("upload {upload_id}: sending a part failed", failure,
-                                  upload_id=self._job.upload_id)  # fmt: skip
+                                  upload_id=self._job.upload_id)
             self._outcome = "interrupted"
         if self._outcome != "interrupted":
             for other in list(self._run._sending):

@@ -29,10 +29,8 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from relay.db import Database
@@ -51,7 +49,8 @@ from relay.edge.uploads.spool import Spool
 from relay.edge.uploads.store import UploadState, UploadStore
 from relay.link.envelope import TO_CLOUD
 from relay.metrics import Metrics
-from relay.replication import IOutbox
+from relay.replication import IInbox, IOutbox
+from relay.threads import Blocking, Threads
 from relay.transfer_messages import ABORT, register_types
 
 
@@ -99,26 +98,21 @@ class TransferService(Service):
         *,
         target: IPartTarget | None = None,
         metrics: Metrics | None = None,
-        blocking: Callable[..., Deferred[Any]] | None = None,
+        blocking: Blocking | None = None,
         events: EventHub | None = None,
     ) -> None:
         self.reactor = self.clock = reactor
-        # From the database thread back to the reactor, after the
-        # transaction (a Clock in unit tests has no threads: next turn).
-        self._notify: Callable[..., Any] = getattr(
-            reactor, "callFromThread", lambda f, *a: reactor.callLater(0, f, *a)
-        )
+        # From the database thread back to the reactor, after the transaction.
+        self._notify: Callable[..., Any] = reactor.callFromThread
         self.db = db
         self.outbox = outbox
         self.settings = settings
-        self.threads = ThreadPool(minthreads=0, maxthreads=settings.read_threads, name="transfer-spool")
+        self.threads = Threads(reactor, "transfer-spool", settings.read_threads)
         #: Runs spool I/O and hashing off the reactor (tests: inline).
-        self.blocking: Callable[..., Deferred[Any]] = blocking or (
-            lambda f, *args: deferToThreadPool(reactor, self.threads, f, *args)
-        )
+        self.blocking: Blocking = blocking or self.threads.run
         self._target = target if target is not None else HTTPPartTarget(reactor, settings.concurrency)
         policy = RetryPolicy(initial=settings.retry_initial, cap=settings.retry_cap,
-                             stall_timeout=settings.stall_timeout, part_timeout=settings.part_timeout)  # fmt: skip
+                             stall_timeout=settings.stall_timeout, part_timeout=settings.part_timeout)
         self.uploader = PartUploader(reactor, self._target, DeferredSemaphore(settings.concurrency), policy)
         self.throttle = Throttle(reactor, settings.bandwidth_limit)
         self.spool: Spool | None = None
@@ -141,7 +135,7 @@ class TransferService(Service):
         self.spool = spool
         self.store = self.reports.store = store
 
-    def register(self, inbox: Any) -> None:
+    def register(self, inbox: IInbox) -> None:
         """Apply the cloud's answers from C{inbox}."""
         CloudAnswers(self).register(inbox)
 
@@ -153,13 +147,13 @@ class TransferService(Service):
         metrics.gauge("transfer_part_retries", "Part PUTs retried since start.", lambda: stats.retries)
         metrics.gauge("transfer_part_stalls", "Part PUTs abandoned for lack of progress.", lambda: stats.stalls)
         metrics.gauge("transfer_urls_refreshed", "Presigned URLs replaced after a refusal.",
-                      lambda: stats.refreshed_urls)  # fmt: skip
+                      lambda: stats.refreshed_urls)
         metrics.gauge("transfer_bytes_sent", "Part bytes written to S3 connections.", lambda: stats.bytes_sent)
         metrics.gauge("transfer_restarts", "Transfers started over.", lambda: self.restarts)
         metrics.gauge("transfer_part_copies", "Extra PUTs of tail parts (first answer wins).",
-                      lambda: self.hedges)  # fmt: skip
+                      lambda: self.hedges)
         metrics.gauge("transfer_presign_requests", "transfer.presign requests sent.",
-                      lambda: self.presign_requests)  # fmt: skip
+                      lambda: self.presign_requests)
 
     # -- IUploadSink ---------------------------------------------------------------
 
@@ -171,9 +165,9 @@ class TransferService(Service):
         now = self.clock.seconds()
         await self.db.run(journal.add_job, upload, secrets.token_hex(16), now)
         await self.reports.moved(upload.upload_id, upload.owner, upload.length, UploadState.TRANSFERRING,
-                                 transferred=0)  # fmt: skip
+                                 transferred=0)
         self.log.info("upload {upload_id} queued for transfer ({length} bytes)",
-                      upload_id=upload.upload_id, length=upload.length)  # fmt: skip
+                      upload_id=upload.upload_id, length=upload.length)
         if self.running:
             self._start(upload.upload_id, resumed=False)
 
@@ -181,7 +175,7 @@ class TransferService(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.threads.start()
+        self.threads.startService()
         Deferred.fromCoroutine(self._resume()).addErrback(
             lambda f: self.log.failure("could not resume transfers", f)
         )
@@ -189,7 +183,7 @@ class TransferService(Service):
     async def _resume(self) -> None:
         for job in await self.db.read(journal.unfinished):
             self.log.info("resuming the transfer of upload {upload_id} ({state})",
-                          upload_id=job.upload_id, state=job.state.value)  # fmt: skip
+                          upload_id=job.upload_id, state=job.state.value)
             self._start(job.upload_id, resumed=job.state is JobState.SENDING)
 
     def stopService(self) -> Deferred[None]:
@@ -203,7 +197,7 @@ class TransferService(Service):
             close = getattr(self._target, "close", None)
             if close is not None:
                 await close()
-            self.threads.stop()
+            await self.threads.stopService()
 
         return Deferred.fromCoroutine(stopped())
 
@@ -221,7 +215,7 @@ class TransferService(Service):
 
     def _run_failed(self, failure: Failure, upload_id: str) -> None:
         self.log.failure("the transfer of upload {upload_id} failed; trying again in 30 s", failure,
-                         upload_id=upload_id)  # fmt: skip
+                         upload_id=upload_id)
         self.clock.callLater(30.0, self._restart_run, upload_id)
 
     def _restart_run(self, upload_id: str) -> None:
@@ -270,7 +264,7 @@ class TransferService(Service):
 
         return PartBody(self.clock, part.size,
                         lambda: self.blocking(next_block),
-                        close, self.throttle)  # fmt: skip
+                        close, self.throttle)
 
     def progress(self, upload_id: str) -> TransferProgress | None:
         """Bytes S3 has confirmed of an upload in transfer (since this start)."""
@@ -288,14 +282,14 @@ class TransferService(Service):
         now = self.clock.seconds()
         if current.restarts >= self.settings.max_restarts:
             journal.set_state(conn, upload_id, JobState.FAILED, now,
-                              error=f"started over {current.restarts} times; last: {reason}")  # fmt: skip
+                              error=f"started over {current.restarts} times; last: {reason}")
             return
         new = secrets.token_hex(16)
         journal.restart(conn, upload_id, transfer_id, new, now, reason)
         self._abort(conn, transfer_id)
         self.restarts += 1
         self.log.warn("upload {upload_id}: transfer {old} starts over as {new}: {reason}",
-                      upload_id=upload_id, old=transfer_id, new=new, reason=reason)  # fmt: skip
+                      upload_id=upload_id, old=transfer_id, new=new, reason=reason)
 
     async def fail(self, job: Job, reason: str, *, abort: bool = False) -> None:
         """
@@ -305,7 +299,7 @@ class TransferService(Service):
 
         def work(conn: Any) -> None:
             if journal.set_state(conn, job.upload_id, JobState.FAILED, self.clock.seconds(),
-                                 transfer_id=job.transfer_id, error=reason) and abort:  # fmt: skip
+                                 transfer_id=job.transfer_id, error=reason) and abort:
                 self._abort(conn, job.transfer_id)
 
         await self.db.run(work)
@@ -324,7 +318,7 @@ class TransferService(Service):
         if job is None:
             return False
         self.log.info("upload {upload_id}: its failed transfer starts over as {transfer_id}",
-                      upload_id=upload_id, transfer_id=job.transfer_id)  # fmt: skip
+                      upload_id=upload_id, transfer_id=job.transfer_id)
         await self.reports.moved(upload_id, job.owner, job.size, UploadState.TRANSFERRING, transferred=0, error="")
         if self.running:
             self._start(upload_id, resumed=False)
@@ -362,7 +356,7 @@ class TransferService(Service):
         if not kept:
             await self.blocking(spool.erase, job.spool_id)
         await self.reports.moved(job.upload_id, job.owner, job.size, UploadState.IN_CLOUD, transferred=job.size,
-                                 error="")  # fmt: skip
+                                 error="")
         await self.db.run(journal.set_state, job.upload_id, JobState.DONE, self.clock.seconds())
         self.log.info("upload {upload_id} is in the cloud; spool file {what}", upload_id=job.upload_id,
                       what="cached" if kept else "erased")
@@ -374,7 +368,7 @@ class TransferService(Service):
         if upload is not None and upload.state is not UploadState.FAILED:
             await self.reports.moved(job.upload_id, job.owner, job.size, UploadState.FAILED, error=job.error)
             self.log.error("the transfer of upload {upload_id} failed: {error}",
-                           upload_id=job.upload_id, error=job.error)  # fmt: skip
+                           upload_id=job.upload_id, error=job.error)
 
 
 def build_transfers(

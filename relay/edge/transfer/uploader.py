@@ -84,7 +84,7 @@ class HTTPPartTarget:
     """
 
     def __init__(self, reactor: Any, connections: int = 16, *, connect_timeout: float = 30.0,
-                 idle_timeout: int = 50) -> None:  # fmt: skip
+                 idle_timeout: int = 50) -> None:
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = connections
         self._pool.cachedConnectionTimeout = int(idle_timeout)
@@ -96,7 +96,7 @@ class HTTPPartTarget:
 
     def put(self, url: str, headers: Mapping[str, str], body: IBodyProducer) -> Deferred[PartResponse]:
         d = self._http.put(url, data=body, headers={k: [v] for k, v in headers.items()},  # type: ignore[arg-type]
-                           allow_redirects=False, unbuffered=True, reactor=self._reactor)  # fmt: skip
+                           allow_redirects=False, unbuffered=True, reactor=self._reactor)
         return d.addCallback(lambda response: Deferred.fromCoroutine(_answer(response)))
 
     def close(self) -> Deferred[None]:
@@ -196,7 +196,7 @@ class PartUploader:
         @raise StagedCopyDamaged: the part cannot be read from the spool.
         """
         backoff = Backoff(self._clock, initial=self.policy.initial, factor=self.policy.factor,
-                          cap=self.policy.cap, rng=self._rng)  # fmt: skip
+                          cap=self.policy.cap, rng=self._rng)
         expected = base64.b64decode(md5).hex()
         refusals = 0
         began = self._clock.seconds()
@@ -215,7 +215,7 @@ class PartUploader:
                 if outcome.status == 200 and outcome.etag in (expected, ""):
                     self.log.debug("part {number} in S3 after {attempts} attempt(s), {seconds:.1f}s",
                                    number=part.number, attempts=attempts,
-                                   seconds=self._clock.seconds() - began)  # fmt: skip
+                                   seconds=self._clock.seconds() - began)
                     return expected
                 verdict = self._judge(part, outcome, url, expected)
                 if verdict == "gone":
@@ -227,14 +227,14 @@ class PartUploader:
                     refusals += 1
                     if refusals >= self.policy.max_refusals:
                         raise PartFailed(f"part {part.number}: S3 refused it {refusals} times, "
-                                         f"last with {outcome.status} {outcome.code}")  # fmt: skip
+                                         f"last with {outcome.status} {outcome.code}")
             self.stats.retries += 1
             await deferLater(self._clock, backoff.next_delay(), lambda: None)
 
     def _judge(self, part: Part, response: PartResponse, url: str, expected: str) -> str:
         status, code = response.status, response.code
         self.log.info("part {number} to {url}: {status} {code}", number=part.number, url=redact(url),
-                      status=status, code=code)  # fmt: skip
+                      status=status, code=code)
         if code == "NoSuchUpload":
             return "gone"
         if status == 403 or code in _URL_REFUSED:
@@ -247,7 +247,7 @@ class PartUploader:
         return "refused"
 
     async def _attempt(self, part: Part, md5: str, url: str,
-                       open_body: Callable[[Part], PartBody]) -> PartResponse | Exception:  # fmt: skip
+                       open_body: Callable[[Part], PartBody]) -> PartResponse | Exception:
         """One PUT: S3's answer, or the exception that ended it."""
         self.stats.attempts += 1
         self.in_flight += 1
@@ -273,7 +273,7 @@ class PartUploader:
             if stalled[0]:
                 self.stats.stalls += 1
                 self.log.info("part {number}: no progress for {timeout}s; abandoning the attempt",
-                              number=part.number, timeout=self.policy.stall_timeout)  # fmt: skip
+                              number=part.number, timeout=self.policy.stall_timeout)
                 return e
             if _cancelled(e):
                 # Cancelled by our caller (the part arrived another way, the

@@ -83,11 +83,11 @@ class UploadAnnouncer:
         self._progress(owner, UPLOAD_PROGRESS, upload_id, {"offset": offset, "length": length})
 
     def transferred(self, owner: str, upload_id: str, confirmed: int, total: int,
-                    parts_done: int, parts_total: int) -> None:  # fmt: skip
+                    parts_done: int, parts_total: int) -> None:
         """S3 has confirmed C{confirmed} of C{total} bytes (C{parts_done} parts)."""
         self._progress(owner, TRANSFER_PROGRESS, upload_id, {
             "confirmed": confirmed, "total": total, "parts_done": parts_done, "parts_total": parts_total,
-        })  # fmt: skip
+        })
 
     def flush(self) -> None:
         """Send every report held back now (the edge is stopping)."""

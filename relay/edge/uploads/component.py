@@ -12,17 +12,14 @@ from typing import Any
 
 from klein import Klein
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, succeed
-from twisted.web.iweb import IRequest
-from zope.interface import implementer
 
 from relay.config import relative_to
 from relay.crypto import MasterKeyError, load_or_create_master_key
 from relay.db import Database
-from relay.edge.auth import IAuthenticator, IProjectAccess, Principal
+from relay.edge.auth import IAuthenticator, IProjectAccess
 from relay.edge.config import UploadsSection
 from relay.edge.events import EventHub
-from relay.edge.uploads.handoff import IUploadSink, LocalStaging
+from relay.edge.uploads.handoff import IUploadSink
 from relay.edge.uploads.housekeeping import UploadHousekeeping
 from relay.edge.uploads.request import StreamingSettings, streaming_request_factory
 from relay.edge.uploads.resource import UploadRoutes
@@ -32,25 +29,6 @@ from relay.edge.uploads.store import UploadStore
 from relay.metrics import Metrics
 
 PREFIX = "/files/"
-
-
-@implementer(IAuthenticator)
-class NobodyAuthenticated:
-    """Until an authenticator is wired in, nobody is (every upload gets 401)."""
-
-    def authenticate(self, request: IRequest) -> Deferred[Principal | None]:
-        return succeed(None)
-
-
-@implementer(IProjectAccess)
-class NoProjectAccess:
-    """Until the replica's project access is wired in, no project is writable."""
-
-    def can_write(self, user_id: str, project_id: str) -> Deferred[bool]:
-        return succeed(False)
-
-    def default_project(self, user_id: str) -> Deferred[str]:
-        return succeed(f"home-{user_id}")
 
 
 @dataclass
@@ -68,6 +46,18 @@ class Uploads:
     def add_routes(self, app: Klein) -> None:
         self.routes.routes(app)
 
+    def spool_health(self) -> dict[str, Any]:
+        """
+        The C{spool} section of C{/healthz}: not ok while the spool's disk
+        has less free space than C{uploads.disk_reserve} (new uploads get
+        507 then).
+        """
+        free, reserve = self.spool.free_bytes(), self.service.limits.disk_reserve
+        fields: dict[str, Any] = {"ok": free >= reserve, "free_bytes": free, "reserve": reserve}
+        if not fields["ok"]:
+            fields["reason"] = f"{free} bytes free on the spool's disk, below uploads.disk_reserve ({reserve})"
+        return fields
+
     def set_service_parent(self, parent: MultiService) -> None:
         self.service.setServiceParent(parent)
         self.housekeeping.setServiceParent(parent)
@@ -81,14 +71,14 @@ def build_uploads(
     metrics: Metrics,
     authenticator: IAuthenticator,
     projects: IProjectAccess,
-    sink: IUploadSink | None = None,
+    sink: IUploadSink,
     events: EventHub | None = None,
 ) -> Uploads:
     spool_dir = relative_to(data_dir, config.spool_dir or Path("spool"))
     key_path = relative_to(data_dir, config.master_key or Path("spool.key"))
     if key_path.with_name(key_path.name + ".new").exists():
         raise SystemExit(f"relay-edge: a rotation of the spool master key {key_path} is unfinished; "
-                         "run `relay spool rotate-key` again before starting")  # fmt: skip
+                         "run `relay spool rotate-key` again before starting")
     try:
         master_key = load_or_create_master_key(key_path, outside=spool_dir)
     except MasterKeyError as e:
@@ -103,7 +93,6 @@ def build_uploads(
         lock_wait=config.lock_wait,
         max_unfinished=config.max_unfinished,
     )
-    sink = sink if sink is not None else LocalStaging()
     service = UploadService(reactor, UploadStore(db), spool, sink, projects, limits, PREFIX, events=events)
     routes = UploadRoutes(service, authenticator, config.cors_origins, PREFIX)
     housekeeping = UploadHousekeeping(service, config.housekeeping_interval, reactor)

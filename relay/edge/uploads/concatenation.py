@@ -54,7 +54,7 @@ async def concatenate(
     length = sum(p.length or 0 for p in parts)
     if length > service.limits.max_size:
         raise TusError(413, f"the parts add up to {length} bytes, over the maximum of "
-                            f"{service.limits.max_size}")  # fmt: skip
+                            f"{service.limits.max_size}")
     if service.spool.free_bytes() - length < service.limits.disk_reserve:
         raise TusError(507, "the edge has not enough disk space to join these parts now")
     project = await service.project_for(principal, creation)
@@ -69,7 +69,7 @@ async def concatenate(
             filetype=text(creation.metadata.get("filetype"))[:255], length=length,
             raw_metadata=creation.raw_metadata, concat="final", parts=tuple(ids),
             created=now, updated=now,
-        )  # fmt: skip
+        )
         await service.store.add(upload)
         try:
             await service.threads.run(service.spool.concatenate, upload.id, ids)

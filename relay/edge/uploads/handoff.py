@@ -5,17 +5,16 @@ When every byte of an upload is durably in the spool, the receiver records
 it as C{staged} and hands it to an L{IUploadSink}.  The transfer stage
 implements the interface: it reads the spool file, moves it to the cloud,
 and reports its progress through L{relay.edge.uploads.store.UploadStore}
-(C{set_state}, C{record_transferred}).  Until it lands, L{LocalStaging}
-only keeps the upload staged.
+(C{set_state}, C{record_transferred}); its fake is
+L{relay.testing.transfer.FakeUploadSink}.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
-from zope.interface import Interface, implementer
+from twisted.internet.defer import Deferred
+from zope.interface import Interface
 
 
 @dataclass(frozen=True)
@@ -59,31 +58,3 @@ class IUploadSink(Interface):
         cloud has the file).  Fires with whether it was started over
         (C{False}: the transfer is not failed, or not done failing).
         """
-
-
-@implementer(IUploadSink)
-class LocalStaging:
-    """
-    An in-process sink that keeps staged uploads where they are: the upload
-    stays C{staged} in the spool.  It remembers what it was given, which is
-    what tests look at.
-    """
-
-    log = Logger()
-
-    def __init__(self) -> None:
-        self.staged: dict[str, StagedUpload] = {}
-
-    def upload_staged(self, upload: StagedUpload) -> Deferred[None]:
-        self.staged[upload.upload_id] = upload
-        self.log.info(
-            "upload {upload_id} staged ({length} bytes, project {project})",
-            upload_id=upload.upload_id,
-            length=upload.length,
-            project=upload.project,
-        )
-        return succeed(None)
-
-    def retry_transfer(self, upload_id: str) -> Deferred[bool]:
-        # Nothing here ever fails.
-        return succeed(False)

@@ -116,7 +116,7 @@ class UploadLocks:
             remaining = deadline - self.clock.seconds()
             if remaining <= 0:
                 raise TusError(423, "another request is writing to this upload; retry shortly",
-                               {"Retry-After": "1"})  # fmt: skip
+                               {"Retry-After": "1"})
             await deferLater(self.clock, min(_POLL, remaining), lambda: None)
         lease = Lease(self, upload_id, abort)
         self._leases[upload_id] = lease
@@ -134,4 +134,4 @@ async def _within(clock: IReactorTime, d: Deferred[None], seconds: float) -> Non
         await d
     except Exception:
         raise TusError(423, "the previous request for this upload has not stopped yet; retry",
-                       {"Retry-After": "1"}) from None  # fmt: skip
+                       {"Retry-After": "1"}) from None

@@ -19,20 +19,16 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from relay.edge.uploads.locks import Lease
 from relay.edge.uploads.request import BodyInterrupted, RequestBody
 from relay.edge.uploads.spool import Spool, SpoolError, SpoolFull, SpoolWriter
 from relay.edge.uploads.tus import CHECKSUM_MISMATCH, Checksum, TusError
+from relay.threads import Threads
 
 log = Logger()
-R = TypeVar("R")
 
 SPACE_MESSAGE = "the edge is short of disk space; the upload keeps what arrived, retry later"
 
@@ -54,17 +50,6 @@ class Received:
     offset: int
     error: TusError | None = None
     interrupted: bool = False
-
-
-class Threads:
-    """Runs blocking spool calls on a thread pool, from the reactor thread."""
-
-    def __init__(self, reactor: Any, pool: ThreadPool) -> None:
-        self.reactor = reactor
-        self.pool = pool
-
-    def run(self, fn: Callable[..., R], *args: Any) -> Deferred[R]:
-        return deferToThreadPool(self.reactor, self.pool, fn, *args)
 
 
 class _HeldChunk:

@@ -35,7 +35,7 @@ async def recover(service: UploadService) -> None:
     known = {u.id: u for u in await service.store.in_state(UploadState.RECEIVING)}
     staged = await service.store.in_state(UploadState.STAGED)
     others = {u.id for s in (UploadState.TRANSFERRING, UploadState.FAILED, UploadState.IN_CLOUD)
-              for u in await service.store.in_state(s)}  # fmt: skip
+              for u in await service.store.in_state(s)}
     keep = set(known) | {u.id for u in staged} | others
     lengths = {u.id: u.length for u in known.values()}
     stats = await service.threads.run(_recover_spool, service.spool, lengths, keep)
@@ -44,13 +44,13 @@ async def recover(service: UploadService) -> None:
         stat = stats.get(upload_id)
         if stat is None or upload.concat == "final":
             log.warn("upload {upload_id} lost its spool file or its concatenation; "
-                     "forgetting it", upload_id=upload_id)  # fmt: skip
+                     "forgetting it", upload_id=upload_id)
             await service.erase([upload_id])
         elif stat[1] and upload.length in (None, stat[0]):
             await service.complete(upload.replace(length=stat[0], offset=stat[0]))
         elif stat[0] != upload.offset:
             log.info("upload {upload_id}: offset {old} -> {new} from the spool",
-                     upload_id=upload_id, old=upload.offset, new=stat[0])  # fmt: skip
+                     upload_id=upload_id, old=upload.offset, new=stat[0])
             await service.store.record_offset(upload_id, stat[0], now, upload.expires)
     for upload in staged:
         service.hand_off(upload)

@@ -209,7 +209,7 @@ class StreamingRequest(server.Request):
             return
         self.content = BytesIO()
         self.body = RequestBody(channel.transport, length, self.settings.high_water,
-                                on_pause=self._paused)  # fmt: skip
+                                on_pause=self._paused)
         self._set_request_line(command, path, version)
         # Bigger reads for a big body: far fewer trips through the reactor
         # and the HTTP parser per byte (twisted's TCP transport reads 64 KiB).

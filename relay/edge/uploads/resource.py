@@ -116,7 +116,7 @@ class UploadRoutes:
     ) -> Callable[[IRequest, Principal, Any], Awaitable[Reply]]:
         table = {"POST": self._create} if upload_id is None else {
             "HEAD": self._head, "PATCH": self._patch, "DELETE": self._delete,
-        }  # fmt: skip
+        }
         handler = table.get(method)
         if handler is None:
             allowed = ", ".join(["OPTIONS", *table])
@@ -176,7 +176,7 @@ class UploadRoutes:
             self.service.append(
                 principal, upload_id, _header(request, "Upload-Offset"),
                 _header(request, "Upload-Length"), checksum, _body(request), _aborter(request),
-            )  # fmt: skip
+            )
         )
         headers = self._state_headers(outcome.upload, with_offset=True)
         if outcome.error is not None:
@@ -249,7 +249,7 @@ class UploadRoutes:
         if principal is None:
             raise tus.TusError(401, "authentication required: an API key "
                                     "(Authorization: Bearer ...) or a session",
-                               {"WWW-Authenticate": 'Bearer realm="relay"'})  # fmt: skip
+                               {"WWW-Authenticate": 'Bearer realm="relay"'})
         if principal.must_change_password:
             raise tus.TusError(403, CHANGE_PASSWORD_FIRST)
         return principal

@@ -20,7 +20,6 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from relay.edge.auth import IProjectAccess, Principal
 from relay.edge.events import EventHub
@@ -28,7 +27,7 @@ from relay.edge.uploads.announcer import UploadAnnouncer
 from relay.edge.uploads.concatenation import concatenate
 from relay.edge.uploads.handoff import IUploadSink, StagedUpload
 from relay.edge.uploads.locks import Lease, UploadLocks
-from relay.edge.uploads.receiver import SPACE_MESSAGE, BodyReceiver, Received, Threads
+from relay.edge.uploads.receiver import SPACE_MESSAGE, BodyReceiver, Received
 from relay.edge.uploads.recovery import recover
 from relay.edge.uploads.request import RequestBody
 from relay.edge.uploads.spool import Spool, SpoolError, SpoolFinalized, SpoolFull
@@ -43,6 +42,7 @@ from relay.edge.uploads.tus import (
     sanitise_filename,
     text,
 )
+from relay.threads import Threads
 
 log = Logger()
 
@@ -115,8 +115,7 @@ class UploadService(Service):
         self.limits = limits
         self.prefix = prefix
         self.locks = UploadLocks(reactor, limits.lock_stale_after, limits.lock_wait)
-        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="spool")
-        self.threads = Threads(reactor, self._pool)
+        self.threads = Threads(reactor, "spool", threads)
         self.ready = False
         self._recovery: Deferred[None] | None = None
         self.announce = UploadAnnouncer(reactor, events)
@@ -126,7 +125,7 @@ class UploadService(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._pool.start()
+        self.threads.startService()
         self._recovery = Deferred.fromCoroutine(self.recover())
         self._recovery.addErrback(lambda f: log.failure("upload recovery failed", f))
 
@@ -144,7 +143,7 @@ class UploadService(Service):
         for d in waits:
             d.addTimeout(30, self.reactor)
         await DeferredList(waits, consumeErrors=True)
-        self._pool.stop()
+        await self.threads.stopService()
         self.announce.flush()
 
     def now(self) -> float:
@@ -167,7 +166,7 @@ class UploadService(Service):
         length = creation.length
         if length is not None and length > self.limits.max_size:
             raise TusError(413, f"the upload is {length} bytes; this edge accepts at most "
-                                f"{self.limits.max_size} (Tus-Max-Size)")  # fmt: skip
+                                f"{self.limits.max_size} (Tus-Max-Size)")
         owner = principal.user_id
         # Counted from the store and the creations in flight, so that
         # concurrent creations cannot pass the cap together.
@@ -176,7 +175,7 @@ class UploadService(Service):
             unfinished = await self.store.unfinished(owner) + self._creating[owner] - 1
             if unfinished >= self.limits.max_unfinished:
                 raise TusError(429, f"you have {unfinished} unfinished uploads at this edge, the most "
-                                    "allowed; finish or delete some first")  # fmt: skip
+                                    "allowed; finish or delete some first")
             return await self._create(principal, creation, body, checksum, abort, length)
         finally:
             self._creating[owner] -= 1
@@ -198,7 +197,7 @@ class UploadService(Service):
             filetype=filetype(creation.metadata),
             length=length, raw_metadata=creation.raw_metadata, concat=creation.concat or "",
             created=now, updated=now, expires=now + self.limits.expiry,
-        )  # fmt: skip
+        )
         try:
             writer = await self.threads.run(self.spool.create, upload.id)
         except SpoolFull:
@@ -207,7 +206,7 @@ class UploadService(Service):
         await self.store.add(upload)
         self.announce.state(upload.owner, upload.id, upload.state.value)
         log.info("upload {upload_id} created by {user} ({length} bytes)",
-                 upload_id=upload.id, user=principal.user_id, length=length)  # fmt: skip
+                 upload_id=upload.id, user=principal.user_id, length=length)
         if length == 0:
             return Outcome(await self._append(upload, None, None, abort))
         if body is not None and (body.received or not body.done):
@@ -242,21 +241,21 @@ class UploadService(Service):
             raise TusError(400, f"Upload-Length is already {upload.length}")
         if declared is not None and declared < upload.offset:
             raise TusError(400, f"Upload-Length {declared} is less than the "
-                                f"{upload.offset} bytes already received")  # fmt: skip
+                                f"{upload.offset} bytes already received")
         if declared is not None and declared > self.limits.max_size:
             raise TusError(413, f"Upload-Length exceeds the maximum of {self.limits.max_size}")
         if body.expected is not None:
             total = declared if declared is not None else upload.length
             if total is not None and at + body.expected > total:
                 raise TusError(413, f"the body would end at {at + body.expected}, past the "
-                                    f"upload's length of {total}")  # fmt: skip
+                                    f"upload's length of {total}")
         lease = await self.locks.acquire(upload_id, abort)
         try:
             upload = await self.owned(principal, upload_id)
             if at != upload.offset:
                 raise TusError(409, f"Upload-Offset is {at} but the upload holds {upload.offset} "
                                     "bytes; ask with HEAD and continue from there",
-                               {"Upload-Offset": str(upload.offset)})  # fmt: skip
+                               {"Upload-Offset": str(upload.offset)})
             if upload.state is not UploadState.RECEIVING:
                 if not body.expected:
                     return Outcome(upload)
@@ -266,7 +265,7 @@ class UploadService(Service):
             if declared is not None and upload.length is None:
                 if declared < upload.offset:
                     raise TusError(400, f"Upload-Length {declared} is less than the "
-                                        f"{upload.offset} bytes already received")  # fmt: skip
+                                        f"{upload.offset} bytes already received")
                 await self.store.declare_length(upload_id, declared, self.now())
                 upload = upload.replace(length=declared)
             return await self._append_held(upload, body, checksum, lease)
@@ -279,7 +278,7 @@ class UploadService(Service):
         upload = await self.owned(principal, upload_id)
         if upload.state is not UploadState.RECEIVING:
             raise TusError(409, f"the upload is complete ({upload.state.value}) and belongs to "
-                                "the transfer stage now; it cannot be terminated")  # fmt: skip
+                                "the transfer stage now; it cannot be terminated")
         lease = await self.locks.acquire(upload_id, abort, take_over=True)
         try:
             await self.erase([upload_id])
@@ -338,7 +337,7 @@ class UploadService(Service):
     def _check_ready(self) -> None:
         if not self.ready:
             raise TusError(503, "the upload service is starting; retry in a moment",
-                           {"Retry-After": "1"})  # fmt: skip
+                           {"Retry-After": "1"})
 
     async def owned(self, principal: Principal, upload_id: str) -> Upload:
         upload = await self.store.get(upload_id) if OURS.match(upload_id) else None
@@ -367,7 +366,7 @@ class UploadService(Service):
         if held + more > quota:
             raise TusError(413, f"this upload would take your uploads waiting at this edge to "
                                 f"{held + more} bytes, over your limit of {quota}; retry once "
-                                "earlier uploads have reached the cloud")  # fmt: skip
+                                "earlier uploads have reached the cloud")
 
     async def _append_outcome(
         self, upload: Upload, body: RequestBody, checksum: Checksum | None, abort: Callable[[], None]
@@ -381,7 +380,7 @@ class UploadService(Service):
     async def _append(
         self, upload: Upload, body: RequestBody | None, checksum: Checksum | None,
         abort: Callable[[], None],
-    ) -> Upload:  # fmt: skip
+    ) -> Upload:
         if body is None:
             return await self.complete(upload)
         return (await self._append_outcome(upload, body, checksum, abort)).upload
@@ -399,14 +398,14 @@ class UploadService(Service):
             if writer.offset != upload.offset:
                 await self.store.record_offset(upload.id, writer.offset, self.now(), upload.expires)
                 raise TusError(409, f"the upload holds {writer.offset} bytes; ask with HEAD",
-                               {"Upload-Offset": str(writer.offset)})  # fmt: skip
+                               {"Upload-Offset": str(writer.offset)})
             limit, limit_error = await self._limit(upload)
             declared = upload
             receiver = BodyReceiver(
                 self.threads, self.spool, writer, lease, limit, limit_error,
                 self.limits.disk_reserve, self.limits.checksum_memory,
                 lambda offset: self.announce.received(declared.owner, declared.id, offset, declared.length),
-            )  # fmt: skip
+            )
             received: Received = await receiver.receive(body, checksum)
             now = self.now()
             upload = upload.replace(offset=received.offset, updated=now)
@@ -419,7 +418,7 @@ class UploadService(Service):
             self.announce.received(upload.owner, upload.id, received.offset, upload.length)
             if received.interrupted:
                 log.info("upload {upload_id}: connection lost at {offset}, bytes kept",
-                         upload_id=upload.id, offset=received.offset)  # fmt: skip
+                         upload_id=upload.id, offset=received.offset)
             return Outcome(upload, received.error)
         finally:
             await self.threads.run(_close_quietly, writer)
@@ -427,7 +426,7 @@ class UploadService(Service):
     async def _limit(self, upload: Upload) -> tuple[int, TusError]:
         if upload.length is not None:
             return upload.length, TusError(413, f"the body goes past the upload's length of "
-                                                f"{upload.length} bytes")  # fmt: skip
+                                                f"{upload.length} bytes")
         limit = self.limits.max_size
         error = TusError(413, f"the upload exceeds the maximum size of {limit} bytes")
         if self.limits.user_quota:
@@ -436,7 +435,7 @@ class UploadService(Service):
             if room < limit:
                 limit, error = room, TusError(413, "the upload exceeds your limit of "
                                                    f"{self.limits.user_quota} bytes waiting "
-                                                   "at this edge")  # fmt: skip
+                                                   "at this edge")
         return limit, error
 
     async def complete(self, upload: Upload) -> Upload:
@@ -454,17 +453,17 @@ class UploadService(Service):
         upload = upload.replace(offset=upload.length, state=UploadState.STAGED, expires=None)
         self.announce.state(upload.owner, upload.id, upload.state.value)
         log.info("upload {upload_id} complete ({length} bytes)",
-                 upload_id=upload.id, length=upload.length)  # fmt: skip
+                 upload_id=upload.id, length=upload.length)
         self.hand_off(upload)
         return upload
 
     def hand_off(self, upload: Upload) -> None:
         assert upload.length is not None
         staged = StagedUpload(upload.id, upload.id, upload.owner, upload.project,
-                              upload.filename, upload.filetype, upload.length)  # fmt: skip
+                              upload.filename, upload.filetype, upload.length)
         d = Deferred.fromCoroutine(_call(self.sink.upload_staged, staged))
         d.addErrback(lambda f: log.failure("handing upload {upload_id} on failed", f,
-                                           upload_id=upload.id))  # fmt: skip
+                                           upload_id=upload.id))
 
     async def erase(self, upload_ids: Sequence[str] | dict[str, None]) -> None:
         ids = list(upload_ids)

@@ -168,7 +168,7 @@ class UploadStore:
                 (u.id, u.owner, u.project, u.filename, u.filetype, u.length, u.offset,
                  u.raw_metadata, u.concat, json.dumps(list(u.parts)), u.state.value,
                  u.created, u.updated, u.expires, u.transferred, u.error),
-            )  # fmt: skip
+            )
 
         return self._db.run(work)
 
@@ -243,14 +243,14 @@ class UploadStore:
                 conn,
                 "state = ? AND expires IS NOT NULL AND expires <= ?",
                 (UploadState.RECEIVING.value, now),
-            )  # fmt: skip
+            )
         )
 
     def unfinished(self, owner: str) -> Deferred[int]:
         """An owner's uploads still receiving (partial uploads included)."""
         return self._db.read(lambda conn: int(conn.execute(
             "SELECT count(*) FROM uploads WHERE owner = ? AND state = ?", (owner, UploadState.RECEIVING.value)
-        ).fetchone()[0]))  # fmt: skip
+        ).fetchone()[0]))
 
     def held_bytes(self, owner: str) -> Deferred[int]:
         """

@@ -101,10 +101,10 @@ def check_version(value: str | None) -> None:
     """Every request but OPTIONS must name the protocol version relay speaks."""
     if value is None:
         raise TusError(412, "missing Tus-Resumable header: this is a tus 1.0.0 server",
-                       {"Tus-Version": VERSION})  # fmt: skip
+                       {"Tus-Version": VERSION})
     if value.strip() != VERSION:
         raise TusError(412, f"unsupported tus version {value!r}; this server speaks {VERSION}",
-                       {"Tus-Version": VERSION})  # fmt: skip
+                       {"Tus-Version": VERSION})
 
 
 def parse_integer(name: str, value: str) -> int:
@@ -138,7 +138,7 @@ def parse_creation(
     if kind == "final":
         if length is not None or defer is not None:
             raise TusError(400, "a final upload (Upload-Concat: final) must not carry "
-                                "Upload-Length or Upload-Defer-Length")  # fmt: skip
+                                "Upload-Length or Upload-Defer-Length")
         size = None
     elif length is not None and defer is not None:
         raise TusError(400, "send either Upload-Length or Upload-Defer-Length, not both")
@@ -172,7 +172,7 @@ def check_text(key: str, value: bytes | None) -> None:
         raise TusError(400, f"Upload-Metadata {key} must be UTF-8 text") from None
     if bad_text(decoded) is not None:
         raise TusError(400, f"Upload-Metadata {key} must be valid Unicode text "
-                            "(no surrogates or non-characters)")  # fmt: skip
+                            "(no surrogates or non-characters)")
 
 
 def parse_metadata(value: str) -> dict[str, bytes]:
@@ -243,7 +243,7 @@ def parse_checksum(value: str | None) -> Checksum | None:
     if algorithm not in CHECKSUM_ALGORITHMS:
         supported = ",".join(CHECKSUM_ALGORITHMS)
         raise TusError(400, f"unsupported checksum algorithm {algorithm[:20]!r}; "
-                            f"supported: {supported}")  # fmt: skip
+                            f"supported: {supported}")
     try:
         digest = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):

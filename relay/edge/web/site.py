@@ -266,7 +266,7 @@ class EdgeChannel(HTTPChannel):
             self.transport.loseConnection()
         self._linger = self.callLater(self.site.limits.linger, self._abort)
         log.info("refused a request from {peer}: {status} {reason}", peer=self._host, status=status,
-                 reason=message)  # fmt: skip
+                 reason=message)
 
     def _drop(self, data: bytes) -> None:
         self._dropped += len(data)

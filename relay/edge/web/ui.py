@@ -52,7 +52,7 @@ class UserInterface:
     def __init__(self, web_dir: Path) -> None:
         self.web_dir = web_dir
         missing = [path for path, _ in [("templates/index.html", ""), *STATIC.values()]
-                   if not (web_dir / path).is_file()]  # fmt: skip
+                   if not (web_dir / path).is_file()]
         self.available = not missing
         # Read once: the page is the same for everyone (the static files are
         # served by File, which revalidates with Last-Modified).

@@ -87,11 +87,11 @@ class EmulatedConnection:
         self.to_upstream = DelayLine(
             self._clock, profile, self._rng, emulator._shared_to_upstream,
             delivered=to_upstream, queued=emulator._note_queued,
-        )  # fmt: skip
+        )
         self.to_client = DelayLine(
             self._clock, profile, self._rng, emulator._shared_to_client,
             delivered=to_client, queued=emulator._note_queued,
-        )  # fmt: skip
+        )
         self._transports: dict[str, ITransport] = {}
         self._lost: set[str] = set()
         self._connecting: Deferred[Protocol] | None = None

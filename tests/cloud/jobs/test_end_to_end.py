@@ -67,7 +67,7 @@ class JobWorld(unittest.TestCase):
         edge started: they are in the cloud when this returns.
         """
         staged = [world.stage(f[0], f[1]) if isinstance(f, tuple) else world.stage(0, 0, content=f,
-                  filename="counter.v") for f in files]  # fmt: skip
+                  filename="counter.v") for f in files]
         world.edge.start()
         await world.wait_done([upload_id for upload_id, _ in staged], timeout=60)
         return staged
@@ -76,7 +76,7 @@ class JobWorld(unittest.TestCase):
         code, answer = await world.api(
             "POST", "/api/jobs", {"project_id": world.project, "kind": kind, "parameters": parameters,
                                   "inputs": inputs},
-        )  # fmt: skip
+        )
         self.assertEqual(code, 202, answer)
         return str(answer["job"]["id"])
 
@@ -216,7 +216,7 @@ class WorkerKilled(JobWorld):
         self.assertLess(time.monotonic() - killed_at, 30)
         self.assertEqual(runs.read_text().count("\n"), 2, "one run per attempt, no more")
         [run] = read_db(world.root / "cloud" / "cloud.db", "SELECT attempts, epoch FROM job_runs WHERE job_id = ?",
-                        (job_id,))  # fmt: skip
+                        (job_id,))
         self.assertEqual((run["attempts"], run["epoch"]), (2, 2))
         self.assertEqual(self.result(world, job, "out.txt"), b"finished\n")
 

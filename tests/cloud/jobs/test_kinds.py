@@ -32,7 +32,7 @@ def test_values_that_escape_or_pass_for_options_are_refused(value: str) -> None:
 
 def test_the_schema_is_enforced() -> None:
     kind = JobKind(command=("t", "{n}"), parameters={"type": "object", "properties": {"n": {"type": "integer"}},
-                                                     "additionalProperties": False})  # fmt: skip
+                                                     "additionalProperties": False})
     kind.check({"n": 3}, [])
     with pytest.raises(BadRequest, match="parameter n"):
         kind.check({"n": "3"}, [])

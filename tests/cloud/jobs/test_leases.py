@@ -57,7 +57,7 @@ def world(tmp_path: Path) -> Any:
 
     w = World()
     w.__dict__.update(conn=conn, clock=clock, registry=registry, outbox=outbox, leases=leases, run=run,
-                      job_id=job_id, state=lambda: run(registry.job, job_id)["state"])  # fmt: skip
+                      job_id=job_id, state=lambda: run(registry.job, job_id)["state"])
     yield w
     conn.close()
 

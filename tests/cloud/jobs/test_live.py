@@ -29,7 +29,7 @@ class Outbox:
         self.woken = 0
 
     def put(self, conn: Any, type: str, body: dict[str, Any], *, to: str, payload: bytes | None = None,
-            **_: Any) -> None:  # fmt: skip
+            **_: Any) -> None:
         self.sent.append((type, body, to, payload))
 
     def wake(self) -> None:
@@ -183,10 +183,10 @@ def test_live_log_on_postgresql(postgresql_dsn: str) -> None:
         claim = db.run_now(leases.claim, job_id, "w1", clock.seconds())
         db.run_now(lambda c: c.execute(
             "INSERT INTO sync_edges (edge, sent_upto, first_seen, last_seen) VALUES ('e1', 0, ?, ?)",
-            (clock.seconds(), clock.seconds())))  # fmt: skip
+            (clock.seconds(), clock.seconds())))
         outbox.sent.clear()
         live = LiveLog(clock, db, outbox, leases, claim, lambda: (-1.0, None),  # type: ignore[arg-type]
-                       lambda start, end: b"hello\n"[start:end])  # fmt: skip
+                       lambda start, end: b"hello\n"[start:end])
         live.write(0, b"hello\n")
         clock.advance(0)
         assert [(t, b["offset"], to, p) for t, b, to, p in outbox.sent] == [
@@ -195,7 +195,7 @@ def test_live_log_on_postgresql(postgresql_dsn: str) -> None:
         for after in (0, 2):  # asked twice: the latest request counts
             body = {"edge": "e1", "job_id": job_id, "attempt": 1, "after": after, "upto": 6}
             db.run_now(LogRequests(clock).on_range, Envelope(type="job.log.range", source="edge:e1", time=0.0,
-                                                             body=body))  # fmt: skip
+                                                             body=body))
         d = Deferred.fromCoroutine(live.serve())
         assert d.called and d.result == 1
         assert (outbox.sent[-1][1]["offset"], outbox.sent[-1][3]) == (2, b"llo\n")
@@ -225,7 +225,7 @@ class RangeTests(LiveLogWorld):
         migrate(self.db.conn, REQUESTS_SCHEMA)
         log = b"".join(f"line {n}\n".encode() for n in range(100))
         self.live = LiveLog(self.clock, self.db, self.outbox, self.leases, self.claim, lambda: (-1.0, None),  # type: ignore[arg-type]
-                            lambda start, end: log[start:end])  # fmt: skip
+                            lambda start, end: log[start:end])
         self.live.write(0, log[:500])
         self.clock.advance(0)
         self.live.write(500, log[500:])  # not sent yet

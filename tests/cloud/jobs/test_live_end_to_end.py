@@ -76,7 +76,7 @@ class LiveJobs(JobWorld):
         response = await treq.get(
             f"http://127.0.0.1:{world.edge_port}/api/v1/jobs/{job_id}/log?offset={offset}",
             headers={"Authorization": [f"Bearer {world.api_key}"]}, persistent=False,
-        )  # fmt: skip
+        )
         return response.code, await response.content(), response.headers
 
     async def test_log_followed_across_an_outage(self) -> None:
@@ -133,7 +133,7 @@ class LiveJobs(JobWorld):
         self.assertGreater(world.amqp_link.counters.resets_injected, 0)
         # States and progress, live.
         await world.wait_for("the edge sees the job succeed", lambda: any(
-            f.data["state"] == "succeeded" for f in stream.of("job.state", job_id)), 30)  # fmt: skip
+            f.data["state"] == "succeeded" for f in stream.of("job.state", job_id)), 30)
         states = [f.data["state"] for f in stream.of("job.state", job_id)]
         self.assertEqual(states[-1], "succeeded")
         self.assertIn("running", states)
@@ -166,7 +166,7 @@ class LiveJobs(JobWorld):
         self.assertEqual(job["state"], "timed_out", job["error"])
         self.assertIn("timed out after 2 s", job["error"])
         await world.wait_for("the edge sees timed_out", lambda: any(
-            f.data["state"] == "timed_out" for f in stream.of("job.state", sleeper)), 30)  # fmt: skip
+            f.data["state"] == "timed_out" for f in stream.of("job.state", sleeper)), 30)
         code, answer = await world.api("GET", f"/api/v1/jobs/{sleeper}")
         self.assertEqual(answer["job"]["state"], "timed_out")
 
@@ -207,7 +207,7 @@ class LiveJobs(JobWorld):
         await world.wait_for("the whole log", lambda: follower is not None and follower.eof, 90)
         text = bytes(follower.data).decode()
         self.assertEqual([line for line in text.splitlines() if line.startswith("line ")],
-                         [f"line {i} of the log" for i in range(1, lines + 1)])  # fmt: skip
+                         [f"line {i} of the log" for i in range(1, lines + 1)])
         told = stream.of("job.log", job_id)
         self.assertEqual([f.data["offset"] for f in told[1:]], [f.data["end"] for f in told[:-1]])
         self.assertIn("missing, asked for", world.edge.log_text())
@@ -252,7 +252,7 @@ class LiveJobs(JobWorld):
         self.assertLessEqual(held, tail + 64 * 1024)
         code, answer = await world.api("GET", f"/api/v1/jobs/{job_id}")
         self.assertEqual(answer["job"]["log"], {"attempt": 1, "start": len(stored) - tail, "end": len(stored),
-                                                "complete": True})  # fmt: skip
+                                                "complete": True})
 
 
 def _vm(pid: int, field: str) -> int:

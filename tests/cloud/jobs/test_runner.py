@@ -82,7 +82,7 @@ class RunnerTests(unittest.TestCase):
     ) -> tuple[JobProcess, list[tuple[int, bytes]]]:
         output: list[tuple[int, bytes]] = []
         process = JobProcess(reactor, argv, self.workdir, ENV, limits or Limits(), timeout=timeout, grace=1.0,
-                             on_output=lambda offset, data: output.append((offset, data)))  # fmt: skip
+                             on_output=lambda offset, data: output.append((offset, data)))
         process.start()
         return process, output
 
@@ -190,7 +190,7 @@ class RunnerTests(unittest.TestCase):
         # stdout is a pipe, not bound by RLIMIT_FSIZE; a file is.
         self.assertEqual((await process.finished).state, "succeeded")
         process, _ = self.run_command(["sh", "-c", "head -c 100000 /dev/zero > big"],
-                                      limits=Limits(file_bytes=1000))  # fmt: skip
+                                      limits=Limits(file_bytes=1000))
         outcome = await process.finished
         self.assertEqual(outcome.state, "failed")
         self.assertEqual((self.workdir / "big").stat().st_size, 1000)
@@ -205,7 +205,7 @@ class RunnerTests(unittest.TestCase):
             counted[0] += len(data)
 
         process = JobProcess(reactor, ["head", "-c", str(size), "/dev/zero"], self.workdir, ENV, Limits(),
-                             timeout=30, grace=1.0, on_output=count)  # fmt: skip
+                             timeout=30, grace=1.0, on_output=count)
         process.start()
         self.assertEqual((await process.finished).state, "succeeded")
         self.assertEqual(counted[0], size)
@@ -230,7 +230,7 @@ class WorkerDeathTests(unittest.TestCase):
              "import subprocess, sys, time; subprocess.Popen(sys.argv[1:]); time.sleep(600)",
              sys.executable, "-I", shepherd.__file__, spec],
             cwd=workdir, env=ENV,
-        )  # fmt: skip
+        )
         self.addCleanup(worker.wait)
         self.addCleanup(worker.kill)
         path = workdir / "sleeper.pid"

@@ -149,7 +149,7 @@ class CacheTests(unittest.TestCase):
         writer.close()
         inode = os.stat(self.root / "spool" / "upload1.data").st_ino
         kept = await self.cache.adopt("file1", self.spool, "upload1", len(data), hashlib.sha256(data).hexdigest(),
-                                      "text/plain")  # fmt: skip
+                                      "text/plain")
         self.assertTrue(kept)
         self.assertFalse(self.spool.exists("upload1"))
         self.assertEqual(os.listdir(self.root / "spool"), [])

@@ -56,7 +56,7 @@ class DownloadWorld(unittest.TestCase):
         root = Path(self.mktemp()).resolve()
         root.mkdir(parents=True)
         world = TransferWorld(root, self.server, s3_link=s3_link or LinkProfile(),
-                              downloads={**DOWNLOADS, **downloads})  # fmt: skip
+                              downloads={**DOWNLOADS, **downloads})
         self.addCleanup(world.stop)
         await world.start()
         return world
@@ -189,7 +189,7 @@ class AnotherEdgeFetches(DownloadWorld):
         world.edge.start()
         await world.wait_done([staged[0]], timeout=60)
         await world.wait_for("prefetched at B", lambda: [r["state"] for r in self.cache_rows(node.cwd / "edge")]
-                             == ["cached"], 60)  # fmt: skip
+                             == ["cached"], 60)
         code, _, body = await self.get(world, port, staged[0])
         self.assertEqual((code, hashlib.sha256(body).hexdigest()), (200, staged[1]))
 
@@ -227,7 +227,7 @@ class AnotherEdgeFetches(DownloadWorld):
         self.assertEqual(code, 200)
         # The last byte may reach the client just before the copy counts as cached.
         await world.wait_for("cached at B", lambda: [r["state"] for r in self.cache_rows(node.cwd / "edge")]
-                             == ["cached"], 30)  # fmt: skip
+                             == ["cached"], 30)
         store_id = self.cache_rows(node.cwd / "edge")[0]["store_id"]
         data = node.cwd / "edge" / "cache" / f"{store_id}.data"
         with open(data, "r+b") as f:
@@ -264,7 +264,7 @@ class Deletion(DownloadWorld):
             )
             keys = [o["Key"] for o in listed]
             return (not self.cache_rows(world.edge_dir) and not self.cache_rows(node.cwd / "edge")
-                    and world.object_key(upload_id) not in keys)  # fmt: skip
+                    and world.object_key(upload_id) not in keys)
 
         try:
             await world.wait_for("object and cached copies gone", gone, 60)
@@ -316,7 +316,7 @@ class Conformance(DownloadWorld):
         self.assertEqual(headers.getRawHeaders("content-length"), ["100000"])
         self.assertEqual(headers.getRawHeaders("content-type"), ["application/octet-stream"])
         self.assertEqual(headers.getRawHeaders("content-disposition"),
-                         ["attachment; filename=\"design.bin\"; filename*=UTF-8''design.bin"])  # fmt: skip
+                         ["attachment; filename=\"design.bin\"; filename*=UTF-8''design.bin"])
         modified = headers.getRawHeaders("last-modified")[0]
         etag = f'"{sha256}"'
         code, headers, body = await self.get(world, port, upload_id, {"Range": "bytes=10-19"})
@@ -363,7 +363,7 @@ class ResumingClients(DownloadWorld):
         [(upload_id, sha256)] = await self.uploaded(world, size)
         _, port = await self.edge_b(world)
         cutter = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{port}",
-                              LinkProfile(rate_bytes_per_s=40 << 20, reset_mean_s=1.5))  # fmt: skip
+                              LinkProfile(rate_bytes_per_s=40 << 20, reset_mean_s=1.5))
         await cutter.start()
         self.addCleanup(cutter.stop)
         url = f"http://127.0.0.1:{cutter.port}/api/v1/files/{upload_id}/content"
@@ -378,7 +378,7 @@ class ResumingClients(DownloadWorld):
                      f"--header={auth}", "-O", str(out / "wget.bin"), url],
             "aria2c": ["aria2c", "-q", "-x", "8", "-s", "8", "-k", "1M", "--max-tries=100", "--retry-wait=0",
                        f"--header={auth}", "-d", str(out), "-o", "aria2c.bin", url],
-        }  # fmt: skip
+        }
         for name, command in commands.items():
             before = cutter.counters.resets_injected
             done = await deferToThread(subprocess.run, command, capture_output=True, timeout=300)

@@ -55,16 +55,16 @@ class JobRouteTests(ApiWorld):
             self.assertIsNotNone(job["started_at"])
             self.assertEqual(job["log"], {"attempt": 1, "start": 0, "end": 300, "complete": False})
         for user, path in (("carol", f"/api/v1/jobs/{self.job}"), ("alice", "/api/v1/jobs/" + "0" * 32),
-                           ("alice", "/api/v1/jobs/not-an-id")):  # fmt: skip
+                           ("alice", "/api/v1/jobs/not-an-id")):
             code, body = self.request("GET", path, user=user)
             self.assertEqual((code, body), (404, {"error": "no such job"}))
 
     def test_results_and_list(self) -> None:
         registry = self.cloud.registry
         result = self.cloud.run(lambda c: registry.put_file(c, self.home, "synth-x.log", 9, sha256="d" * 64,
-                                                            kind="result", job_id=self.job))  # fmt: skip
+                                                            kind="result", job_id=self.job))
         self.cloud.run(lambda c: registry.finish_job(c, self.job, "timed_out", result_files=[result],
-                                                     error="timed out after 2 s"))  # fmt: skip
+                                                     error="timed out after 2 s"))
         self.sync()
         code, body = self.request("GET", f"/api/v1/jobs?project={self.home}", user="alice")
         [job] = body["jobs"]
@@ -72,7 +72,7 @@ class JobRouteTests(ApiWorld):
         self.assertEqual([(r["id"], r["name"], r["size"]) for r in job["results"]], [(result, "synth-x.log", 9)])
         code, body = self.request("GET", f"/api/files?project={self.home}", user="alice")
         self.assertEqual({f["name"]: (f["kind"], f["job_id"]) for f in body["files"]},
-                         {"in.v": ("upload", None), "synth-x.log": ("result", self.job)})  # fmt: skip
+                         {"in.v": ("upload", None), "synth-x.log": ("result", self.job)})
         self.assertEqual(self.request("GET", "/api/v1/jobs", user="carol")[1], {"jobs": []})
         self.assertEqual(self.request("GET", "/api/v1/jobs?project=" + "0" * 32, user="alice")[0], 404)
         # Told live: the members see the job time out, with its error.
@@ -144,7 +144,7 @@ class JobLogMessageTests(ApiWorld):
 
         def deliver(offset: int, data: bytes, **more: Any) -> None:
             body = {"job_id": job, "project_id": self.home, "attempt": 1, "offset": offset, "size": len(data),
-                    "eof": False, **more}  # fmt: skip
+                    "eof": False, **more}
             inbox.deliver(Envelope(type="job.log", source="cloud", time=0.0, body=body, payload=data or None))
 
         deliver(0, b"one\n")
@@ -153,7 +153,7 @@ class JobLogMessageTests(ApiWorld):
         deliver(4, b"two\n", progress=0.5, status="half")
         told = [e.data for e in self.seen["bob"] if e.kind == "job.log"]
         self.assertEqual([(t["offset"], t["end"], t["text"]) for t in told],
-                         [(0, 4, "one\n"), (4, 8, "two\n"), (8, 14, "three\n")])  # fmt: skip
+                         [(0, 4, "one\n"), (4, 8, "two\n"), (8, 14, "three\n")])
         [progress] = [e.data for e in self.seen["alice"] if e.kind == "job.progress"]
         self.assertEqual((progress["progress"], progress["status"]), (0.5, "half"))
         self.assertEqual([e for e in self.seen["carol"] if e.kind.startswith("job.")], [])
@@ -177,13 +177,13 @@ class GapTests(ApiWorld):
         register_types(types)
         inbox = FakeInbox(self.edge.db, types)
         receiver = JobLogReceiver(tails, self.hub, InlineThreads().callFromThread, edge_id="e1",
-                                  outbox=self.edge.outbox, ask_every=5.0)  # fmt: skip
+                                  outbox=self.edge.outbox, ask_every=5.0)
         receiver.register(inbox)
         job = "f" * 32
 
         def deliver(offset: int, data: bytes) -> None:
             body = {"job_id": job, "project_id": self.home, "attempt": 1, "offset": offset, "size": len(data),
-                    "eof": False}  # fmt: skip
+                    "eof": False}
             inbox.deliver(Envelope(type="job.log", source="cloud", time=0.0, body=body, payload=data))
 
         def asked() -> list[dict[str, Any]]:

@@ -34,15 +34,15 @@ class EdgeAuditTests(TestCase):
         edge = SecureEdge(self)
         for password in ("wrong", PASSWORD):
             response = await treq.post(f"{edge.base}/api/login", json={"name": "alice", "password": password},
-                                       persistent=False)  # fmt: skip
+                                       persistent=False)
             await response.content()
         path = edge.data_dir / "audit.log"
         self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
         failed, succeeded = records(path)
         self.assertEqual((failed["event"], failed["actor"], failed["address"], failed["status"]),
-                         ("login.failed", "alice", "127.0.0.1", 401))  # fmt: skip
+                         ("login.failed", "alice", "127.0.0.1", 401))
         self.assertEqual((succeeded["event"], succeeded["actor"], succeeded["address"]),
-                         ("login", edge.user_id, "127.0.0.1"))  # fmt: skip
+                         ("login", edge.user_id, "127.0.0.1"))
         self.assertTrue(succeeded["at"].endswith("+00:00"))
 
 

@@ -55,7 +55,7 @@ class TextTests(TestCase):
         if csrf:
             headers["X-CSRF-Token"] = csrf
         response = await treq.post(f"{edge.base}{path}", data=raw, headers=headers, cookies=cookies,
-                                   persistent=False)  # fmt: skip
+                                   persistent=False)
         content = await response.content()
         self.assertEqual(response.headers.getRawHeaders("content-type"), ["application/json"], content)
         return response.code, json.loads(content)
@@ -69,7 +69,7 @@ class TextTests(TestCase):
     async def test_lone_surrogates_non_characters_and_deep_json_get_400(self) -> None:
         edge = SecureEdge(self)
         response = await treq.post(f"{edge.base}/api/login", json={"name": "alice", "password": PASSWORD},
-                                   persistent=False)  # fmt: skip
+                                   persistent=False)
         csrf = (await response.json())["csrf_token"]
         cookies = response.cookies()
         before = self.stored(edge)
@@ -91,7 +91,7 @@ class TextTests(TestCase):
         self.assertEqual(self.stored(edge), before)
         # Still fine: a valid name with characters outside the BMP.
         code, body = await self.post(edge, "/api/projects", json.dumps({"name": "Zeus \U0001f600"}).encode(),
-                                     cookies, csrf)  # fmt: skip
+                                     cookies, csrf)
         self.assertEqual(code, 202, body)
 
     async def test_tus_filetype_must_be_a_media_type(self) -> None:
@@ -101,7 +101,7 @@ class TextTests(TestCase):
         for bad in (b"text/plain\r\nX-Evil: 1", b"text/html\n", b"nonsense", b"text/\xff", b"a/b; c"):
             response = await treq.post(f"{edge.base}/files/", headers={**auth,
                                        "Upload-Metadata": metadata(filename=b"f", filetype=bad)},
-                                       persistent=False)  # fmt: skip
+                                       persistent=False)
             self.assertEqual(response.code, 400, bad)
             self.assertIn(b"filetype", await response.content())
         for key in ("filename", "project", "filetype"):
@@ -113,7 +113,7 @@ class TextTests(TestCase):
         self.assertEqual(edge.db.run_now(lambda c: c.execute("SELECT count(*) FROM uploads").fetchone()[0]), 0)
         response = await treq.post(f"{edge.base}/files/", headers={**auth,
                                    "Upload-Metadata": metadata(filename=b"f", filetype=b"Image/PNG; q=1")},
-                                   persistent=False)  # fmt: skip
+                                   persistent=False)
         self.assertEqual(response.code, 201)
         stored = edge.db.run_now(lambda c: c.execute("SELECT filetype FROM uploads").fetchone()[0])
         self.assertEqual(stored, "image/png")

@@ -83,7 +83,7 @@ class BodyLimitTests(TestCase):
         for method, path in ROUTES:
             watch = FileWatch(edge)
             head = edge.request_head(method, path, {"Content-Type": "application/json",
-                                                    "Content-Length": str(512 * MiB)})  # fmt: skip
+                                                    "Content-Length": str(512 * MiB)})
             seen = await edge.exchange(head, zeros(512 * MiB))
             written = watch.stop()
             self.assertEqual(seen.status, 413, (method, path, seen))
@@ -98,7 +98,7 @@ class BodyLimitTests(TestCase):
         for method, path in [("POST", "/nowhere"), ("POST", "/api/login"), ("POST", "/api/projects")]:
             watch = FileWatch(edge)
             head = edge.request_head(method, path, {"Content-Type": "application/json",
-                                                    "Transfer-Encoding": "chunked"})  # fmt: skip
+                                                    "Transfer-Encoding": "chunked"})
             seen = await edge.exchange(head, chunked(256 * MiB))
             written = watch.stop()
             self.assertEqual(seen.status, 413, (method, path, seen))
@@ -110,7 +110,7 @@ class BodyLimitTests(TestCase):
         body = json.dumps({"name": "alice", "password": "wrong", "pad": "x" * 60_000}).encode()
         head = edge.request_head("POST", "/api/login", {"Content-Type": "application/json",
                                                         "Content-Length": str(len(body)),
-                                                        "Connection": "close"})  # fmt: skip
+                                                        "Connection": "close"})
         seen = await edge.exchange(head, [body])
         self.assertEqual(seen.status, 401, seen)
         chunk = b'{"name": "alice", "password": "wrong"}'
@@ -190,7 +190,7 @@ class SlowClientTests(TestCase):
     async def test_a_slow_body_is_dropped(self) -> None:
         edge = SecureEdge(self, SLOW)
         head = edge.request_head("POST", "/api/login", {"Content-Type": "application/json",
-                                                        "Content-Length": "60000"})  # fmt: skip
+                                                        "Content-Length": "60000"})
         held = await deferToThread(held_for, edge.port, head, b"x" * 1000, 0.05, limit=10)
         assert held is not None
         self.assertLess(held, 4)
@@ -216,7 +216,7 @@ class SlowClientTests(TestCase):
         body = json.dumps({"name": "alice", "password": "wrong", "pad": "x" * 8000}).encode()
         head = edge.request_head("POST", "/api/login", {"Content-Type": "application/json",
                                                         "Content-Length": str(len(body)),
-                                                        "Connection": "close"})  # fmt: skip
+                                                        "Connection": "close"})
         pieces = [body[i:i + 600] for i in range(0, len(body), 600)]
 
         def paced() -> Iterator[bytes]:
@@ -271,7 +271,7 @@ class PipelineTests(TestCase):
             try:
                 s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
                           b"GET /api/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + edge.key.encode()
-                          + b"\r\n\r\n")  # fmt: skip
+                          + b"\r\n\r\n")
                 time.sleep(2.5)
                 s.setblocking(False)
                 answer = s.recv(1 << 20)

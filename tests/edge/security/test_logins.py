@@ -80,7 +80,7 @@ class ConcurrentLoginTests(TestCase):
         # The owner, from an address of their own, is not.
         head = edge.request_head("POST", "/api/login", {"Content-Type": "application/json",
                                                         "Content-Length": str(len(body("alice", PASSWORD))),
-                                                        "Connection": "close"})  # fmt: skip
+                                                        "Connection": "close"})
         seen = await edge.exchange(head, [body("alice", PASSWORD)], source="127.0.0.9")
         self.assertEqual(seen.status, 200, seen)
 

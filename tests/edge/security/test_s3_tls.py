@@ -36,7 +36,7 @@ class S3VerificationTests(TestCase):
         self.addCleanup(port.stopListening)
         objects = S3Objects(reactor, bucket="relay", region="us-east-1",
                             endpoint_url=f"https://localhost:{port.getHost().port}", max_threads=1,
-                            credentials=Credentials("test", "test"))  # fmt: skip
+                            credentials=Credentials("test", "test"))
         objects.startService()
         self.addCleanup(objects.stopService)
         with self.assertRaises(ObjectStoreError) as refused:
@@ -55,5 +55,5 @@ class S3VerificationTests(TestCase):
         self.addCleanup(target.close)
         with self.assertRaises((RequestTransmissionFailed, ResponseNeverReceived)) as refused:
             await target.put(f"https://localhost:{port.getHost().port}/bucket/key?partNumber=1", {},
-                             FileBodyProducer(BytesIO(b"part")))  # fmt: skip
+                             FileBodyProducer(BytesIO(b"part")))
         self.assertIn("certificate verify failed", str(refused.exception.reasons[0].value))  # type: ignore[union-attr]

@@ -41,7 +41,7 @@ def honest_client(port: int, key: str, stop: threading.Event, latencies: list[fl
     while not stop.is_set():
         started = time.monotonic()
         seen = raw_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                            source=HONEST, timeout=5)  # fmt: skip
+                            source=HONEST, timeout=5)
         latencies.append(time.monotonic() - started if seen.status is not None else float("inf"))
         if time.monotonic() - last_upload > 5:
             last_upload = time.monotonic()
@@ -53,7 +53,7 @@ def upload(port: int, key: str) -> bool:
     data = secrets.token_bytes(256 * 1024)
     auth = f"Tus-Resumable: 1.0.0\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n"
     created = raw_exchange(port, (f"POST /files/ HTTP/1.1\r\nHost: x\r\n{auth}Upload-Length: {len(data)}\r\n"
-                                  "Content-Length: 0\r\n\r\n").encode(), source=HONEST, timeout=10)  # fmt: skip
+                                  "Content-Length: 0\r\n\r\n").encode(), source=HONEST, timeout=10)
     location = created.header("location")
     if created.status != 201 or location is None:
         return False
@@ -85,16 +85,16 @@ class SlowHttpTestTests(TestCase):
         sampler.start(1.0)
         client = deferToThread(honest_client, edge.port, edge.key, stop, latencies, uploads)
         command = ["slowhttptest", *mode, "-c", "1000", "-r", "200", "-l", str(SECONDS), "-p", "3",
-                   "-u", f"{edge.base}{path}"]  # fmt: skip
+                   "-u", f"{edge.base}{path}"]
         result = await deferToThread(subprocess.run, command, capture_output=True, text=True,
-                                     timeout=SECONDS + 60)  # fmt: skip
+                                     timeout=SECONDS + 60)
         stop.set()
         await client
         sampler.stop()
         latencies.sort()
         p99 = latencies[int(len(latencies) * 0.99) - 1]
         report = {"p99": p99, "requests": len(latencies), "uploads": uploads, "peak_sockets": peak[0],
-                  "open_after": edge.site.open, "tail": result.stdout[-600:]}  # fmt: skip
+                  "open_after": edge.site.open, "tail": result.stdout[-600:]}
         print(mode, {k: v for k, v in report.items() if k != "tail"})
         self.assertLess(p99, 0.2, report)
         self.assertTrue(uploads and all(uploads), report)

@@ -37,10 +37,10 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
                        critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
-    )  # fmt: skip
+    )
     key_path, cert_path = directory / "edge.key", directory / "edge.crt"
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
+                                           serialization.NoEncryption()))
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     return key_path, cert_path
 
@@ -71,7 +71,7 @@ class TlsListenerTests(TestCase):
         edge = SecureEdge(self, listen="ssl:{port}:interface=127.0.0.1:privateKey=" + str(key) + ":certKey=" + str(cert))
         body = json.dumps({"name": "alice", "password": PASSWORD}).encode()
         request = (b"POST /api/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                   b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+                   b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         answer = await deferToThread(https_exchange, edge.port, request, cert)
         self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer[:200])
         found = dict(headers(answer))

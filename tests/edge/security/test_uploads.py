@@ -30,7 +30,7 @@ class UploadCostTests(TestCase):
 
     async def create(self, edge: SecureEdge, length: int = 1) -> tuple[int, bytes]:
         response = await treq.post(f"{edge.base}/files/", headers=self.tus(edge, Upload_Length=str(length)),
-                                   persistent=False)  # fmt: skip
+                                   persistent=False)
         return response.code, await response.content()
 
     async def test_300_tiny_creations_cost_under_10_mib(self) -> None:
@@ -104,7 +104,7 @@ class HonestClientTests(TestCase):
         head = edge.request_head("PATCH", location, {
             "Tus-Resumable": "1.0.0", "Authorization": f"Bearer {edge.key}", "Upload-Offset": "0",
             "Content-Type": "application/offset+octet-stream", "Content-Length": str(len(data)),
-            "Connection": "close"})  # fmt: skip
+            "Connection": "close"})
         seen = await edge.exchange(head, paced(), timeout=30)
         self.assertEqual(seen.status, 204, seen.answer)
         self.assertEqual(seen.header("upload-offset"), str(len(data)))

@@ -124,9 +124,9 @@ def raw_exchange(
 def _seed(conn: Any, user_id: str, project_id: str, password_hash: str, key_id: str, key_hash: str) -> None:
     apply_event(conn, "user.put", {"id": user_id, "name": "alice", "password_hash": password_hash,
                                    "is_admin": 0, "disabled": 0, "must_change_password": 0,
-                                   "created_at": 1.0, "updated_at": 1.0})  # fmt: skip
+                                   "created_at": 1.0, "updated_at": 1.0})
     apply_event(conn, "project.put", {"id": project_id, "name": "Home", "description": "", "owner_id": user_id,
-                                      "is_default": 1, "created_at": 1.0, "updated_at": 1.0})  # fmt: skip
+                                      "is_default": 1, "created_at": 1.0, "updated_at": 1.0})
     apply_event(conn, "member.put", {"project_id": project_id, "user_id": user_id, "role": "owner"})
     conn.execute(
         "INSERT INTO replica_api_keys (id, user_id, key_hash, label, created_at) VALUES (?, ?, ?, 'test', 1.0)",
@@ -164,7 +164,7 @@ class SecureEdge:
         key = new_api_key()
         self.key = key.token
         self.db.run_now(_seed, self.user_id, self.project_id, hash_password(PASSWORD, ScryptCost(4, 1, 1)),
-                        key.key_id, key.key_hash)  # fmt: skip
+                        key.key_id, key.key_hash)
         self.service.startService()
         case.addCleanup(lambda: Deferred.fromCoroutine(self._stop()))
 

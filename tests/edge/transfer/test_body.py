@@ -31,7 +31,7 @@ class Consumer:
 
 class PartBodyTests(SynchronousTestCase):
     def body(self, blocks: list[bytes], length: int, clock: Clock | None = None,
-             throttle: Throttle | None = None) -> tuple[PartBody, list[Deferred[bytes]], list[int]]:  # fmt: skip
+             throttle: Throttle | None = None) -> tuple[PartBody, list[Deferred[bytes]], list[int]]:
         reads: list[Deferred[bytes]] = []
         closed: list[int] = []
 
@@ -206,6 +206,6 @@ class UrlBookTests(SynchronousTestCase):
 
     def test_redact(self) -> None:
         url = ("https://bucket.s3.amazonaws.com/projects/p/files/f?uploadId=u&partNumber=1"
-               "&X-Amz-Credential=AKIAEXAMPLE%2F20260101&X-Amz-Signature=abc")  # fmt: skip
+               "&X-Amz-Credential=AKIAEXAMPLE%2F20260101&X-Amz-Signature=abc")
         self.assertEqual(redact(url), "https://bucket.s3.amazonaws.com/projects/p/files/f?…")
         self.assertNotIn("AKIA", redact(url))

@@ -34,7 +34,7 @@ def test_defaults(tmp_path: Path) -> None:
     ("transfer", "retry_initial = 60.0", "transfer.retry_initial"),
     ("transfer", "tail_copies = 0", "transfer.tail_copies"),
     ("transfer", "aws_secret = 'x'", "transfer.aws_secret"),
-])  # fmt: skip
+])
 def test_edge_refuses(tmp_path: Path, table: str, line: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load(EdgeConfig, write(tmp_path, f"[{table}]\n{line}\n"))
@@ -44,7 +44,7 @@ def test_edge_refuses(tmp_path: Path, table: str, line: str, key: str) -> None:
     ("presign_expiry = 0", "s3.presign_expiry"),
     ("presign_expiry = 604801", "s3.presign_expiry"),
     ("max_threads = 0", "s3.max_threads"),
-])  # fmt: skip
+])
 def test_cloud_refuses(tmp_path: Path, line: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load(CloudConfig, write(tmp_path, f"[s3]\n{line}\n"))

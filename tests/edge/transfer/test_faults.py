@@ -85,7 +85,7 @@ class MotoFaultTests(Base):
             s3_link=LinkProfile(latency_ms=50, rate_bytes_per_s=3 * MiB, reset_mean_s=6,
                                 stall_mean_s=15, stall_duration_s=3),
             amqp_link=LinkProfile(latency_ms=50, reset_mean_s=20),
-        )  # fmt: skip
+        )
         await world.start()
         uploads = dict([world.stage(50 * MiB, seed=1), world.stage(200 * MiB + 12345, seed=2)])
         world.edge.start()
@@ -124,12 +124,12 @@ class MotoFaultTests(Base):
             s3_link=LinkProfile(latency_ms=30, rate_bytes_per_s=2 * MiB, reset_mean_s=10),
             # No extra tail copies: every byte after the restart is counted.
             transfer={"concurrency": 4, "tail_copies": 1},
-        )  # fmt: skip
+        )
         await world.start()
         upload_id, sha256 = world.stage(96 * MiB, seed=3)
         world.edge.start()
         await world.wait_for("a wave of parts confirmed",
-                             lambda: len(getattr(world.job(upload_id), "confirmed_parts", ())) >= 3, 60)  # fmt: skip
+                             lambda: len(getattr(world.job(upload_id), "confirmed_parts", ())) >= 3, 60)
         await deferToThread(world.edge.kill)
         # What the emulator still held of the dead edge's connections drains
         # first; then S3 holds what it will hold.
@@ -140,11 +140,11 @@ class MotoFaultTests(Base):
         self.assertTrue(spool_has(world.edge_dir, upload_id))
         # What S3 holds now: at least what the journal confirmed.
         rows = read_db(world.root / "cloud" / "cloud.db", "SELECT upload_id FROM transfers WHERE id = ?",
-                       (job.transfer_id,))  # fmt: skip
+                       (job.transfer_id,))
         held = await deferToThread(self._held, world, upload_id, rows[0][0])
         self.assertTrue(job.confirmed_parts <= set(held))
         missing_bytes = sum(min(8 * MiB, 96 * MiB - (n - 1) * 8 * MiB)
-                            for n in range(1, job.part_count + 1) if n not in held)  # fmt: skip
+                            for n in range(1, job.part_count + 1) if n not in held)
         # Phase two without faults, so every byte is accounted for.
         world.s3_link.update(reset_mean_s=None)
         before = world.s3_link.counters.bytes_to_upstream
@@ -156,7 +156,7 @@ class MotoFaultTests(Base):
         self.assertLess(after, missing_bytes + 64 * 1024, "only the missing parts crossed the link")
         assert self.server.log_path is not None
         put_again = {int(n) for n in re.findall(rb"PUT [^ ]*partNumber=(\d+)[^ ]* HTTP/1.1\" 200",
-                                                self.server.log_path.read_bytes()[log_mark:])}  # fmt: skip
+                                                self.server.log_path.read_bytes()[log_mark:])}
         self.assertFalse(put_again & set(held), "no part S3 held was sent again")
         self.assertEqual(put_again, set(range(1, job.part_count + 1)) - set(held))
         await self.check_arrived(world, {upload_id: sha256})
@@ -174,12 +174,12 @@ class MotoFaultTests(Base):
         world = self.world(
             s3_link=LinkProfile(latency_ms=20, aggregate_bytes_per_s=4 * MiB),
             transfer={"concurrency": 4, "tail_copies": 1},
-        )  # fmt: skip
+        )
         await world.start()
         upload_id, sha256 = world.stage(64 * MiB, seed=5)
         world.edge.start()
         await world.wait_for("the first parts on their way", lambda: getattr(world.job(upload_id), "state", "") ==
-                             "sending" and world.s3_link.counters.bytes_to_upstream > 4 * MiB, 60)  # fmt: skip
+                             "sending" and world.s3_link.counters.bytes_to_upstream > 4 * MiB, 60)
         self.assertEqual(len(await deferToThread(self._multipart_uploads, world, upload_id)), 1)
         data = world.edge_dir / "spool" / f"{upload_id}.data"
         offset = data.stat().st_size - 3 * MiB // 2  # in the last part, read last
@@ -215,7 +215,7 @@ class MotoFaultTests(Base):
         code, body = await world.api("POST", f"/api/uploads/{upload_id}/retry")
         self.assertEqual(code, 409, "not failed any more")
         await world.wait_for("sending again", lambda: getattr(world.job(upload_id), "state", "") in
-                             ("sending", "finishing", "registered", "done"), 60)  # fmt: skip
+                             ("sending", "finishing", "registered", "done"), 60)
         self.assertTrue(spool_has(world.edge_dir, upload_id), "kept until registered")
         await world.wait_done([upload_id], 90)
         await self.check_arrived(world, {upload_id: sha256})
@@ -228,7 +228,7 @@ class MotoFaultTests(Base):
     def _held(self, world: TransferWorld, upload_id: str, s3_upload_id: str) -> dict[int, int]:
         client = self.server.client()
         parts = client.list_parts(Bucket=self.server.bucket, Key=world.object_key(upload_id),
-                                  UploadId=s3_upload_id).get("Parts", [])  # fmt: skip
+                                  UploadId=s3_upload_id).get("Parts", [])
         return {p["PartNumber"]: p["Size"] for p in parts}
 
 
@@ -268,7 +268,7 @@ class RcloneFaultTests(Base):
                                 stall_duration_s=2),
             amqp_link=LinkProfile(latency_ms=20),
             cloud_s3={"presign_expiry": 4},
-        )  # fmt: skip
+        )
         await world.start()
         upload_id, sha256 = world.stage(1024 * MiB, seed=4)
         world.edge.start()

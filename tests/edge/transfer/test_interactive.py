@@ -62,13 +62,13 @@ class InteractiveTrafficTests(unittest.TestCase):
         root = Path(self.mktemp()).resolve()
         root.mkdir(parents=True)
         world = TransferWorld(root, self.server, s3_link=LINK, amqp_link=LINK, one_bottleneck=True,
-                              transfer={"concurrency": 8, "stall_timeout": 30.0})  # fmt: skip
+                              transfer={"concurrency": 8, "stall_timeout": 30.0})
         self.addCleanup(world.stop)
         await world.start()
         upload_id, _ = world.stage(64 * MiB, seed=11)
         world.edge.start()
         await world.wait_for("the link full of parts", lambda: getattr(world.job(upload_id), "state", "") ==
-                             "sending" and world.s3_link.counters.bytes_to_upstream > 4 * MiB, 60)  # fmt: skip
+                             "sending" and world.s3_link.counters.bytes_to_upstream > 4 * MiB, 60)
 
         busy = [await self.round_trip(world, f"busy {n}") for n in range(3)]
         started = time.monotonic()

@@ -49,7 +49,7 @@ class OutcomeTests(SynchronousTestCase):
 
     def register(self, edge: Edge, tid: str) -> None:
         edge.reply("file.registered", {"transfer_id": tid, "file_id": UPLOAD, "project": "p1",
-                                       "object_key": "k", "size": SIZE, "sha256": "0" * 64, "etag": "e"})  # fmt: skip
+                                       "object_key": "k", "size": SIZE, "sha256": "0" * 64, "etag": "e"})
 
     def upload(self, edge: Edge) -> Any:
         return self.successResultOf(edge.store.get(UPLOAD))
@@ -67,7 +67,7 @@ class OutcomeTests(SynchronousTestCase):
         heard, bob = self.listen(edge), self.listen(edge, "bob")
         tid = self.begin(edge)
         self.assertEqual([(e.kind, e.data) for e in heard],
-                         [("upload.state", {"upload_id": UPLOAD, "state": "transferring"})])  # fmt: skip
+                         [("upload.state", {"upload_id": UPLOAD, "state": "transferring"})])
         edge.urls(tid, [1, 2, 3, 4])
         requests = edge.target.pending()
         self.assertEqual(len(requests), 4)
@@ -76,11 +76,11 @@ class OutcomeTests(SynchronousTestCase):
             edge.turn()
         progress = [e.data for e in heard if e.kind == "transfer.progress"]
         self.assertEqual(progress, [{"upload_id": UPLOAD, "confirmed": MiB, "total": SIZE,
-                                     "parts_done": 1, "parts_total": 4}])  # fmt: skip
+                                     "parts_done": 1, "parts_total": 4}])
         edge.turn(0.25)
         progress = [e.data for e in heard if e.kind == "transfer.progress"]
         self.assertEqual(progress[1:], [{"upload_id": UPLOAD, "confirmed": 3 * MiB, "total": SIZE,
-                                         "parts_done": 3, "parts_total": 4}])  # fmt: skip
+                                         "parts_done": 3, "parts_total": 4}])
         edge.turn(0.1)
         requests[3].answer.callback(_ok(requests[3]))
         edge.turn()
@@ -91,7 +91,7 @@ class OutcomeTests(SynchronousTestCase):
         self.register(edge, tid)
         self.assertEqual([(e.kind, e.data.get("state") or e.data.get("parts_done")) for e in heard],
                          [("upload.state", "transferring"), ("transfer.progress", 1), ("transfer.progress", 3),
-                          ("transfer.progress", 4), ("upload.state", "in_cloud")])  # fmt: skip
+                          ("transfer.progress", 4), ("upload.state", "in_cloud")])
         self.assertEqual(bob, [])
 
     def test_held_progress_goes_out_before_the_state(self) -> None:
@@ -103,7 +103,7 @@ class OutcomeTests(SynchronousTestCase):
         self.register(edge, tid)
         kinds = [(e.kind, e.data.get("state") or e.data.get("parts_done")) for e in heard]
         self.assertEqual(kinds, [("upload.state", "transferring"), ("transfer.progress", 1),
-                                 ("transfer.progress", 4), ("upload.state", "in_cloud")])  # fmt: skip
+                                 ("transfer.progress", 4), ("upload.state", "in_cloud")])
         edge.turn(1)
         self.assertEqual(len(heard), 4, "nothing left to send after the state")
 
@@ -198,7 +198,7 @@ class OutcomeTests(SynchronousTestCase):
         states = [e.data["state"] for e in heard if e.kind == "upload.state"]
         self.assertEqual(states, ["transferring", "failed", "transferring", "in_cloud"])
         self.assertEqual([e.data.get("reason") for e in heard if e.kind == "upload.state"][1],
-                         "refused: not a member")  # fmt: skip
+                         "refused: not a member")
 
     def test_retry_after_a_restart_of_the_edge(self) -> None:
         """A failed transfer is not resumed at start, but can be retried."""

@@ -1,5 +1,5 @@
 """
-The edge's transfer service as a state machine, with a Clock, a real spool,
+The edge's transfer service as a state machine, with the test reactor, a real spool,
 the fake link and the fake part target: what it says to the cloud, how it
 applies the answers, and what it does to the spool file.
 """
@@ -12,8 +12,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import maybeDeferred
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -29,6 +27,7 @@ from relay.link.catalogue import Catalogue
 from relay.link.envelope import TO_CLOUD, Envelope
 from relay.testing import sync as fake_link
 from relay.testing.db import SynchronousDatabase
+from relay.testing.reactor import TestReactor, inline
 from relay.testing.transfer import FakePartTarget
 from relay.transfer_messages import register_types
 
@@ -39,9 +38,9 @@ DATA = random.Random(5).randbytes(SIZE)
 
 class Edge:
     def __init__(self, root: Path, db: SynchronousDatabase | None = None, spool: Spool | None = None,
-                 **settings: Any) -> None:  # fmt: skip
+                 **settings: Any) -> None:
         self.root = root
-        self.clock = Clock()
+        self.clock = TestReactor()
         self.clock.advance(1_764_000_000)
         self.db = db or SynchronousDatabase(root / "edge.db", [*SCHEMAS, fake_link.SCHEMA])
         self.spool = spool or Spool(root / "spool", b"m" * 32, segment_size=64 * KiB)
@@ -56,8 +55,8 @@ class Edge:
             self.clock, self.db, self.outbox,  # type: ignore[arg-type]
             TransferSettings(**{"min_part_size": MiB, "concurrency": 2, "request_timeout": 60,
                                 "tail_copies": 1, **settings}),
-            target=self.target, blocking=lambda f, *a: maybeDeferred(f, *a), events=self.hub,
-        )  # fmt: skip
+            target=self.target, blocking=inline, events=self.hub,
+        )
         self.service.bind(self.spool, self.store)
         self.service.register(self.inbox)
 
@@ -67,7 +66,7 @@ class Edge:
         writer.finalize()
         writer.close()
         self.store.add(Upload(id="u" * 32, owner="alice", project="p1", filename="a.bin", filetype="",
-                              length=SIZE, offset=SIZE, state=UploadState.STAGED))  # fmt: skip
+                              length=SIZE, offset=SIZE, state=UploadState.STAGED))
         return StagedUpload("u" * 32, "u" * 32, "alice", "p1", "a.bin", "", SIZE)
 
     def turn(self, seconds: float = 0) -> None:
@@ -85,7 +84,7 @@ class Edge:
 
     def urls(self, transfer_id: str, numbers: list[int]) -> None:
         self.reply("transfer.urls", {"transfer_id": transfer_id, "expires_in": 3600, "urls": [
-            {"number": n, "url": f"http://s3.test/b/k?partNumber={n}&X-Amz-Signature=x"} for n in numbers]})  # fmt: skip
+            {"number": n, "url": f"http://s3.test/b/k?partNumber={n}&X-Amz-Signature=x"} for n in numbers]})
 
     def answer_puts(self, status: int = 200) -> list[int]:
         """Answer every pending PUT as S3 would; returns their part numbers."""
@@ -150,7 +149,7 @@ class TransferServiceTests(SynchronousTestCase):
         self.assertTrue(edge.spool.exists("u" * 32))
         self.assertEqual([t for t, _ in edge.sent()][:1], ["transfer.finish"])  # asked again
         edge.reply("file.registered", {"transfer_id": tid, "file_id": "u" * 32, "project": "p1",
-                                       "object_key": "k", "size": SIZE, "sha256": "0" * 64, "etag": "e"})  # fmt: skip
+                                       "object_key": "k", "size": SIZE, "sha256": "0" * 64, "etag": "e"})
         self.assertFalse(edge.spool.exists("u" * 32))
         self.assertEqual(edge.job().state, journal.JobState.DONE)
         upload = edge.store.get("u" * 32).result  # type: ignore[attr-defined]
@@ -186,7 +185,7 @@ class TransferServiceTests(SynchronousTestCase):
         edge.reply("transfer.failed", {"transfer_id": tid, "code": "refused", "reason": "not a member"})
         self.assertEqual(edge.store.get("u" * 32).result.state, UploadState.FAILED)  # type: ignore[attr-defined]
         edge.reply("file.registered", {"transfer_id": tid, "file_id": "u" * 32, "project": "p1",
-                                       "object_key": "k", "size": SIZE, "sha256": "0" * 64, "etag": "e"})  # fmt: skip
+                                       "object_key": "k", "size": SIZE, "sha256": "0" * 64, "etag": "e"})
         self.assertFalse(edge.spool.exists("u" * 32))
         self.assertEqual(edge.job().state, journal.JobState.DONE)
         upload = edge.store.get("u" * 32).result  # type: ignore[attr-defined]
@@ -196,7 +195,7 @@ class TransferServiceTests(SynchronousTestCase):
         edge = self.edge()
         self.begin(edge)
         edge.reply("file.registered", {"transfer_id": "f" * 32, "file_id": "u" * 32, "project": "p1",
-                                       "object_key": "k", "size": SIZE, "sha256": "0" * 64, "etag": "e"})  # fmt: skip
+                                       "object_key": "k", "size": SIZE, "sha256": "0" * 64, "etag": "e"})
         self.assertTrue(edge.spool.exists("u" * 32))
         self.assertEqual(edge.job().state, journal.JobState.SENDING)
 
@@ -218,9 +217,9 @@ class TransferServiceTests(SynchronousTestCase):
         self.assertEqual(kind, "transfer.status")
         md5s = {p.number: base64.b64decode(p.md5).hex() for p in again.db.run_now(journal.parts, "u" * 32)}
         held = [{"number": 1, "size": MiB, "etag": md5s[1]}, {"number": 2, "size": MiB, "etag": "0" * 32},
-                {"number": 4, "size": SIZE - 3 * MiB, "etag": md5s[4]}]  # fmt: skip
+                {"number": 4, "size": SIZE - 3 * MiB, "etag": md5s[4]}]
         again.reply("transfer.parts", {"transfer_id": tid, "request_id": body["request_id"], "page": 1,
-                                       "last": True, "parts": held})  # fmt: skip
+                                       "last": True, "parts": held})
         self.assertEqual([t for t, _ in again.sent()], ["transfer.presign"])
         again.urls(tid, [2, 3])
         self.assertEqual(sorted(again.answer_puts()), [2, 3])

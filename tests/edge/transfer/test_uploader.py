@@ -46,7 +46,7 @@ class Harness:
             self.clock, self.target, DeferredSemaphore(slots),
             policy or RetryPolicy(initial=1.0, factor=2.0, cap=8.0, stall_timeout=30.0, part_timeout=600.0),
             random.Random(3),
-        )  # fmt: skip
+        )
         self.url_serial = 0
         self.invalidated: list[tuple[int, str]] = []
         self.closed = 0

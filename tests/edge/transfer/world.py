@@ -39,7 +39,7 @@ from relay.testing.transfer_world import (
 #: Short timeouts, so that faults cost seconds, not minutes.
 TEST_TRANSFER = {
     "stall_timeout": 8.0, "request_timeout": 15.0, "retry_initial": 0.3, "retry_cap": 3.0,
-}  # fmt: skip
+}
 
 
 async def sleep(seconds: float) -> None:
@@ -65,12 +65,12 @@ class TransferWorld:
         self.s3 = s3
         self.vhost = Vhost()
         self.s3_link = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{s3.port}",
-                                    s3_link, random.Random(seed))  # fmt: skip
+                                    s3_link, random.Random(seed))
         # one_bottleneck: the part PUTs and the AMQP link share the S3
         # link's aggregate cap, as they share the international link.
         self.amqp_link = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{AMQP_PORT}",
                                       amqp_link or LinkProfile(), random.Random(seed + 1),
-                                      shares_link_with=self.s3_link if one_bottleneck else None)  # fmt: skip
+                                      shares_link_with=self.s3_link if one_bottleneck else None)
         self._transfer = {**TEST_TRANSFER, **(transfer or {})}
         self._cloud_s3 = cloud_s3 or {}
         self._cloud_toml = cloud_toml
@@ -89,10 +89,10 @@ class TransferWorld:
             "bucket": self.s3.bucket, "endpoint_url": self.s3.endpoint, "addressing_style": "path",
             "presign_endpoint_url": f"http://127.0.0.1:{self.s3_link.port}",
             "credentials_file": str(credentials), **self._cloud_s3,
-        }, more_toml=self._cloud_toml)  # fmt: skip
+        }, more_toml=self._cloud_toml)
         self.edge: Node = edge_node(self.root, edge_id="edge-1", amqp_url=self.vhost.url(self.amqp_link.port),
                                     listen_port=self.edge_port, transfer=self._transfer,
-                                    downloads=self._downloads)  # fmt: skip
+                                    downloads=self._downloads)
         self.others: list[Node] = []
         self.cloud.start()
 
@@ -131,7 +131,7 @@ class TransferWorld:
             for node in (self.edge, self.cloud):
                 if node.process is not None and not node.alive and node.process.returncode not in (-9, 0):
                     raise AssertionError(f"{node.plugin} exited ({node.process.returncode}):\n"
-                                         f"{node.log_text()[-3000:]}")  # fmt: skip
+                                         f"{node.log_text()[-3000:]}")
             if waited >= timeout:
                 raise AssertionError(f"{what}: not within {timeout}s; edge log:\n{self.edge.log_text()[-4000:]}")
             await sleep(0.1)
@@ -164,7 +164,7 @@ class TransferWorld:
         """The edge's JSON API, with the user's API key."""
         port = port or self.edge_port
         response = await treq.request(method, f"http://127.0.0.1:{port}{path}", json=body,
-                                      headers={"Authorization": [f"Bearer {self.api_key}"]}, persistent=False)  # fmt: skip
+                                      headers={"Authorization": [f"Bearer {self.api_key}"]}, persistent=False)
         body = await response.content()
         return response.code, json.loads(body) if body else None
 
@@ -182,5 +182,5 @@ class TransferWorld:
         from relay.testing.transfer_world import read_db
 
         rows = read_db(self.root / "cloud" / "cloud.db",
-                       "SELECT size, sha256, object_key, state FROM files WHERE id = ?", (upload_id,))  # fmt: skip
+                       "SELECT size, sha256, object_key, state FROM files WHERE id = ?", (upload_id,))
         return tuple(rows[0]) if rows else None

@@ -39,7 +39,7 @@ class TusClient:
         self.key = key
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None,
-                body: bytes | None = None) -> Reply:  # fmt: skip
+                body: bytes | None = None) -> Reply:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
         try:
             all_headers = {"Tus-Resumable": "1.0.0", "Authorization": f"Bearer {self.key}"}
@@ -47,7 +47,7 @@ class TusClient:
             conn.request(method, path, body=body, headers=all_headers)
             response = conn.getresponse()
             return Reply(response.status, {k.lower(): v for k, v in response.getheaders()},
-                         response.read())  # fmt: skip
+                         response.read())
         finally:
             conn.close()
 
@@ -61,11 +61,11 @@ class TusClient:
 
     def patch(self, url: str, offset: int, data: bytes, **headers: str) -> Reply:
         headers = {"Upload-Offset": str(offset),
-                   "Content-Type": "application/offset+octet-stream", **headers}  # fmt: skip
+                   "Content-Type": "application/offset+octet-stream", **headers}
         return self.request("PATCH", url, headers, data)
 
     def cut_patch(self, url: str, offset: int, declared: int, data: bytes,
-                  before_reset: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+                  before_reset: Callable[[], None] = lambda: None) -> None:
         """
         Send a PATCH announcing C{declared} bytes, send C{data}, call
         C{before_reset}, then reset the connection.
@@ -108,9 +108,9 @@ def seed_replica(data_dir: Path, user: str = "alice") -> str:
         "VALUES (?, ?, '!', 0, 0, ?, ?)", (user, user, now, now),
     )
     conn.execute("INSERT INTO replica_api_keys VALUES (?, ?, ?, 'test', ?, NULL)",
-                 (key.key_id, user, key.key_hash, now))  # fmt: skip
+                 (key.key_id, user, key.key_hash, now))
     conn.execute("INSERT INTO replica_projects VALUES (?, ?, '', ?, 1, ?, ?)",
-                 (f"home-{user}", "Home", user, now, now))  # fmt: skip
+                 (f"home-{user}", "Home", user, now, now))
     conn.execute("INSERT INTO replica_members VALUES (?, ?, 'owner')", (f"home-{user}", user))
     conn.close()
     return key.token
@@ -121,17 +121,17 @@ def write_config(path: Path, port: int, data_dir: Path, **uploads: object) -> Pa
         "[edge]", f'listen = "tcp:{port}:interface=127.0.0.1"', f'data_dir = "{data_dir}"',
         "[link]", 'url = "amqp://guest:guest@127.0.0.1:9/%2F"',
         "[uploads]", "disk_reserve = 0",
-    ]  # fmt: skip
+    ]
     lines += [f"{k} = {v}" for k, v in uploads.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def start_edge(twistd: list[str], config: Path, log: Path,
-               env: dict[str, str]) -> subprocess.Popen[bytes]:  # fmt: skip
+               env: dict[str, str]) -> subprocess.Popen[bytes]:
     """C{twistd -n relay-edge}, as operators run it."""
     return subprocess.Popen([*twistd, f"--logfile={log}", "relay-edge", "--config", str(config)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
 def wait_ready(client: TusClient, process: subprocess.Popen[bytes], seconds: float = 30) -> None:

@@ -21,7 +21,6 @@ from twisted.web.server import Site
 
 from relay.db import Database
 from relay.edge.events import EventHub
-from relay.edge.uploads.handoff import LocalStaging
 from relay.edge.uploads.housekeeping import UploadHousekeeping
 from relay.edge.uploads.request import StreamingSettings, streaming_request_factory
 from relay.edge.uploads.resource import UploadRoutes
@@ -29,6 +28,7 @@ from relay.edge.uploads.service import UploadLimits, UploadService
 from relay.edge.uploads.spool import Spool
 from relay.edge.uploads.store import SCHEMA, UploadStore
 from relay.testing.auth import FakeAuthenticator, FakeProjectAccess
+from relay.testing.transfer import FakeUploadSink
 
 KEY = "k-alice"
 OTHER_KEY = "k-bob"
@@ -74,7 +74,7 @@ class Edge:
     body_timeout: float = 10.0
     header_timeout: float = 10.0
     spool: Spool | None = None
-    sink: LocalStaging = field(default_factory=LocalStaging)
+    sink: FakeUploadSink = field(default_factory=FakeUploadSink)
     hub: EventHub = field(default_factory=EventHub)
     cleanups: list[Any] = field(default_factory=list)
 
@@ -90,7 +90,7 @@ class Edge:
             self.spool = Spool(self.directory / "spool", MASTER, segment_size=1 << 16)
         self.store = UploadStore(self.db)
         self.service = UploadService(reactor, self.store, self.spool, self.sink, self.projects,
-                                     self.limits, events=self.hub)  # fmt: skip
+                                     self.limits, events=self.hub)
         self.service.startService()
         await self.service._recovery
         self.housekeeping = UploadHousekeeping(self.service, 3600, reactor)
@@ -99,7 +99,7 @@ class Edge:
         settings = StreamingSettings(reactor, b"/files", self.body_timeout, high_water=1 << 18,
                                      read_size=1 << 18)
         self.site = Site(app.resource(), requestFactory=streaming_request_factory(settings),
-                         timeout=self.header_timeout, reactor=reactor)  # fmt: skip
+                         timeout=self.header_timeout, reactor=reactor)
         self.site.displayTracebacks = False
         self.port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(self.site)
         self.url = f"http://127.0.0.1:{self.port.getHost().port}"
@@ -117,7 +117,7 @@ class Edge:
     ) -> Response:
         url = path if path.startswith("http") else self.url + path
         response = await treq.request(method, url, headers=headers or {}, data=data,
-                                      persistent=False)  # fmt: skip
+                                      persistent=False)
         body = await response.content()
         flat = {k.decode().lower(): v[0].decode() for k, v in response.headers.getAllRawHeaders()}
         return Response(response.code, flat, body)
@@ -136,7 +136,7 @@ class Edge:
 
     async def patch(self, url: str, offset: int, data: bytes, key: str = KEY, **extra: str) -> Response:
         headers = tus_headers(key, Upload_Offset=str(offset),
-                              Content_Type="application/offset+octet-stream", **extra)  # fmt: skip
+                              Content_Type="application/offset+octet-stream", **extra)
         return await self.request("PATCH", url, headers, data)
 
     async def head(self, url: str, key: str = KEY) -> Response:

@@ -35,7 +35,7 @@ class TuspyTests(EdgeTestCase):
         def upload() -> str:
             c = tusclient.TusClient(edge.url + "/files/", headers={"Authorization": f"Bearer {KEY}"})
             uploader = c.uploader(file_stream=io.BytesIO(data), chunk_size=64_000,
-                                  upload_checksum=True, metadata={"filename": "a b.bin"})  # fmt: skip
+                                  upload_checksum=True, metadata={"filename": "a b.bin"})
             uploader.upload()
             return str(uploader.url)
 
@@ -52,7 +52,7 @@ class TuspyTests(EdgeTestCase):
         def first() -> str:
             c = tusclient.TusClient(edge.url + "/files/", headers=headers)
             uploader = c.uploader(file_stream=io.BytesIO(data), chunk_size=100_000,
-                                  upload_checksum=True)  # fmt: skip
+                                  upload_checksum=True)
             uploader.upload(stop_at=300_000)
             assert uploader.offset == 300_000
             return str(uploader.url)
@@ -63,7 +63,7 @@ class TuspyTests(EdgeTestCase):
         def second() -> int:
             c = tusclient.TusClient(edge.url + "/files/", headers=headers)
             uploader = c.uploader(file_stream=io.BytesIO(data), url=url, chunk_size=150_000,
-                                  upload_checksum=True)  # fmt: skip
+                                  upload_checksum=True)
             resumed_at = int(uploader.offset)
             uploader.upload()
             return resumed_at
@@ -103,10 +103,10 @@ class TusJsClientTests(EdgeTestCase):
     def run_node(self, endpoint: str, path: Path, **options: object) -> _Node:
         options_file = path.with_suffix(".json")
         options_file.write_text(json.dumps({"endpoint": endpoint, "file": str(path),
-                                            "key": KEY, **options}))  # fmt: skip
+                                            "key": KEY, **options}))
         protocol = _Node()
         reactor.spawnProcess(protocol, self.node, [self.node, str(SCRIPT), str(options_file)],
-                             env={"PATH": "/usr/bin:/bin"})  # fmt: skip
+                             env={"PATH": "/usr/bin:/bin"})
         return protocol
 
     async def test_single_patch_cut_mid_body_resumes_byte_identical(self) -> None:
@@ -115,7 +115,7 @@ class TusJsClientTests(EdgeTestCase):
             reactor, listen="tcp:0:interface=127.0.0.1",
             connect=f"tcp:127.0.0.1:{edge.port.getHost().port}",
             profile=LinkProfile(latency_ms=5, rate_bytes_per_s=6_000_000),
-        )  # fmt: skip
+        )
         await emulator.start()
         self.addCleanup(lambda: Deferred.fromCoroutine(emulator.stop()))
         data = random_bytes(8 << 20)

@@ -54,9 +54,9 @@ class AnnouncerTests(SynchronousTestCase):
         self.announce.received("alice", B, 1, 10)
         self.announce.transferred("alice", A, 5, 10, 1, 2)
         self.assertEqual([(e.kind, e.data["upload_id"]) for e in self.heard],
-                         [("upload.progress", A), ("upload.progress", B), ("transfer.progress", A)])  # fmt: skip
+                         [("upload.progress", A), ("upload.progress", B), ("transfer.progress", A)])
         self.assertEqual(self.heard[2].data, {"upload_id": A, "confirmed": 5, "total": 10,
-                                              "parts_done": 1, "parts_total": 2})  # fmt: skip
+                                              "parts_done": 1, "parts_total": 2})
 
     def test_a_state_sends_what_is_held_back_first(self) -> None:
         self.announce.received("alice", A, 1, 10)
@@ -66,7 +66,7 @@ class AnnouncerTests(SynchronousTestCase):
         self.announce.state("alice", A, "staged")
         self.assertEqual([(e.kind, e.data.get("offset") or e.data.get("state")) for e in self.heard
                           if e.data["upload_id"] == A],
-                         [("upload.progress", 1), ("upload.progress", 10), ("upload.state", "staged")])  # fmt: skip
+                         [("upload.progress", 1), ("upload.progress", 10), ("upload.state", "staged")])
         self.clock.advance(1)
         self.assertEqual(self.offsets(A), [1, 10], "not again")
         self.assertEqual(self.offsets(B), [1, 2], "the other upload's held report, in its time")
@@ -83,7 +83,7 @@ class AnnouncerTests(SynchronousTestCase):
         self.announce.removed("alice", A, "terminated")
         self.clock.advance(1)
         self.assertEqual([(e.kind, e.data.get("offset")) for e in self.heard],
-                         [("upload.progress", 1), ("upload.removed", None)])  # fmt: skip
+                         [("upload.progress", 1), ("upload.removed", None)])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_only_the_owner_hears(self) -> None:
@@ -135,10 +135,10 @@ class ReceiverEventTests(TestCase):
         url = await edge.create(None)
         heard.clear()
         r = await edge.request("PATCH", url, tus_headers(KEY, Upload_Offset="0",
-                               Content_Type="application/offset+octet-stream"), random_bytes(1000))  # fmt: skip
+                               Content_Type="application/offset+octet-stream"), random_bytes(1000))
         self.assertEqual(r.code, 204)
         self.assertEqual([(e.kind, e.data["offset"], e.data["length"]) for _, e in heard][-1:],
-                         [("upload.progress", 1000, None)])  # fmt: skip
+                         [("upload.progress", 1000, None)])
 
     async def test_a_terminated_or_expired_upload_is_said_to_be_gone(self) -> None:
         directory = Path(self.mktemp())

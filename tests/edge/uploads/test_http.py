@@ -51,7 +51,7 @@ class CoreTests(EdgeTestCase):
             set(r.header("Tus-Extension").split(",")),
             {"creation", "creation-with-upload", "creation-defer-length", "expiration",
              "checksum", "termination", "concatenation"},
-        )  # fmt: skip
+        )
         self.assertEqual(r.header("Tus-Max-Size"), str(1 << 24))
         self.assertEqual(set(r.header("Tus-Checksum-Algorithm").split(",")), {"sha1", "md5", "sha256"})
 
@@ -59,7 +59,7 @@ class CoreTests(EdgeTestCase):
         edge = await self.edge()
         for headers in ({}, {"Tus-Resumable": "0.2.2"}):
             r = await edge.request("POST", "/files/", {"Authorization": f"Bearer {KEY}",
-                                                       "Upload-Length": "1", **headers})  # fmt: skip
+                                                       "Upload-Length": "1", **headers})
             self.assertEqual(r.code, 412)
             self.assertEqual(r.header("Tus-Version"), "1.0.0")
         self.assertEqual(await edge.store.owned_by("alice"), [])
@@ -75,21 +75,21 @@ class CoreTests(EdgeTestCase):
         for method in ("HEAD", "DELETE"):
             self.assertEqual((await edge.request(method, url, tus_headers(None))).code, 401)
         r = await edge.request("PATCH", url, tus_headers(None, Upload_Offset="0",
-                                                         Content_Type=OCTETS), b"hello")  # fmt: skip
+                                                         Content_Type=OCTETS), b"hello")
         self.assertEqual(r.code, 401)
         self.assertEqual((await edge.head(url)).header("Upload-Offset"), "0")
 
     async def test_session_cookie_works_too(self) -> None:
         edge = await self.edge()
         r = await edge.request("POST", "/files/", {"Tus-Resumable": "1.0.0", "Upload-Length": "3",
-                                                   "Cookie": "relay_session=s-alice"})  # fmt: skip
+                                                   "Cookie": "relay_session=s-alice"})
         self.assertEqual(r.code, 201)
 
     async def test_a_session_with_a_one_time_password_must_change_it_first(self) -> None:
         edge = await self.edge()
         edge.auth.add_user("carol", session="s-carol", must_change_password=True)
         r = await edge.request("POST", "/files/", {"Tus-Resumable": "1.0.0", "Upload-Length": "3",
-                                                   "Cookie": "relay_session=s-carol"})  # fmt: skip
+                                                   "Cookie": "relay_session=s-carol"})
         self.assertEqual(r.code, 403)
         self.assertEqual(await edge.store.owned_by("carol"), [])
 
@@ -117,7 +117,7 @@ class CoreTests(EdgeTestCase):
         self.assertEqual(edge.stored(url), b"0123456789")
         upload = await edge.store.get(url.rsplit("/", 1)[1])
         self.assertEqual((upload.state, upload.filename, upload.filetype, upload.project),
-                         (UploadState.STAGED, "plan.dwg", "application/acad", "home-alice"))  # fmt: skip
+                         (UploadState.STAGED, "plan.dwg", "application/acad", "home-alice"))
         self.assertIn(upload.id, edge.sink.staged)
 
     async def test_wrong_offset_is_409_and_changes_nothing(self) -> None:
@@ -134,7 +134,7 @@ class CoreTests(EdgeTestCase):
         edge = await self.edge()
         url = await edge.create(10)
         r = await edge.request("PATCH", url, tus_headers(Upload_Offset="0",
-                                                         Content_Type="text/plain"), b"x")  # fmt: skip
+                                                         Content_Type="text/plain"), b"x")
         self.assertEqual(r.code, 415)
         r = await edge.request("PATCH", url, tus_headers(Content_Type=OCTETS), b"x")
         self.assertEqual(r.code, 400)
@@ -181,13 +181,13 @@ class OwnershipTests(EdgeTestCase):
         self.assertEqual(r.code, 404)
         self.assertEqual((await edge.head(url)).header("Upload-Offset"), "3")
         r = await edge.request("POST", "/files/", tus_headers(
-            OTHER_KEY, Upload_Length="3", Upload_Concat=f"final;{url}"))  # fmt: skip
+            OTHER_KEY, Upload_Length="3", Upload_Concat=f"final;{url}"))
         self.assertEqual(r.code, 400)
 
     async def test_project_access(self) -> None:
         edge = await self.edge()
         r = await edge.request("POST", "/files/", tus_headers(
-            Upload_Length="1", Upload_Metadata=metadata(project="secret")))  # fmt: skip
+            Upload_Length="1", Upload_Metadata=metadata(project="secret")))
         self.assertEqual(r.code, 403)
         self.assertIn(b"secret", r.body)
         url = await edge.create(1, Upload_Metadata=metadata(project="shared"))
@@ -212,7 +212,7 @@ class OwnershipTests(EdgeTestCase):
         upload = await edge.store.get(url.rsplit("/", 1)[1])
         self.assertEqual(upload.filename, "passwd.txt")
         self.assertEqual(sorted(p.suffix for p in edge.spool.directory.iterdir()),
-                         [".data", ".key", ".tail"])  # fmt: skip
+                         [".data", ".key", ".tail"])
 
     async def test_listing(self) -> None:
         edge = await self.edge()
@@ -229,7 +229,7 @@ class OwnershipTests(EdgeTestCase):
         self.assertEqual(uploads[url]["filename"], "a.bin")
         self.assertEqual(uploads[done]["state"], "staged")
         r = await edge.request("GET", "/api/uploads/" + url.rsplit("/", 1)[1],
-                               {"Authorization": f"Bearer {OTHER_KEY}"})  # fmt: skip
+                               {"Authorization": f"Bearer {OTHER_KEY}"})
         self.assertEqual(r.code, 404)
         self.assertEqual((await edge.request("GET", "/api/uploads")).code, 401)
 
@@ -276,7 +276,7 @@ class CreationTests(EdgeTestCase):
     async def test_creation_with_upload_and_checksum(self) -> None:
         edge = await self.edge()
         headers = tus_headers(Upload_Length="6", Content_Type=OCTETS,
-                              Upload_Checksum=checksum("sha1", b"abcdef"))  # fmt: skip
+                              Upload_Checksum=checksum("sha1", b"abcdef"))
         r = await edge.request("POST", "/files/", headers, b"abcdef")
         self.assertEqual((r.code, r.header("Upload-Offset")), (201, "6"))
         headers["Upload-Checksum"] = checksum("sha1", b"other")
@@ -315,7 +315,7 @@ class ChecksumTests(EdgeTestCase):
     async def test_mismatch_is_460_and_discards_the_chunk(self) -> None:
         for memory in (1 << 20, 1000):  # held in memory; spilled to a scratch file
             edge = await self.edge(limits=UploadLimits(max_size=1 << 24, disk_reserve=0,
-                                                       checksum_memory=memory))  # fmt: skip
+                                                       checksum_memory=memory))
             data = random_bytes(200_000)
             url = await edge.create(len(data) + 3)
             await edge.patch(url, 0, b"abc")
@@ -371,7 +371,7 @@ class ConcatenationTests(EdgeTestCase):
         self.assertEqual(edge.sink.staged, {})
         final = "final;" + " ".join([edge.url + urls[0], *urls[1:]])
         r = await edge.request("POST", "/files/", tus_headers(
-            Upload_Concat=final, Upload_Metadata=metadata(filename="joined.bin")))  # fmt: skip
+            Upload_Concat=final, Upload_Metadata=metadata(filename="joined.bin")))
         self.assertEqual(r.code, 201, r.body)
         url = r.header("Location")
         r = await edge.head(url)
@@ -394,7 +394,7 @@ class ConcatenationTests(EdgeTestCase):
             r = await edge.request("POST", "/files/", tus_headers(Upload_Concat=f"final;{parts}"))
             self.assertEqual(r.code, 400, parts)
         r = await edge.request("POST", "/files/", tus_headers(
-            Upload_Concat=f"final;{unfinished}", Upload_Length="3"))  # fmt: skip
+            Upload_Concat=f"final;{unfinished}", Upload_Length="3"))
         self.assertEqual(r.code, 400)
         self.assertEqual((await edge.head(unfinished)).header("Upload-Offset"), "3")
 
@@ -406,26 +406,26 @@ class CorsTests(EdgeTestCase):
         edge = await self.edge()
         r = await edge.request("OPTIONS", "/files/", {
             "Origin": "https://app.example.com", "Access-Control-Request-Method": "PATCH",
-            "Access-Control-Request-Headers": "tus-resumable,upload-offset"})  # fmt: skip
+            "Access-Control-Request-Headers": "tus-resumable,upload-offset"})
         self.assertEqual(r.code, 204)
         self.assertEqual(r.header("Access-Control-Allow-Origin"), "https://app.example.com")
         self.assertIn("PATCH", r.header("Access-Control-Allow-Methods"))
         self.assertIn("Upload-Offset", r.header("Access-Control-Allow-Headers"))
         r = await edge.request("POST", "/files/", {**tus_headers(Upload_Length="1"),
-                                                   "Origin": "https://app.example.com"})  # fmt: skip
+                                                   "Origin": "https://app.example.com"})
         self.assertEqual(r.code, 201)
         exposed = r.header("Access-Control-Expose-Headers")
         for name in ("Location", "Upload-Offset", "Upload-Expires", "Tus-Resumable"):
             self.assertIn(name, exposed)
         r = await edge.request("OPTIONS", "/files/", {
-            "Origin": "https://evil.example", "Access-Control-Request-Method": "PATCH"})  # fmt: skip
+            "Origin": "https://evil.example", "Access-Control-Request-Method": "PATCH"})
         self.assertIsNone(r.header("Access-Control-Allow-Origin"))
 
 
 class LimitTests(EdgeTestCase):
     async def test_user_quota(self) -> None:
         edge = await self.edge(limits=UploadLimits(max_size=1 << 24, disk_reserve=0,
-                                                   user_quota=1000))  # fmt: skip
+                                                   user_quota=1000))
         await edge.create(600)
         r = await edge.request("POST", "/files/", tus_headers(Upload_Length="500"))
         self.assertEqual(r.code, 413)
@@ -459,4 +459,4 @@ class LimitTests(EdgeTestCase):
         self.assertEqual((await edge.head(fresh)).code, 200)
         self.assertEqual(edge.stored(done), b"x")
         self.assertEqual(sorted(edge.spool.list_ids()),
-                         sorted(u.rsplit("/", 1)[1] for u in (done, fresh)))  # fmt: skip
+                         sorted(u.rsplit("/", 1)[1] for u in (done, fresh)))

@@ -30,7 +30,7 @@ class EdgeProcess:
         self.data_dir = base / "edge"
         self.port = free_port()
         self.config = write_config(base / "edge.toml", self.port, self.data_dir,
-                                   lock_stale_after=0.2, lock_wait=3)  # fmt: skip
+                                   lock_stale_after=0.2, lock_wait=3)
         self.log = base / "edge.log"
         self.twistd, self.env = twistd, env
         key = seed_replica(self.data_dir)
@@ -73,7 +73,7 @@ def shared_edge(
     env = dict(os.environ)
     env.pop("RELAY_CONFIG", None)
     process = EdgeProcess(tmp_path_factory.mktemp("shared-edge"),
-                          [str(BIN / "twistd"), "-n", "--pidfile="], env)  # fmt: skip
+                          [str(BIN / "twistd"), "-n", "--pidfile="], env)
     process.start()
     yield process
     process.stop()
@@ -136,7 +136,7 @@ steps = st.lists(
 
 
 @settings(max_examples=20, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(size=st.integers(min_value=0, max_value=250_000), plan=steps, seed=st.binary(min_size=8, max_size=8))
 def test_random_chunkings_interruptions_and_checksums(
     shared_edge: EdgeProcess, size: int, plan: list[tuple[int, str]], seed: bytes

@@ -101,7 +101,7 @@ class RecoveryTests(EdgeTestCase):
         edge.spool.create("not-ours").close()
         # A final upload whose concatenation was cut short by a crash.
         final = (await edge.store.get(part_id)).replace(
-            id="f" * 32, concat="final", parts=(part_id,), length=3, offset=0)  # fmt: skip
+            id="f" * 32, concat="final", parts=(part_id,), length=3, offset=0)
         await edge.store.add(final)
         edge.spool.create(final.id).close()
         edge = await self.restart(edge)

@@ -69,12 +69,12 @@ class RetryRouteTests(SynchronousTestCase):
         head = cloud.run(sync.head)
         self.edge.db.run_now(lambda c: c.execute("UPDATE replica_sync SET synced = 1"))
         self.edge.inbox.deliver(Envelope("sync.events", "cloud", 0.0,
-                                         {"events": cloud.run(sync.events, 0, head), "head": head}))  # fmt: skip
+                                         {"events": cloud.run(sync.events, 0, head), "head": head}))
         db = SynchronousDatabase(tmp / "uploads.db", [SCHEMA])
         self.store = UploadStore(db)  # type: ignore[arg-type]
         self.sink = RetryingSink(self.store)
         service = UploadService(clock, self.store, Spool(tmp / "spool", bytes(32)), self.sink,
-                                FakeProjectAccess(), UploadLimits())  # fmt: skip
+                                FakeProjectAccess(), UploadLimits())
         service.ready = True
         app = Klein()
         self.edge.identity.routes(app)
@@ -86,11 +86,11 @@ class RetryRouteTests(SynchronousTestCase):
     def add(self, state: UploadState, **fields: Any) -> str:
         upload_id = secrets.token_hex(16)
         self.store.add(Upload(id=upload_id, owner=self.alice, project="p", filename="a.bin", filetype="",
-                              length=10, offset=10, state=state, **fields))  # fmt: skip
+                              length=10, offset=10, state=state, **fields))
         return upload_id
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None,
-                body: Any = None) -> tuple[int, Any, Any]:  # fmt: skip
+                body: Any = None) -> tuple[int, Any, Any]:
         all_headers = dict(headers or {})
         data = None
         if body is not None:

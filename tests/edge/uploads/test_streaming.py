@@ -59,7 +59,7 @@ def patch_head(url: str, offset: int, length: int, key: str = KEY, close: bool =
         f"PATCH {url} HTTP/1.1", "Host: 127.0.0.1", "Tus-Resumable: 1.0.0",
         f"Authorization: Bearer {key}", f"Upload-Offset: {offset}",
         "Content-Type: application/offset+octet-stream", f"Content-Length: {length}",
-    ]  # fmt: skip
+    ]
     if close:
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()

@@ -14,26 +14,24 @@ from zope.interface.verify import verifyObject
 
 from relay.edge.auth import IAuthenticator, IProjectAccess
 from relay.edge.uploads import tus
-from relay.edge.uploads.component import NobodyAuthenticated, NoProjectAccess
-from relay.edge.uploads.handoff import IUploadSink, LocalStaging, StagedUpload
+from relay.edge.uploads.handoff import IUploadSink, StagedUpload
 from relay.edge.uploads.locks import UploadLocks
 from relay.edge.uploads.request import BodyInterrupted, RequestBody
 from relay.edge.uploads.store import Upload, UploadState
 from relay.testing.auth import FakeAuthenticator, FakeProjectAccess
+from relay.testing.transfer import FakeUploadSink
 
 from .harness import checksum
 
 
 def test_fakes_and_sink_provide_their_interfaces() -> None:
     assert verifyObject(IAuthenticator, FakeAuthenticator())
-    assert verifyObject(IAuthenticator, NobodyAuthenticated())
     assert verifyObject(IProjectAccess, FakeProjectAccess())
-    assert verifyObject(IProjectAccess, NoProjectAccess())
-    assert verifyObject(IUploadSink, LocalStaging())
+    assert verifyObject(IUploadSink, FakeUploadSink())
 
 
-def test_local_staging_remembers() -> None:
-    sink = LocalStaging()
+def test_the_fake_sink_remembers() -> None:
+    sink = FakeUploadSink()
     staged = StagedUpload("u", "u", "alice", "p", "f", "t", 3)
     sink.upload_staged(staged)
     assert sink.staged == {"u": staged}
@@ -41,7 +39,7 @@ def test_local_staging_remembers() -> None:
 
 def test_metadata() -> None:
     assert tus.parse_metadata("filename d29ybGQ=,empty, type dGV4dA==") == {
-        "filename": b"world", "empty": b"", "type": b"text"}  # fmt: skip
+        "filename": b"world", "empty": b"", "type": b"text"}
     for bad in ("a b c", "a !!", "a YQ==,a YQ==", ",", "k\u00e9y YQ=="):
         with pytest.raises(tus.TusError) as e:
             tus.parse_metadata(bad)
@@ -175,7 +173,7 @@ class RequestBodyTests(SynchronousTestCase):
 
 class LockTests(SynchronousTestCase):
     def acquire(self, locks: UploadLocks, upload_id: str, aborted: list[str], name: str,
-                take_over: bool = False):  # type: ignore[no-untyped-def]  # fmt: skip
+                take_over: bool = False):  # type: ignore[no-untyped-def]
         from twisted.internet.defer import Deferred
 
         return Deferred.fromCoroutine(

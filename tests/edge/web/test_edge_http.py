@@ -48,7 +48,7 @@ class EdgeHttpTests(TestCase):
         vhost = Vhost().create()
         self.addCleanup(vhost.delete)
         config.write_text(f'[edge]\nlisten = "tcp:{port}:interface=127.0.0.1"\ndata_dir = "{directory / "edge"}"\n'
-                          f'[link]\nurl = "{vhost.url()}"\n')  # fmt: skip
+                          f'[link]\nurl = "{vhost.url()}"\n')
         service = edge_service(load(EdgeConfig, config), reactor)
         (db,) = [s for s in service if type(s).__name__ == "Database"]
         user_id, project_id = uuid.uuid4().hex, uuid.uuid4().hex

@@ -123,4 +123,4 @@ class OneTimePasswordTests(ApiWorld):
 
     def change_password(self, current: str, new: str) -> tuple[int, dict[str, object]]:
         return self.request("POST", "/api/password", {"current_password": current, "new_password": new},
-                            user="alice")  # fmt: skip
+                            user="alice")

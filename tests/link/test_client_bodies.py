@@ -1,4 +1,4 @@
-"""txfix 2: message bodies arrive as the exact bytes that were published."""
+"""relay.link.client, fix 2: message bodies arrive as the exact bytes that were published."""
 
 from __future__ import annotations
 

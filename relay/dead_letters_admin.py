@@ -3,7 +3,9 @@ C{relay dead-letters}: see and act on the messages an inbox could not apply.
 
 The command works on the database file directly (no reactor, no broker): a
 replay only marks the dead letter, and the running process's inbox applies
-it within a second or two.
+it within a second or two.  It serves both sides, so it stands beside the
+C{relay} command (L{relay.cli}) rather than in the link layer, which knows
+neither side's configuration.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from relay.cloud.config import CloudConfig, database_target
 from relay.config import ConfigError, load, relative_to
 from relay.db import Database, is_postgresql
-from relay.link import inbox
+from relay.edge.config import EdgeConfig
+from relay.link import deadletters, inbox
 
 
 def database_path(args: argparse.Namespace) -> Path | str:
@@ -28,12 +32,8 @@ def database_path(args: argparse.Namespace) -> Path | str:
     if args.db:
         return args.db if is_postgresql(args.db) else Path(args.db)
     if args.side == "cloud":
-        from relay.cloud.config import CloudConfig, database_target
-
         cloud = load(CloudConfig, args.config or "etc/cloud.toml")
         return database_target(cloud, Path.cwd())
-    from relay.edge.config import EdgeConfig
-
     edge = load(EdgeConfig, args.config or "etc/edge.toml")
     return relative_to(Path.cwd(), edge.edge.data_dir) / "edge.db"
 
@@ -54,13 +54,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"relay: {e}", file=sys.stderr)
         return 1
     if args.action == "list":
-        rows = db.run_now(inbox.dead_letters, None if args.all else "dead")
+        rows = db.run_now(deadletters.listing, None if args.all else "dead")
         show(rows, args.json)
         return 0
     if not args.numbers:
         print("relay: name the dead letters by number (see 'relay dead-letters list')", file=sys.stderr)
         return 2
-    act = inbox.request_replay if args.action == "replay" else inbox.drop
+    act = deadletters.request_replay if args.action == "replay" else deadletters.drop
     changed = db.run_now(act, args.numbers)
     verb = "marked for replay" if args.action == "replay" else "dropped"
     if args.json:

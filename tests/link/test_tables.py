@@ -1,4 +1,4 @@
-"""txfix 3: the field-table codec, on its own and through RabbitMQ."""
+"""relay.link.tables: the field-table codec, on its own and through RabbitMQ."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from txamqp.codec import Codec
 
 from relay.link.channel import ConfirmTracker, Delivery
-from relay.link.txfix import TableCodec, decode_table, encode_table
+from relay.link.tables import TableCodec, decode_table, encode_table
 
 from ._broker import BrokerTestCase, wait_for, within
 

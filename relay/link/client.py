@@ -1,45 +1,43 @@
-"""relay's fixes to txAMQP 0.8.2, in one place.
+"""relay's AMQP client: txAMQP 0.8.2's, with relay's fixes in one place.
 
 txAMQP 0.8.2 (2018, the last release) is pinned. Each fix below is a subclass
 or a targeted override; nothing in txAMQP is patched globally. Each one has a
-regression test in ``tests/link/`` that fails without it.
+regression test in C{tests/link/} that fails without it.
 
-1. ``no_wait=True`` hangs: ``AMQChannel.invoke`` only skips waiting for a reply
-   when a field is named exactly ``nowait``; 0-9-1 calls it ``no-wait``.
-   :func:`alias_no_wait` registers the field under both names in a loaded spec.
+1. C{no_wait=True} hangs: C{AMQChannel.invoke} only skips waiting for a reply
+   when a field is named exactly C{nowait}; 0-9-1 calls it C{no-wait}.
+   L{relay.link.spec.alias_no_wait} registers the field under both names
+   in the loaded spec.
 2. Bodies are decoded as text: a body frame that is valid UTF-8 becomes
-   ``str``; a message may then never be delivered (``str`` length is not the
+   C{str}; a message may then never be delivered (C{str} length is not the
    byte count) or be truncated (a later binary frame replaces the buffer).
-   :class:`RelayClient` decodes frames itself, bodies as ``bytes``.
-3. The table codec sends only ``str`` and 32-bit ints, miscounts non-ASCII
-   strings and cannot read arrays (RabbitMQ's ``x-death``).
-   :class:`TableCodec` speaks RabbitMQ's field types, and RelayClient's frame
-   codec uses it.
-4. The stock delegate has no handler for ``basic.ack``/``basic.nack`` (the first
-   publisher confirm closes the connection), ``basic.cancel``,
-   ``connection.blocked``/``unblocked``, and advertises no client capabilities
-   (so RabbitMQ sends none of those). :class:`RelayDelegate` advertises them and
-   routes every broker-initiated method to a :class:`BrokerListener`.
-5. Smaller ones in RelayClient: the 0-9-1 protocol header (``AMQP 0 0 9 1``;
+   L{RelayClient} decodes frames itself, bodies as C{bytes}.
+3. The table codec sends only C{str} and 32-bit ints, miscounts non-ASCII
+   strings and cannot read arrays (RabbitMQ's C{x-death}).
+   L{relay.link.tables.TableCodec} speaks RabbitMQ's field types, and
+   RelayClient's frame codec uses it.
+4. The stock delegate has no handler for C{basic.ack}/C{basic.nack} (the first
+   publisher confirm closes the connection), C{basic.cancel},
+   C{connection.blocked}/C{unblocked}, and advertises no client capabilities
+   (so RabbitMQ sends none of those). L{RelayDelegate} advertises them and
+   routes every broker-initiated method to a L{BrokerListener}.
+5. Smaller ones in RelayClient: the 0-9-1 protocol header (C{AMQP 0 0 9 1};
    txAMQP sends the 0-9 one); a frame writer that cannot die silently
    (txAMQP's stops sending for good after one encoding error, while its
    heartbeats keep the dead link looking alive); and a lost connection that
-   says why (the broker's ``connection.close`` reply, or
-   :class:`HeartbeatTimeout`) instead of "closed cleanly" / "aborted".
+   says why (the broker's C{connection.close} reply, or
+   L{HeartbeatTimeout}) instead of "closed cleanly" / "aborted".
 6. Speed, not correctness: txAMQP sets a timer for every frame received
    and restarts its heartbeat loop for every frame sent; RelayClient notes
    the time instead. The hot frames' short way past txAMQP's generic codec
-   and Deferred queues is :mod:`relay.link.fastpath`, which RelayClient
+   and Deferred queues is L{relay.link.fastpath}, which RelayClient
    builds on.
 """
 
 from __future__ import annotations
 
-import calendar
-import datetime
 import struct
-from collections.abc import Mapping, Sequence
-from decimal import Decimal
+from collections.abc import Mapping
 from io import BytesIO
 from typing import Any
 
@@ -48,7 +46,6 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txamqp.client import ConnectionClosed, TwistedDelegate
-from txamqp.codec import Codec
 from txamqp.connection import Body, Frame, Header, Heartbeat, Method
 from txamqp.content import Content
 from txamqp.message import Message
@@ -57,6 +54,7 @@ from txamqp.queue import TimeoutDeferredQueue
 from txamqp.spec import Spec
 
 from relay.link.fastpath import Encoded, FastPathClient
+from relay.link.tables import TableCodec
 
 log = Logger()
 
@@ -75,172 +73,6 @@ CLIENT_CAPABILITIES: dict[str, bool] = {
     "basic.nack": True,
     "authentication_failure_close": True,
 }
-
-
-# -- 1. no_wait ---------------------------------------------------------------
-
-
-def alias_no_wait(spec: Spec) -> Spec:
-    """Make txAMQP see 0-9-1's ``no-wait`` fields as the ``nowait`` it looks for.
-
-    Only the by-name index of each method's fields gains an entry; field order,
-    Python argument names (``no_wait``) and encoding are unchanged. Idempotent.
-    """
-    for klass in spec.classes:
-        for method in klass.methods:
-            field = method.fields.byname.get("no-wait")
-            if field is not None:
-                method.fields.byname.setdefault("nowait", field)
-    return spec
-
-
-# -- 3. tables ----------------------------------------------------------------
-
-_INT32 = range(-(2**31), 2**31)
-_INT64 = range(-(2**63), 2**63)
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-
-
-class TableCodec(Codec):
-    """txAMQP's codec with RabbitMQ's field-table types and byte-exact strings.
-
-    Python -> wire: ``None`` V, ``bool`` t, ``int`` I or l (64-bit), ``float``
-    d, ``Decimal`` D, ``str`` S, ``bytes`` x, ``datetime`` T (seconds, UTC),
-    mappings F, lists and tuples A. Wire -> Python adds b B s u i f (RabbitMQ's
-    numeric types); S is ``str`` when it is UTF-8, else ``bytes``.
-    """
-
-    def enc_str(self, fmt: str, s: str | bytes) -> None:
-        # txAMQP measures the length before encoding: wrong for non-ASCII.
-        data = s.encode("utf-8") if isinstance(s, str) else bytes(s)
-        if fmt == "!B" and len(data) > 255:
-            raise ValueError(f"short string longer than 255 bytes: {data[:32]!r}...")
-        self.pack(fmt, len(data))
-        self.write(data)
-
-    def encode_table(self, tbl: Mapping[str, Any]) -> None:
-        inner = TableCodec(BytesIO())
-        for key, value in tbl.items():
-            inner.encode_shortstr(key)
-            inner.encode_field_value(value)
-        data = inner.stream.getvalue()
-        self.encode_long(len(data))
-        self.write(data)
-
-    def decode_table(self) -> dict[str, Any]:
-        data = self.read(self.decode_long())
-        inner = TableCodec(BytesIO(data))
-        result: dict[str, Any] = {}
-        while inner.nread < len(data):
-            key = inner.decode_shortstr()
-            result[key] = inner.decode_field_value()
-        return result
-
-    def encode_field_value(self, value: Any) -> None:
-        if value is None:
-            self.write(b"V")
-        elif isinstance(value, bool):
-            self.write(b"t")
-            self.encode_octet(1 if value else 0)
-        elif isinstance(value, int):
-            if value in _INT32:
-                self.write(b"I" + struct.pack("!i", value))
-            elif value in _INT64:
-                self.write(b"l" + struct.pack("!q", value))
-            else:
-                raise ValueError(f"integer out of 64-bit range: {value}")
-        elif isinstance(value, float):
-            self.write(b"d" + struct.pack("!d", value))
-        elif isinstance(value, Decimal):
-            self.write(b"D" + _pack_decimal(value))
-        elif isinstance(value, str):
-            self.write(b"S")
-            self.enc_str("!L", value)
-        elif isinstance(value, (bytes, bytearray, memoryview)):
-            self.write(b"x")
-            self.enc_bytes("!L", bytes(value))
-        elif isinstance(value, datetime.datetime):
-            if value.tzinfo is None:
-                value = value.replace(tzinfo=datetime.UTC)
-            self.write(b"T" + struct.pack("!Q", calendar.timegm(value.utctimetuple())))
-        elif isinstance(value, Mapping):
-            self.write(b"F")
-            self.encode_table(value)
-        elif isinstance(value, Sequence):
-            inner = TableCodec(BytesIO())
-            for item in value:
-                inner.encode_field_value(item)
-            self.write(b"A")
-            self.enc_bytes("!L", inner.stream.getvalue())
-        else:
-            raise TypeError(f"cannot encode {type(value).__name__} in an AMQP table")
-
-    def decode_field_value(self) -> Any:
-        kind = self.read(1)
-        simple = _SIMPLE_TYPES.get(kind)
-        if simple is not None:
-            return self.unpack(simple)
-        if kind == b"t":
-            return self.decode_octet() != 0
-        if kind == b"S":
-            return self.dec_str("!L")
-        if kind == b"x":
-            return self.dec_bytes("!L")
-        if kind == b"F":
-            return self.decode_table()
-        if kind == b"A":
-            data = self.dec_bytes("!L")
-            inner = TableCodec(BytesIO(data))
-            items = []
-            while inner.nread < len(data):
-                items.append(inner.decode_field_value())
-            return items
-        if kind == b"D":
-            scale = self.decode_octet()
-            return Decimal(self.unpack("!i")).scaleb(-scale)
-        if kind == b"T":
-            return _EPOCH + datetime.timedelta(seconds=self.unpack("!Q"))
-        if kind == b"V":
-            return None
-        raise ValueError(f"unknown AMQP field type {kind!r}")
-
-
-_SIMPLE_TYPES = {
-    b"b": "!b",
-    b"B": "!B",
-    b"s": "!h",  # RabbitMQ: signed 16-bit (0-9-1's text says short string)
-    b"u": "!H",
-    b"I": "!i",
-    b"i": "!I",
-    b"l": "!q",
-    b"f": "!f",
-    b"d": "!d",
-}
-
-
-def _pack_decimal(value: Decimal) -> bytes:
-    sign, digits, exponent = value.as_tuple()
-    if not isinstance(exponent, int):
-        raise ValueError(f"cannot encode {value} as an AMQP decimal")
-    unscaled = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
-    if exponent > 0:
-        unscaled, exponent = unscaled * 10**exponent, 0
-    if -exponent > 255 or unscaled not in _INT32:
-        raise ValueError(f"decimal out of AMQP range: {value}")
-    return struct.pack("!Bi", -exponent, unscaled)
-
-
-def encode_table(table: Mapping[str, Any]) -> bytes:
-    """Encode a field table (with its length prefix) the way relay sends it."""
-    codec = TableCodec(BytesIO())
-    codec.encode_table(table)
-    codec.flush()
-    return codec.stream.getvalue()
-
-
-def decode_table(data: bytes) -> dict[str, Any]:
-    """Decode what :func:`encode_table` produced."""
-    return TableCodec(BytesIO(data)).decode_table()
 
 
 # -- 2. frames, with bodies as bytes ------------------------------------------
@@ -319,7 +151,7 @@ def decode_header(spec: Spec, data: bytes) -> Header:
 
 
 async def read_content(queue: TimeoutDeferredQueue) -> Content:
-    """Collect a content header and its body frames into one ``bytes`` body."""
+    """Collect a content header and its body frames into one C{bytes} body."""
     header = (await queue.get()).payload
     children = [await read_content(queue) for _ in range(header.weight)]
     chunks: list[bytes] = []
@@ -342,22 +174,22 @@ class BrokerListener:
     """
 
     def delivered(self, channel_id: int, message: Message) -> None:
-        """A ``basic.deliver`` with its content (body as ``bytes``)."""
+        """A C{basic.deliver} with its content (body as C{bytes})."""
 
     def returned(self, channel_id: int, message: Message) -> None:
-        """A ``basic.return``: a mandatory message that no queue took."""
+        """A C{basic.return}: a mandatory message that no queue took."""
 
     def confirmed(self, channel_id: int, delivery_tag: int, multiple: bool, ack: bool) -> None:
-        """A publisher confirm: ``basic.ack`` (``ack``) or ``basic.nack``."""
+        """A publisher confirm: C{basic.ack} (C{ack}) or C{basic.nack}."""
 
     def consumer_cancelled(self, channel_id: int, consumer_tag: str) -> None:
         """The broker ended a consumer (its queue was deleted, for example)."""
 
     def blocked(self, reason: str) -> None:
-        """``connection.blocked``: the broker stopped reading our publishes."""
+        """C{connection.blocked}: the broker stopped reading our publishes."""
 
     def unblocked(self) -> None:
-        """``connection.unblocked``."""
+        """C{connection.unblocked}."""
 
     def channel_closed(self, channel_id: int, reason: Failure) -> None:
         """A channel was closed by the broker (a channel-level error)."""
@@ -368,7 +200,7 @@ class BrokerListener:
 
 class RelayDelegate(TwistedDelegate):
     """txAMQP's delegate, with client capabilities and every broker-initiated
-    method relay needs routed to a :class:`BrokerListener`.
+    method relay needs routed to a L{BrokerListener}.
     """
 
     def __init__(self, listener: BrokerListener, client_properties: Mapping[str, Any]) -> None:
@@ -428,9 +260,9 @@ class RelayDelegate(TwistedDelegate):
 class RelayClient(FastPathClient):
     """txAMQP's client with relay's frame codec, bytes bodies and listener hooks.
 
-    Construct with a :class:`RelayDelegate` and pass the reactor as ``clock``.
+    Construct with a L{RelayDelegate} and pass the reactor as C{clock}.
     The hot frames bypass txAMQP's generic machinery: see
-    :class:`relay.link.fastpath.FastPathClient`, which this builds on.
+    L{relay.link.fastpath.FastPathClient}, which this builds on.
     """
 
     checkHB: IDelayedCall  # set by txAMQP when heartbeats are on

@@ -12,7 +12,7 @@ import pytest
 
 from relay.cli import main
 from relay.db import connect, migrate, transaction
-from relay.link import inbox
+from relay.link import deadletters, inbox
 
 
 def bury(path: Path, count: int) -> None:
@@ -21,7 +21,7 @@ def bury(path: Path, count: int) -> None:
     for n in range(count):
         transaction(
             conn,
-            lambda c, n=n: inbox._bury(c, f"m{n}", "job.submit", "relay.to-cloud", f"reason {n}", b"{}", None, 1.0),
+            lambda c, n=n: deadletters.bury(c, f"m{n}", "job.submit", "relay.to-cloud", f"reason {n}", b"{}", None, 1.0),
         )
     conn.close()
 

@@ -1,4 +1,4 @@
-"""txfix 4: publisher confirms, returns, consumer cancels, blocking and
+"""relay.link.client, fix 4: publisher confirms, returns, consumer cancels, blocking and
 capabilities reach relay instead of killing the connection."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from txamqp.connection import Frame, Method
 
 from relay.link.channel import ConfirmTracker, ReturnedMessage
-from relay.link.spec import load_spec
-from relay.link.txfix import (
+from relay.link.client import (
     CLIENT_CAPABILITIES,
     PROTOCOL_HEADER,
     BrokerListener,
@@ -20,6 +19,7 @@ from relay.link.txfix import (
     RelayDelegate,
     encode_payload,
 )
+from relay.link.spec import load_spec
 
 from ._broker import URL, BrokerTestCase, open_channel, wait_for, within
 
