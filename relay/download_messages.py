@@ -98,5 +98,4 @@ def register_types(catalogue: Catalogue) -> None:
     Add the download path's message types to a catalogue (both sides
     register all of them).
     """
-    for name, (schema, description) in SCHEMAS.items():
-        catalogue.register(name, schema, description=description)
+    catalogue.register_all(SCHEMAS)

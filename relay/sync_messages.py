@@ -252,5 +252,4 @@ def register_types(catalogue: Catalogue) -> None:
     Add the registry's and sync's message types to a catalogue (both sides
     register all of them: each validates what it receives).
     """
-    for name, (schema, description) in SCHEMAS.items():
-        catalogue.register(name, schema, description=description)
+    catalogue.register_all(SCHEMAS)

@@ -99,6 +99,11 @@ class Catalogue:
         self._types: dict[tuple[str, int], tuple[MessageType, Draft202012Validator]] = {}
         self._fast: dict[tuple[str, int], Callable[[Any], object]] = {}
 
+    def register_all(self, schemas: Mapping[str, tuple[Mapping[str, Any], str]]) -> None:
+        """Register each C{name: (schema, description)} (version 1)."""
+        for name, (schema, description) in schemas.items():
+            self.register(name, schema, description=description)
+
     def register(
         self, name: str, schema: Mapping[str, Any], *, version: int = 1, description: str = ""
     ) -> MessageType:

@@ -11,43 +11,29 @@ import hashlib
 import io
 import json
 import tarfile
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import treq
-from twisted.trial import unittest
 
 from relay.replication import FINAL_JOB_STATES
 from relay.testing.linkemu import LinkProfile
-from relay.testing.s3servers import S3Server, start_moto
 from relay.testing.transfer_world import read_db
 from tests.conftest import ROOT
-from tests.edge.transfer.world import TransferWorld, sleep
+from tests.edge.transfer.world import MotoTestCase, TransferWorld, sleep
 
 #: The shipped kinds (etc/cloud.toml's [jobs] tables), with a short lease.
 SHIPPED_JOBS = (ROOT / "etc" / "cloud.toml").read_text().split("\n[jobs]\n", 1)[1]
 JOBS_TOML = "[jobs]\n" + SHIPPED_JOBS.replace("lease = 15.0", "lease = 4.0")
 
 
-class JobWorld(unittest.TestCase):
+class JobWorld(MotoTestCase):
     """
     The servers and helpers the job tests share (no tests of its own).
     """
 
     timeout = 180
-    server: ClassVar[S3Server]
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.tmp = tempfile.TemporaryDirectory(prefix="relay-moto-")
-        cls.server = start_moto()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.server.stop()
-        cls.tmp.cleanup()
 
     async def world(self) -> TransferWorld:
         root = Path(self.mktemp()).resolve()

@@ -11,20 +11,18 @@ import hashlib
 import os
 import signal
 import subprocess
-import tempfile
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
-from twisted.trial import unittest
 
 from relay.testing.linkemu import LinkEmulator, LinkProfile
-from relay.testing.s3servers import S3Server, free_port, start_moto
+from relay.testing.s3servers import free_port
 from relay.testing.transfer_world import Node, read_db
-from tests.edge.transfer.world import TransferWorld, sleep
+from tests.edge.transfer.world import MotoTestCase, TransferWorld, sleep
 
 #: Small chunks, so that a few MiB already take several streams.
 DOWNLOADS = {"chunk_size": 256 << 10, "streams": 4, "stall_timeout": 5.0, "request_timeout": 10.0}
@@ -36,21 +34,10 @@ def pseudo_random(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-class DownloadWorld(unittest.TestCase):
+class DownloadWorld(MotoTestCase):
     """The servers and helpers the download tests share."""
 
     timeout = 240
-    server: ClassVar[S3Server]
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.tmp = tempfile.TemporaryDirectory(prefix="relay-moto-")
-        cls.server = start_moto()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.server.stop()
-        cls.tmp.cleanup()
 
     async def world(self, s3_link: LinkProfile | None = None, **downloads: Any) -> TransferWorld:
         root = Path(self.mktemp()).resolve()
@@ -179,7 +166,7 @@ class AnotherEdgeFetches(DownloadWorld):
         for code, _, body in (first, second):
             self.assertEqual(code, 200)
             self.assertEqual(hashlib.sha256(body).hexdigest(), sha256)
-        fetched = _metrics(port)["relay_download_bytes_fetched"]
+        fetched = world.edge_metrics(port)["relay_download_bytes_fetched"]
         self.assertLess(fetched, 1.2 * (6 << 20), "two clients, one fetch")
 
     async def test_prefetch_brings_a_new_file_before_anyone_asks(self) -> None:
@@ -216,7 +203,7 @@ class AnotherEdgeFetches(DownloadWorld):
         self.assertEqual((code, hashlib.sha256(body).hexdigest()), (200, sha256))
         # It resumed: far less than the whole file went again.
         self.assertLess(
-            _metrics(port)["relay_download_bytes_fetched"], (8 << 20) - got_before + (2 << 20)
+            world.edge_metrics(port)["relay_download_bytes_fetched"], (8 << 20) - got_before + (2 << 20)
         )
 
     async def test_a_flipped_byte_in_the_cache_is_detected_and_the_file_fetched_again(self) -> None:
@@ -362,6 +349,8 @@ class ResumingClients(DownloadWorld):
         size = 200 << 20
         [(upload_id, sha256)] = await self.uploaded(world, size)
         _, port = await self.edge_b(world)
+        # B's fetch from S3 meets resets too.
+        world.s3_link.set_profile(LinkProfile(rate_bytes_per_s=16 << 20, reset_mean_s=2.0))
         cutter = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{port}",
                               LinkProfile(rate_bytes_per_s=40 << 20, reset_mean_s=1.5))
         await cutter.start()
@@ -386,6 +375,7 @@ class ResumingClients(DownloadWorld):
             got = await deferToThread(_sha256_of, out / f"{name}.bin")
             self.assertEqual(got, sha256, name)
             self.assertGreater(cutter.counters.resets_injected, before + 1, f"{name} met too few resets")
+        self.assertGreater(world.s3_link.counters.resets_injected, 0)
 
 
 def _sha256_of(path: Path) -> str:
@@ -401,16 +391,3 @@ async def _both(a: Any, b: Any) -> tuple[Any, Any]:
 
     results = await gatherResults([Deferred.fromCoroutine(a), Deferred.fromCoroutine(b)])
     return results[0], results[1]
-
-
-def _metrics(port: int) -> dict[str, float]:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#") and "{" not in line:
-            name, _, value = line.partition(" ")
-            values[name] = float(value)
-    return values

@@ -13,15 +13,16 @@ import random
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import treq
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
+from twisted.trial import unittest
 
 from relay.testing.linkemu import LinkEmulator, LinkProfile
-from relay.testing.s3servers import S3Server, free_port
+from relay.testing.s3servers import S3Server, free_port, start_moto
 from relay.testing.transfer_world import (
     AMQP_PORT,
     JobView,
@@ -44,6 +45,20 @@ TEST_TRANSFER = {
 
 async def sleep(seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
+
+
+class MotoTestCase(unittest.TestCase):
+    """A test case with moto's S3 server for the whole class (C{server})."""
+
+    server: ClassVar[S3Server]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.server = start_moto()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.server.stop()
 
 
 class TransferWorld:
@@ -168,8 +183,8 @@ class TransferWorld:
         body = await response.content()
         return response.code, json.loads(body) if body else None
 
-    def edge_metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.edge_port}/metrics", timeout=5) as r:
+    def edge_metrics(self, port: int | None = None) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port or self.edge_port}/metrics", timeout=5) as r:
             text = r.read().decode()
         values = {}
         for line in text.splitlines():
