@@ -93,5 +93,18 @@ SCHEMA = Schema(
         """
         ALTER TABLE users ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;
         """,
+        # The catalogue of job kinds, kept equal to the configuration's
+        # kinds by L{relay.cloud.jobs.catalogue}; replicated to the edges.
+        """
+        CREATE TABLE job_kinds (
+            name TEXT PRIMARY KEY,
+            description TEXT NOT NULL,
+            parameters TEXT NOT NULL,
+            arguments TEXT NOT NULL,
+            min_inputs INTEGER NOT NULL,
+            max_inputs INTEGER NOT NULL,
+            timeout DOUBLE PRECISION NOT NULL
+        );
+        """,
     ],
 )

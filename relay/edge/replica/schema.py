@@ -118,5 +118,17 @@ SCHEMA = Schema(
         """
         ALTER TABLE replica_users ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;
         """,
+        # The catalogue of job kinds (L{relay.edge.replica.kinds}).
+        """
+        CREATE TABLE replica_job_kinds (
+            name TEXT PRIMARY KEY,
+            description TEXT NOT NULL,
+            parameters TEXT NOT NULL,
+            arguments TEXT NOT NULL,
+            min_inputs INTEGER NOT NULL,
+            max_inputs INTEGER NOT NULL,
+            timeout DOUBLE PRECISION NOT NULL
+        );
+        """,
     ],
 )
