@@ -59,7 +59,8 @@ class RunLog:
         """
         The last lines kept, as text (the reason a failed job shows).
         """
-        self._file.flush()
+        if not self._file.closed:  # the worker reads it after closing it too
+            self._file.flush()
         with open(self.path, "rb") as f:
             f.seek(max(0, self.kept - 8192))
             text = f.read().decode("utf-8", "replace")

@@ -244,3 +244,16 @@ class WorkerDeathTests(unittest.TestCase):
         while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
             await pause(0.05)
         self.assertEqual([pid for pid in pids if alive(pid)], [])
+
+
+def test_a_closed_log_still_gives_its_tail(tmp_path: Path) -> None:
+    """
+    The worker closes a failed run's log (to store it) before it takes the
+    last lines for the job's error.
+    """
+    from relay.cloud.jobs.output import RunLog
+
+    log = RunLog(tmp_path / "log", 1 << 20)
+    log.write(0, b"one\ntwo\nsynthesis failed\n")
+    log.close()
+    assert log.tail(2) == "two\nsynthesis failed"
