@@ -108,6 +108,8 @@ class JobProcess:
         timeout: float,
         grace: float,
         on_output: Callable[[int, bytes], None],
+        lease: Path | None = None,
+        lease_timeout: float = 0.0,
     ) -> None:
         """
         @param reactor: an C{IReactorProcess} and C{IReactorTime}.
@@ -121,6 +123,9 @@ class JobProcess:
             process tree is stopped.
         @param on_output: called with C{(offset, data)} for each piece of
             output.
+        @param lease: a file the caller touches each time it renews the
+            job's lease: the shepherd stops the run (exit status 137) once
+            it was not touched for C{lease_timeout} seconds.
         """
         self._reactor = reactor
         self._argv = argv
@@ -130,6 +135,8 @@ class JobProcess:
         self._timeout = timeout
         self._grace = grace
         self._on_output = on_output
+        self._lease = lease
+        self._lease_timeout = lease_timeout
         self._offset = 0
         self._stopped: StopReason | None = None
         self._transport: Any = None
@@ -143,6 +150,7 @@ class JobProcess:
         spec = json.dumps({
             "argv": self._argv, "limits": asdict(self._limits), "grace": self._grace,
             "parent": os.getpid(),
+            **({"lease": str(self._lease), "lease_timeout": self._lease_timeout} if self._lease else {}),
         })  # fmt: skip
         devnull = os.open(os.devnull, os.O_RDONLY)
         try:

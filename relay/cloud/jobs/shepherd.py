@@ -15,10 +15,20 @@ SIGTERM, then SIGKILL after the grace period, and the shepherd exits with
 way (with at most a second of grace) and the exit status is the command's
 (128 + N if signal N killed it; 127 if it could not be started).
 
+A worker that is alive but no longer holds the job's lease (stopped,
+hung, cut off from the database) cannot tell the shepherd anything; so,
+when the spec names a C{lease} file, the worker touches that file each
+time it renews the lease, and a run whose file was not touched for
+C{lease_timeout} seconds is stopped at once (SIGKILL to every descendant,
+exit status 137) before the lease can expire and the job run elsewhere:
+a job never runs twice at the same time.
+
 SPEC is JSON: C{{"argv": [...], "limits": {"cpu_seconds": ...,
 "memory_bytes": ..., "open_files": ..., "file_bytes": ...}, "grace":
-seconds, "parent": pid}}; C{parent} (optional) is the worker's pid, to
-notice a worker that died before the death signal was armed.
+seconds, "parent": pid, "lease": path, "lease_timeout": seconds}};
+C{parent} (optional) is the worker's pid, to notice a worker that died
+before the death signal was armed; C{lease} and C{lease_timeout} are
+optional too.
 Standard library only: it runs before anything else in the job's process.
 """
 
@@ -43,6 +53,7 @@ _LIMITS = {
 }
 _STOPS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 _STOPPED = 128 + signal.SIGTERM
+_LEASE_LOST = 128 + signal.SIGKILL
 
 
 def descendants(root: int) -> set[int]:
@@ -171,21 +182,37 @@ def main(args: list[str]) -> int:
     if parent is not None and os.getppid() != parent:
         return _STOPPED  # the worker died before the death signal was armed
     grace = float(spec.get("grace", 5.0))
+    lease, lease_timeout = spec.get("lease"), float(spec.get("lease_timeout") or 0)
     command = os.fork()
     if command == 0:
         _exec(spec, mask)
     reaped: dict[int, int] = {}
     stopped = False
     while command not in reaped:
-        received = signal.sigtimedwait(_STOPS | {signal.SIGCHLD}, 1.0)
+        received = signal.sigtimedwait(_STOPS | {signal.SIGCHLD}, 0.25 if lease else 1.0)
         reaped.update(reap())
         if received is not None and received.si_signo in _STOPS and command not in reaped:
             stopped = True
             break
+        if lease and command not in reaped and not _renewed(lease, lease_timeout):
+            os.write(1, f"relay: the worker did not renew the job's lease for {lease_timeout:g} s: "
+                        "the run is stopped\n".encode())  # fmt: skip
+            kill_all(0.0, reaped)
+            return _LEASE_LOST
     kill_all(grace if stopped else min(grace, 1.0), reaped)
     if stopped:
         return _STOPPED
     return _status(reaped[command])
+
+
+def _renewed(path: str, timeout: float) -> bool:
+    """
+    Whether the worker touched the lease file within C{timeout} seconds.
+    """
+    try:
+        return time.time() - os.stat(path).st_mtime < timeout
+    except OSError:
+        return False  # the run's directory is gone: so is its worker
 
 
 if __name__ == "__main__":

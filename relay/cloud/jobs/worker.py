@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import mimetypes
+import os
 import re
 import shutil
 import sys
@@ -206,6 +207,12 @@ class JobWorker(Service):
                               epoch=claim.epoch, why=why)  # fmt: skip
                 return
             log.close()
+            if await self._db.run(self._leases.holds, claim, self._reactor.seconds(), False) is not None:
+                # Stopped or cut off past the lease (another attempt may have
+                # the job): nothing of this run is stored, nothing recorded.
+                self.log.warn("job {job_id} epoch {epoch} lost its lease: its results are not stored",
+                              job_id=claim.job_id, epoch=claim.epoch)  # fmt: skip
+                return
             results = await self._store(claim, kind, run_dir, log)
             state, error = outcome.state, None
             if state == "timed_out":
@@ -247,10 +254,16 @@ class JobWorker(Service):
             "HOME": str(work), "TMPDIR": str(run_dir / "tmp"), "LANG": "C.UTF-8",
         }
         limits = kind.limits
+        # Touched at each renewal: the shepherd stops a run whose worker
+        # stopped renewing (alive but stopped or cut off) before the lease
+        # expires, as the worker itself gives up after 0.8 of it.
+        lease_file = run_dir / "lease"
+        lease_file.touch()
         process = JobProcess(
             self._reactor, kind.argv(claim.parameters, paths), work, env,
             Limits(limits.cpu_seconds, limits.memory_bytes, limits.open_files, limits.file_bytes),
             timeout=kind.timeout, grace=self._grace, on_output=log.write,
+            lease=lease_file, lease_timeout=self._leases.lease * 0.8,
         )
         stopped: list[str] = []
         reported = [-1.0]
@@ -268,6 +281,8 @@ class JobWorker(Service):
                     return
             else:
                 last_held[0] = self._reactor.seconds()
+                if lost is None:
+                    os.utime(lease_file)
                 if progress >= 0:
                     reported[0] = progress
             if lost is not None and not stopped:
