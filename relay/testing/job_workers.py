@@ -91,11 +91,12 @@ class WorkersWorld:
     the registry at C{dsn}.
 
     @param jobs: more keys of each worker's C{[jobs]} table.
+    @param kinds_toml: more C{[jobs.kinds.NAME]} tables, for every cloud.
     """
 
     def __init__(
         self, root: Path, s3: S3Server, dsn: str, *, workers: int = 2, slots: int = 2, lease: float = 4.0,
-        grace: float = 1.0, jobs: dict[str, Any] | None = None,
+        grace: float = 1.0, jobs: dict[str, Any] | None = None, kinds_toml: str = "",
     ) -> None:
         self.root = root
         self.s3 = s3
@@ -107,8 +108,11 @@ class WorkersWorld:
         self._lease = lease
         self._grace = grace
         self._jobs = jobs or {}
+        self._kinds_toml = kinds_toml
         self.workers: list[Node] = []
         self.edge_port = free_port()
+        #: Each cloud's health and metrics port, by name.
+        self.status_ports: dict[str, int] = {}
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -128,16 +132,19 @@ class WorkersWorld:
         directory = self.root / name
         directory.mkdir(parents=True, exist_ok=True)
         credentials = self.s3.write_credentials(directory / "s3-credentials.toml")
+        self.status_ports[name] = free_port()
         config = write_config(directory / "cloud.toml", {
-            "cloud": {"listen": f"tcp:{free_port()}:interface=127.0.0.1", "data_dir": str(directory / "data")},
+            "cloud": {"listen": f"tcp:{self.status_ports[name]}:interface=127.0.0.1",
+                      "data_dir": str(directory / "data")},
             "link": {"url": self.vhost.url(), "heartbeat": 2},
             "s3": {"bucket": self.s3.bucket, "endpoint_url": self.s3.endpoint, "addressing_style": "path",
                    "credentials_file": str(credentials)},
             "registry": {"dsn": self.dsn},
             "jobs": {"role": role, "slots": self._slots, "lease": self._lease, "grace": self._grace,
-                     "worker_name": name, "work_dir": str(directory / "work"), **self._jobs},
+                     "worker_name": name, "work_dir": str(directory / "work"),
+                     **(self._jobs if role == "worker" else {})},
         })  # fmt: skip
-        config.write_text(config.read_text() + KINDS_TOML.format(side=self.side))
+        config.write_text(config.read_text() + KINDS_TOML.format(side=self.side) + self._kinds_toml)
         return Node("relay-cloud", config, directory / "cloud.log", directory)
 
     def stop(self) -> None:
@@ -169,17 +176,70 @@ class WorkersWorld:
             return False
         return code == 200 and len(answer["kinds"]) >= 2
 
-    def submit(self, kind: str, **parameters: Any) -> str:
+    def submit(self, kind: str, inputs: tuple[str, ...] = (), **parameters: Any) -> str:
         code, answer = self.api("POST", "/api/v1/jobs", {"project_id": self.project, "kind": kind,
-                                                         "parameters": parameters, "inputs": []})  # fmt: skip
+                                                         "parameters": parameters, "inputs": list(inputs)})  # fmt: skip
         if code != 202:
             raise AssertionError(f"submit {kind} {parameters}: {code} {answer}")
         return str(answer["job"]["id"])
+
+    def put_input(self, name: str, data: bytes) -> str:
+        """
+        A stored file of the project (in S3 and the registry, as a transfer
+        leaves it); returns its id once the edge knows it.
+        """
+        import hashlib
+
+        from twisted.internet.task import Clock
+
+        from relay.cloud.objects import object_key
+        from relay.cloud.registry import Registry, new_id
+        from relay.cloud.sync import EventLog
+        from relay.testing.immediate import ImmediateDatabase
+
+        file_id = new_id()
+        key = object_key(self.project, file_id)
+        self.s3.client().put_object(Bucket=self.s3.bucket, Key=key, Body=data)
+        db = ImmediateDatabase(self.dsn)
+        clock = Clock()
+        clock.advance(time.time())
+        try:
+            db.run_now(lambda c: Registry(EventLog(clock), clock).put_file(
+                c, self.project, name, len(data), sha256=hashlib.sha256(data).hexdigest(), object_key=key,
+                file_id=file_id,
+            ))  # fmt: skip
+        finally:
+            db.close()
+
+        def known() -> bool:
+            code, answer = self.api("GET", f"/api/files?project={self.project}")
+            return code == 200 and file_id in [f["id"] for f in answer["files"]]
+
+        self.wait_for("the edge knows the input", known, 30)
+        return file_id
+
+    def result(self, job_id: str, suffix: str) -> bytes:
+        """
+        The bytes of the job's result file whose name ends in C{suffix}.
+        """
+        for file_id in json.loads(self.jobs()[job_id]["result_files"]):
+            (row,) = registry_rows(self.dsn, "SELECT name, object_key FROM files WHERE id = ?", (file_id,))
+            if row["name"].endswith(suffix):
+                body = self.s3.client().get_object(Bucket=self.s3.bucket, Key=row["object_key"])["Body"]
+                return bytes(body.read())
+        raise AssertionError(f"job {job_id} has no result ending in {suffix}")
 
     # -- what happened ---------------------------------------------------------
 
     def jobs(self) -> dict[str, dict[str, Any]]:
         return {row["id"]: row for row in registry_rows(self.dsn, "SELECT * FROM jobs")}
+
+    def state(self, job_id: str) -> str | None:
+        """
+        The job's state in the registry (C{None} before its command arrived).
+        """
+        rows = registry_rows(self.dsn, "SELECT state FROM jobs WHERE id = ?", (job_id,))
+        return str(rows[0]["state"]) if rows else None
 
     def run_of(self, job_id: str) -> dict[str, Any]:
         (row,) = registry_rows(self.dsn, "SELECT * FROM job_runs WHERE job_id = ?", (job_id,))
@@ -195,6 +255,16 @@ class WorkersWorld:
         shepherd = _parent(pid)
         worker = None if shepherd is None else _parent(shepherd)
         return next((w for w in self.workers if w.process is not None and w.process.pid == worker), None)
+
+    def metric(self, name: str, metric: str) -> float:
+        """
+        One metric of cloud C{name} (C{dispatch}, C{w1} ...).
+        """
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.status_ports[name]}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(metric + " "):
+                    return float(line.split()[1])
+        raise AssertionError(f"no metric {metric} at {name}")
 
     def unacknowledged(self, queue: str = "relay.jobs") -> int:
         """

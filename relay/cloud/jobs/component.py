@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -100,6 +101,11 @@ class JobReaper(TimerService):
                 self.log.info("job {job_id} lost its worker: {what}", job_id=job_id, what=what)
 
 
+def _user(name: str) -> tuple[int, int]:
+    entry = pwd.getpwnam(name)  # the configuration checked that it exists
+    return entry.pw_uid, entry.pw_gid
+
+
 class Jobs(MultiService):
     """
     The jobs component: its command effects, and the reaper and worker its
@@ -130,6 +136,7 @@ def build_jobs(
             reactor, db, leases, objects, config.kinds, blocking, bridge.link,
             name=config.worker_name or f"{socket.gethostname()}-{os.getpid()}",
             slots=config.slots, work_dir=work_dir, grace=config.grace,
+            run_as=_user(config.run_user) if config.run_user else None,
         )
         bridge.when_up(worker.link_up)
     jobs = Jobs(JobDispatch(config.kinds, leases), worker)

@@ -110,6 +110,7 @@ class JobProcess:
         on_output: Callable[[int, bytes], None],
         lease: Path | None = None,
         lease_timeout: float = 0.0,
+        user: tuple[int, int] | None = None,
     ) -> None:
         """
         @param reactor: an C{IReactorProcess} and C{IReactorTime}.
@@ -126,6 +127,9 @@ class JobProcess:
         @param lease: a file the caller touches each time it renews the
             job's lease: the shepherd stops the run (exit status 137) once
             it was not touched for C{lease_timeout} seconds.
+        @param user: the uid and gid the command runs as (the caller must
+            be root: the shepherd stays root, so it can always stop what the
+            command started); C{None}: the caller's.
         """
         self._reactor = reactor
         self._argv = argv
@@ -137,6 +141,7 @@ class JobProcess:
         self._on_output = on_output
         self._lease = lease
         self._lease_timeout = lease_timeout
+        self._user = user
         self._offset = 0
         self._stopped: StopReason | None = None
         self._transport: Any = None
@@ -151,6 +156,7 @@ class JobProcess:
             "argv": self._argv, "limits": asdict(self._limits), "grace": self._grace,
             "parent": os.getpid(),
             **({"lease": str(self._lease), "lease_timeout": self._lease_timeout} if self._lease else {}),
+            **({"user": list(self._user)} if self._user else {}),
         })  # fmt: skip
         devnull = os.open(os.devnull, os.O_RDONLY)
         try:

@@ -6,9 +6,10 @@ The shepherd is the worker's child and the command's parent.  It makes
 itself a child subreaper (C{PR_SET_CHILD_SUBREAPER}), so every process the
 command leaves behind, even one that called C{setsid} and forked twice,
 is re-parented to it and can be found by walking C{/proc}; it asks to get
-SIGTERM when the worker dies (C{PR_SET_PDEATHSIG}).  The command runs in a
-session of its own with the kind's rlimits, its stderr joined to its
-stdout (one stream, in the order it was written).  On SIGTERM, SIGINT or
+SIGTERM when the worker dies (C{PR_SET_PDEATHSIG}), and no set-user-id
+program may give a descendant more privileges (C{PR_SET_NO_NEW_PRIVS}).
+The command runs in a session of its own with the kind's rlimits, its
+stderr joined to its stdout (one stream, in the order it was written).  On SIGTERM, SIGINT or
 SIGHUP (a cancel, a timeout, the worker going away) every descendant gets
 SIGTERM, then SIGKILL after the grace period, and the shepherd exits with
 143.  When the command exits, whatever it left behind is stopped the same
@@ -28,7 +29,8 @@ SPEC is JSON: C{{"argv": [...], "limits": {"cpu_seconds": ...,
 seconds, "parent": pid, "lease": path, "lease_timeout": seconds}};
 C{parent} (optional) is the worker's pid, to notice a worker that died
 before the death signal was armed; C{lease} and C{lease_timeout} are
-optional too.
+optional too, and so is C{user} (C{[uid, gid]}): the command then runs as
+that user with its groups, the shepherd itself staying root.
 Standard library only: it runs before anything else in the job's process.
 """
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import pwd
 import resource
 import signal
 import sys
@@ -45,6 +48,7 @@ from typing import Any
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
 _LIMITS = {
     "cpu_seconds": resource.RLIMIT_CPU,
     "memory_bytes": resource.RLIMIT_AS,
@@ -162,6 +166,15 @@ def _exec(spec: dict[str, Any], mask: set[int | signal.Signals]) -> None:
         for name, value in (spec.get("limits") or {}).items():
             if value is not None:
                 _limit(name, int(value))
+        if spec.get("user"):
+            uid, gid = spec["user"]
+            try:
+                groups = os.getgrouplist(pwd.getpwuid(uid).pw_name, gid)
+            except KeyError:
+                groups = [gid]
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
         os.execvp(argv[0], argv)
     except BaseException as e:
         try:
@@ -178,6 +191,9 @@ def main(args: list[str]) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    # No set-user-id program makes a descendant someone the shepherd (an
+    # unprivileged run user) could no longer kill.
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     parent = spec.get("parent")
     if parent is not None and os.getppid() != parent:
         return _STOPPED  # the worker died before the death signal was armed

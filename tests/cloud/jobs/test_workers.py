@@ -56,9 +56,8 @@ def started(world: WorkersWorld, tag: str) -> list[int]:
 
 def test_fifty_jobs_on_two_workers_each_succeed_exactly_once(world: WorkersWorld) -> None:
     tags = {world.submit("tick", tag=f"job-{n}"): f"job-{n}" for n in range(50)}
-    world.wait_for("50 jobs finished", lambda: all(
-        world.jobs()[job_id]["state"] in ("succeeded", "failed") for job_id in tags if job_id in world.jobs()
-    ) and len(world.jobs()) == 50, 180)  # fmt: skip
+    world.wait_for("50 jobs finished", lambda: [j["state"] for j in world.jobs().values()].count("succeeded")
+                   + [j["state"] for j in world.jobs().values()].count("failed") == 50, 180)  # fmt: skip
     jobs = world.jobs()
     assert Counter(job["state"] for job in jobs.values()) == {"succeeded": 50}
     runs = Counter(world.side_lines())
@@ -68,7 +67,8 @@ def test_fifty_jobs_on_two_workers_each_succeed_exactly_once(world: WorkersWorld
     # Both workers took part (each logs the runs it starts).
     ran = {w.log_path.parent.name: w.log_text().count(" starts on ") for w in world.workers}
     assert sum(ran.values()) == 50 and min(ran.values()) > 0, ran
-    assert world.unacknowledged() == 0
+    # A late duplicate delivery is claimed for nothing and acknowledged.
+    world.wait_for("no delivery left unacknowledged", lambda: world.unacknowledged() == 0, 15)
 
 
 def test_a_worker_killed_mid_job_the_other_completes_it_within_30_s(world: WorkersWorld) -> None:
@@ -82,8 +82,7 @@ def test_a_worker_killed_mid_job_the_other_completes_it_within_30_s(world: Worke
     survivor = next(w for w in world.workers if w is not victim)
     victim.kill()
     killed_at = time.monotonic()
-    done_at = world.wait_for("the job finished", lambda: world.jobs()[job_id]["state"] != "running" and
-                             world.jobs()[job_id]["state"] != "queued", 60)  # fmt: skip
+    done_at = world.wait_for("the job finished", lambda: world.state(job_id) in ("succeeded", "failed"), 60)
     job = world.jobs()[job_id]
     assert job["state"] == "succeeded", job["error"]
     assert done_at - killed_at < 30
@@ -103,6 +102,7 @@ def test_a_stale_worker_publishes_nothing(world: WorkersWorld) -> None:
     stale = world.worker_running(first)
     assert stale is not None and stale.process is not None
     other = next(w for w in world.workers if w is not stale)
+    assert world.unacknowledged() == 0, "the lease keeps the running job, not the delivery"
     os.kill(stale.process.pid, signal.SIGSTOP)
     try:
         # Past its lease: the job runs again on the other worker.
@@ -115,7 +115,7 @@ def test_a_stale_worker_publishes_nothing(world: WorkersWorld) -> None:
         assert f"stale end {first}" not in world.side_lines()
     finally:
         os.kill(stale.process.pid, signal.SIGCONT)
-    world.wait_for("the job finished", lambda: world.jobs()[job_id]["state"] == "succeeded", 60)
+    world.wait_for("the job finished", lambda: world.state(job_id) in ("succeeded", "failed"), 60)
     # The stale worker, continued, finds its epoch old and records nothing.
     world.wait_for("the stale worker gave up", lambda: "lost its lease" in stale.log_text()
                    or "its lease was lost" in stale.log_text(), 30)  # fmt: skip
