@@ -114,19 +114,28 @@ class WorkersWorld:
         #: Each cloud's health and metrics port, by name.
         self.status_ports: dict[str, int] = {}
 
-    def start(self) -> None:
+    def start(self, *, workers: bool = True) -> None:
+        """
+        Start everything (the workers only if C{workers}: else call
+        L{start_workers} later); returns once the edge is ready.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         self.side.touch()
         self.vhost.create()
         self.user, self.project, self.api_key = seed_registry(self.dsn)
         self.dispatcher = self._cloud("dispatch", "dispatch").start()
         self.workers = [self._cloud(f"w{number}", "worker") for number in range(1, self._count + 1)]
-        for worker in self.workers:
-            worker.start()
+        if workers:
+            self.start_workers()
         self.edge: Node = edge_node(self.root, edge_id="edge-1", amqp_url=self.vhost.url(),
                                     listen_port=self.edge_port)  # fmt: skip
         self.edge.start()
         self.wait_for("the edge knows the user and the kinds", self._edge_ready, 60)
+
+    def start_workers(self) -> None:
+        for worker in self.workers:
+            if not worker.alive:
+                worker.start()
 
     def _cloud(self, name: str, role: str) -> Node:
         directory = self.root / name

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ from relay.cloud.commands import ICommandEffects
 from relay.cloud.jobs.catalogue import CataloguePublication
 from relay.cloud.jobs.kinds import JobKind
 from relay.cloud.jobs.leases import JOB_RUN, JOB_RUN_SCHEMA, SCHEMA, JobLeases
+from relay.cloud.jobs.runuser import RunUser
 from relay.cloud.jobs.worker import Blocking, JobWorker
 from relay.cloud.objects import IObjectStore
 from relay.db import Database
@@ -101,11 +101,6 @@ class JobReaper(TimerService):
                 self.log.info("job {job_id} lost its worker: {what}", job_id=job_id, what=what)
 
 
-def _user(name: str) -> tuple[int, int]:
-    entry = pwd.getpwnam(name)  # the configuration checked that it exists
-    return entry.pw_uid, entry.pw_gid
-
-
 class Jobs(MultiService):
     """
     The jobs component: its command effects, and the reaper and worker its
@@ -136,7 +131,7 @@ def build_jobs(
             reactor, db, leases, objects, config.kinds, blocking, bridge.link,
             name=config.worker_name or f"{socket.gethostname()}-{os.getpid()}",
             slots=config.slots, work_dir=work_dir, grace=config.grace,
-            run_as=_user(config.run_user) if config.run_user else None,
+            run_as=RunUser.named(config.run_user) if config.run_user else None,
         )
         bridge.when_up(worker.link_up)
     jobs = Jobs(JobDispatch(config.kinds, leases), worker)

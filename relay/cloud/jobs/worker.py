@@ -34,6 +34,7 @@ from relay.cloud.jobs.kinds import BadRequest, JobKind
 from relay.cloud.jobs.leases import Claim, Input, JobLeases
 from relay.cloud.jobs.output import RunLog
 from relay.cloud.jobs.runner import JobProcess, Limits, Outcome
+from relay.cloud.jobs.runuser import RunUser
 from relay.cloud.objects import IObjectStore, object_key
 from relay.cloud.registry.store import new_id
 from relay.db import Database
@@ -77,11 +78,8 @@ class JobWorker(Service):
 
     @param link: the bridge's link (its C{channel} while up).
     @param name: this worker in the registry's leases (unique per process).
-    @param run_as: the uid and gid the commands run as (the worker is
-        root); C{None}: the worker's own.  The run's directory stays the
-        worker's (mode 0711: the log and the lease file are out of the
-        command's reach); its C{work} and C{tmp} directories, and the
-        inputs, are the run user's.
+    @param run_as: the user the commands run as (the worker is root,
+        L{relay.cloud.jobs.runuser}); C{None}: the worker's own.
     """
 
     log = Logger()
@@ -89,7 +87,7 @@ class JobWorker(Service):
     def __init__(
         self, reactor: Any, db: Database, leases: JobLeases, objects: IObjectStore,
         kinds: Mapping[str, JobKind], blocking: Blocking, link: Any, *, name: str, slots: int,
-        work_dir: Path, grace: float, run_as: tuple[int, int] | None = None,
+        work_dir: Path, grace: float, run_as: RunUser | None = None,
     ) -> None:
         self._reactor = reactor
         self._db = db
@@ -119,12 +117,12 @@ class JobWorker(Service):
             # The run user must pass through to its own run's directory
             # (searchable, not listable), and so through every parent.
             self._work_dir.chmod(0o711)
-            closed = _unsearchable(self._work_dir, *self._run_as)
+            closed = self._run_as.unsearchable(self._work_dir)
             if closed is not None:
                 self.log.error(
-                    "jobs.work_dir: the run user (uid {uid}) cannot pass through {closed}: its commands will "
+                    "jobs.work_dir: the run user {user} cannot pass through {closed}: its commands will "
                     "not find their HOME and TMPDIR; make it searchable (chmod o+x) or move work_dir",
-                    uid=self._run_as[0], closed=str(closed),
+                    user=self._run_as.name, closed=str(closed),
                 )
 
     def link_up(self) -> None:
@@ -208,8 +206,6 @@ class JobWorker(Service):
         shutil.rmtree(run_dir, ignore_errors=True)
         (run_dir / "work" / "inputs").mkdir(parents=True, mode=0o700)
         (run_dir / "tmp").mkdir(mode=0o700)
-        if self._run_as is not None:
-            run_dir.chmod(0o711)
         kind = self._kinds.get(claim.kind)
         log = RunLog(run_dir / "log", kind.limits.log_bytes if kind else 1 << 20)
         log.path.chmod(0o600)  # the worker's, not the command's (a run user's)
@@ -222,7 +218,7 @@ class JobWorker(Service):
                 raise RunFailed(str(e)) from None
             paths = [await self._fetch(run_dir / "work", number, i) for number, i in enumerate(claim.inputs)]
             if self._run_as is not None:
-                _give(run_dir, self._run_as)
+                self._run_as.give(run_dir)
             outcome, why = await self._execute(claim, kind, run_dir, paths, log)
             if why is not None:
                 self.log.info("job {job_id} epoch {epoch} stopped: {why}", job_id=claim.job_id,
@@ -285,7 +281,8 @@ class JobWorker(Service):
             self._reactor, kind.argv(claim.parameters, paths), work, env,
             Limits(limits.cpu_seconds, limits.memory_bytes, limits.open_files, limits.file_bytes),
             timeout=kind.timeout, grace=self._grace, on_output=log.write,
-            lease=lease_file, lease_timeout=self._leases.lease * 0.8, user=self._run_as,
+            lease=lease_file, lease_timeout=self._leases.lease * 0.8,
+            user=None if self._run_as is None else (self._run_as.uid, self._run_as.gid),
         )
         stopped: list[str] = []
         reported = [-1.0]
@@ -368,37 +365,6 @@ class JobWorker(Service):
         for process in list(self._runs.values()):
             process.stop("cancelled")
         return gatherResults(list(self._running), consumeErrors=True).addBoth(lambda _: None)
-
-
-def _unsearchable(path: Path, uid: int, gid: int) -> Path | None:
-    """
-    The first directory on the way to C{path} that C{uid} may not search
-    (by its mode bits), if any.
-    """
-    for directory in reversed([path.resolve(), *path.resolve().parents]):
-        mode = directory.stat()
-        if mode.st_uid == uid:
-            bit = mode.st_mode & 0o100
-        elif mode.st_gid == gid:
-            bit = mode.st_mode & 0o010
-        else:
-            bit = mode.st_mode & 0o001
-        if not bit:
-            return directory
-    return None
-
-
-def _give(run_dir: Path, user: tuple[int, int]) -> None:
-    """
-    The run's C{work} and C{tmp} directories, with what they hold (the
-    inputs), to the run user.
-    """
-    uid, gid = user
-    for top in (run_dir / "work", run_dir / "tmp"):
-        os.chown(top, uid, gid)
-        for parent, directories, files in os.walk(top):
-            for name in directories + files:
-                os.chown(os.path.join(parent, name), uid, gid, follow_symlinks=False)
 
 
 def _content_type(path: Path) -> str:

@@ -95,17 +95,17 @@ def test_jobs_run_as_the_run_user(tmp_path: Path, s3: S3Server, postgresql_dsn: 
 
 
 def test_a_work_dir_the_run_user_cannot_reach_is_reported() -> None:
-    from relay.cloud.jobs.worker import _unsearchable
+    from relay.cloud.jobs.runuser import RunUser
 
-    nobody = pwd.getpwnam("nobody")
+    nobody = RunUser.named("nobody")
     top = Path(tempfile.mkdtemp(prefix="relay-run-user-"))
     try:
         top.chmod(0o711)
         closed = top / "closed"
         (closed / "work").mkdir(parents=True)
         closed.chmod(0o700)
-        assert _unsearchable(closed / "work", nobody.pw_uid, nobody.pw_gid) == closed.resolve()
+        assert nobody.unsearchable(closed / "work") == closed.resolve()
         closed.chmod(0o711)
-        assert _unsearchable(closed / "work", nobody.pw_uid, nobody.pw_gid) is None
+        assert nobody.unsearchable(closed / "work") is None
     finally:
         shutil.rmtree(top)
