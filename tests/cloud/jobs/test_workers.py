@@ -93,6 +93,16 @@ def test_a_worker_killed_mid_job_the_other_completes_it_within_30_s(world: Worke
     run = world.run_of(job_id)
     assert (run["attempts"], run["epoch"]) == (2, 2)
     assert f"job {job_id} attempt 2 (epoch 2) starts on {survivor.log_path.parent.name}" in survivor.log_text()
+    # The killed worker restarted (same name): it holds nothing of the
+    # job any more, and changes nothing.
+    lines = world.side_lines()
+    ups = victim.log_text().count("AMQP link up")
+    victim.start()
+    world.wait_for("the restarted worker's link", lambda: victim.log_text().count("AMQP link up") > ups, 30)
+    time.sleep(3)
+    assert world.side_lines() == lines
+    assert world.state(job_id) == "succeeded"
+    assert (world.run_of(job_id)["attempts"], world.run_of(job_id)["epoch"]) == (2, 2)
 
 
 def test_a_stale_worker_publishes_nothing(world: WorkersWorld) -> None:
