@@ -101,8 +101,17 @@ JOBS = Table(
     frozenset({"parameters", "inputs", "result_files"}),
 )
 
+#: The catalogue of job kinds (L{relay.jobkinds.CatalogueEntry}), from
+#: the cloud's configuration: what the edges check job requests against.
+JOB_KINDS = Table(
+    "job_kinds", "job_kind",
+    ("name", "description", "parameters", "arguments", "min_inputs", "max_inputs", "timeout"),
+    ("name",),
+    frozenset({"parameters", "arguments"}),
+)
+
 #: In dependency order: a row's references come before it.
-TABLES: tuple[Table, ...] = (USERS, API_KEYS, PROJECTS, MEMBERS, FILES, JOBS)
+TABLES: tuple[Table, ...] = (USERS, API_KEYS, PROJECTS, MEMBERS, FILES, JOBS, JOB_KINDS)
 BY_KIND: dict[str, Table] = {table.kind: table for table in TABLES}
 
 #: Events that are not row changes: the answer to an edge's command.

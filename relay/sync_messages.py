@@ -19,6 +19,7 @@ from relay.replication import (
     COMMAND_REJECTED,
     FILE_KINDS,
     FILES,
+    JOB_KINDS,
     JOB_STATES,
     JOBS,
     MEMBERS,
@@ -115,6 +116,14 @@ ROWS: dict[str, dict[str, Any]] = {
         "finished_at": _MAYBE_TIME, "result_files": {"type": "array", "items": _ID},
         "error": {"type": ["string", "null"], "maxLength": 4000},
         "attempts": {"type": "integer", "minimum": 0},
+    }),
+    JOB_KINDS.name: _object({
+        "name": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,62}$"}, "description": _TEXT,
+        "parameters": {"type": "object"},
+        "arguments": {"type": "array", "items": {"type": "string", "maxLength": 100}, "maxItems": 100},
+        "min_inputs": {"type": "integer", "minimum": 0, "maximum": 1000},
+        "max_inputs": {"type": "integer", "minimum": 0, "maximum": 1000},
+        "timeout": {"type": "number", "exclusiveMinimum": 0},
     }),
 }
 

@@ -4,6 +4,8 @@ The cloud side's configuration, as read from C{etc/cloud.toml}.
 
 from __future__ import annotations
 
+import os
+import pwd
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -101,6 +103,9 @@ class JobsSection:
     work_dir: Path = Path("var/cloud/work")
     #: This worker's name in the leases (empty: host name and process id).
     worker_name: str = ""
+    #: Run the jobs' commands as this user (with its groups), not as the
+    #: worker's: the worker must then run as root.  Empty: as the worker.
+    run_user: str = ""
     kinds: dict[str, JobKind] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -108,6 +113,16 @@ class JobsSection:
             raise ValueError(f"jobs.slots: expected 1 to 256, got {self.slots}")
         if not 3 <= self.lease <= 3600:
             raise ValueError(f"jobs.lease: expected 3 to 3600 seconds, got {self.lease}")
+        if self.run_user and self.role != "dispatch":
+            try:
+                pwd.getpwnam(self.run_user)
+            except KeyError:
+                raise ValueError(f"jobs.run_user: there is no user {self.run_user!r} on this machine") from None
+            if os.geteuid() != 0:
+                raise ValueError(
+                    f"jobs.run_user: running jobs as {self.run_user!r} needs relay-cloud to run as root "
+                    f"(it runs as uid {os.geteuid()}); leave run_user out to run them as relay-cloud's own user"
+                )
         check_kind_names(self.kinds)
 
 

@@ -28,6 +28,10 @@ from relay.link.inbox import Inbox
 from relay.link.outbox import Outbox
 from relay.metrics import Metrics
 
+#: Seconds between the outbox's rescans on a database several processes
+#: write (L{Outbox}'s C{rescan_after}).
+SHARED_RESCAN = 5.0
+
 
 class Bridge(MultiService):
     """
@@ -81,6 +85,8 @@ class Bridge(MultiService):
         self.outbox = Outbox(
             db, reactor, metrics, source=source, window=window,
             declare_destinations=declare_destinations, on_confirmed=self._progress,
+            # Several cloud processes share a PostgreSQL outbox.
+            rescan_after=SHARED_RESCAN if db.dialect == "postgresql" else None,
         )
         self.inbox = Inbox(db, reactor, catalogue, metrics, queue=consume, on_applied=self.outbox.wake)
         self.link = LinkService(

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -118,6 +118,7 @@ class Channel:
         self._closed: Failure | None = None
         self._next_seq = 1
         self._consumers: dict[str, ConsumerCallback] = {}
+        self._exchanging = DeferredLock()
         self._tags = itertools.count(1)
         # Delivery tags in delivery order from the oldest not yet settled,
         # those of them settled (acks included that wait for _flush_acks),
@@ -151,6 +152,20 @@ class Channel:
         except Closed as e:
             raise LinkDown(f"connection closed: {e}") from e
 
+    async def _exchange(self, send: Callable[[], Sequence[Deferred[Any]]]) -> list[Any]:
+        """Send methods with replies (C{send()} invokes them, back to back)
+        and await the replies, with no other caller's methods in between.
+
+        txAMQP gives replies to callers in the order it sent the methods,
+        but the broker does not always answer in that order: on a quorum
+        queue, basic.cancel-ok can come after the reply to a basic.qos sent
+        behind it, and each caller would get the other's reply.  One
+        exchange at a time keeps them apart.
+        """
+        async with self._exchanging:
+            self._check_open()
+            return await self._call_all(send())
+
     async def _call_all(self, requests: Sequence[Deferred[Any]]) -> list[Any]:
         """Await methods sent back to back, in order; on the first failure
         the later ones (which fail too) are silenced and the first raised."""
@@ -179,8 +194,8 @@ class Channel:
         """
         self._check_open()
         args = {"x-queue-type": "quorum", **(arguments or {})}
-        reply = await self._call(
-            self._channel.queue_declare(queue=name, durable=True, arguments=args)
+        (reply,) = await self._exchange(
+            lambda: [self._channel.queue_declare(queue=name, durable=True, arguments=args)]
         )
         return int(reply.message_count)
 
@@ -206,17 +221,21 @@ class Channel:
         """
         self._check_open()
         args = {"x-queue-type": "quorum"}
-        replies: list[Deferred[Any]] = []
-        for name in names:
-            replies.append(self._channel.exchange_declare(exchange=name, type="direct", durable=True))
-            replies.append(self._channel.queue_declare(queue=name, durable=True, arguments=args))
-            replies.append(self._channel.queue_bind(queue=name, exchange=name, routing_key=name))
-        await self._call_all(replies)
+
+        def send() -> list[Deferred[Any]]:
+            replies: list[Deferred[Any]] = []
+            for name in names:
+                replies.append(self._channel.exchange_declare(exchange=name, type="direct", durable=True))
+                replies.append(self._channel.queue_declare(queue=name, durable=True, arguments=args))
+                replies.append(self._channel.queue_bind(queue=name, exchange=name, routing_key=name))
+            return replies
+
+        await self._exchange(send)
 
     async def delete_queue(self, name: str) -> int:
         """Delete a queue; return how many messages went with it."""
         self._check_open()
-        reply = await self._call(self._channel.queue_delete(queue=name))
+        (reply,) = await self._exchange(lambda: [self._channel.queue_delete(queue=name)])
         return int(reply.message_count)
 
     def publish(
@@ -290,8 +309,8 @@ class Channel:
         self._consumers[tag] = callback
         try:
             # qos and consume back to back: one round trip, not two.
-            await self._call_all(
-                [
+            await self._exchange(
+                lambda: [
                     self._channel.basic_qos(prefetch_count=prefetch),
                     self._channel.basic_consume(
                         queue=queue, consumer_tag=tag, arguments=dict(arguments or {})
@@ -306,7 +325,7 @@ class Channel:
     async def cancel(self, consumer_tag: str) -> None:
         """Stop a consumer; unsettled deliveries may still be settled."""
         self._check_open()
-        await self._call(self._channel.basic_cancel(consumer_tag=consumer_tag))
+        await self._exchange(lambda: [self._channel.basic_cancel(consumer_tag=consumer_tag)])
         self._consumers.pop(consumer_tag, None)
 
     def ack(self, delivery_tag: int) -> None:

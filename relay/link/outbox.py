@@ -124,6 +124,11 @@ class Outbox:
         published again.
     @param on_confirmed: called after confirmed messages were removed (the
         link is doing real work).
+    @param rescan_after: when the pump has caught up, read the whole table
+        again this many seconds later (C{None}: never).  For a database
+        several processes write (the cloud's PostgreSQL): a row is numbered
+        when inserted but seen when committed, so the cursor may pass a row
+        of this process that commits after another's higher-numbered one.
     @param declare_destinations: declare each destination (exchange, queue,
         binding) before the first message to it on a connection.  The cloud
         does, so that an edge's queue exists before the edge ever connected;
@@ -146,6 +151,7 @@ class Outbox:
         declare_destinations: bool = False,
         on_confirmed: Callable[[], object] | None = None,
         bundle: int = BUNDLE_MESSAGES,
+        rescan_after: float | None = None,
     ) -> None:
         self._db = db
         self._reactor = reactor
@@ -172,6 +178,8 @@ class Outbox:
         self._last_count = float("-inf")
         self._count_call: IDelayedCall | None = None
         self._pump_call: IDelayedCall | None = None
+        self._rescan_after = rescan_after
+        self._rescan_call: IDelayedCall | None = None
         self._stopped = False
         self.oldest: float | None = None
         self._published = metrics.counter("outbox_published", "Messages published (including republished).")
@@ -304,6 +312,7 @@ class Outbox:
         if len(rows) < self._batch:
             # Caught up: a good moment to count what is left.
             self._count_soon()
+            self._rescan_soon()
         if channel is not self._channel:
             return True
         if not await self._publish_rows(channel, rows):
@@ -408,6 +417,23 @@ class Outbox:
 
         self._count_call = self._reactor.callLater(wait, count)
 
+    def _rescan_soon(self) -> None:
+        """
+        Read the table from the start after C{rescan_after} seconds (what
+        is in flight is not published again).
+        """
+        if self._rescan_after is None or self._stopped:
+            return
+        if self._rescan_call is not None and self._rescan_call.active():
+            return
+
+        def rescan() -> None:
+            self._rescan_call = None
+            self._cursor = 0
+            self.wake()
+
+        self._rescan_call = self._reactor.callLater(self._rescan_after, rescan)
+
     def _settled(self, seq: int, multiple: bool) -> list[_InFlight]:
         seqs = [s for s in self._in_flight if s <= seq] if multiple else [seq]
         settled = [entry for s in seqs if (entry := self._in_flight.pop(s, None)) is not None]
@@ -487,10 +513,10 @@ class Outbox:
         confirms may still arrive while the connection closes).
         """
         self._stopped = True
-        for call in (self._count_call, self._retry_call, self._pump_call):
+        for call in (self._count_call, self._retry_call, self._pump_call, self._rescan_call):
             if call is not None and call.active():
                 call.cancel()
-        self._count_call = self._retry_call = self._pump_call = None
+        self._count_call = self._retry_call = self._pump_call = self._rescan_call = None
 
     def drained(self) -> Deferred[None]:
         """

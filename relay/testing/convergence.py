@@ -28,6 +28,7 @@ from relay.db import Database
 from relay.edge.auth import Principal
 from relay.edge.replica import SCHEMA as REPLICA_SCHEMA
 from relay.edge.replica import CommandIssuer, ReplicaApplier, SyncMonitor, position
+from relay.edge.uploads import store as uploads_store
 from relay.health import Health
 from relay.link import inbox, outbox
 from relay.link.backoff import Backoff
@@ -189,7 +190,7 @@ class EdgeNode:
     def _build(self) -> None:
         reactor = self.reactor
         self.root = InOrder()
-        self.db = Database(reactor, self.path, schemas=[outbox.SCHEMA, inbox.SCHEMA, REPLICA_SCHEMA])
+        self.db = Database(reactor, self.path, schemas=[outbox.SCHEMA, inbox.SCHEMA, REPLICA_SCHEMA, uploads_store.SCHEMA])
         self.db.setServiceParent(self.root)
         metrics = Metrics()
         self.bridge = Bridge(

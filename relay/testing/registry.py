@@ -17,6 +17,7 @@ from relay.audit import AuditLog
 from relay.cloud import registry as registry_schema
 from relay.cloud import sync
 from relay.cloud.commands import CloudCommands, ICommandEffects
+from relay.cloud.jobs.catalogue import publish_catalogue
 from relay.cloud.registry import Registry
 from relay.credentials import ScryptCost, hash_password
 from relay.edge import identity as identity_module
@@ -26,6 +27,8 @@ from relay.edge.identity import Identity
 from relay.edge.jobs.tail import SCHEMA as JOB_LOGS_SCHEMA
 from relay.edge.replica import SCHEMA as REPLICA_SCHEMA
 from relay.edge.replica import CommandIssuer, ReplicaApplier
+from relay.edge.uploads import store as upload_store
+from relay.jobkinds import CatalogueEntry
 from relay.link.catalogue import Catalogue
 from relay.link.envelope import TO_CLOUD, to_edge
 from relay.replication import dump
@@ -37,6 +40,10 @@ from relay.testing.sync import Endpoint, FakeInbox, FakeOutbox, InProcessLink
 
 #: scrypt at a cost tests can afford by the hundred.
 TEST_COST = ScryptCost(log_n=4, r=1, p=1)
+
+#: A job kind for worlds without the jobs component: any parameters, up to
+#: 100 inputs (L{CloudSide.publish_kinds} puts it in the catalogue).
+RENDER = CatalogueEntry("render", "Renders what it is given (a test kind).", {"type": "object"})
 
 
 @implementer(ICommandEffects)
@@ -103,6 +110,13 @@ class CloudSide:
     def publish(self) -> int:
         return int(self.db.run_now(self.publisher.publish))
 
+    def publish_kinds(self, *entries: CatalogueEntry) -> int:
+        """
+        Make the catalogue of job kinds C{entries} (as a restarted cloud
+        does with its configured kinds); returns how many rows changed.
+        """
+        return int(self.run(publish_catalogue, self.log, list(entries)))
+
     def dump(self) -> dict[str, Any]:
         return self.db.run_now(dump)
 
@@ -143,7 +157,9 @@ class EdgeSide:
 
     def _build(self) -> None:
         self.db = ImmediateDatabase(
-            self.target, [REPLICA_SCHEMA, identity_module.SCHEMA, FAKE_LINK_SCHEMA, JOB_LOGS_SCHEMA, CACHE_SCHEMA]
+            self.target,
+            [REPLICA_SCHEMA, identity_module.SCHEMA, upload_store.SCHEMA, FAKE_LINK_SCHEMA, JOB_LOGS_SCHEMA,
+             CACHE_SCHEMA],
         )
         self.outbox = FakeOutbox(f"edge:{self.edge_id}", self.clock)
         self.inbox = FakeInbox(self.db, catalogue(), dedupe=self.dedupe)

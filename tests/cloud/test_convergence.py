@@ -29,9 +29,11 @@ from twisted.internet.task import Clock
 from relay.cloud import sync
 from relay.edge.auth import Principal
 from relay.edge.replica.pending import actor_of
+from relay.jobkinds import CatalogueEntry
 from relay.link.envelope import TO_CLOUD, to_edge
 from relay.permissions import Refused
 from relay.sync_messages import COMMANDS
+from relay.testing.registry import RENDER
 from tests.cloud.world import World
 
 USERS = ("alice", "bob", "carol")
@@ -48,6 +50,7 @@ class Run:
         self.clock.advance(1_764_000_000)
         self.world = World(directory, self.clock, seed, duplicate=0.15, dedupe=False)
         self.users = {name: self.world.cloud.add_user(name, f"{name} password")["id"] for name in USERS}
+        self.world.cloud.publish_kinds(RENDER)
         for edge_id in EDGES:
             self.world.edge(edge_id).tick(hello=True)
         self.issued: list[str] = []
@@ -125,7 +128,7 @@ def step(draw: Any, run: Run) -> None:
     elif action == "cloud":
         cloud, r = world.cloud, world.cloud.registry
         user_id = run.users[draw(st.sampled_from(USERS))]
-        change = draw(st.sampled_from(["password", "disable", "enable", "key", "file", "job"]))
+        change = draw(st.sampled_from(["password", "disable", "enable", "key", "file", "job", "kinds"]))
         try:
             if change == "password":
                 cloud.run(r.set_password, user_id, f"$scrypt$ln=4,r=1,p=1$x${uuid.uuid4().hex}")
@@ -133,6 +136,15 @@ def step(draw: Any, run: Run) -> None:
                 cloud.run(r.set_disabled, user_id, change == "disable")
             elif change == "key":
                 cloud.run(r.create_key, user_id, "k")
+            elif change == "kinds":
+                # A cloud restarted with other job kinds: some added, some
+                # changed, some gone (the edges check job requests by them).
+                names = draw(st.sets(st.sampled_from(["render", "lint", "synth"])))
+                frames = draw(st.integers(1, 3))
+                cloud.publish_kinds(*[
+                    CatalogueEntry(name, f"{name} x{frames}", {"type": "object"}, max_inputs=frames)
+                    for name in sorted(names)
+                ])
             elif change == "file":
                 projects = [p["id"] for p in cloud.dump()["projects"]]
                 project = draw(st.sampled_from(projects))

@@ -33,6 +33,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from relay.cloud import sync
+from relay.cloud.jobs.catalogue import publish_catalogue
 from relay.credentials import hash_password
 from relay.edge.auth import Principal
 from relay.edge.replica.pending import actor_of
@@ -47,7 +48,7 @@ from relay.testing.convergence import (
     eventually,
     spin,
 )
-from relay.testing.registry import TEST_COST
+from relay.testing.registry import RENDER, TEST_COST
 from relay.testing.transfer_world import Vhost
 from tests.link._broker import close_connections_named, unique
 
@@ -99,6 +100,7 @@ class Run:
             password = hash_password(f"{name} password", TEST_COST)
             user = await self.cloud.run(lambda c, n=name, p=password: self.cloud.registry.add_user(c, n, p))
             self.users[name] = user["id"]
+        await self.cloud.run(publish_catalogue, self.cloud.registry.log, [RENDER])
         for edge in self.edges:
             edge.start()
         await eventually(reactor, lambda: difference(self.cloud, self.edges), 30)

@@ -211,4 +211,4 @@ def test_prune_moves_the_horizon(cloud: CloudSide) -> None:
 def test_dump_is_the_same_function_for_both_sides(cloud: CloudSide) -> None:
     cloud.add_user("alice", "a long password")
     assert cloud.run(dump) == cloud.dump()
-    assert set(cloud.dump()) == {"users", "api_keys", "projects", "members", "files", "jobs"}
+    assert set(cloud.dump()) == {"users", "api_keys", "projects", "members", "files", "jobs", "job_kinds"}

@@ -20,7 +20,7 @@ from relay.edge.replica import jobs_for, notices_for, position, projects_for
 from relay.edge.replica.pending import dismiss
 from relay.link.envelope import Envelope
 from relay.permissions import Refused
-from relay.testing.registry import CloudSide, EdgeSide
+from relay.testing.registry import RENDER, CloudSide, EdgeSide
 from relay.testing.sync import FakeOutbox
 
 
@@ -195,6 +195,7 @@ class Commands:
         self.bob = cloud.add_user("bob", "a long password")
         self.project = cloud.run(cloud.registry.create_project, self.alice["id"], "Apollo")
         cloud.run(cloud.registry.set_member, self.project, self.bob["id"], "viewer")
+        cloud.publish_kinds(RENDER)
         synced(edge, cloud)
 
     def principal(self, user: dict[str, Any]) -> Principal:

@@ -322,3 +322,49 @@ class DeclareLostTests(SynchronousTestCase):
         pump.attach(second)  # type: ignore[arg-type]
         self.assertEqual(second.declared, ["relay.to-edge.e1"])
         self.assertEqual(second.numbers(), [1])
+
+
+class SharedOutboxTests(SynchronousTestCase):
+    """
+    Several processes on one database (the cloud's PostgreSQL): a row is
+    numbered when it is inserted but seen when its transaction commits, so
+    a pump may read another process's higher-numbered row before this
+    process's lower-numbered one commits, and carry its cursor past it.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.db = SynchronousDatabase(Path(self.mktemp()), [outbox.SCHEMA])
+
+    def late_commit(self, pump: Outbox) -> FakeChannel:
+        channel = FakeChannel()
+        pump.attach(channel)  # type: ignore[arg-type]
+        # Another process's message, numbered 2 and committed first ...
+        self.db.run_now(lambda c: pump.put(c, "t", {"n": 2}, to="relay.jobs"))
+        self.db.conn.execute("UPDATE outbox SET position = 2")
+        self.db.conn.commit()
+        pump.wake()
+        # ... then this process's, numbered 1 before it but committed after.
+        self.db.run_now(lambda c: pump.put(c, "t", {"n": 1}, to="relay.jobs"))
+        self.db.conn.execute("UPDATE outbox SET position = 1 WHERE position = 3")
+        self.db.conn.commit()
+        pump.wake()
+        return channel
+
+    def test_a_row_committed_late_is_published_by_the_next_rescan(self) -> None:
+        pump = Outbox(self.db, self.clock, Metrics(), source="cloud", rescan_after=5.0)  # type: ignore[arg-type]
+        channel = self.late_commit(pump)
+        self.assertEqual(channel.numbers(), [2])
+        self.clock.advance(5)
+        self.assertEqual(channel.numbers(), [2, 1])
+        channel.on_ack(2, True)
+        self.clock.advance(5)  # nothing left: nothing published again
+        self.assertEqual(channel.numbers(), [2, 1])
+        pump.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_without_rescans_it_waits_for_the_next_connection(self) -> None:
+        pump = Outbox(self.db, self.clock, Metrics(), source="cloud")  # type: ignore[arg-type]
+        channel = self.late_commit(pump)
+        self.clock.advance(60)
+        self.assertEqual(channel.numbers(), [2])

@@ -19,14 +19,17 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from relay.cloud.commands import ICommandEffects
-from relay.cloud.jobs.kinds import BadRequest, JobKind
+from relay.cloud.jobs.catalogue import CataloguePublication
+from relay.cloud.jobs.kinds import JobKind
 from relay.cloud.jobs.leases import JOB_RUN, JOB_RUN_SCHEMA, SCHEMA, JobLeases
 from relay.cloud.jobs.live import SCHEMA as LOG_REQUESTS_SCHEMA
 from relay.cloud.jobs.live import LogRequests
+from relay.cloud.jobs.runuser import RunUser
 from relay.cloud.jobs.worker import Blocking, JobWorker
 from relay.cloud.objects import IObjectStore
 from relay.db import Database
 from relay.job_messages import register_types as register_job_messages
+from relay.jobkinds import BadRequest, InputFile, check_inputs
 from relay.permissions import Refused
 
 __all__ = ["LOG_REQUESTS_SCHEMA", "SCHEMA", "JobDispatch", "JobReaper", "build_jobs"]
@@ -36,7 +39,8 @@ __all__ = ["LOG_REQUESTS_SCHEMA", "SCHEMA", "JobDispatch", "JobReaper", "build_j
 class JobDispatch:
     """
     What the cloud does when a command queues or cancels a job: refuse a
-    request its kind refuses, else put the job on the work queue.  A
+    request its kind refuses (the same checks as the edge's, which the
+    cloud does not trust), else put the job on the work queue.  A
     cancelled job needs nothing more here: the worker running it finds out
     when it next renews its lease (within a second) and stops it.
     """
@@ -50,9 +54,11 @@ class JobDispatch:
         if kind is None:
             raise Refused(f"no job kind {job['kind']!r}", "invalid")
         try:
-            kind.check(json.loads(job["parameters"]), json.loads(job["inputs"]))
+            inputs = json.loads(job["inputs"])
+            kind.check(json.loads(job["parameters"]), inputs)
+            check_inputs(job["project_id"], inputs, lambda file_id: _stored(conn, file_id))
         except BadRequest as e:
-            raise Refused(str(e), "invalid") from None
+            raise Refused(str(e), e.code) from None
         self._leases.dispatch(conn, job["id"], kind.attempts)
 
     def job_cancelled(self, conn: Any, job: Any) -> None:
@@ -60,6 +66,14 @@ class JobDispatch:
 
     def file_deleted(self, conn: Any, file: Any) -> None:
         pass
+
+
+def _stored(conn: Any, file_id: str) -> InputFile | None:
+    row = conn.execute("SELECT project_id, state, object_key FROM files WHERE id = ?", (file_id,)).fetchone()
+    if row is None:
+        return None
+    stored = row["state"] == "stored" and row["object_key"]
+    return row["project_id"], None if stored else f"its state is {row['state']}"
 
 
 class JobReaper(TimerService):
@@ -122,9 +136,14 @@ def build_jobs(
             reactor, db, leases, objects, config.kinds, blocking, bridge.link,
             name=config.worker_name or f"{socket.gethostname()}-{os.getpid()}",
             slots=config.slots, work_dir=work_dir, grace=config.grace, outbox=bridge.outbox,
+            run_as=RunUser.named(config.run_user) if config.run_user else None,
         )
         bridge.when_up(worker.link_up)
     jobs = Jobs(JobDispatch(config.kinds, leases), worker)
+    if config.role in ("dispatch", "both"):
+        # The edges check requests against the kinds of the processes that
+        # queue jobs.
+        CataloguePublication(reactor, db, registry.log, config.kinds).setServiceParent(jobs)
     JobReaper(reactor, db, leases, bridge.outbox, interval=max(0.5, config.lease / 5)).setServiceParent(jobs)
     if worker is not None:
         worker.setServiceParent(jobs)

@@ -10,10 +10,14 @@ work directory that relay chose).  A placeholder never splits or joins
 arguments, and no shell ever sees them.  An argument whose placeholder
 names an optional parameter the request left out is dropped whole
 (C{"--top={top}"} disappears when no C{top} was given).
+
+What the edges are told of a kind, and the checks of a request that both
+sides make, are in L{relay.jobkinds}.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,15 +26,12 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from relay.jobkinds import KIND_NAME, MAX_DESCRIPTION, BadRequest, CatalogueEntry, check_request
+
+__all__ = ["INPUTS", "BadRequest", "JobKind", "KindLimits", "check_kind_names"]
+
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
-_KIND_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 INPUTS = "{inputs}"
-
-
-class BadRequest(Exception):
-    """
-    A job request this kind refuses; C{str()} says why, for the user.
-    """
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,14 @@ class JobKind:
             raise ValueError(f"jobs.kinds: parameters is not a valid JSON Schema: {e.message}") from None
         if self.parameters.get("type") != "object":
             raise ValueError("jobs.kinds: parameters must be a schema of type 'object'")
+        try:
+            json.dumps(self.parameters)
+        except (TypeError, ValueError):
+            raise ValueError("jobs.kinds: parameters must be plain JSON (no dates)") from None
+        if len(self.description) > MAX_DESCRIPTION:
+            raise ValueError(f"jobs.kinds: description has at most {MAX_DESCRIPTION} characters")
+        if not 0 <= self.min_inputs <= self.max_inputs <= 1000:
+            raise ValueError("jobs.kinds: expected 0 <= min_inputs <= max_inputs <= 1000")
         for pattern in self.results:
             if pattern.startswith("/") or ".." in pattern.split("/"):
                 raise ValueError(f"jobs.kinds: result pattern {pattern!r} must stay inside the work directory")
@@ -95,19 +104,11 @@ class JobKind:
         """
         Refuse a request whose parameters fail the schema, whose input
         count is out of bounds, or whose values could escape the work
-        directory or pass for options.
+        directory or pass for options (L{relay.jobkinds.check_request}).
 
         @raise BadRequest: with the reason.
         """
-        error = next(iter(sorted(self.validator.iter_errors(dict(parameters)), key=lambda e: e.path)), None)
-        if error is not None:
-            where = "/".join(str(p) for p in error.absolute_path)
-            raise BadRequest(f"parameter {where}: {error.message}" if where else f"parameters: {error.message}")
-        if not self.min_inputs <= len(inputs) <= self.max_inputs:
-            raise BadRequest(f"this kind takes {self.min_inputs} to {self.max_inputs} input files, got {len(inputs)}")
-        for name in self.placeholders():
-            if name in parameters:
-                _check_value(name, parameters[name])
+        check_request(self.validator, self.min_inputs, self.max_inputs, self.placeholders(), parameters, inputs)
 
     def placeholders(self) -> list[str]:
         return [name for argument in self.command for name in _PLACEHOLDER.findall(argument) if name != "inputs"]
@@ -127,14 +128,15 @@ class JobKind:
             argv.append(_PLACEHOLDER.sub(lambda m: _text(parameters[m.group(1)]), argument))
         return argv
 
-    def catalogue_entry(self, name: str) -> dict[str, Any]:
+    def catalogue_entry(self, name: str) -> CatalogueEntry:
         """
         What the edges are told of this kind (no command, no limits).
         """
-        return {
-            "name": name, "description": self.description, "parameters": self.parameters,
-            "min_inputs": self.min_inputs, "max_inputs": self.max_inputs, "timeout": self.timeout,
-        }
+        return CatalogueEntry(
+            name=name, description=self.description, parameters=self.parameters,
+            min_inputs=self.min_inputs, max_inputs=self.max_inputs, timeout=float(self.timeout),
+            arguments=tuple(dict.fromkeys(self.placeholders())),
+        )
 
 
 def _text(value: Any) -> str:
@@ -143,20 +145,7 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _check_value(name: str, value: Any) -> None:
-    if isinstance(value, bool | int | float):
-        return
-    if not isinstance(value, str):
-        raise BadRequest(f"parameter {name}: must be a string, a number or true/false")
-    if "\x00" in value or any(ord(c) < 32 for c in value):
-        raise BadRequest(f"parameter {name}: control characters are not allowed")
-    if value.startswith("-"):
-        raise BadRequest(f"parameter {name}: may not start with '-' (it would pass for an option)")
-    if value.startswith("/") or ".." in re.split(r"[/\\]", value):
-        raise BadRequest(f"parameter {name}: may not be an absolute path or contain '..'")
-
-
 def check_kind_names(kinds: Mapping[str, JobKind]) -> None:
     for name in kinds:
-        if not _KIND_NAME.fullmatch(name):
+        if not KIND_NAME.fullmatch(name):
             raise ValueError(f"jobs.kinds.{name}: a kind's name is lower-case letters, digits, '-' and '_'")

@@ -84,7 +84,7 @@ class RunLog:
         """
         The last lines kept, as text (the reason a failed job shows).
         """
-        if not self._file.closed:
+        if not self._file.closed:  # the worker reads it after closing it too
             self._file.flush()
         with open(self.path, "rb") as f:
             f.seek(max(0, self.kept - 8192))

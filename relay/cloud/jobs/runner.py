@@ -108,6 +108,9 @@ class JobProcess:
         timeout: float,
         grace: float,
         on_output: Callable[[int, bytes], None],
+        lease: Path | None = None,
+        lease_timeout: float = 0.0,
+        user: tuple[int, int] | None = None,
     ) -> None:
         """
         @param reactor: an C{IReactorProcess} and C{IReactorTime}.
@@ -121,6 +124,12 @@ class JobProcess:
             process tree is stopped.
         @param on_output: called with C{(offset, data)} for each piece of
             output.
+        @param lease: a file the caller touches each time it renews the
+            job's lease: the shepherd stops the run (exit status 137) once
+            it was not touched for C{lease_timeout} seconds.
+        @param user: the uid and gid the command runs as (the caller must
+            be root: the shepherd stays root, so it can always stop what the
+            command started); C{None}: the caller's.
         """
         self._reactor = reactor
         self._argv = argv
@@ -130,6 +139,9 @@ class JobProcess:
         self._timeout = timeout
         self._grace = grace
         self._on_output = on_output
+        self._lease = lease
+        self._lease_timeout = lease_timeout
+        self._user = user
         self._offset = 0
         self._stopped: StopReason | None = None
         self._transport: Any = None
@@ -143,6 +155,8 @@ class JobProcess:
         spec = json.dumps({
             "argv": self._argv, "limits": asdict(self._limits), "grace": self._grace,
             "parent": os.getpid(),
+            **({"lease": str(self._lease), "lease_timeout": self._lease_timeout} if self._lease else {}),
+            **({"user": list(self._user)} if self._user else {}),
         })
         devnull = os.open(os.devnull, os.O_RDONLY)
         try:

@@ -6,19 +6,31 @@ The shepherd is the worker's child and the command's parent.  It makes
 itself a child subreaper (C{PR_SET_CHILD_SUBREAPER}), so every process the
 command leaves behind, even one that called C{setsid} and forked twice,
 is re-parented to it and can be found by walking C{/proc}; it asks to get
-SIGTERM when the worker dies (C{PR_SET_PDEATHSIG}).  The command runs in a
-session of its own with the kind's rlimits, its stderr joined to its
-stdout (one stream, in the order it was written).  On SIGTERM, SIGINT or
+SIGTERM when the worker dies (C{PR_SET_PDEATHSIG}), and no set-user-id
+program may give a descendant more privileges (C{PR_SET_NO_NEW_PRIVS}).
+The command runs in a session of its own with the kind's rlimits, its
+stderr joined to its stdout (one stream, in the order it was written).  On SIGTERM, SIGINT or
 SIGHUP (a cancel, a timeout, the worker going away) every descendant gets
 SIGTERM, then SIGKILL after the grace period, and the shepherd exits with
 143.  When the command exits, whatever it left behind is stopped the same
 way (with at most a second of grace) and the exit status is the command's
 (128 + N if signal N killed it; 127 if it could not be started).
 
+A worker that is alive but no longer holds the job's lease (stopped,
+hung, cut off from the database) cannot tell the shepherd anything; so,
+when the spec names a C{lease} file, the worker touches that file each
+time it renews the lease, and a run whose file was not touched for
+C{lease_timeout} seconds is stopped at once (SIGKILL to every descendant,
+exit status 137) before the lease can expire and the job run elsewhere:
+a job never runs twice at the same time.
+
 SPEC is JSON: C{{"argv": [...], "limits": {"cpu_seconds": ...,
 "memory_bytes": ..., "open_files": ..., "file_bytes": ...}, "grace":
-seconds, "parent": pid}}; C{parent} (optional) is the worker's pid, to
-notice a worker that died before the death signal was armed.
+seconds, "parent": pid, "lease": path, "lease_timeout": seconds}};
+C{parent} (optional) is the worker's pid, to notice a worker that died
+before the death signal was armed; C{lease} and C{lease_timeout} are
+optional too, and so is C{user} (C{[uid, gid]}): the command then runs as
+that user with its groups, the shepherd itself staying root.
 Standard library only: it runs before anything else in the job's process.
 """
 
@@ -27,6 +39,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import pwd
 import resource
 import signal
 import sys
@@ -35,6 +48,7 @@ from typing import Any
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
 _LIMITS = {
     "cpu_seconds": resource.RLIMIT_CPU,
     "memory_bytes": resource.RLIMIT_AS,
@@ -43,6 +57,7 @@ _LIMITS = {
 }
 _STOPS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 _STOPPED = 128 + signal.SIGTERM
+_LEASE_LOST = 128 + signal.SIGKILL
 
 
 def descendants(root: int) -> set[int]:
@@ -151,6 +166,15 @@ def _exec(spec: dict[str, Any], mask: set[int | signal.Signals]) -> None:
         for name, value in (spec.get("limits") or {}).items():
             if value is not None:
                 _limit(name, int(value))
+        if spec.get("user"):
+            uid, gid = spec["user"]
+            try:
+                groups = os.getgrouplist(pwd.getpwuid(uid).pw_name, gid)
+            except KeyError:
+                groups = [gid]
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
         os.execvp(argv[0], argv)
     except BaseException as e:
         try:
@@ -167,25 +191,44 @@ def main(args: list[str]) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    # No set-user-id program makes a descendant someone the shepherd (an
+    # unprivileged run user) could no longer kill.
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     parent = spec.get("parent")
     if parent is not None and os.getppid() != parent:
         return _STOPPED  # the worker died before the death signal was armed
     grace = float(spec.get("grace", 5.0))
+    lease, lease_timeout = spec.get("lease"), float(spec.get("lease_timeout") or 0)
     command = os.fork()
     if command == 0:
         _exec(spec, mask)
     reaped: dict[int, int] = {}
     stopped = False
     while command not in reaped:
-        received = signal.sigtimedwait(_STOPS | {signal.SIGCHLD}, 1.0)
+        received = signal.sigtimedwait(_STOPS | {signal.SIGCHLD}, 0.25 if lease else 1.0)
         reaped.update(reap())
         if received is not None and received.si_signo in _STOPS and command not in reaped:
             stopped = True
             break
+        if lease and command not in reaped and not _renewed(lease, lease_timeout):
+            os.write(1, f"relay: the worker did not renew the job's lease for {lease_timeout:g} s: "
+                        "the run is stopped\n".encode())
+            kill_all(0.0, reaped)
+            return _LEASE_LOST
     kill_all(grace if stopped else min(grace, 1.0), reaped)
     if stopped:
         return _STOPPED
     return _status(reaped[command])
+
+
+def _renewed(path: str, timeout: float) -> bool:
+    """
+    Whether the worker touched the lease file within C{timeout} seconds.
+    """
+    try:
+        return time.time() - os.stat(path).st_mtime < timeout
+    except OSError:
+        return False  # the run's directory is gone: so is its worker
 
 
 if __name__ == "__main__":

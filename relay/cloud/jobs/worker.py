@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import mimetypes
+import os
 import re
 import shutil
 import sys
@@ -34,6 +35,7 @@ from relay.cloud.jobs.leases import Claim, Input, JobLeases
 from relay.cloud.jobs.live import LiveLog
 from relay.cloud.jobs.output import RunLog
 from relay.cloud.jobs.runner import JobProcess, Limits, Outcome
+from relay.cloud.jobs.runuser import RunUser
 from relay.cloud.objects import IObjectStore, object_key
 from relay.cloud.registry.store import new_id
 from relay.db import Database
@@ -78,6 +80,8 @@ class JobWorker(Service):
     @param link: the bridge's link (its C{channel} while up).
     @param outbox: where the runs' live logs go (L{LiveLog}).
     @param name: this worker in the registry's leases (unique per process).
+    @param run_as: the user the commands run as (the worker is root,
+        L{relay.cloud.jobs.runuser}); C{None}: the worker's own.
     """
 
     log = Logger()
@@ -85,7 +89,7 @@ class JobWorker(Service):
     def __init__(
         self, reactor: Any, db: Database, leases: JobLeases, objects: IObjectStore,
         kinds: Mapping[str, JobKind], blocking: Blocking, link: Any, *, name: str, slots: int,
-        work_dir: Path, grace: float, outbox: IOutbox,
+        work_dir: Path, grace: float, outbox: IOutbox, run_as: RunUser | None = None,
     ) -> None:
         self._reactor = reactor
         self._db = db
@@ -99,6 +103,7 @@ class JobWorker(Service):
         self._slots = slots
         self._work_dir = work_dir
         self._grace = grace
+        self._run_as = run_as
         self._reserved = 0
         self._consumer: tuple[Any, str] | None = None
         self._subscribing = False
@@ -111,6 +116,17 @@ class JobWorker(Service):
     def startService(self) -> None:
         super().startService()
         self._work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self._run_as is not None:
+            # The run user must pass through to its own run's directory
+            # (searchable, not listable), and so through every parent.
+            self._work_dir.chmod(0o711)
+            closed = self._run_as.unsearchable(self._work_dir)
+            if closed is not None:
+                self.log.error(
+                    "jobs.work_dir: the run user {user} cannot pass through {closed}: its commands will "
+                    "not find their HOME and TMPDIR; make it searchable (chmod o+x) or move work_dir",
+                    user=self._run_as.name, closed=str(closed),
+                )
 
     def link_up(self) -> None:
         """
@@ -204,6 +220,7 @@ class JobWorker(Service):
 
         live = LiveLog(self._reactor, self._db, self._outbox, self._leases, claim, progress, stored)
         log = RunLog(run_dir / "log", kind.limits.log_bytes if kind else 1 << 20, on_stored=live.write)
+        log.path.chmod(0o600)  # the worker's, not the command's (a run user's)
         try:
             if kind is None:
                 raise RunFailed(f"no job kind {claim.kind!r} is configured on the worker")
@@ -212,6 +229,8 @@ class JobWorker(Service):
             except BadRequest as e:
                 raise RunFailed(str(e)) from None
             paths = [await self._fetch(run_dir / "work", number, i) for number, i in enumerate(claim.inputs)]
+            if self._run_as is not None:
+                self._run_as.give(run_dir)
             outcome, why = await self._execute(claim, kind, run_dir, paths, log, live)
             await live.close()
             if why is not None:
@@ -219,6 +238,12 @@ class JobWorker(Service):
                               epoch=claim.epoch, why=why)
                 return
             log.close()
+            if await self._db.run(self._leases.holds, claim, self._reactor.seconds(), False) is not None:
+                # Stopped or cut off past the lease (another attempt may have
+                # the job): nothing of this run is stored, nothing recorded.
+                self.log.warn("job {job_id} epoch {epoch} lost its lease: its results are not stored",
+                              job_id=claim.job_id, epoch=claim.epoch)
+                return
             results = await self._store(claim, kind, run_dir, log)
             state, error = outcome.state, None
             if state != "succeeded":
@@ -258,10 +283,17 @@ class JobWorker(Service):
             "HOME": str(work), "TMPDIR": str(run_dir / "tmp"), "LANG": "C.UTF-8",
         }
         limits = kind.limits
+        # Touched at each renewal: the shepherd stops a run whose worker
+        # stopped renewing (alive but stopped or cut off) before the lease
+        # expires, as the worker itself gives up after 0.8 of it.
+        lease_file = run_dir / "lease"
+        lease_file.touch()
         process = JobProcess(
             self._reactor, kind.argv(claim.parameters, paths), work, env,
             Limits(limits.cpu_seconds, limits.memory_bytes, limits.open_files, limits.file_bytes),
             timeout=kind.timeout, grace=self._grace, on_output=log.write,
+            lease=lease_file, lease_timeout=self._leases.lease * 0.8,
+            user=None if self._run_as is None else (self._run_as.uid, self._run_as.gid),
         )
         stopped: list[str] = []
         reported = [-1.0]
@@ -284,6 +316,8 @@ class JobWorker(Service):
                     return
             else:
                 last_held[0] = self._reactor.seconds()
+                if lost is None:
+                    os.utime(lease_file)
                 if progress >= 0:
                     reported[0] = progress
             if lost is not None and not stopped:
@@ -310,7 +344,13 @@ class JobWorker(Service):
         found: list[tuple[Path, str]] = []
         for pattern in kind.results:
             for path in sorted(work.glob(pattern)):
-                if path.is_file() and not path.is_symlink() and path.resolve().is_relative_to(work.resolve()):
+                # Regular files of the run's own: no symbolic link, and no
+                # hard link (another name of a file the run user may not
+                # read, which the worker would otherwise read for it).
+                if (
+                    path.is_file() and not path.is_symlink() and path.stat().st_nlink == 1
+                    and path.resolve().is_relative_to(work.resolve())
+                ):
                     if all(path != p for p, _ in found):
                         found.append((path, _content_type(path)))
         found.append((log.path, "text/plain; charset=utf-8"))

@@ -146,5 +146,18 @@ SCHEMA = Schema(
         # timed_out is an outcome of its own; a job counts its attempts; a
         # file says whether it was uploaded or made by a job.
         _timed_out_attempts_file_kinds,
+        # The catalogue of job kinds, kept equal to the configuration's
+        # kinds by L{relay.cloud.jobs.catalogue}; replicated to the edges.
+        """
+        CREATE TABLE job_kinds (
+            name TEXT PRIMARY KEY,
+            description TEXT NOT NULL,
+            parameters TEXT NOT NULL,
+            arguments TEXT NOT NULL,
+            min_inputs INTEGER NOT NULL,
+            max_inputs INTEGER NOT NULL,
+            timeout DOUBLE PRECISION NOT NULL
+        );
+        """,
     ],
 )

@@ -22,6 +22,8 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 from relay.edge.auth import Principal
+from relay.edge.replica.kinds import check_job
+from relay.jobkinds import BadRequest
 from relay.link.envelope import TO_CLOUD
 from relay.permissions import Access, Refused, allowed
 from relay.replication import IOutbox
@@ -112,11 +114,15 @@ class CommandIssuer:
         user_id = actor["user_id"]
         project_id: str = values.get("project_id", "")
         if project_id and _pending_create(conn, user_id, project_id):
+            if type == JOB_SUBMIT:
+                _check_job(conn, values)
             return  # the project exists only here yet: the cloud decides
         if type in _ACTION:
             self._access.require(conn, user_id, project_id, _ACTION[type])
             if type == PROJECT_DELETE and _is_default(conn, project_id):
                 raise Refused("a user's default project cannot be deleted", "conflict")
+            if type == JOB_SUBMIT:
+                _check_job(conn, values)
         elif type == MEMBER_REMOVE:
             role = self._access.role(conn, project_id, user_id)
             if not (values["user_id"] == user_id and role in ("member", "viewer")):
@@ -135,6 +141,13 @@ class CommandIssuer:
             if file is None or self._access.role(conn, file["project_id"], user_id) is None:
                 raise Refused("no such file", "not_found")
             self._access.require(conn, user_id, file["project_id"], "file.delete")
+
+
+def _check_job(conn: Any, values: dict[str, Any]) -> None:
+    try:
+        check_job(conn, values["project_id"], values["kind"], values["parameters"], values["inputs"])
+    except BadRequest as e:
+        raise Refused(str(e), e.code) from None
 
 
 def _pending_create(conn: Any, user_id: str, project_id: str) -> bool:

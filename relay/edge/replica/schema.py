@@ -124,5 +124,17 @@ SCHEMA = Schema(
         ALTER TABLE replica_files ADD COLUMN kind TEXT NOT NULL DEFAULT 'upload';
         ALTER TABLE replica_files ADD COLUMN job_id TEXT;
         """,
+        # The catalogue of job kinds (L{relay.edge.replica.kinds}).
+        """
+        CREATE TABLE replica_job_kinds (
+            name TEXT PRIMARY KEY,
+            description TEXT NOT NULL,
+            parameters TEXT NOT NULL,
+            arguments TEXT NOT NULL,
+            min_inputs INTEGER NOT NULL,
+            max_inputs INTEGER NOT NULL,
+            timeout DOUBLE PRECISION NOT NULL
+        );
+        """,
     ],
 )

@@ -42,6 +42,7 @@ from relay.replication import (
     COMMAND_APPLIED,
     COMMAND_REJECTED,
     FILES,
+    JOB_KINDS,
     JOBS,
     MEMBERS,
     PROJECTS,
@@ -174,6 +175,8 @@ def _concerned(conn: Any, table: Table, op: str, data: dict[str, Any]) -> set[st
         row = conn.execute(f"SELECT project_id FROM replica_{table.name} WHERE id = ?", (data["id"],)).fetchone()
         projects = {p for p in (data.get("project_id"), None if row is None else row[0]) if p}
         return set().union(*(_members(conn, p) for p in projects))
+    if table is JOB_KINDS:
+        return {EVERYONE}  # the catalogue of kinds: everyone's job form
     return set()
 
 

@@ -30,6 +30,7 @@ from relay.edge.auth import Principal
 from relay.edge.downloads.service import cache_states
 from relay.edge.events import EventHub
 from relay.edge.identity import CpuRunner, Identity, json_body
+from relay.edge.replica.kinds import job_kinds
 from relay.edge.replica.pending import (
     CommandIssuer,
     dismiss,
@@ -254,8 +255,15 @@ class EdgeApi:
         async def list_jobs(request: IRequest, principal: Principal) -> bytes:
             return await self._listing(request, principal, "jobs", jobs_for)
 
-        @app.route("/api/v1/jobs", methods=["POST"])
+        @app.route("/api/job-kinds", methods=["GET"])
+        @app.route("/api/v1/job-kinds", methods=["GET"], endpoint="list_job_kinds_v1")
+        @authed
+        async def list_job_kinds(request: IRequest, principal: Principal) -> bytes:
+            kinds = await read(job_kinds)
+            return answer(request, 200, {"kinds": [kind.public() for kind in kinds]})
+
         @app.route("/api/jobs", methods=["POST"])
+        @app.route("/api/v1/jobs", methods=["POST"], endpoint="submit_job_v1")
         @authed
         async def submit_job(request: IRequest, principal: Principal) -> bytes:
             body = json_body(request)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sqlite3
 import tarfile
 import time
 from pathlib import Path
@@ -143,27 +144,56 @@ class JobsEndToEnd(JobWorld):
         self.assertIn("counter", netlist["modules"])
         self.assertIn(b"Number of cells", self.result(world, job, "stat.txt"))
 
-    async def test_bad_requests_are_refused_in_the_cloud(self) -> None:
+    async def test_bad_requests_are_refused_at_the_edge_and_again_in_the_cloud(self) -> None:
         world = await self.world()
         [(upload_id, _)] = await self.uploaded(world, (1000, 3))
-        for kind, parameters in [
-            ("no-such-kind", {}),
-            ("synth", {"top": "-o/etc/passwd"}),
-            ("synth", {"top": "../x"}),
-            ("checksum", {"extra": 1}),
-        ]:
+        # The catalogue reached the edge through sync, without commands.
+        code, answer = await world.api("GET", "/api/v1/job-kinds")
+        self.assertEqual((code, [k["name"] for k in answer["kinds"]]), (200, ["archive", "checksum", "synth"]))
+        self.assertEqual(answer["kinds"][2]["parameters"]["properties"]["top"]["pattern"], "^[A-Za-z_][A-Za-z0-9_$]*$")
+        self.assertNotIn("relay-job", json.dumps(answer))
+        bad = [
+            ("no-such-kind", {}, 400, "no job kind 'no-such-kind'"),
+            ("synth", {"top": "-o/etc/passwd"}, 400, "parameter top: '-o/etc/passwd' does not match"),
+            ("synth", {"top": "../x"}, 400, "parameter top: '../x' does not match"),
+            ("checksum", {"extra": 1}, 400, "parameters: Additional properties are not allowed"),
+        ]
+        for kind, parameters, status, reason in bad:
+            code, answer = await world.api("POST", "/api/v1/jobs", {
+                "project_id": world.project, "kind": kind, "parameters": parameters, "inputs": [upload_id]})
+            self.assertEqual((kind, code), (kind, status))
+            self.assertTrue(answer["error"].startswith(reason), answer)
+        code, answer = await world.api("POST", "/api/v1/jobs", {
+            "project_id": world.project, "kind": "checksum", "inputs": ["0" * 32]})
+        self.assertEqual((code, answer["error"]), (404, f"input file {'0' * 32} is not in this project"))
+        self.assertEqual(read_db(world.root / "edge" / "edge.db", "SELECT count(*) FROM pending_commands")[0][0], 0)
+
+        # An edge that sends them anyway (its catalogue stale or forged):
+        # the cloud refuses each, and nothing runs.
+        edge_db = sqlite3.connect(world.root / "edge" / "edge.db", timeout=10)
+        with edge_db:
+            edge_db.execute("UPDATE replica_job_kinds SET parameters = '{\"type\":\"object\"}', arguments = '[]'")
+            edge_db.execute("INSERT INTO replica_job_kinds SELECT 'no-such-kind', description, parameters, "
+                            "arguments, min_inputs, max_inputs, timeout FROM replica_job_kinds WHERE name = 'synth'")
+        edge_db.close()
+        bad.append(("synth", {"top": "-o"}, 0, ""))
+        for number, (kind, parameters, _, _) in enumerate(bad, start=1):
             job_id = await self.submit(world, kind, [upload_id], **parameters)
-            for _ in range(200):
-                if self.cloud_job(world, job_id) is None and await self.rejected(world, job_id):
-                    break
-                await sleep(0.1)
+            await world.wait_for(f"the cloud's answer to {kind} {parameters}",
+                                 lambda n=number: self.answered(world) == n, 20)
             self.assertIsNone(self.cloud_job(world, job_id), (kind, parameters))
         rows = read_db(world.root / "cloud" / "cloud.db", "SELECT count(*) FROM job_runs")
         self.assertEqual(rows[0][0], 0)
+        rows = read_db(world.root / "cloud" / "cloud.db", "SELECT count(*), min(status) FROM commands")
+        self.assertEqual(tuple(rows[0]), (len(bad), "rejected"))
 
-    async def rejected(self, world: TransferWorld, job_id: str) -> bool:
+    def answered(self, world: TransferWorld) -> int:
+        """
+        How many job requests the cloud answered; it fails if one was applied.
+        """
         rows = read_db(world.root / "cloud" / "cloud.db", "SELECT status FROM commands WHERE type = 'job.submit'")
-        return bool(rows) and all(r[0] == "rejected" for r in rows)
+        assert all(r[0] == "rejected" for r in rows), [tuple(r) for r in rows]
+        return len(rows)
 
 
 class WorkerKilled(JobWorld):

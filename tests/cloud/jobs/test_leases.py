@@ -116,3 +116,41 @@ def test_a_running_job_deleted_with_its_project_is_forgotten(world: Any) -> None
     world.clock.advance(11)
     assert world.run(world.leases.reap, world.clock.seconds()) == []
     assert world.conn.execute("SELECT count(*) FROM job_runs").fetchone()[0] == 0
+
+
+def test_the_dispatch_refuses_what_an_edge_should_have_refused(world: Any) -> None:
+    """
+    The cloud checks a request again (an edge may be stale or lie): the
+    kind, the parameters and that each input is a stored file.
+    """
+    from relay.cloud.jobs.component import JobDispatch
+    from relay.cloud.jobs.kinds import JobKind
+    from relay.permissions import Refused
+
+    dispatch = JobDispatch({"cat": JobKind(command=("cat", "{inputs}", "{name}"), min_inputs=1)}, world.leases)
+    first = world.run(world.registry.job, world.job_id)
+    project, user = first["project_id"], first["submitted_by"]
+    stored = world.run(world.registry.put_file, project, "in", 1, sha256="0" * 64, object_key="k")
+    receiving = world.run(world.registry.put_file, project, "late", 1, state="receiving")
+
+    def queue(kind: str, parameters: dict[str, Any], inputs: list[str]) -> None:
+        def work(conn: Any) -> None:
+            job_id = world.registry.submit_job(conn, project, user, kind, parameters, inputs)
+            dispatch.job_queued(conn, world.registry.job(conn, job_id))
+
+        world.run(work)
+
+    for kind, parameters, inputs, code, reason in [
+        ("dog", {}, [stored], "invalid", "no job kind 'dog'"),
+        ("cat", {"name": "-n"}, [stored], "invalid", "parameter name: may not start with '-'"),
+        ("cat", {"name": "../x"}, [stored], "invalid", "parameter name: may not be an absolute path"),
+        ("cat", {}, [], "invalid", "this kind takes 1 to 100 input files, got 0"),
+        ("cat", {}, [receiving], "invalid",
+         f"input file {receiving} is not stored in the cloud yet: its state is receiving"),
+    ]:
+        with pytest.raises(Refused, match=reason.replace("(", r"\(").replace(")", r"\)")) as refused:
+            queue(kind, parameters, inputs)
+        assert refused.value.code == code
+    assert world.outbox.sent == [(JOB_RUN, {"job_id": world.job_id}, JOBS)], "nothing more was queued"
+    queue("cat", {"name": "out.txt"}, [stored])
+    assert len(world.outbox.sent) == 2

@@ -141,6 +141,31 @@ class RunnerTests(unittest.TestCase):
         self.assertEqual((outcome.state, outcome.reason), ("timed_out", "timed out after 1.5 s"))
         await self.assert_no_survivor(pids)
 
+    async def test_a_lease_no_longer_renewed_stops_the_run(self) -> None:
+        """
+        The worker touches the lease file at each renewal; once it stops
+        (stopped, hung, cut off from the database), the shepherd kills the
+        whole tree before the lease can expire.
+        """
+        lease = self.workdir / "lease"
+        lease.touch()
+        output: list[bytes] = []
+        process = JobProcess(reactor, [sys.executable, "-c", ESCAPER, "sleep"], self.workdir, ENV, Limits(),
+                             timeout=30, grace=5.0, on_output=lambda _, data: output.append(data),
+                             lease=lease, lease_timeout=2.0)
+        process.start()
+        pids = await self.escaper_pids()
+        for _ in range(6):  # renewed for a while: the run goes on
+            await pause(0.5)
+            os.utime(lease)
+        self.assertFalse(process.finished.called)
+        renewed_at = time.monotonic()
+        outcome = await process.finished
+        self.assertEqual((outcome.state, outcome.signal), ("failed", signal.SIGKILL))
+        self.assertLess(time.monotonic() - renewed_at, 2.0 + 1.5)
+        self.assertEqual([pid for pid in pids if alive(pid)], [], "SIGKILL at once, no grace")
+        self.assertIn(b"did not renew the job's lease for 2 s", b"".join(output))
+
     async def test_leftovers_of_a_finished_command_are_killed(self) -> None:
         process, _ = self.run_command([sys.executable, "-c", ESCAPER, "exit"])
         pids = await self.escaper_pids()
@@ -244,3 +269,16 @@ class WorkerDeathTests(unittest.TestCase):
         while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
             await pause(0.05)
         self.assertEqual([pid for pid in pids if alive(pid)], [])
+
+
+def test_a_closed_log_still_gives_its_tail(tmp_path: Path) -> None:
+    """
+    The worker closes a failed run's log (to store it) before it takes the
+    last lines for the job's error.
+    """
+    from relay.cloud.jobs.output import RunLog
+
+    log = RunLog(tmp_path / "log", 1 << 20)
+    log.write(0, b"one\ntwo\nsynthesis failed\n")
+    log.close()
+    assert log.tail(2) == "two\nsynthesis failed"

@@ -169,7 +169,8 @@ class CommandTests(ApiWorld):
         self.assertEqual(self.stored(), (0, 0))
 
     def test_members_jobs_and_files(self) -> None:
-        file_id = self.cloud.run(lambda c: self.cloud.registry.put_file(c, self.home, "in.csv", 3))
+        file_id = self.cloud.run(lambda c: self.cloud.registry.put_file(c, self.home, "in.csv", 3,
+                                                                        object_key="projects/x/files/in"))
         self.sync()
         code, body = self.request("POST", f"/api/projects/{self.home}/members", {"name": "carol", "role": "member"},
                                   user="alice")

@@ -21,7 +21,7 @@ from relay.edge.replica import ReplicaApplier
 from relay.edge.web.announcer import ReplicaAnnouncer
 from relay.edge.web.api import api_routes
 from relay.link.envelope import Envelope
-from relay.testing.registry import TEST_COST, CloudSide, EdgeSide, catalogue, inline
+from relay.testing.registry import RENDER, TEST_COST, CloudSide, EdgeSide, catalogue, inline
 from relay.testing.sync import FakeInbox, FakeOutbox
 
 BASE = "http://edge.example"
@@ -64,6 +64,7 @@ class ApiWorld(SynchronousTestCase):
         self.home = self.cloud.default_project(self.alice["id"])
         self.cloud.run(self.cloud.registry.set_member, self.home, self.bob["id"], "viewer")
         self.key = self.cloud.run(self.cloud.registry.create_key, self.alice["id"], "ci")
+        self.cloud.publish_kinds(RENDER)
         self.sync()
         # What each user would see on their stream from now on.
         self.seen: dict[str, list[Event]] = {}

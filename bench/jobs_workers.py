@@ -1,0 +1,131 @@
+"""
+Jobs per minute of a trivial kind with 1, 2 and 4 workers, each its own
+relay-cloud process, sharing one registry on PostgreSQL.
+
+    .venv/bin/python bench/jobs_workers.py [--jobs 150] [--workers 1,2,4] [--slots 1]
+
+For each worker count: a fresh PostgreSQL database, a RabbitMQ vhost and
+moto; one relay-cloud that queues jobs (role dispatch), the workers (role
+worker, C{--slots} each), and a relay-edge. With the workers stopped, N
+jobs of the kind C{tick} (C{sh -c 'echo TAG >> side file'}) are submitted
+through the edge's API and wait, queued, on relay.jobs; then the workers
+start. The rate is N over the span from the first run's start to the last
+run's end, as the registry recorded them (the workers' own start-up is not
+counted). Every job must succeed exactly once: the side file has one line
+per run, which is checked. Beside the rate: the CPU time per job of relay's
+processes and moto (the workers with their shepherds and commands, the
+dispatcher, the edge; not PostgreSQL or RabbitMQ) while the jobs ran, and
+how many cores that kept busy: on a machine shared with other work, a row
+whose cores busy approach what is free is bound by the CPU, not by relay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from relay.testing.job_workers import WorkersWorld, registry_rows  # noqa: E402
+from relay.testing.postgresql import temporary_database  # noqa: E402
+from relay.testing.s3servers import start_moto  # noqa: E402
+
+
+def run(workers: int, jobs: int, slots: int, directory: Path) -> dict[str, object]:
+    s3 = start_moto()
+    try:
+        with temporary_database("relay_bench") as dsn:
+            world = WorkersWorld(directory / f"workers-{workers}", s3, dsn, workers=workers, slots=slots,
+                                 lease=15.0)
+            try:
+                world.start(workers=False)
+                tags = [f"job-{n}" for n in range(jobs)]
+                submit_started = time.monotonic()
+                ids = [world.submit("tick", tag=tag) for tag in tags]
+                submit_seconds = time.monotonic() - submit_started
+                world.wait_for("every job queued", lambda: _count(dsn, "queued") == jobs, 120)
+                print(f"{workers} worker(s): {jobs} jobs queued ({submit_seconds:.1f} s to submit)", file=sys.stderr)
+                world.start_workers()
+                world.wait_for("the first run", lambda: _count(dsn, "queued") < jobs, 60)
+                processes = [w.process.pid for w in [*world.workers, world.dispatcher, world.edge]
+                             if w.process is not None] + [s3.process.pid]
+                cpu_before = sum(_cpu(pid) for pid in processes)
+                world.wait_for("every job finished", lambda: _count(dsn, "succeeded") + _count(dsn, "failed")
+                               == jobs, 60 + jobs * 2)
+                cpu = sum(_cpu(pid) for pid in processes) - cpu_before
+                rows = registry_rows(dsn, "SELECT min(started_at) AS first, max(finished_at) AS last, "
+                                          "count(*) AS n FROM jobs WHERE state = 'succeeded'")
+                span = float(rows[0]["last"]) - float(rows[0]["first"])
+                runs = Counter(world.side_lines())
+                per_worker = {w.log_path.parent.name: w.log_text().count(" starts on ") for w in world.workers}
+                return {
+                    "workers": workers, "slots": slots, "jobs": len(ids), "succeeded": int(rows[0]["n"]),
+                    "seconds": span, "per_minute": jobs / span * 60 if span > 0 else None,
+                    "duplicates": sum(count - 1 for count in runs.values() if count > 1),
+                    "lost": sum(1 for tag in tags if tag not in runs),
+                    "spread": "/".join(str(per_worker[name]) for name in sorted(per_worker)),
+                    "cpu_ms": cpu / jobs * 1000, "cores": cpu / span if span > 0 else None,
+                }
+            finally:
+                world.stop()
+    finally:
+        s3.stop()
+
+
+def _cpu(pid: int) -> float:
+    """
+    CPU seconds of a process and of its children it has waited for (a
+    worker's shepherds and commands).
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _count(dsn: str, state: str) -> int:
+    return int(registry_rows(dsn, "SELECT count(*) AS n FROM jobs WHERE state = ?", (state,))[0]["n"])
+
+
+def table(results: list[dict[str, object]]) -> str:
+    base = next((r["per_minute"] for r in results if r["workers"] == 1), None)
+    header = ["workers", "slots", "jobs", "succeeded", "seconds", "jobs/min", "vs 1 worker", "runs per worker",
+              "duplicates", "lost", "CPU ms/job", "cores busy"]
+    rows = [header]
+    for r in results:
+        rate = r["per_minute"]
+        ratio = f"{rate / base:.2f}" if isinstance(rate, float) and isinstance(base, float) else "-"
+        rows.append([str(r["workers"]), str(r["slots"]), str(r["jobs"]), str(r["succeeded"]),
+                     f"{r['seconds']:.1f}", f"{rate:.0f}" if isinstance(rate, float) else "-", ratio,
+                     str(r["spread"]), str(r["duplicates"]), str(r["lost"]), f"{r['cpu_ms']:.0f}",
+                     f"{r['cores']:.2f}" if isinstance(r["cores"], float) else "-"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=150)
+    parser.add_argument("--workers", default="1,2,4", help="worker counts, comma-separated")
+    parser.add_argument("--slots", type=int, default=1, help="jobs each worker runs at once")
+    parser.add_argument("--dir", default=tempfile.gettempdir())
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="relay-bench-jobs-") as d:
+        for workers in [int(w) for w in args.workers.split(",")]:
+            results.append(run(workers, args.jobs, args.slots, Path(d)))
+    print(table(results))
+    print(f"\nload average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; "
+          f"{os.cpu_count()} CPUs")
+    bad = [r for r in results if r["duplicates"] or r["lost"] or r["succeeded"] != r["jobs"]]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
