@@ -187,6 +187,13 @@ class LinkBridge:
     catalogue = Types()
     outbox = link = None
 
+    def __init__(self) -> None:
+        self.inbox = self
+        self.handlers: dict[str, Any] = {}
+
+    def register(self, type: str, handler: Any) -> None:
+        self.handlers[type] = handler
+
     def when_up(self, hook: Any) -> None:
         pass
 

@@ -43,6 +43,9 @@ def chatty(name: str, lines: int) -> str:
 
 #: About 9 s of log.
 CHATTY = chatty("chatty", LINES)
+#: About 27 s of log: a 30 s outage a third of the way in outlasts it.
+LONG_LINES = 900
+LONG = chatty("long", LONG_LINES)
 FLOOD_LOG_LIMIT = 1 << 20
 #: 1 GiB of 1 KiB lines, as fast as the pipe takes them.
 FLOOD_SCRIPT = 'yes "$(printf %01023d 0)" | head -c 1073741824; echo done'
@@ -80,7 +83,7 @@ class LiveJobs(JobWorld):
         return response.code, await response.content(), response.headers
 
     async def test_log_followed_across_an_outage(self) -> None:
-        world = await self.live_world(CHATTY + SLEEPER)
+        world = await self.live_world(LONG + SLEEPER)
         [(upload_id, _)] = await self.uploaded(world, (1000, 5))
         follower: LogFollower | None = None
         fetches: list[Any] = []
@@ -92,31 +95,31 @@ class LiveJobs(JobWorld):
                     fetches.append(fetched)
 
         stream = await self.events(world, on_frame)
-        job_id = await self.submit(world, "chatty", [upload_id])
+        job_id = await self.submit(world, "long", [upload_id])
         follower = LogFollower(f"http://127.0.0.1:{world.edge_port}", world.api_key, job_id)
 
         def lines() -> int:
             return bytes(follower.data).count(b"line ") if follower is not None else 0
 
-        await world.wait_for("a third of the log seen live", lambda: lines() >= LINES // 3, 60)
-        # The edge's broker connection cut for 6 s: reset, and a link that
+        await world.wait_for("a third of the log seen live", lambda: lines() >= LONG_LINES // 3, 60)
+        # The edge's broker connection cut for 30 s: reset, and a link that
         # carries nothing, so that its reconnections hang too.
-        world.amqp_link.stall_all(6.0)
+        world.amqp_link.stall_all(30.0)
         world.amqp_link.reset_all()
         cut_at = time.monotonic()
         await sleep(1.0)  # what the edge had received before the cut is told by now
         seen_at_cut = lines()
-        await sleep(4.0)
+        await sleep(25.0)
         seen_in_outage = lines() - seen_at_cut
         await world.wait_for("the whole log", lambda: follower is not None and follower.eof, 90)
         for fetched in fetches:
             await fetched
         self.assertEqual(seen_in_outage, 0, "the outage let the log through")
-        self.assertLess(seen_at_cut, LINES * 2 // 3, "the job went on printing through the outage")
+        self.assertLess(seen_at_cut, LONG_LINES * 2 // 3, "the job went on printing through the outage")
         job = await self.finished(world, job_id)
         self.assertEqual(job["state"], "succeeded", job["error"])
 
-        expected = [f"line {i} of the log" for i in range(1, LINES + 1)]
+        expected = [f"line {i} of the log" for i in range(1, LONG_LINES + 1)]
         text = bytes(follower.data).decode()
         self.assertEqual([line for line in text.splitlines() if line.startswith("line ")], expected)
         code, body, headers = await self.log(world, job_id)

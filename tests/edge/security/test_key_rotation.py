@@ -73,7 +73,7 @@ class KeyRotationTests(SynchronousTestCase):
         self.assertTrue(pending_rotation(self.key_path).exists())
         self.assertEqual(self.key_path.read_bytes(), self.old)
         with self.assertRaises(SystemExit) as refused:
-            build_uploads(UploadsSection(), self.data, None, None, None, None, None)  # type: ignore[arg-type]
+            build_uploads(UploadsSection(), self.data, None, None, None, None, None, None)  # type: ignore[arg-type]
         self.assertIn("rotate-key", str(refused.exception))
         self.assertEqual(rotate(self.spool_dir, self.key_path), 2)
         self.check_readable(self.key_path.read_bytes())
