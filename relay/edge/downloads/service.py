@@ -424,9 +424,10 @@ class Downloads(MultiService):
             )
             request.loseConnection()  # type: ignore[attr-defined]
         finally:
-            request.unregisterProducer()  # type: ignore[attr-defined]
             if reader is not None:
                 await self._blocking(reader.close)
+            if getattr(request, "channel", None) is not None:  # None once the client is gone
+                request.unregisterProducer()  # type: ignore[attr-defined]
 
     def _open(self, store_id: str, fetch: Fetch | None) -> Deferred[SpoolReader]:
         if fetch is None or fetch.verified:

@@ -149,11 +149,11 @@ class LiveJobs(JobWorld):
         code, answer = await world.api("GET", f"/api/v1/jobs/{job_id}")
         self.assertEqual(code, 200)
         shown = answer["job"]
-        self.assertEqual((shown["state"], shown["attempts"], shown["kind"]), ("succeeded", 1, "chatty"))
+        self.assertEqual((shown["state"], shown["attempts"], shown["kind"]), ("succeeded", 1, "long"))
         self.assertEqual(shown["inputs"], [upload_id])
         self.assertEqual(shown["log"]["end"], len(body))
         self.assertIsNotNone(shown["started_at"])
-        self.assertEqual([r["name"] for r in shown["results"]], [f"chatty-{job_id[:8]}.log"])
+        self.assertEqual([r["name"] for r in shown["results"]], [f"long-{job_id[:8]}.log"])
         code, answer = await world.api("GET", f"/api/files?project={world.project}")
         kinds = {f["id"]: (f["kind"], f["job_id"]) for f in answer["files"]}
         self.assertEqual(kinds[upload_id], ("upload", None))
