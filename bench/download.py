@@ -355,7 +355,7 @@ async def scenario_china(args: argparse.Namespace, world: TransferWorld, work: P
         resets = world.s3_link.counters.resets_injected - s3_before.resets_injected
         connections = world.s3_link.counters.connections_accepted - s3_before.connections_accepted
         moved = world.s3_link.counters.bytes_to_client - s3_before.bytes_to_client
-        notes = (f"{connections} S3 connections, {resets} of them reset, "
+        notes = (f"{connections} S3 connections, {resets} resets injected, "
                  f"{metrics.get('relay_download_fetch_retries', 0):.0f} ranges resumed, {moved / size:.2f}x bytes over the link, "
                  f"edge B peak RSS {vm_hwm_kib(edge_b.process.pid) / 1024:.0f} MiB, cached and verified")  # fmt: skip
         if not ok:
