@@ -568,6 +568,18 @@ def targets(rows: list[Row], cached_info: dict[str, Any], args: argparse.Namespa
     return found
 
 
+def edge_downloads(args: argparse.Namespace) -> str:
+    """The edges' effective [downloads] settings (relay's defaults with --edge-downloads over them)."""
+    import dataclasses
+
+    from relay.edge.config import DownloadsSection
+
+    section = dataclasses.replace(DownloadsSection(), **args.edge_downloads)
+    keys = ("streams", "chunk_size", "stall_timeout", "request_timeout", "give_up_after", "bandwidth_limit",
+            "prefetch_max_size", "cache_size")  # fmt: skip
+    return ", ".join(f"{key} {getattr(section, key)}" for key in keys)
+
+
 def parameters(args: argparse.Namespace) -> str:
     return (
         f"sizes: cached {args.cached_mib} MiB, uncached {args.uncached_mib} MiB, job result {args.result_mib} MiB; "
@@ -575,7 +587,7 @@ def parameters(args: argparse.Namespace) -> str:
         f"China link (S3 and AMQP, one bottleneck): {2 * args.latency_ms:g} ms RTT, {args.rate_kib} KiB/s per "
         f"connection, a reset every {args.reset_mean_s:g} s on average per connection, aggregate "
         f"{args.aggregate_mib} MiB/s shared by all connections; seed {args.seed}\n"
-        f"edge downloads config: {args.edge_downloads or 'defaults'}; baselines' caps: "
+        f"edges' [downloads]: {edge_downloads(args)} (edge B: prefetch_max_size 0); baselines' caps: "
         f"{f'{args.cap:g} s' if args.cap else f'5.5x (single stream), 2x (download_file) relay, at least {args.min_cap:g} s'}"
         f"; single stream's stall timeout {args.stall_s:g} s"
     )
