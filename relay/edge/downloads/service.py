@@ -208,7 +208,7 @@ class Downloads(MultiService):
     async def _prefetch(self, file_id: str) -> None:
         entry = await self.cache.get(file_id)
         if entry is None:
-            row = (await self._db.read(_stored_files)).get(file_id)
+            row = await self._db.read(_stored_file, file_id)
             if row is None or not await self.cache.fits_free(int(row["size"])):
                 return
         elif entry.complete:
@@ -580,6 +580,13 @@ def _visible(conn: Any, user_id: str, file_id: str) -> dict[str, Any] | None:
     if row is None:
         return None
     return next((f for f in files_for(conn, user_id, row[0]) if f["id"] == file_id), None)
+
+
+def _stored_file(conn: Any, file_id: str) -> Any:
+    return conn.execute(
+        "SELECT id, size, sha256, kind FROM replica_files WHERE id = ? AND state = 'stored' AND sha256 IS NOT NULL",
+        (file_id,),
+    ).fetchone()
 
 
 def _stored_files(conn: Any) -> dict[str, Any]:
