@@ -261,6 +261,9 @@ class TransferService(Service):
         def close() -> None:
             if "reader" in opened:
                 opened["reader"].close()
+            # The body may outlive its attempt: let the reader's segment
+            # buffer go with it.
+            opened.clear()
 
         return PartBody(self.clock, part.size,
                         lambda: self.blocking(next_block),
