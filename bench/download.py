@@ -16,9 +16,9 @@ one run each:
      /dev/null), beside Debian's nginx serving the same plaintext file
      from a temporary directory (a config of this script's own, sendfile
      on, a free loopback port).  The edge's peak RSS is VmHWM of
-     /proc/<pid>/status since edge A was restarted after moving the
-     uploads to S3 (its cache survives; ``--no-restart`` keeps it
-     running); the RSS the uploads left is printed too.
+     /proc/<pid>/status of edge A, which took the uploads and moved them
+     to S3 before (``--restart`` restarts it first; its cache survives);
+     the RSS the uploads left is printed too.
   2. **uncached, China link**: a file staged at edge A and moved to S3 on
      a clean link; then the link gets the China profile (300 ms RTT, 512
      KiB/s per connection, a reset every 20 s on average per connection,
@@ -251,9 +251,9 @@ async def scenario_cached(args: argparse.Namespace, world: TransferWorld, work: 
     edge_path = f"/api/v1/files/{file_id}/content"
     assert world.edge.process is not None
     info: dict[str, Any] = {"rss_after_transfer_kib": vm_rss_kib(world.edge.process.pid), "restarted": False}
-    if not args.no_restart:
-        # What the upload and the transfer left in the heap is not the
-        # download path's: restart (the cache survives), then measure.
+    if args.restart:
+        # To see the download path's memory alone: restart (the cache
+        # survives), then measure.
         await deferToThread(world.edge.stop)
         world.edge.start()
         await wait_for("edge A back", lambda: _listed(world.edge_port, world.api_key, file_id), 60, 0.2)
@@ -638,7 +638,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         print(f"edge A's RSS after it took the uploads and moved them to S3: "
               f"{cached_info['rss_after_transfer_kib'] / 1024:.0f} MiB; "
               + ("restarted before the cached runs (its cache survives), RSS then "
-                 if cached_info["restarted"] else "not restarted (--no-restart), RSS before the cached runs ")
+                 if cached_info["restarted"] else "not restarted, RSS before the cached runs ")
               + f"{cached_info['rss_before_kib'] / 1024:.0f} MiB; peak RSS = VmHWM since the edge started, "
               "including one untimed, hashed download")  # fmt: skip
     print(f"load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}, {os.cpu_count()} CPUs")
@@ -670,8 +670,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--edge-downloads", type=json.loads, default={},
                         help='the edges\' [downloads] config as JSON, e.g. \'{"streams": 16}\'')
     parser.add_argument("--scenarios", type=lambda s: s.split(","), default=["cached", "uncached", "result"])
-    parser.add_argument("--no-restart", action="store_true",
-                        help="measure edge A's RSS without restarting it after the uploads' transfer")
+    parser.add_argument("--restart", action="store_true",
+                        help="restart edge A after the uploads' transfer, before measuring its RSS")
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
