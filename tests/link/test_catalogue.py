@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from twisted.trial.unittest import SynchronousTestCase
 
-from relay import sync_messages, transfer_messages
-from relay.link import smallfiles
+from relay import download_messages, job_messages, sync_messages, transfer_messages
 from relay.link.catalogue import Catalogue, InvalidBody, compilable
 from relay.link.envelope import Envelope
 
@@ -32,7 +31,8 @@ def relay_catalogue() -> Catalogue:
     catalogue = Catalogue()
     sync_messages.register_types(catalogue)
     transfer_messages.register_types(catalogue)
-    smallfiles.register_types(catalogue)
+    download_messages.register_types(catalogue)
+    job_messages.register_types(catalogue)
     return catalogue
 
 
