@@ -264,6 +264,31 @@ class Deletion(DownloadWorld):
         self.assertEqual(os.listdir(node.cwd / "edge" / "cache"), [])
 
 
+class DeletedMidDownload(DownloadWorld):
+    async def test_a_file_deleted_while_it_is_downloaded_ends_short_and_leaves_no_copy(self) -> None:
+        world = await self.world(prefetch_max_size=0)
+        [(upload_id, _)] = await self.uploaded(world, 16 << 20)
+        node, port = await self.edge_b(world)
+        world.s3_link.set_profile(LinkProfile(rate_bytes_per_s=256 << 10))
+        answer = Deferred.fromCoroutine(self.get(world, port, upload_id))
+        cut: Deferred[Any] = answer.addErrback(lambda failure: failure.value)
+
+        def under_way() -> bool:
+            rows = self.cache_rows(node.cwd / "edge")
+            return bool(rows) and rows[0]["fetched"] > 0
+
+        await world.wait_for("the download under way", under_way, 60)
+        code, _ = await world.api("DELETE", f"/api/files/{upload_id}")
+        self.assertEqual(code, 202)
+        result = await cut
+        # Cut short (never a whole answer for a deleted file), and no copy left.
+        self.assertIsInstance(result, AssertionError)
+        self.assertIn("ResponseFailed", str(result))
+        await world.wait_for("B's copy gone", lambda: not self.cache_rows(node.cwd / "edge"), 60)
+        code, _, _ = await self.get(world, port, upload_id)
+        self.assertEqual(code, 404)
+
+
 class Unavailable(DownloadWorld):
     async def test_a_file_the_cloud_cannot_supply_is_a_clear_502_and_nothing_is_cached(
         self,
