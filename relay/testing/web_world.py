@@ -35,7 +35,6 @@ from relay.testing.transfer_world import (
     seed_cloud,
 )
 
-
 #: The seeded user's password (a cheap scrypt: tests log in often).
 PASSWORD = "the web world's password"
 
@@ -84,8 +83,8 @@ def seed_projects(
         return made
 
     try:
-        result: list[str] = db.run(work).result
-        return result
+        result: Any = db.run(work).result
+        return list(result)
     finally:
         db.close()
 
