@@ -346,10 +346,18 @@ class EdgeApi:
 
 
 def _projects_with_members(conn: Any, user_id: str) -> list[dict[str, Any]]:
+    files = _counts(conn, "replica_files")
+    jobs = _counts(conn, "replica_jobs")
     return [
-        {**project, "members": members_for(conn, user_id, project["id"])}
+        {**project, "members": members_for(conn, user_id, project["id"]),
+         "file_count": files.get(project["id"], 0), "job_count": jobs.get(project["id"], 0)}
         for project in projects_for(conn, user_id)
     ]
+
+
+def _counts(conn: Any, table: str) -> dict[str, int]:
+    """Rows of C{table} per project (as the replica has them)."""
+    return {row[0]: int(row[1]) for row in conn.execute(f"SELECT project_id, count(*) FROM {table} GROUP BY project_id")}
 
 
 def _project_detail(conn: Any, user_id: str, project_id: str) -> dict[str, Any] | None:

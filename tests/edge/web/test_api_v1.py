@@ -226,3 +226,17 @@ class OtherUsersTests(ApiWorld):
             listed = self.request("GET", path, user="carol")[1][key_name]
             self.assertNotIn(home, json.dumps(listed))
             self.assertNotIn(self.key.key_id, json.dumps(listed))
+
+
+class CountTests(ApiWorld):
+    def test_projects_list_their_file_and_job_counts(self) -> None:
+        for name in ("a.csv", "b.csv"):
+            self.cloud.run(lambda c, n=name: self.cloud.registry.put_file(c, self.home, n, 3))
+        self.cloud.run(lambda c: self.cloud.registry.submit_job(c, self.home, self.alice["id"], "render", {}, []))
+        self.sync()
+        for user in ("alice", "bob"):
+            projects = self.request("GET", "/api/v1/projects", user=user)[1]["projects"]
+            counts = {p["id"]: (p["file_count"], p["job_count"]) for p in projects}
+            self.assertEqual(counts[self.home], (2, 1))
+        bobs = self.cloud.default_project(self.bob["id"])
+        self.assertEqual(counts[bobs], (0, 0))
