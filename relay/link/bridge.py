@@ -17,7 +17,9 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
 
+from relay.config import LinkConfig
 from relay.db import Database
 from relay.health import Health
 from relay.link.backoff import Backoff
@@ -27,15 +29,73 @@ from relay.link.connection import LinkService
 from relay.link.inbox import Inbox
 from relay.link.outbox import Outbox
 from relay.metrics import Metrics
+from relay.sync_messages import register_types as register_sync_types
 
 #: Seconds between the outbox's rescans on a database several processes
 #: write (L{Outbox}'s C{rescan_after}).
 SHARED_RESCAN = 5.0
 
 
+class ILinkEnd(Interface):
+    """
+    What the components built on the link use of it: the builders of the
+    registry, the replica, jobs and downloads take one.  L{Bridge} is the
+    real one; L{relay.testing.sync.FakeLink} carries messages in process.
+    """
+
+    outbox = Attribute("The L{relay.link.outbox.IOutbox} messages leave by.")
+    inbox = Attribute("The L{relay.link.inbox.IInbox} handlers register with.")
+    catalogue = Attribute("The L{Catalogue} of the message types this process knows.")
+
+    def when_up(hook: Callable[[], object]) -> None:
+        """
+        Call C{hook} every time the link comes (back) up.
+        """
+
+    def connected() -> bool:
+        """
+        Whether the broker connection is up now.
+        """
+
+
+def build_link(
+    config: LinkConfig,
+    reactor: Any,
+    db: Database,
+    metrics: Metrics,
+    health: Health,
+    *,
+    source: str,
+    consume: str,
+    declare: Sequence[str] = (),
+    declare_destinations: bool = False,
+    catalogue: Catalogue | None = None,
+    backoff: Backoff | None = None,
+    connection_name: str | None = None,
+) -> Bridge:
+    """
+    The link from its C{[link]} table: the one way both taps and the test
+    worlds on a real broker build a L{Bridge}.
+
+    @param catalogue: the message types; by default a new catalogue with
+        the registry's and the replica's (L{relay.sync_messages}), to which
+        other components add theirs.
+    """
+    if catalogue is None:
+        catalogue = Catalogue()
+        register_sync_types(catalogue)
+    return Bridge(
+        reactor, db, metrics, health, catalogue,
+        url=config.url, heartbeat=config.heartbeat, unhealthy_after=config.unhealthy_after,
+        source=source, consume=consume, declare=declare, declare_destinations=declare_destinations,
+        backoff=backoff, connection_name=connection_name,
+    )
+
+
+@implementer(ILinkEnd)
 class Bridge(MultiService):
     """
-    One process's end of the link.
+    One process's end of the link (build it with L{build_link}).
 
     @param consume: the queue this process reads (its inbox).
     @param declare: the destinations to declare on every connect, besides
@@ -115,6 +175,12 @@ class Bridge(MultiService):
         (the replica's sync) start there.
         """
         self._up_hooks.append(hook)
+
+    def connected(self) -> bool:
+        """
+        Whether the broker connection is up now (a channel is open).
+        """
+        return self.link.channel is not None
 
     def report(self) -> dict[str, Any]:
         """
