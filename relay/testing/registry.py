@@ -34,7 +34,7 @@ from relay.link.catalogue import Catalogue
 from relay.link.envelope import TO_CLOUD, to_edge
 from relay.replication import dump
 from relay.sync_messages import register_types
-from relay.testing.immediate import ImmediateDatabase
+from relay.testing.db import SynchronousDatabase
 from relay.testing.reactor import inline
 from relay.testing.sync import SCHEMA as FAKE_LINK_SCHEMA
 from relay.testing.sync import Endpoint, FakeLink, InProcessLink
@@ -91,7 +91,7 @@ class CloudSide:
         audit: AuditLog | None = None,
     ) -> None:
         self.clock = clock
-        self.db = ImmediateDatabase(target, [registry_schema.SCHEMA, sync.SCHEMA, FAKE_LINK_SCHEMA])
+        self.db = SynchronousDatabase(target, [registry_schema.SCHEMA, sync.SCHEMA, FAKE_LINK_SCHEMA])
         self.link_end = FakeLink("cloud", self.db, catalogue(), clock, dedupe=dedupe)
         self.outbox = self.link_end.outbox
         self.inbox = self.link_end.inbox
@@ -158,7 +158,7 @@ class EdgeSide:
         self._build()
 
     def _build(self) -> None:
-        self.db = ImmediateDatabase(
+        self.db = SynchronousDatabase(
             self.target,
             [REPLICA_SCHEMA, identity_module.SCHEMA, upload_store.SCHEMA, FAKE_LINK_SCHEMA, JOB_LOGS_SCHEMA,
              CACHE_SCHEMA],

@@ -26,14 +26,14 @@ from relay.link.envelope import Envelope, to_edge
 from relay.metrics import Metrics
 from relay.replication import IOutbox
 from relay.sync_messages import register_types
-from relay.testing.immediate import ImmediateDatabase
+from relay.testing.db import SynchronousDatabase
 from relay.testing.registry import RecordedEffects
 from relay.testing.sync import SCHEMA as FAKE_LINK_SCHEMA
 from relay.testing.sync import FakeLink, FakeOutbox
 
 
 def test_fake_and_real_outbox_provide_the_seam(tmp_path: Path) -> None:
-    db = ImmediateDatabase(tmp_path / "x.db", [outbox_module.SCHEMA])
+    db = SynchronousDatabase(tmp_path / "x.db", [outbox_module.SCHEMA])
     # The link does not declare relay.replication's seam; its methods must fit it.
     verifyObject(IOutbox, outbox_module.Outbox(db, Clock(), Metrics(), source="cloud"), tentative=True)
     verifyObject(IOutbox, FakeOutbox("cloud", Clock()))
@@ -42,7 +42,7 @@ def test_fake_and_real_outbox_provide_the_seam(tmp_path: Path) -> None:
 def test_a_command_through_the_real_inbox_and_outbox(tmp_path: Path) -> None:
     clock = Clock()
     clock.advance(1_764_000_000)
-    db = ImmediateDatabase(
+    db = SynchronousDatabase(
         tmp_path / "cloud.db", [outbox_module.SCHEMA, inbox_module.SCHEMA, registry.SCHEMA, sync.SCHEMA]
     )
     catalogue = Catalogue()
@@ -80,7 +80,7 @@ def _receive(inbox: inbox_module.Inbox, message: Envelope) -> str:
 
 
 def test_bridge_and_fake_link_provide_the_builders_seam(tmp_path: Path) -> None:
-    db = ImmediateDatabase(tmp_path / "x.db", [outbox_module.SCHEMA, inbox_module.SCHEMA, FAKE_LINK_SCHEMA])
+    db = SynchronousDatabase(tmp_path / "x.db", [outbox_module.SCHEMA, inbox_module.SCHEMA, FAKE_LINK_SCHEMA])
     clock = Clock()
     metrics = Metrics()
     bridge = build_link(
