@@ -46,6 +46,9 @@ from relay.threads import Threads
 
 log = Logger()
 
+#: Threads for spool I/O, unless a pool is handed in.
+SPOOL_THREADS = 8
+
 NOT_FOUND = "no such upload (it may have expired, been deleted, or belong to someone else)"
 
 
@@ -92,6 +95,8 @@ class UploadService(Service):
     uploads handed on again, orphans erased), and at shutdown every
     in-flight body flushed before the database closes.
 
+    @param threads: the pool for spool I/O, started and stopped with the
+        service (by default one of L{SPOOL_THREADS} threads).
     @ivar ready: recovery is done; until then requests get 503.
     """
 
@@ -104,7 +109,7 @@ class UploadService(Service):
         projects: IProjectAccess,
         limits: UploadLimits,
         prefix: str = "/files/",
-        threads: int = 8,
+        threads: Threads | None = None,
         events: EventHub | None = None,
     ) -> None:
         self.reactor = reactor
@@ -115,7 +120,7 @@ class UploadService(Service):
         self.limits = limits
         self.prefix = prefix
         self.locks = UploadLocks(reactor, limits.lock_stale_after, limits.lock_wait)
-        self.threads = Threads(reactor, "spool", threads)
+        self.threads = threads if threads is not None else Threads(reactor, "spool", SPOOL_THREADS)
         self.ready = False
         self._recovery: Deferred[None] | None = None
         self.announce = UploadAnnouncer(reactor, events)
