@@ -34,6 +34,7 @@ from relay.link.envelope import JOBS, TO_CLOUD
 from relay.logs import LogFormat
 from relay.metrics import Metrics
 from relay.process import GracefulStop, InOrder
+from relay.sync_messages import sync_catalogue
 from relay.threads import Threads
 
 DEFAULT_CONFIG = "etc/cloud.toml"
@@ -95,8 +96,8 @@ def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:
     metrics = Metrics()
     health = Health(reactor, "cloud", metrics)
     bridge = build_link(
-        config.link, reactor, db, metrics, health, source="cloud", consume=TO_CLOUD, declare=[JOBS],
-        declare_destinations=True,
+        config.link, reactor, db, metrics, health, sync_catalogue(), source="cloud", consume=TO_CLOUD,
+        declare=[JOBS], declare_destinations=True,
     )
     bridge.setServiceParent(root)
     health.add_section("database", DatabaseHealth(db, reactor))

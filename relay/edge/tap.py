@@ -43,6 +43,7 @@ from relay.link.envelope import to_edge
 from relay.logs import LogFormat
 from relay.metrics import Metrics
 from relay.process import GracefulStop, InOrder
+from relay.sync_messages import sync_catalogue
 
 DEFAULT_CONFIG = "etc/edge.toml"
 
@@ -110,7 +111,8 @@ def edge_service(
     metrics = Metrics()
     health = Health(reactor, "edge", metrics)
     bridge = build_link(
-        config.link, reactor, db, metrics, health, source=f"edge:{config.edge.id}", consume=to_edge(config.edge.id)
+        config.link, reactor, db, metrics, health, sync_catalogue(), source=f"edge:{config.edge.id}",
+        consume=to_edge(config.edge.id),
     )
     bridge.setServiceParent(root)
     health.add_section("database", DatabaseHealth(db, reactor))

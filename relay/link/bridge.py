@@ -29,7 +29,6 @@ from relay.link.connection import LinkService
 from relay.link.inbox import Inbox
 from relay.link.outbox import Outbox
 from relay.metrics import Metrics
-from relay.sync_messages import register_types as register_sync_types
 
 #: Seconds between the outbox's rescans on a database several processes
 #: write (L{Outbox}'s C{rescan_after}).
@@ -64,12 +63,12 @@ def build_link(
     db: Database,
     metrics: Metrics,
     health: Health,
+    catalogue: Catalogue,
     *,
     source: str,
     consume: str,
     declare: Sequence[str] = (),
     declare_destinations: bool = False,
-    catalogue: Catalogue | None = None,
     backoff: Backoff | None = None,
     connection_name: str | None = None,
 ) -> Bridge:
@@ -77,13 +76,10 @@ def build_link(
     The link from its C{[link]} table: the one way both taps and the test
     worlds on a real broker build a L{Bridge}.
 
-    @param catalogue: the message types; by default a new catalogue with
-        the registry's and the replica's (L{relay.sync_messages}), to which
-        other components add theirs.
+    @param catalogue: the message types this process knows (the taps start
+        from L{relay.sync_messages.sync_catalogue}); the components built on
+        the link add theirs.
     """
-    if catalogue is None:
-        catalogue = Catalogue()
-        register_sync_types(catalogue)
     return Bridge(
         reactor, db, metrics, health, catalogue,
         url=config.url, heartbeat=config.heartbeat, unhealthy_after=config.unhealthy_after,

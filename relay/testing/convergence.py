@@ -147,8 +147,8 @@ class CloudNode:
         self.db.setServiceParent(self.root)
         metrics = Metrics()
         self.bridge = build_link(
-            link_config(url), reactor, self.db, metrics, Health(reactor, "cloud", metrics), source="cloud",
-            consume=TO_CLOUD, declare_destinations=True, catalogue=catalogue(), backoff=quick_backoff(reactor),
+            link_config(url), reactor, self.db, metrics, Health(reactor, "cloud", metrics), catalogue(),
+            source="cloud", consume=TO_CLOUD, declare_destinations=True, backoff=quick_backoff(reactor),
             connection_name=connection_name,
         )
         self.bridge.setServiceParent(self.root)
@@ -203,8 +203,8 @@ class EdgeNode:
         self.db.setServiceParent(self.root)
         metrics = Metrics()
         self.bridge = build_link(
-            link_config(self.url), reactor, self.db, metrics, Health(reactor, "edge", metrics),
-            source=f"edge:{self.edge_id}", consume=to_edge(self.edge_id), catalogue=catalogue(),
+            link_config(self.url), reactor, self.db, metrics, Health(reactor, "edge", metrics), catalogue(),
+            source=f"edge:{self.edge_id}", consume=to_edge(self.edge_id),
             backoff=quick_backoff(reactor), connection_name=self.connection_name,
         )
         self.bridge.setServiceParent(self.root)

@@ -33,7 +33,7 @@ from relay.jobkinds import CatalogueEntry
 from relay.link.catalogue import Catalogue
 from relay.link.envelope import TO_CLOUD, to_edge
 from relay.replication import dump
-from relay.sync_messages import register_types
+from relay.sync_messages import sync_catalogue
 from relay.testing.db import SynchronousDatabase
 from relay.testing.reactor import inline
 from relay.testing.sync import SCHEMA as FAKE_LINK_SCHEMA
@@ -76,8 +76,7 @@ def catalogue() -> Catalogue:
     """
     global _CATALOGUE
     if _CATALOGUE is None:
-        _CATALOGUE = Catalogue()
-        register_types(_CATALOGUE)
+        _CATALOGUE = sync_catalogue()
     return _CATALOGUE
 
 

@@ -25,7 +25,7 @@ from relay.link.catalogue import Catalogue
 from relay.link.envelope import Envelope, to_edge
 from relay.metrics import Metrics
 from relay.replication import IOutbox
-from relay.sync_messages import register_types
+from relay.sync_messages import register_types, sync_catalogue
 from relay.testing.db import SynchronousDatabase
 from relay.testing.registry import RecordedEffects
 from relay.testing.sync import SCHEMA as FAKE_LINK_SCHEMA
@@ -84,10 +84,11 @@ def test_bridge_and_fake_link_provide_the_builders_seam(tmp_path: Path) -> None:
     clock = Clock()
     metrics = Metrics()
     bridge = build_link(
-        LinkConfig(), clock, db, metrics, Health(clock, "cloud", metrics), source="cloud", consume="relay.to-cloud"
+        LinkConfig(), clock, db, metrics, Health(clock, "cloud", metrics), sync_catalogue(), source="cloud",
+        consume="relay.to-cloud",
     )
     verifyObject(ILinkEnd, bridge)
-    assert "sync.hello" in bridge.catalogue  # the builder's default catalogue has the registry's types
+    assert "sync.hello" in bridge.catalogue
     assert not bridge.connected()
     fake = FakeLink("cloud", db, bridge.catalogue, clock)
     verifyObject(ILinkEnd, fake)
