@@ -89,6 +89,8 @@ class Edge:
     @ivar tick: seconds each read of a request body takes in memory (0:
         none), for what depends on time passing while bytes arrive; with a
         tick, L{fired} also lets time pass to the calls due within a second.
+    @ivar spool: the spool (by default one of 64 KiB segments in the
+        directory, with L{MASTER} as its key).
     @ivar pool: makes the spool I/O's thread pool (in memory; by default
         one that runs the work in place).
     """
@@ -122,6 +124,10 @@ class Edge:
             else:
                 threads = Threads(self.reactor, "spool", 1, pool=self.pool(self.reactor))
         self.db = SynchronousDatabase(self.directory / "edge.db", [SCHEMA])
+        if self.spool is None:
+            # Small segments: bodies of a few hundred KiB cross segment
+            # boundaries too.
+            self.spool = Spool(self.directory / "spool", MASTER, segment_size=1 << 16)
         self.uploads = build_uploads(
             self.config, self.directory, self.reactor, self.db, Metrics(), self.auth, self.projects, self.sink,
             events=self.hub, spool=self.spool, threads=threads,
