@@ -46,6 +46,7 @@ from relay.edge.identity import Identity
 from relay.edge.replica.pending import files_for
 from relay.edge.uploads.spool import Spool, SpoolError, SpoolReader, SpoolWriter
 from relay.edge.web.guard import answer, authenticated
+from relay.link.bridge import ILinkEnd
 from relay.link.envelope import Envelope
 from relay.metrics import Metrics
 from relay.threads import Threads
@@ -636,7 +637,7 @@ def build_downloads(
     section: Any,
     reactor: Any,
     db: Database,
-    bridge: Any,
+    bridge: ILinkEnd,
     hub: EventHub | None,
     data_dir: Path,
     spool: Spool,
