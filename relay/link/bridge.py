@@ -71,6 +71,8 @@ def build_link(
     declare_destinations: bool = False,
     backoff: Backoff | None = None,
     connection_name: str | None = None,
+    window: int = 4000,
+    prefetch: int = 200,
 ) -> Bridge:
     """
     The link from its C{[link]} table: the one way both taps and the test
@@ -79,12 +81,14 @@ def build_link(
     @param catalogue: the message types this process knows (the taps start
         from L{relay.sync_messages.sync_catalogue}); the components built on
         the link add theirs.
+    @param window: unconfirmed messages the outbox may have in flight.
+    @param prefetch: unacknowledged deliveries the broker may send ahead.
     """
     return Bridge(
         reactor, db, metrics, health, catalogue,
         url=config.url, heartbeat=config.heartbeat, unhealthy_after=config.unhealthy_after,
         source=source, consume=consume, declare=declare, declare_destinations=declare_destinations,
-        backoff=backoff, connection_name=connection_name,
+        backoff=backoff, connection_name=connection_name, window=window, prefetch=prefetch,
     )
 
 
