@@ -101,6 +101,7 @@ def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:
         reactor, db, metrics, health, catalogue,
         url=config.link.url, heartbeat=config.link.heartbeat,
         unhealthy_after=config.link.unhealthy_after,
+        tls_trust_root=config.link.trust_root(),
         source="cloud",
         consume=TO_CLOUD, declare=[JOBS], declare_destinations=True,
     )

@@ -118,6 +118,7 @@ def edge_service(
         reactor, db, metrics, health, catalogue,
         url=config.link.url, heartbeat=config.link.heartbeat,
         unhealthy_after=config.link.unhealthy_after,
+        tls_trust_root=config.link.trust_root(),
         source=f"edge:{config.edge.id}",
         consume=to_edge(config.edge.id), declare=[],
     )
