@@ -153,7 +153,7 @@ class JobProcess:
         """
         argv = command_line({
             "argv": self._argv, "limits": asdict(self._limits), "grace": self._grace,
-            "parent": os.getpid(),
+            "parent": os.getpid(), "cwd": str(self._workdir),
             **({"lease": str(self._lease), "lease_timeout": self._lease_timeout} if self._lease else {}),
             **({"user": list(self._user)} if self._user else {}),
         })
@@ -161,7 +161,7 @@ class JobProcess:
         try:
             self._transport = self._reactor.spawnProcess(
                 _ShepherdProtocol(self), argv[0], argv,
-                env=self._env, path=str(self._workdir), childFDs={0: devnull, 1: "r", 2: "r"},
+                env=self._env, childFDs={0: devnull, 1: "r", 2: "r"},
             )
         finally:
             os.close(devnull)

@@ -33,7 +33,10 @@ seconds, "parent": pid, "lease": path, "lease_timeout": seconds}};
 C{parent} (optional) is the worker's pid, to notice a worker that died
 before the death signal was armed; C{lease} and C{lease_timeout} are
 optional too, and so is C{user} (C{[uid, gid]}): the command then runs as
-that user with its groups, the shepherd itself staying root.
+that user with its groups, the shepherd itself staying root.  C{cwd} is the
+command's working directory: the shepherd moves there itself, so that the
+worker can start it with C{posix_spawn} (which cannot change directory)
+instead of forking a large process for every job.
 Standard library only, and not even site-packages (C{-S}): it runs before
 anything else in the job's process.
 """
@@ -211,6 +214,12 @@ def main(args: list[str]) -> int:
     parent = spec.get("parent")
     if parent is not None and os.getppid() != parent:
         return _STOPPED  # the worker died before the death signal was armed
+    if spec.get("cwd") is not None:
+        try:
+            os.chdir(spec["cwd"])
+        except OSError as e:
+            os.write(1, f"relay: cannot enter the work directory: {e}\n".encode())
+            return 127
     grace = float(spec.get("grace", 5.0))
     lease, lease_timeout = spec.get("lease"), float(spec.get("lease_timeout") or 0)
     command = os.fork()
