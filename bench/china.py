@@ -271,13 +271,30 @@ class Person:
         finally:
             step.link_bytes += self.layout.link_bytes() - before
 
-    def api(self, request: Any, method: str, path: str, body: Any = None) -> Any:
+    def api(self, request: Any, method: str, path: str, body: Any = None, *, step: Step | None = None) -> Any:
+        """
+        One API call, as the page makes it: a call that fails on the way
+        (the connection reset, no answer) is made again after a second, up
+        to 5 times, each counted as a retry of C{step}, or as a failure the
+        person sees if it changes something (a POST).
+        """
         headers = {**self.auth, **({"Content-Type": "application/json"} if body is not None else {})}
-        response = request.fetch(self.url + path, method=method, headers=headers,
-                                 data=json.dumps(body) if body is not None else None, timeout=60_000)
-        if response.status >= 400:
-            raise RuntimeError(f"{method} {path}: {response.status} {response.text()[:200]}")
-        return response.json()
+        for attempt in range(5):
+            try:
+                response = request.fetch(self.url + path, method=method, headers=headers,
+                                         data=json.dumps(body) if body is not None else None, timeout=60_000)
+            except Exception as e:
+                if step is not None:
+                    step.retries += 1
+                    step.failures += method == "POST"
+                say(f"  {self.layout.name}: {method} {path} failed: {str(e).splitlines()[0][:200]}")
+                if attempt == 4:
+                    raise
+                time.sleep(1)
+                continue
+            if response.status >= 400:
+                raise RuntimeError(f"{method} {path}: {response.status} {response.text()[:200]}")
+            return response.json()
 
     def go(self) -> None:
         from playwright.sync_api import sync_playwright
@@ -300,7 +317,7 @@ class Person:
                 raise RuntimeError(f"login: {answer.status}")
 
         self.measured("log in", log_in)
-        projects = self.api(context.request, "GET", "/api/projects")["projects"]
+        projects = self.api(context.request, "GET", "/api/projects", step=self.journey.step("log in"))["projects"]
         project = next(p for p in projects if p["is_default"])["id"]
         pages = [("open the project list", "/#/projects", re.compile(r"/api/(v1/)?projects(\?.*)?$")),
                  ("open a project", f"/#/projects/{project}", re.compile(rf"/api/(v1/)?projects/{project}(\?.*)?$"))]
@@ -405,7 +422,7 @@ class Person:
         sizes = dict(zip(ids, [f.size for f in files], strict=True))
         deadline = time.monotonic() + self.args.timeout
         while True:
-            listed = self.api(request, "GET", f"/api/files?project={project}")["files"]
+            listed = self.api(request, "GET", f"/api/files?project={project}", step=step)["files"]
             stored = {f["id"] for f in listed if f["state"] == "stored"} & set(ids)
             now = time.monotonic() - self.upload_started
             self.journey.in_cloud.append((now, sum(sizes[i] for i in stored) / MiB))
@@ -423,11 +440,12 @@ class Person:
         before = self.layout.link_bytes()
         started = time.monotonic()
         submitted = self.api(request, "POST", "/api/v1/jobs",
-                             {"project_id": project, "kind": kind, "parameters": parameters, "inputs": inputs})
+                             {"project_id": project, "kind": kind, "parameters": parameters, "inputs": inputs},
+                             step=step)
         job_id = submitted["job"]["id"]
         deadline = started + self.args.timeout
         while True:
-            job = self.api(request, "GET", f"/api/v1/jobs/{job_id}")["job"]
+            job = self.api(request, "GET", f"/api/v1/jobs/{job_id}", step=step)["job"]
             if job["state"] in ("failed", "cancelled", "timed_out"):
                 raise SystemExit(f"bench/china: the {kind} job {job['state']}: {job.get('error')}")
             if job["state"] == "succeeded" and job["results"] and all(
