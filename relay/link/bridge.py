@@ -89,6 +89,7 @@ def build_link(
         url=config.url, heartbeat=config.heartbeat, unhealthy_after=config.unhealthy_after,
         source=source, consume=consume, declare=declare, declare_destinations=declare_destinations,
         backoff=backoff, connection_name=connection_name, window=window, prefetch=prefetch,
+        tls_trust_root=config.trust_root(),
     )
 
 
