@@ -88,7 +88,7 @@ MEMBERS = Table("members", "member", ("project_id", "user_id", "role"), ("projec
 FILES = Table(
     "files", "file",
     ("id", "project_id", "name", "size", "sha256", "object_key", "state", "created_at", "updated_at",
-     "kind", "job_id"),
+     "kind", "job_id", "uploaded_by"),
     ("id",),
 )
 JOBS = Table(

@@ -112,6 +112,7 @@ ROWS: dict[str, dict[str, Any]] = {
         "state": {"type": "string", "maxLength": 40},
         "created_at": _TIME, "updated_at": _TIME,
         "kind": {"enum": list(FILE_KINDS)}, "job_id": {"type": ["string", "null"], "pattern": "^[0-9a-f]{32}$"},
+        "uploaded_by": {"type": ["string", "null"], "pattern": "^[0-9a-f]{32}$"},
     }),
     JOBS.name: _object({
         "id": _ID, "project_id": _ID, "kind": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,62}$"},

@@ -114,6 +114,7 @@ class RegistryFiles:
         self._registry.put_file(
             conn, transfer.project, transfer.name, transfer.size, sha256=transfer.sha256,
             object_key=transfer.object_key, state="stored", file_id=transfer.file_id,
+            uploaded_by=transfer.owner,
         )
 
 

@@ -12,6 +12,8 @@ import pytest
 
 from relay.cloud import sync
 from relay.cloud.sync import InvalidEvent
+from relay.cloud.transfer_store import Transfer
+from relay.cloud.transfers import RegistryFiles
 from relay.permissions import Refused
 from relay.replication import dump
 from relay.testing.registry import CloudSide
@@ -212,3 +214,29 @@ def test_dump_is_the_same_function_for_both_sides(cloud: CloudSide) -> None:
     cloud.add_user("alice", "a long password")
     assert cloud.run(dump) == cloud.dump()
     assert set(cloud.dump()) == {"users", "api_keys", "projects", "members", "files", "jobs", "job_kinds"}
+
+
+def test_a_file_keeps_who_uploaded_it_and_its_event_says_so(cloud: CloudSide) -> None:
+    alice = cloud.add_user("alice", "a long password")
+    bob = cloud.add_user("bob", "a long password")
+    project = cloud.default_project(alice["id"])
+    file_id = cloud.run(lambda c: cloud.registry.put_file(c, project, "a.bin", 3, uploaded_by=bob["id"]))
+    # A later state of the file (a new record of it) does not change who uploaded it.
+    cloud.run(lambda c: cloud.registry.put_file(c, project, "a.bin", 3, sha256="a" * 64, file_id=file_id))
+    assert cloud.run(cloud.registry.file, file_id)["uploaded_by"] == bob["id"]
+    puts = [data for _, kind, data in log(cloud) if kind == "file.put"]
+    assert [data["uploaded_by"] for data in puts] == [bob["id"], bob["id"]]
+
+
+def test_a_transferred_file_is_registered_as_its_owners_upload(cloud: CloudSide) -> None:
+    alice = cloud.add_user("alice", "a long password")
+    project = cloud.default_project(alice["id"])
+    transfer = Transfer(
+        id="t" * 32, edge="edge-1", file_id="f" * 32, project=project, owner=alice["id"], name="plan.dwg",
+        content_type="application/octet-stream", size=3, sha256="a" * 64, part_size=3, part_count=1,
+        object_key="projects/p/files/f", upload_id="u", state="completing",
+    )
+    cloud.run(RegistryFiles(cloud.registry).register_file, transfer)
+    row = cloud.run(cloud.registry.file, "f" * 32)
+    assert (row["name"], row["state"], row["kind"], row["uploaded_by"]) == ("plan.dwg", "stored", "upload",
+                                                                            alice["id"])

@@ -63,3 +63,24 @@ def test_step_3_keeps_the_data(tmp_path: Path) -> None:
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'jobs_project'").fetchone() is not None
     conn.execute("DELETE FROM projects WHERE id = ?", (B,))
     assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0, "ON DELETE CASCADE kept"
+
+
+def test_step_5_says_who_made_the_results_of_earlier_jobs(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "cloud.db")
+    migrate(conn, SCHEMA, upto=4)
+    conn.execute("INSERT INTO users (id, name, password_hash, created_at, updated_at) VALUES (?, 'u', 'h', 0, 0)", (A,))
+    conn.execute(
+        "INSERT INTO projects (id, name, owner_id, created_at, updated_at) VALUES (?, 'p', ?, 0, 0)", (B, A)
+    )
+    conn.execute(
+        "INSERT INTO jobs (id, project_id, kind, parameters, inputs, state, submitted_by, created_at, result_files) "
+        "VALUES (?, ?, 'k', '{}', '[]', 'succeeded', ?, 0, ?)",
+        (J, B, A, f'["{D}"]'),
+    )
+    conn.execute("INSERT INTO files (id, project_id, name, size, state, created_at, updated_at) "
+                 "VALUES (?, ?, 'in', 1, 'stored', 0, 0)", (C, B))
+    conn.execute("INSERT INTO files (id, project_id, name, size, state, created_at, updated_at, kind, job_id) "
+                 "VALUES (?, ?, 'out', 1, 'stored', 0, 0, 'result', ?)", (D, B, J))
+    assert migrate(conn, SCHEMA) == len(SCHEMA.steps)
+    uploaders = {r["id"]: r["uploaded_by"] for r in conn.execute("SELECT id, uploaded_by FROM files")}
+    assert uploaders == {C: None, D: A}, "an earlier upload has nobody; a result, its job's submitter"

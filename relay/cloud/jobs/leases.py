@@ -169,10 +169,12 @@ class JobLeases:
         if self.holds(conn, claim, now, renew=False) is not None:
             self._release(conn, claim.job_id, claim.epoch)
             return False
+        submitter = self._registry.job(conn, claim.job_id)["submitted_by"]
         ids = [
             self._registry.put_file(
                 conn, claim.project_id, result["name"], result["size"], sha256=result["sha256"],
                 object_key=result["object_key"], file_id=result["file_id"], kind="result", job_id=claim.job_id,
+                uploaded_by=submitter,
             )
             for result in results
         ]

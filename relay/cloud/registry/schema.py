@@ -159,5 +159,12 @@ SCHEMA = Schema(
             timeout DOUBLE PRECISION NOT NULL
         );
         """,
+        # Who uploaded a file; a job's result counts as its submitter's.
+        # Files from before this step have none.
+        """
+        ALTER TABLE files ADD COLUMN uploaded_by TEXT;
+        UPDATE files SET uploaded_by = (SELECT submitted_by FROM jobs WHERE jobs.id = files.job_id)
+            WHERE job_id IS NOT NULL;
+        """,
     ],
 )

@@ -291,7 +291,7 @@ class Registry:
     def put_file(
         self, conn: Any, project_id: str, name: str, size: int, *, sha256: str | None = None,
         object_key: str | None = None, state: str = "stored", file_id: str | None = None,
-        kind: str = "upload", job_id: str | None = None,
+        kind: str = "upload", job_id: str | None = None, uploaded_by: str | None = None,
     ) -> str:
         """
         Record a file (new, or a new state of an existing one): for the
@@ -299,6 +299,8 @@ class Registry:
 
         @param kind: C{upload} (someone uploaded it) or C{result} (the job
             C{job_id} made it).
+        @param uploaded_by: the user who uploaded it (or submitted the job);
+            kept from the file's first record.
         """
         if kind not in FILE_KINDS or (kind == "result") != (job_id is not None):
             raise ValueError(f"a file is an upload, or a result with its job: not {kind!r} of {job_id!r}")
@@ -308,11 +310,11 @@ class Registry:
         now = self._now()
         conn.execute(
             "INSERT INTO files (id, project_id, name, size, sha256, object_key, state, created_at, updated_at, "
-            "kind, job_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "kind, job_id, uploaded_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET name = excluded.name, size = excluded.size, "
             "sha256 = excluded.sha256, object_key = excluded.object_key, state = excluded.state, "
             "updated_at = excluded.updated_at",
-            (file_id, project_id, name, size, sha256, object_key, state, now, now, kind, job_id),
+            (file_id, project_id, name, size, sha256, object_key, state, now, now, kind, job_id, uploaded_by),
         )
         self.log.put(conn, FILES, (file_id,))
         return file_id

@@ -301,14 +301,21 @@ def files_for(conn: Any, user_id: str, project_id: str) -> list[dict[str, Any]]:
     """
     if Access("replica_").role(conn, project_id, user_id) is None:
         return []
-    files = {
-        row["id"]: {**dict(row), "pending": None}
-        for row in conn.execute(
-            "SELECT id, name, size, sha256, state, created_at, updated_at, kind, job_id FROM replica_files "
-            "WHERE project_id = ? ORDER BY name, id",
-            (project_id,),
-        )
-    }
+    files: dict[str, dict[str, Any]] = {}
+    for row in conn.execute(
+        "SELECT f.id, f.name, f.size, f.sha256, f.state, f.created_at, f.updated_at, f.kind, f.job_id, "
+        "f.uploaded_by AS uploader_id, u.name AS uploader_name "
+        "FROM replica_files f LEFT JOIN replica_users u ON u.id = f.uploaded_by "
+        "WHERE f.project_id = ? ORDER BY f.name, f.id",
+        (project_id,),
+    ):
+        file = dict(row)
+        uploader, name = file.pop("uploader_id"), file.pop("uploader_name")
+        # Who uploaded it (for a result: who submitted its job); None for
+        # files from before relay recorded it.
+        file["uploaded_by"] = None if uploader is None else {"id": uploader, "name": name}
+        file["pending"] = None
+        files[file["id"]] = file
     for type, body in _pending(conn, user_id):
         if type == FILE_DELETE and body["file_id"] in files:
             files[body["file_id"]]["pending"] = "delete"

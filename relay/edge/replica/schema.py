@@ -136,5 +136,9 @@ SCHEMA = Schema(
             timeout DOUBLE PRECISION NOT NULL
         );
         """,
+        # The registry's step 5: who uploaded a file.
+        """
+        ALTER TABLE replica_files ADD COLUMN uploaded_by TEXT;
+        """,
     ],
 )

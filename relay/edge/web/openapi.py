@@ -85,6 +85,7 @@ SCHEMAS: dict[str, Any] = {
     "File": _object({
         "id": _STRING, "project_id": _STRING, "name": _STRING, "size": _INTEGER, "sha256": _nullable(_STRING),
         "state": _STRING, "kind": {"enum": list(FILE_KINDS)}, "job_id": _nullable(_STRING),
+        "uploaded_by": _nullable(_object({"id": _STRING, "name": _nullable(_STRING)})),
         "created_at": _NUMBER, "updated_at": _NUMBER, "pending": _PENDING,
         "cache": _object({"state": {"enum": ["cached", "fetching", "remote"]}, "fetched": _INTEGER,
                           "size": _INTEGER}, optional=("fetched", "size")),

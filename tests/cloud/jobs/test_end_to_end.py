@@ -57,6 +57,9 @@ class JobWorld(MotoTestCase):
                   filename="counter.v") for f in files]
         world.edge.start()
         await world.wait_done([upload_id for upload_id, _ in staged], timeout=60)
+        for upload_id, _ in staged:
+            [row] = read_db(world.root / "cloud" / "cloud.db", "SELECT * FROM files WHERE id = ?", (upload_id,))
+            self.assertEqual((row["kind"], row["uploaded_by"]), ("upload", world.user))
         return staged
 
     async def submit(self, world: TransferWorld, kind: str, inputs: list[str], **parameters: Any) -> str:
@@ -79,6 +82,7 @@ class JobWorld(MotoTestCase):
         for file_id in json.loads(job["result_files"]):
             row = read_db(world.root / "cloud" / "cloud.db", "SELECT * FROM files WHERE id = ?", (file_id,))[0]
             if row["name"].endswith(suffix):
+                self.assertEqual((row["kind"], row["uploaded_by"]), ("result", world.user), "made by the submitter's job")
                 data = self.server.client().get_object(Bucket=self.server.bucket, Key=row["object_key"])["Body"].read()
                 self.assertEqual(hashlib.sha256(data).hexdigest(), row["sha256"])
                 self.assertEqual(len(data), row["size"])

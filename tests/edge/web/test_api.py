@@ -54,6 +54,16 @@ class ReadTests(ApiWorld):
             self.assertEqual([(j["kind"], j["state"]) for j in project["jobs"]], [("render", "queued")])
             self.assertEqual(len(project["members"]), 2)
 
+    def test_a_file_says_who_uploaded_it(self) -> None:
+        self.cloud.run(lambda c: self.cloud.registry.put_file(c, self.home, "theirs.csv", 1,
+                                                              uploaded_by=self.alice["id"]))
+        self.cloud.run(lambda c: self.cloud.registry.put_file(c, self.home, "older.csv", 1))
+        self.sync()
+        code, body = self.request("GET", f"/api/v1/files?project={self.home}", user="bob")
+        self.assertEqual(code, 200)
+        self.assertEqual({f["name"]: f["uploaded_by"] for f in body["files"]},
+                         {"theirs.csv": {"id": self.alice["id"], "name": "alice"}, "older.csv": None})
+
     def test_someone_elses_project_is_not_found(self) -> None:
         for path in (f"/api/projects/{self.home}", f"/api/jobs?project={self.home}",
                      f"/api/files?project={self.home}", "/api/projects/not-an-id", "/api/jobs?project=x"):
