@@ -87,6 +87,13 @@ class IOutbox(Interface):
         next poll.
         """
 
+    def holds(conn: Any, message_id: str) -> bool:
+        """
+        Whether the message C{message_id} (an envelope's C{id} from
+        L{put}) is still waiting here: committed, and not yet confirmed by
+        the broker.  On the database thread.
+        """
+
 
 @dataclass
 class _InFlight:
@@ -291,6 +298,9 @@ class Outbox:
         was, self._blocked = self._blocked, blocked
         if was and not blocked:
             self.wake()
+
+    def holds(self, conn: sqlite3.Connection, message_id: str) -> bool:
+        return conn.execute("SELECT 1 FROM outbox WHERE id = ?", (message_id,)).fetchone() is not None
 
     def wake(self) -> None:
         """

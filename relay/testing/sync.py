@@ -91,6 +91,12 @@ class FakeOutbox:
     def wake(self) -> None:
         self.wakes += 1
 
+    def holds(self, conn: Any, message_id: str) -> bool:
+        return any(
+            Envelope.from_bytes(message.encode()).id == message_id
+            for (message,) in conn.execute("SELECT message FROM fake_outbox")
+        )
+
     @staticmethod
     def take(conn: Any) -> list[tuple[str, Envelope]]:
         """

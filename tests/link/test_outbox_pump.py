@@ -100,6 +100,17 @@ class PumpTests(SynchronousTestCase):
         self.assertEqual(self.outbox.depth, 2)
         self.assertEqual(self.metrics.counter("outbox_confirmed", "").value(), 1)
 
+    def test_it_holds_a_message_until_its_confirm(self) -> None:
+        ids = [self.db.run_now(lambda c, n=n: self.outbox.put(c, "t", {"n": n}, to="relay.to-cloud").id)
+               for n in (1, 2)]
+        self.assertEqual([self.db.run_now(self.outbox.holds, i) for i in ids], [True, True])
+        channel = FakeChannel()
+        self.outbox.attach(channel)  # type: ignore[arg-type]
+        self.assertEqual([self.db.run_now(self.outbox.holds, i) for i in ids], [True, True], "published, unconfirmed")
+        channel.on_ack(1, False)
+        self.assertEqual([self.db.run_now(self.outbox.holds, i) for i in ids], [False, True])
+        self.assertFalse(self.db.run_now(self.outbox.holds, "0" * 32))
+
     def test_reconnect_republishes_everything_unconfirmed_in_order(self) -> None:
         first = FakeChannel()
         self.outbox.attach(first)  # type: ignore[arg-type]

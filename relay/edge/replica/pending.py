@@ -109,12 +109,24 @@ class CommandIssuer:
         self._check(conn, actor, type, values)
         command_id = uuid.uuid4().hex
         body = {"command_id": command_id, "actor": actor, **{k: values[k] for k in FIELDS[type]}}
-        self._outbox.put(conn, type, body, to=TO_CLOUD)
+        message = self._outbox.put(conn, type, body, to=TO_CLOUD)
         conn.execute(
-            "INSERT INTO pending_commands (command_id, user_id, type, body, created_at) VALUES (?, ?, ?, ?, ?)",
-            (command_id, principal.user_id, type, json.dumps(body), self._clock.seconds()),
+            "INSERT INTO pending_commands (command_id, user_id, type, body, created_at, message_id) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (command_id, principal.user_id, type, json.dumps(body), self._clock.seconds(), message.id),
         )
         return command_id
+
+    def command_state(self, conn: Any, message_id: str | None) -> str:
+        """
+        Where a pending command is: C{queued} (its message waits at the
+        edge for the link), C{sent} (the broker has it; the cloud's answer
+        is awaited), or C{pending} (a command from before relay recorded
+        its message).
+        """
+        if message_id is None:
+            return "pending"
+        return "queued" if self._outbox.holds(conn, message_id) else "sent"
 
     def _check(self, conn: Any, actor: dict[str, Any], type: str, values: dict[str, Any]) -> None:
         self._access.actor(conn, actor)

@@ -140,5 +140,9 @@ SCHEMA = Schema(
         """
         ALTER TABLE replica_files ADD COLUMN uploaded_by TEXT;
         """,
+        # The outbox message that carries a pending command (is it sent?).
+        """
+        ALTER TABLE pending_commands ADD COLUMN message_id TEXT;
+        """,
     ],
 )

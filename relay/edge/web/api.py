@@ -357,7 +357,7 @@ def api_routes(
     PasswordChange(identity, db, issuer, hub, wake, clock, cpu, cost=cost).routes(app)
     streams = EventStreams(hub, identity, clock, heartbeat=heartbeat, per_user=streams_per_user)
     streams.routes(app)
-    board = StatusBoard(db, hub, clock, link, streams.users)
+    board = StatusBoard(db, hub, clock, link, streams.users, issuer)
     board.routes(app, identity)
     board.setServiceParent(streams)
     return streams

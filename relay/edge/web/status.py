@@ -7,7 +7,8 @@ and what of the caller's is waiting for it.
      "pending": {"commands": N, "bytes": B, "items": [
          {"kind": "command" | "upload", "id", "label", "state", "since", ...}]}}
 
-C{commands} counts the caller's commands the cloud has not answered yet;
+C{commands} counts the caller's commands the cloud has not answered yet
+(each C{queued} at the edge while the link is away, then C{sent});
 C{bytes} the bytes of the caller's uploads that the edge holds and the
 cloud does not have yet (an upload still arriving counts what arrived).
 Everything is read locally (the link's state in memory, the rest from the
@@ -15,9 +16,10 @@ edge's database), so it answers at once also while the link is down.
 
 The board watches the live events that change a user's counts (their
 commands, their uploads' state and progress) and polls the link's state
-once a second; a user with an open event stream then gets a C{status}
-event with the new body, at most about twice a second, and only when it
-differs from the last one they were sent.
+once a second (and, for users who were last told of a queued command,
+their status: the broker's confirm is no event); a user with an open
+event stream then gets a C{status} event with the new body, at most about
+twice a second, and only when it differs from the last one they were sent.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from relay.db import Database
 from relay.edge.auth import Principal
 from relay.edge.events import Event, EventHub
 from relay.edge.identity import Identity
+from relay.edge.replica.pending import CommandIssuer
 from relay.edge.web.guard import answer, authenticated
 from relay.edge.web.routes import api_route
 from relay.sync_messages import (
@@ -95,9 +98,11 @@ class StatusBoard(Service):
 
     def __init__(
         self, db: Database, hub: EventHub, clock: IReactorTime, link: LinkState,
-        audience: Callable[[], Iterable[str]], *, poll: float = 1.0, flush_delay: float = 0.5,
+        audience: Callable[[], Iterable[str]], issuer: CommandIssuer, *, poll: float = 1.0,
+        flush_delay: float = 0.5,
     ) -> None:
         self._db = db
+        self._issuer = issuer
         self._hub = hub
         self._clock = clock
         self._link = link
@@ -136,7 +141,7 @@ class StatusBoard(Service):
         """
         The status bar's body for C{user_id}.
         """
-        pending = await self._db.read(pending_for, user_id)
+        pending = await self._db.read(pending_for, user_id, self._issuer.command_state)
         return {"link": self.link(), "pending": pending}
 
     def routes(self, app: Klein, identity: Identity) -> None:
@@ -156,6 +161,10 @@ class StatusBoard(Service):
         if now != self._last_link:
             self._last_link = now
             self._changed(self._audience(), at_once=True)
+        else:
+            queued = [user for user, told in self._told.items() if '"state": "queued"' in told]
+            if queued:
+                self._changed(queued)
 
     def _changed(self, users: Iterable[str], at_once: bool = False) -> None:
         self._dirty.update(users)
@@ -190,20 +199,24 @@ class StatusBoard(Service):
 # -- reads (on the database thread) ---------------------------------------------
 
 
-def pending_for(conn: Any, user_id: str) -> dict[str, Any]:
+def pending_for(conn: Any, user_id: str, command_state: Callable[[Any, str | None], str]) -> dict[str, Any]:
     """
     The user's commands in flight and uploads not in the cloud yet.
+
+    @param command_state: where a command is, from its message's id
+        (L{CommandIssuer.command_state}).
     """
     items: list[dict[str, Any]] = []
     commands = conn.execute(
-        "SELECT command_id, type, body, created_at FROM pending_commands "
-        "WHERE user_id = ? AND state = 'pending' ORDER BY created_at, command_id",
+        "SELECT command_id, type, body, created_at, message_id FROM pending_commands "
+        "WHERE user_id = ? AND state = 'pending' ORDER BY created_at, rowid",
         (user_id,),
     ).fetchall()
     for row in commands:
         items.append({
             "kind": "command", "id": row["command_id"], "type": row["type"],
-            "label": _label(conn, row["type"], json.loads(row["body"])), "state": "pending",
+            "label": _label(conn, row["type"], json.loads(row["body"])),
+            "state": command_state(conn, row["message_id"]),
             "since": iso(row["created_at"]),
         })
     uploads = conn.execute(

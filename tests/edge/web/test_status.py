@@ -68,7 +68,7 @@ class StatusTests(ApiWorld):
         self.assertEqual((pending["commands"], pending["bytes"]), (2, 700 + 50))
         self.assertEqual(
             [(i["kind"], i["label"], i["state"]) for i in pending["items"]],
-            [("command", "create project Zeus", "pending"), ("command", "make bob member of Home", "pending"),
+            [("command", "create project Zeus", "queued"), ("command", "make bob member of Home", "queued"),
              ("upload", "big.bin", "transferring"), ("upload", "new.bin", "receiving")],
         )
         self.assertEqual(pending["items"][0]["id"], created["command_id"])
@@ -76,7 +76,14 @@ class StatusTests(ApiWorld):
         bobs = self.status("bob")["pending"]
         self.assertEqual((bobs["commands"], bobs["bytes"], [i["label"] for i in bobs["items"]]),
                          (0, 999, ["bobs.bin"]))
-        self.round_trip()
+        # The link is back and the broker has the commands: sent, waiting for the cloud.
+        self.link = ("up", self.clock.seconds())
+        messages = self.sent()
+        self.assertEqual([i["state"] for i in self.status()["pending"]["items"] if i["kind"] == "command"],
+                         ["sent", "sent"])
+        for message in messages:
+            self.cloud.inbox.deliver(message)
+        self.sync()
         self.assertEqual(self.status()["pending"]["commands"], 0)
 
     def test_needs_credentials_but_not_a_changed_password(self) -> None:
@@ -116,3 +123,26 @@ class StatusTests(ApiWorld):
         self.clock.advance(10)
         self.treq.flush()
         self.assertEqual(len(self.told(chunks)), 5, "no repeats of the same status")
+
+    def test_a_command_leaving_the_edge_is_told_as_sent(self) -> None:
+        chunks = self.open_stream("alice")
+        self.link = ("down", self.clock.seconds())
+        self.clock.advance(1)
+        self.request("POST", "/api/v1/projects", {"name": "Zeus"}, user="alice")
+        self.clock.advance(0.5)
+        self.treq.flush()
+        states = [[i["state"] for i in s["pending"]["items"]] for s in self.told(chunks)]
+        self.assertEqual(states[-1], ["queued"])
+        # The broker confirmed it (no event says so): the next poll tells.
+        messages = self.sent()
+        self.clock.advance(1)
+        self.clock.advance(0.5)
+        self.treq.flush()
+        states = [[i["state"] for i in s["pending"]["items"]] for s in self.told(chunks)]
+        self.assertEqual(states[-1], ["sent"])
+        for message in messages:
+            self.cloud.inbox.deliver(message)
+        self.sync()
+        self.clock.advance(0.5)
+        self.treq.flush()
+        self.assertEqual(self.told(chunks)[-1]["pending"]["items"], [])
