@@ -23,9 +23,15 @@ from relay import __version__
 
 log = Logger()
 
+#: The page's own ES modules (no build step: the browser loads each).
+MODULES = (
+    "app.mjs", "lib.mjs", "events.mjs", "status.mjs", "uploads.mjs",
+    "pages/projects.mjs", "pages/project.mjs", "pages/job-new.mjs", "pages/job.mjs", "pages/account.mjs",
+)
+
 #: URL path under /static/ -> (file under the web directory, content type).
 STATIC = {
-    "app.mjs": ("static/app.mjs", "text/javascript; charset=utf-8"),
+    **{name: (f"static/{name}", "text/javascript; charset=utf-8") for name in MODULES},
     "app.css": ("static/app.css", "text/css; charset=utf-8"),
     "vendor/uppy.min.mjs": ("node_modules/uppy/dist/uppy.min.mjs", "text/javascript; charset=utf-8"),
     "vendor/uppy.min.css": ("node_modules/uppy/dist/uppy.min.css", "text/css; charset=utf-8"),
