@@ -13,8 +13,9 @@ hash it was opened with).  Tools send C{Authorization: Bearer <api key>};
 a revoked key or a disabled user is refused as soon as the replica has the
 event.
 
-Routes: C{POST /api/login} (JSON C{name}, C{password}), C{POST
-/api/logout}, C{GET /api/me}.
+Routes: C{POST /api/v1/login} (JSON C{name}, C{password}), C{POST
+/api/v1/logout}, C{GET /api/v1/me} (also under their deprecated C{/api/}
+names).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ from relay.credentials import (
 from relay.db import Database, Schema
 from relay.edge.auth import IAuthenticator, IProjectAccess, Principal
 from relay.edge.login_throttle import LoginThrottle, Throttled
+from relay.edge.web.errors import with_code
+from relay.edge.web.routes import api_route
 from relay.threads import Blocking
 
 SCHEMA = Schema(
@@ -265,10 +268,11 @@ class Identity:
 
     def routes(self, app: Klein) -> None:
         """
-        Add C{/api/login}, C{/api/logout} and C{/api/me} to the edge's app.
+        Add C{/api/v1/login}, C{/api/v1/logout} and C{/api/v1/me} (and
+        their deprecated C{/api/} names) to the edge's app.
         """
 
-        @app.route("/api/login", methods=["POST"])
+        @api_route(app, "/login", ["POST"])
         async def login(request: IRequest) -> bytes:
             body = json_body(request)
             if isinstance(body, bytes):
@@ -288,7 +292,7 @@ class Identity:
             )
             return json_answer(request, 200, {"user": _user(session.principal), "csrf_token": session.csrf_token})
 
-        @app.route("/api/logout", methods=["POST"])
+        @api_route(app, "/logout", ["POST"])
         async def logout(request: IRequest) -> bytes:
             principal, problem = await self.check(request)
             if principal is None or principal.via != "session":
@@ -301,7 +305,7 @@ class Identity:
             )
             return json_answer(request, 200, {"ok": True})
 
-        @app.route("/api/me", methods=["GET"])
+        @api_route(app, "/me", ["GET"])
         async def me(request: IRequest) -> bytes:
             principal, problem = await self.check(request)
             if principal is None:
@@ -330,10 +334,14 @@ def _user(principal: Principal) -> dict[str, Any]:
 
 
 def json_answer(request: IRequest, status: int, body: dict[str, Any]) -> bytes:
+    """
+    A JSON answer; an error gets its C{code} from the status when it names
+    none (L{relay.edge.web.errors}).
+    """
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(body).encode()
+    return json.dumps(with_code(status, body)).encode()
 
 
 def json_body(request: IRequest) -> dict[str, Any] | bytes:

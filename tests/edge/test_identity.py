@@ -132,7 +132,7 @@ class IdentityTests(SynchronousTestCase):
     def test_wrong_password_and_unknown_user_look_the_same(self) -> None:
         wrong = self.request("POST", "/api/login", {"name": "alice", "password": "guess guess"})
         unknown = self.request("POST", "/api/login", {"name": "mallory", "password": "guess guess"})
-        self.assertEqual(wrong[:2], (401, {"error": "wrong name or password"}))
+        self.assertEqual(wrong[:2], (401, {"error": "wrong name or password", "code": "unauthenticated"}))
         self.assertEqual(unknown[:2], wrong[:2])
         self.assertIsNone(wrong[2].getRawHeaders("set-cookie"))
 
@@ -156,7 +156,7 @@ class IdentityTests(SynchronousTestCase):
     # -- sessions and CSRF -----------------------------------------------------
 
     def test_me(self) -> None:
-        self.assertEqual(self.request("GET", "/api/me")[:2], (401, {"error": "not logged in"}))
+        self.assertEqual(self.request("GET", "/api/me")[:2], (401, {"error": "not logged in", "code": "unauthenticated"}))
         token, csrf = self.login()
         code, body, _ = self.request("GET", "/api/me", cookie=token)
         self.assertEqual((code, body["csrf_token"]), (200, csrf))
@@ -185,7 +185,7 @@ class IdentityTests(SynchronousTestCase):
     def test_idle_and_old_sessions_end(self) -> None:
         token, _ = self.login()
         self.clock.advance(8 * 3600 + 1)
-        self.assertEqual(self.request("GET", "/api/me", cookie=token)[:2], (401, {"error": "the session has ended; log in again"}))
+        self.assertEqual(self.request("GET", "/api/me", cookie=token)[:2], (401, {"error": "the session has ended; log in again", "code": "unauthenticated"}))
         token, _ = self.login()
         for _ in range(25):
             self.clock.advance(7 * 3600)
@@ -210,7 +210,7 @@ class IdentityTests(SynchronousTestCase):
         self.sync()
         self.assertEqual(self.request("GET", "/api/me", cookie=token)[0], 401)
         self.assertEqual(self.request("POST", "/api/login", {"name": "alice", "password": "alice's password"})[:2],
-                         (403, {"error": "this account is disabled"}))
+                         (403, {"error": "this account is disabled", "code": "forbidden"}))
         self.assertEqual(self.request("GET", "/probe", headers={"Authorization": f"Bearer {self.key.token}"})[0], 401)
 
     # -- API keys --------------------------------------------------------------
@@ -229,7 +229,7 @@ class IdentityTests(SynchronousTestCase):
         self.assertEqual(self.request("GET", "/probe", headers={"Authorization": f"Bearer {self.key.token}"})[0], 200)
         self.sync()
         code, body, _ = self.request("GET", "/api/me", headers={"Authorization": f"Bearer {self.key.token}"})
-        self.assertEqual((code, body), (401, {"error": "the API key was revoked"}))
+        self.assertEqual((code, body), (401, {"error": "the API key was revoked", "code": "unauthenticated"}))
 
     # -- project access --------------------------------------------------------
 

@@ -32,6 +32,7 @@ from relay.edge.identity import Identity
 from relay.edge.jobs.tail import LogTails
 from relay.edge.replica.pending import jobs_for, projects_for
 from relay.edge.web.guard import answer, authenticated
+from relay.edge.web.routes import api_route
 from relay.permissions import Access
 
 _HEX = frozenset("0123456789abcdef")
@@ -54,7 +55,7 @@ class JobRoutes:
     def routes(self, app: Klein) -> None:
         authed = authenticated(self._identity)
 
-        @app.route("/api/v1/jobs", methods=["GET"])
+        @api_route(app, "/jobs", ["GET"], legacy=False)
         @authed
         async def list_jobs(request: IRequest, principal: Principal) -> bytes:
             given = request.args.get(b"project")  # type: ignore[attr-defined]
@@ -64,8 +65,7 @@ class JobRoutes:
                 return answer(request, 404, {"error": "no such project"})
             return answer(request, 200, {"jobs": jobs})
 
-        @app.route("/api/v1/jobs/<job_id>", methods=["GET"])
-        @app.route("/api/jobs/<job_id>", methods=["GET"])
+        @api_route(app, "/jobs/<job_id>", ["GET"])
         @authed
         async def show_job(request: IRequest, principal: Principal, job_id: str) -> bytes:
             job = await self._db.read(self._show, principal.user_id, job_id) if _is_id(job_id) else None
@@ -73,8 +73,7 @@ class JobRoutes:
                 return answer(request, 404, {"error": "no such job"})
             return answer(request, 200, {"job": job})
 
-        @app.route("/api/v1/jobs/<job_id>/log", methods=["GET"])
-        @app.route("/api/jobs/<job_id>/log", methods=["GET"])
+        @api_route(app, "/jobs/<job_id>/log", ["GET"])
         @authed
         async def job_log(request: IRequest, principal: Principal, job_id: str) -> bytes:
             given = request.args.get(b"offset", [b"0"])  # type: ignore[attr-defined]

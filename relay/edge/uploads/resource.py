@@ -35,6 +35,8 @@ from relay.edge.uploads import tus
 from relay.edge.uploads.request import RequestBody
 from relay.edge.uploads.service import Outcome, UploadService
 from relay.edge.uploads.store import Upload
+from relay.edge.web.errors import error_code
+from relay.edge.web.routes import api_route
 
 log = Logger()
 
@@ -74,15 +76,15 @@ class UploadRoutes:
         async def member(request: IRequest, upload_id: str) -> bytes:
             return await self._tus(request, upload_id)
 
-        @app.route("/api/uploads", methods=["GET", "OPTIONS"])
+        @api_route(app, "/uploads", ["GET", "OPTIONS"])
         async def listing(request: IRequest) -> bytes:
             return await self._api(request, None)
 
-        @app.route("/api/uploads/<string:upload_id>", methods=["GET", "OPTIONS"])
+        @api_route(app, "/uploads/<string:upload_id>", ["GET", "OPTIONS"])
         async def one(request: IRequest, upload_id: str) -> bytes:
             return await self._api(request, upload_id)
 
-        @app.route("/api/uploads/<string:upload_id>/retry", methods=["POST", "OPTIONS"])
+        @api_route(app, "/uploads/<string:upload_id>/retry", ["POST", "OPTIONS"])
         async def retry(request: IRequest, upload_id: str) -> bytes:
             return await self._api(request, upload_id, retry=True)
 
@@ -215,12 +217,15 @@ class UploadRoutes:
             else:
                 document = self._describe(await self.service.get_owned(principal, upload_id))
         except tus.TusError as e:
-            status, headers, document = e.status, e.headers, {"error": e.message}
+            status, headers, document = e.status, e.headers, {
+                "error": e.message,
+                "code": "password_change_required" if e.message == CHANGE_PASSWORD_FIRST else error_code(e.status),
+            }
         except CancelledError:
             raise
         except Exception:
             log.failure("uploads API failed")
-            status, headers, document = 500, {}, {"error": "internal error"}
+            status, headers, document = 500, {}, {"error": "internal error", "code": "internal"}
         headers["Content-Type"] = "application/json"
         return _reply(request, status, headers, json.dumps(document).encode())
 

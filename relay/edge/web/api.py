@@ -41,8 +41,10 @@ from relay.edge.replica.pending import (
     project_for,
     projects_for,
 )
+from relay.edge.web.errors import json_routing_errors
 from relay.edge.web.guard import answer, authenticated
 from relay.edge.web.password import PasswordChange
+from relay.edge.web.routes import api_route
 from relay.edge.web.stream import EventStreams
 from relay.permissions import Refused
 from relay.sync_messages import (
@@ -171,13 +173,13 @@ class EdgeApi:
     def routes(self, app: Klein) -> None:  # noqa: C901 - one closure per route
         authed, read = authenticated(self._identity), self._db.read
 
-        @app.route("/api/projects", methods=["GET"])
+        @api_route(app, "/projects", ["GET"])
         @authed
         async def list_projects(request: IRequest, principal: Principal) -> bytes:
             projects = await read(_projects_with_members, principal.user_id)
             return answer(request, 200, {"projects": projects})
 
-        @app.route("/api/projects", methods=["POST"])
+        @api_route(app, "/projects", ["POST"])
         @authed
         async def create_project(request: IRequest, principal: Principal) -> bytes:
             body = json_body(request)
@@ -191,7 +193,7 @@ class EdgeApi:
             show = ("project", lambda c: project_for(c, principal.user_id, fields["project_id"]))
             return await self.command(request, principal, PROJECT_CREATE, fields, show)
 
-        @app.route("/api/projects/<project_id>", methods=["GET"])
+        @api_route(app, "/projects/<project_id>", ["GET"])
         @authed
         async def get_project(request: IRequest, principal: Principal, project_id: str) -> bytes:
             project = await read(_project_detail, principal.user_id, project_id) if _is_id(project_id) else None
@@ -199,7 +201,7 @@ class EdgeApi:
                 return answer(request, 404, {"error": "no such project"})
             return answer(request, 200, {"project": project})
 
-        @app.route("/api/projects/<project_id>", methods=["PATCH"])
+        @api_route(app, "/projects/<project_id>", ["PATCH"])
         @authed
         async def rename_project(request: IRequest, principal: Principal, project_id: str) -> bytes:
             body = json_body(request)
@@ -212,7 +214,7 @@ class EdgeApi:
             show = ("project", lambda c: project_for(c, principal.user_id, project_id))
             return await self.command(request, principal, PROJECT_RENAME, fields, show, ((project_id, "project"),))
 
-        @app.route("/api/projects/<project_id>", methods=["DELETE"])
+        @api_route(app, "/projects/<project_id>", ["DELETE"])
         @authed
         async def delete_project(request: IRequest, principal: Principal, project_id: str) -> bytes:
             show = ("project", lambda c: project_for(c, principal.user_id, project_id))
@@ -220,7 +222,7 @@ class EdgeApi:
                 request, principal, PROJECT_DELETE, {"project_id": project_id}, show, ((project_id, "project"),)
             )
 
-        @app.route("/api/projects/<project_id>/members", methods=["POST"])
+        @api_route(app, "/projects/<project_id>/members", ["POST"])
         @authed
         async def add_member(request: IRequest, principal: Principal, project_id: str) -> bytes:
             body = json_body(request)
@@ -241,7 +243,7 @@ class EdgeApi:
             show = ("member", lambda c: _member(c, principal.user_id, project_id, user_id))
             return await self.command(request, principal, MEMBER_ADD, fields, show, ((project_id, "project"),))
 
-        @app.route("/api/projects/<project_id>/members/<user_id>", methods=["DELETE"])
+        @api_route(app, "/projects/<project_id>/members/<user_id>", ["DELETE"])
         @authed
         async def remove_member(request: IRequest, principal: Principal, project_id: str, user_id: str) -> bytes:
             fields = {"project_id": project_id, "user_id": user_id}
@@ -250,20 +252,19 @@ class EdgeApi:
                 request, principal, MEMBER_REMOVE, fields, show, ((project_id, "project"), (user_id, "member"))
             )
 
-        @app.route("/api/jobs", methods=["GET"])
+        # /api/v1/jobs lists jobs in full (relay.edge.jobs.routes).
+        @api_route(app, "/jobs", ["GET"], current=False)
         @authed
         async def list_jobs(request: IRequest, principal: Principal) -> bytes:
             return await self._listing(request, principal, "jobs", jobs_for)
 
-        @app.route("/api/job-kinds", methods=["GET"])
-        @app.route("/api/v1/job-kinds", methods=["GET"], endpoint="list_job_kinds_v1")
+        @api_route(app, "/job-kinds", ["GET"])
         @authed
         async def list_job_kinds(request: IRequest, principal: Principal) -> bytes:
             kinds = await read(job_kinds)
             return answer(request, 200, {"kinds": [kind.public() for kind in kinds]})
 
-        @app.route("/api/jobs", methods=["POST"])
-        @app.route("/api/v1/jobs", methods=["POST"], endpoint="submit_job_v1")
+        @api_route(app, "/jobs", ["POST"])
         @authed
         async def submit_job(request: IRequest, principal: Principal) -> bytes:
             body = json_body(request)
@@ -278,30 +279,29 @@ class EdgeApi:
             show = ("job", lambda c: _one(jobs_for(c, principal.user_id, fields["project_id"]), fields["job_id"]))
             return await self.command(request, principal, JOB_SUBMIT, fields, show)
 
-        @app.route("/api/v1/jobs/<job_id>/cancel", methods=["POST"])
-        @app.route("/api/jobs/<job_id>/cancel", methods=["POST"])
+        @api_route(app, "/jobs/<job_id>/cancel", ["POST"])
         @authed
         async def cancel_job(request: IRequest, principal: Principal, job_id: str) -> bytes:
             show = ("job", lambda c: _job(c, principal.user_id, job_id))
             return await self.command(request, principal, JOB_CANCEL, {"job_id": job_id}, show, ((job_id, "job"),))
 
-        @app.route("/api/files", methods=["GET"])
+        @api_route(app, "/files", ["GET"])
         @authed
         async def list_files(request: IRequest, principal: Principal) -> bytes:
             return await self._listing(request, principal, "files", _files_with_cache)
 
-        @app.route("/api/files/<file_id>", methods=["DELETE"])
+        @api_route(app, "/files/<file_id>", ["DELETE"])
         @authed
         async def delete_file(request: IRequest, principal: Principal, file_id: str) -> bytes:
             show = ("file", lambda c: _file(c, principal.user_id, file_id))
             return await self.command(request, principal, FILE_DELETE, {"file_id": file_id}, show, ((file_id, "file"),))
 
-        @app.route("/api/notices", methods=["GET"])
+        @api_route(app, "/notices", ["GET"])
         @authed
         async def list_notices(request: IRequest, principal: Principal) -> bytes:
             return answer(request, 200, {"notices": await read(notices_for, principal.user_id)})
 
-        @app.route("/api/notices/<command_id>", methods=["DELETE"])
+        @api_route(app, "/notices/<command_id>", ["DELETE"])
         @authed
         async def dismiss_notice(request: IRequest, principal: Principal, command_id: str) -> bytes:
             if not await self._db.run(dismiss, principal.user_id, command_id):
@@ -399,6 +399,7 @@ def api_routes(
     @param cpu: runs scrypt off the reactor thread.
     @param streams_per_user: open event streams one user may have.
     """
+    json_routing_errors(app)
     EdgeApi(identity, db, issuer, hub, wake).routes(app)
     PasswordChange(identity, db, issuer, hub, wake, clock, cpu, cost=cost).routes(app)
     streams = EventStreams(hub, identity, clock, heartbeat=heartbeat, per_user=streams_per_user)

@@ -36,6 +36,7 @@ from relay.edge.identity import CpuRunner, Identity, json_body
 from relay.edge.login_throttle import LoginThrottle, Throttled
 from relay.edge.replica.pending import CommandIssuer
 from relay.edge.web.guard import answer, authenticated
+from relay.edge.web.routes import api_route
 from relay.permissions import Refused
 from relay.sync_messages import USER_PASSWORD
 
@@ -60,7 +61,7 @@ class PasswordChange:
         self._throttle = LoginThrottle(clock)
 
     def routes(self, app: Klein) -> None:
-        @app.route("/api/password", methods=["POST"])
+        @api_route(app, "/password", ["POST"])
         @authenticated(self._identity, before_password_change=True)
         async def change_password(request: IRequest, principal: Principal) -> bytes:
             body = json_body(request)

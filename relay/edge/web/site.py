@@ -24,7 +24,6 @@ client meets before any route sees its request (C{docs/security.md}).
 
 from __future__ import annotations
 
-import json
 import resource
 from collections import Counter
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
 from relay.edge.login_throttle import address_group
+from relay.edge.web.errors import error_json
 
 log = Logger()
 
@@ -249,7 +249,7 @@ class EdgeChannel(HTTPChannel):
             return
         self._refused = True
         self._dropped = 0
-        body = json.dumps({"error": message}).encode()
+        body = error_json(status, message)
         head = (
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             b"connection: close\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\n"

@@ -36,6 +36,7 @@ from twisted.web.iweb import IRequest
 from relay.edge.events import Event, EventHub
 from relay.edge.identity import Identity
 from relay.edge.web.guard import answer, caller
+from relay.edge.web.routes import api_route
 
 HEARTBEAT = 15.0
 #: How long a browser waits before reconnecting, in milliseconds.
@@ -80,7 +81,7 @@ class EventStreams(Service):
             ended.callback(None)
 
     def routes(self, app: Klein) -> None:
-        @app.route("/api/events", methods=["GET"])
+        @api_route(app, "/events", ["GET"])
         async def events(request: IRequest) -> bytes:
             principal = await caller(self._identity, request, before_password_change=True)
             if isinstance(principal, bytes):

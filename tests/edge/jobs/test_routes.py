@@ -57,7 +57,7 @@ class JobRouteTests(ApiWorld):
         for user, path in (("carol", f"/api/v1/jobs/{self.job}"), ("alice", "/api/v1/jobs/" + "0" * 32),
                            ("alice", "/api/v1/jobs/not-an-id")):
             code, body = self.request("GET", path, user=user)
-            self.assertEqual((code, body), (404, {"error": "no such job"}))
+            self.assertEqual((code, body), (404, {"error": "no such job", "code": "not_found"}))
 
     def test_results_and_list(self) -> None:
         registry = self.cloud.registry

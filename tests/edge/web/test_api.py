@@ -21,9 +21,9 @@ class ReadTests(ApiWorld):
                              ("POST", "/api/projects"), ("DELETE", f"/api/files/{'0' * 32}")]:
             code, body = self.request(method, path)
             self.assertEqual((method, path, code), (method, path, 401))
-            self.assertEqual(body, {"error": "not logged in"})
+            self.assertEqual(body, {"error": "not logged in", "code": "unauthenticated"})
         code, body = self.request("GET", "/api/projects", bearer="relay_0123456789abcdef_" + "x" * 43)
-        self.assertEqual((code, body), (401, {"error": "unknown API key"}))
+        self.assertEqual((code, body), (401, {"error": "unknown API key", "code": "unauthenticated"}))
 
     def test_projects_with_roles_and_members(self) -> None:
         code, body = self.request("GET", "/api/projects", user="alice")
@@ -58,7 +58,7 @@ class ReadTests(ApiWorld):
         for path in (f"/api/projects/{self.home}", f"/api/jobs?project={self.home}",
                      f"/api/files?project={self.home}", "/api/projects/not-an-id", "/api/jobs?project=x"):
             code, body = self.request("GET", path, user="carol")
-            self.assertEqual((path, code, body), (path, 404, {"error": "no such project"}))
+            self.assertEqual((path, code, body), (path, 404, {"error": "no such project", "code": "not_found"}))
 
     def test_jobs_and_files_of_all_projects_or_one(self) -> None:
         self.cloud.run(lambda c: self.cloud.registry.put_file(c, self.home, "a.txt", 1))
@@ -76,7 +76,7 @@ class ReadTests(ApiWorld):
         self.session("alice")
         self.patch(self.edge.db, "read", lambda *a: fail(RuntimeError("disk on fire")))
         code, body = self.request("GET", "/api/projects", user="alice")
-        self.assertEqual((code, body), (500, {"error": "internal error; it was logged"}))
+        self.assertEqual((code, body), (500, {"error": "internal error; it was logged", "code": "internal"}))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
@@ -107,7 +107,7 @@ class CommandTests(ApiWorld):
 
     def test_csrf_is_needed_for_sessions_not_for_api_keys(self) -> None:
         code, body = self.request("POST", "/api/projects", {"name": "Zeus"}, user="alice", csrf=False)
-        self.assertEqual((code, body), (403, {"error": "missing or wrong CSRF token"}))
+        self.assertEqual((code, body), (403, {"error": "missing or wrong CSRF token", "code": "forbidden"}))
         code, body = self.request("DELETE", f"/api/projects/{self.home}", user="alice", csrf=False)
         self.assertEqual(code, 403)
         self.assertEqual(self.stored(), (0, 0))

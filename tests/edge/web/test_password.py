@@ -54,7 +54,7 @@ class PasswordTests(ApiWorld):
 
     def test_refusals_store_nothing(self) -> None:
         self.assertEqual(self.change("wrong password", user="alice"),
-                         (403, {"error": "the current password is wrong"}))
+                         (403, {"error": "the current password is wrong", "code": "forbidden"}))
         self.assertEqual(self.change("alice's password", "short", user="alice")[0], 400)
         self.assertEqual(self.change("alice's password", user="alice", csrf=False)[0], 403)
         self.assertEqual(self.change("alice's password")[0], 401)

@@ -152,6 +152,7 @@ class ApiWorld(SynchronousTestCase):
         client.flush()
         response = self.successResultOf(d)
         content = self.successResultOf(response.content())
+        self.headers = response.headers
         self.assertEqual(response.headers.getRawHeaders("content-type"), ["application/json"], content)
         return response.code, json.loads(content)
 
