@@ -1,0 +1,147 @@
+"""
+Uploads in the browser that survive the page: a reload, and a browser
+closed and opened again, in the middle of an upload (Uppy's Golden
+Retriever keeps the file in IndexedDB, tus-js-client the upload's URL):
+the upload goes on from the offset the edge holds, and the bytes already
+there are not sent again.
+
+The page talks to the edge through the link emulator at 8 MiB/s (a
+process of its own, so what crossed it can be counted): 64 MiB, about 8 s,
+instead of the issue's 200 MiB, to keep the test under a minute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import BrowserContext, Page, Playwright, expect, sync_playwright
+
+from relay.testing.s3servers import free_port
+
+from .browser_world import CHROMIUM, PASSWORDS, World, shoot, world  # noqa: F401
+
+SIZE = 64 << 20
+RATE = 8 << 20
+
+
+class Throttle:
+    """The link emulator in front of the edge's web port, at C{RATE} per connection."""
+
+    def __init__(self, upstream: str, log: Path) -> None:
+        self.port = free_port()
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "relay.testing.linkemu", "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+             "--connect", f"tcp:127.0.0.1:{upstream.rsplit(':', 1)[1]}", "--rate-kbps", str(RATE * 8 / 1000),
+             "--stats-interval-s", "0.2"],
+            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while "linkemu" not in log.read_text(errors="replace"):
+            assert self.process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+
+    def to_edge(self) -> int:
+        found = re.findall(r"bytes_to_upstream=(\d+)", self.log.read_text(errors="replace"))
+        return int(found[-1]) if found else 0
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def throttle(world: World, tmp_path: Path) -> Iterator[Throttle]:  # noqa: F811
+    emulator = Throttle(world.edge_url, tmp_path / "linkemu-web.log")
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as running:
+        yield running
+
+
+def open_browser(playwright: Playwright, profile: Path) -> tuple[BrowserContext, Page]:
+    """Chromium with a profile on disk: closing it and opening it again is a browser restart."""
+    context = playwright.chromium.launch_persistent_context(
+        str(profile), executable_path=CHROMIUM, args=["--no-sandbox"])
+    page = context.pages[0] if context.pages else context.new_page()
+    page.on("console", lambda m: print("console:", m.type, m.text) if m.type != "debug" else None)
+    page.on("pageerror", lambda e: print("pageerror:", e))
+    return context, page
+
+
+def edge_offset(deployed: World) -> int:
+    rows = deployed.edge_db("SELECT \"offset\" FROM uploads")
+    return int(rows[0]["offset"]) if rows else 0
+
+
+def wait_for_offset(deployed: World, at_least: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while (offset := edge_offset(deployed)) < at_least:
+        assert time.monotonic() < deadline, f"the upload is at {offset}"
+        time.sleep(0.1)
+    return offset
+
+
+def test_a_reload_and_a_browser_restart_mid_upload_resume_it(
+    world: World, throttle: Throttle, playwright: Playwright, tmp_path: Path  # noqa: F811
+) -> None:
+    content = os.urandom(SIZE)
+    big = tmp_path / "big.bin"
+    big.write_bytes(content)
+    base = f"http://127.0.0.1:{throttle.port}"
+    context, page = open_browser(playwright, tmp_path / "profile")
+    page.goto(base + "/")
+    page.fill("#login-form input[name=name]", "alice")
+    page.fill("#login-form input[name=password]", PASSWORDS["alice"])
+    page.click("#login-form button[type=submit]")
+    page.locator("#nav-projects a").first.click()
+    page.locator("#dashboard input[type=file]").first.set_input_files(str(big))
+    page.click(".uppy-StatusBar-actionBtn--upload")
+    expect(page.locator("#upload-progress li[data-file='big.bin']")).to_be_visible(timeout=10_000)
+    expect(page.locator("#upload-total")).to_contain_text("left", timeout=10_000)
+    shoot(page, "upload-in-progress")
+
+    # A reload a quarter of the way: the page comes back and carries on.
+    before_reload = wait_for_offset(world, SIZE // 4)
+    page.reload()
+    expect(page.locator("#workspace")).to_be_visible()
+    page.locator("#nav-projects a").first.click()
+    assert page.evaluate("window.relayUploads.ghosts") == []
+    after_reload = wait_for_offset(world, before_reload + (4 << 20))
+
+    # The browser closed at half way, and opened again.
+    before_restart = wait_for_offset(world, max(SIZE // 2, after_reload))
+    context.close()
+    context, page = open_browser(playwright, tmp_path / "profile")
+    page.goto(base + "/")
+    expect(page.locator("#workspace")).to_be_visible()
+    page.locator("#nav-projects a").first.click()
+    expect(page.locator("#files tbody tr", has_text="big.bin")).to_have_attribute(
+        "data-state", re.compile("staged|transferring|in_cloud"), timeout=45_000)
+    expect(page.locator("#files tbody tr a.download", has_text="Download")).to_have_count(1, timeout=30_000)
+    shoot(page, "upload-resumed")
+    context.close()
+
+    # One upload, whole and right; what crossed the link is the file once,
+    # plus at most what was in flight at each interruption.
+    uploads = world.edge_db("SELECT id, \"offset\", length FROM uploads")
+    assert len(uploads) == 1 and uploads[0]["offset"] == SIZE
+    [stored] = world.cloud_db("SELECT sha256 FROM files WHERE name = 'big.bin'")
+    assert stored["sha256"] == hashlib.sha256(content).hexdigest()
+    sent = throttle.to_edge()
+    print(f"sent {sent} bytes for {SIZE}; reload at {before_reload}, restart at {before_restart}")
+    assert sent < SIZE + 2 * (16 << 20) + (1 << 20), sent
