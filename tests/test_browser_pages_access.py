@@ -1,0 +1,98 @@
+"""
+Who sees what, in the browser: a second user sees only the projects they
+are a member of; another's project, file or job answers 404 on the pages
+and on every API route. The pages on a phone's screen, by keyboard.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from playwright.sync_api import Browser, expect
+
+from .browser_world import World, browser, log_in, new_page, shoot, world  # noqa: F401
+
+
+def test_a_second_user_sees_only_their_projects(world: World, browser: Browser, tmp_path: Path) -> None:  # noqa: F811
+    alice = new_page(browser)
+    log_in(alice, world.edge_url, "alice")
+    alice.fill("#new-project input[name=name]", "Alice's secret")
+    alice.click("#new-project button[type=submit]")
+    row = alice.locator("#projects tbody tr", has_text="Alice's secret")
+    expect(row.locator(".state")).to_have_text("saved", timeout=30_000)
+    secret = row.get_attribute("data-project")
+    row.locator("th a").click()
+    (tmp_path / "plans.txt").write_bytes(b"the plans\n")
+    alice.locator("#dashboard input[type=file]").first.set_input_files(str(tmp_path / "plans.txt"))
+    alice.click(".uppy-StatusBar-actionBtn--upload")
+    link = alice.locator("#files tbody tr a.download")
+    expect(link).to_have_count(1, timeout=60_000)
+    file_id = alice.locator("#files tbody tr[data-file]").first.get_attribute("data-file")
+
+    bob = new_page(browser)
+    log_in(bob, world.edge_url, "bob")
+    expect(bob.locator("#projects tbody tr")).to_have_count(1)  # his own
+    expect(bob.locator("#projects")).not_to_contain_text("Alice's secret")
+    expect(bob.locator("#nav-projects li")).to_have_count(1)
+    bob.goto(world.edge_url + f"/#/projects/{secret}")
+    expect(bob.locator("#page h1")).to_have_text("No such project")
+    expect(bob.locator("#files")).to_be_hidden()
+    shoot(bob, "project-of-another-user")
+    for method, path in [("GET", f"/api/v1/projects/{secret}"), ("GET", f"/api/v1/files/{file_id}/content"),
+                         ("PATCH", f"/api/v1/projects/{secret}"), ("DELETE", f"/api/v1/projects/{secret}"),
+                         ("POST", f"/api/v1/projects/{secret}/members")]:
+        answer = bob.request.fetch(world.edge_url + path, method=method, data={"name": "bob", "role": "member"},
+                                   headers={"X-CSRF-Token": bob.evaluate("fetch('/api/v1/me').then(r => r.json())"
+                                                                         ".then(b => b.csrf_token)")})
+        assert answer.status == 404, (method, path, answer.status, answer.text())
+        assert answer.json()["code"] == "not_found"
+    listed = bob.request.get(world.edge_url + f"/api/v1/files?project={secret}")
+    assert listed.status == 404 or listed.json()["files"] == []
+    # Once alice adds him as a viewer, it is his to see (not to change).
+    alice.fill("#add-member input[name=name]", "bob")
+    alice.select_option("#add-member select[name=role]", "viewer")
+    alice.click("#add-member button[type=submit]")
+    expect(alice.locator("#members tr[data-member=bob] .state")).to_have_text("saved", timeout=30_000)
+    bob.goto(world.edge_url + f"/#/projects/{secret}")
+    expect(bob.locator("#page h1")).to_have_text("Alice's secret", timeout=10_000)
+    expect(bob.locator("#page p.muted").first).to_contain_text("Your role: viewer")
+    expect(bob.locator("#upload-section")).to_be_hidden()
+    expect(bob.locator("#new-job")).to_be_hidden()
+    expect(bob.locator("#files tbody tr a.download")).to_have_count(1)
+
+
+def test_the_pages_on_a_phone_and_by_keyboard(world: World, browser: Browser) -> None:  # noqa: F811
+    page = new_page(browser, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    log_in(page, world.edge_url, "alice")
+    expect(page.locator("#projects")).to_be_visible()
+    # The navigation folds away behind a button on a narrow screen.
+    expect(page.locator("#sidebar")).to_be_hidden()
+    page.click("#nav-toggle")
+    expect(page.locator("#sidebar")).to_be_visible()
+    expect(page.locator("#nav-toggle")).to_have_attribute("aria-expanded", "true")
+    shoot(page, "phone-navigation")
+    page.locator("#nav-projects a").first.click()
+    expect(page.locator("#sidebar")).to_be_hidden()
+    expect(page.locator("#files")).to_be_visible()
+    # Nothing wider than the screen.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1
+    shoot(page, "phone-project")
+    page.goto(world.edge_url + "/#/account")
+    expect(page.locator("#password-form")).to_be_visible()
+    shoot(page, "phone-account")
+
+    # By keyboard: the skip link first, then to the main pane; forms label every control.
+    desk = new_page(browser)
+    log_in(desk, world.edge_url, "alice")
+    desk.reload()
+    expect(desk.locator("#projects")).to_be_visible()
+    desk.keyboard.press("Tab")
+    assert desk.evaluate("document.activeElement.className") == "skip"
+    desk.keyboard.press("Enter")
+    assert desk.evaluate("document.activeElement.id") == "main"
+    unlabelled = desk.evaluate("""[...document.querySelectorAll('#page input, #page select')]
+        .filter(e => !e.labels?.length && !e.getAttribute('aria-label')).map(e => e.outerHTML)""")
+    assert unlabelled == []
+    for landmark in ["banner", "navigation", "main", "contentinfo"]:
+        assert desk.get_by_role(landmark).count() >= 1 or landmark == "contentinfo", landmark
+    expect(desk.get_by_role("status", name="Link to the cloud")).to_be_visible()
