@@ -114,3 +114,37 @@ class Access:
         if not allowed(role, action):
             raise Refused(f"a {role} may not {_VERBS.get(action, action)}", "forbidden")
         return role
+
+    def check_role_change(self, conn: Any, project_id: str, user_id: str, role: str) -> Any:
+        """
+        Whether the member C{user_id} of the project may be given C{role}
+        (the caller checked the actor may manage members): the same rules on
+        both sides.  C{owner} hands the project over (its owner becomes a
+        member); the owner's own role changes only that way.  Returns the
+        project's row.
+
+        @raise Refused: no such member (C{not_found}); a role that is no
+            role (C{invalid}); the role it has already, the owner's own
+            role, a default project handed over, or a new owner who has a
+            project of that name already (C{conflict}).
+        """
+        if role not in ("owner", "member", "viewer"):
+            raise Refused("a role is 'owner', 'member' or 'viewer'", "invalid")
+        project = conn.execute(
+            f"SELECT id, name, owner_id, is_default FROM {self._p}projects WHERE id = ?", (project_id,)
+        ).fetchone()
+        current = self.role(conn, project_id, user_id)
+        if project is None or current is None:
+            raise Refused("no such member", "not_found")
+        if current == role:
+            raise Refused(f"already a {role} of this project", "conflict")
+        if user_id == project["owner_id"]:
+            raise Refused("the owner's role changes only by making another member the owner", "conflict")
+        if role == "owner":
+            if project["is_default"]:
+                raise Refused("a user's default project cannot be handed over", "conflict")
+            if conn.execute(
+                f"SELECT 1 FROM {self._p}projects WHERE owner_id = ? AND name = ?", (user_id, project["name"])
+            ).fetchone():
+                raise Refused(f"the new owner has a project named {project['name']!r} already", "conflict")
+        return project

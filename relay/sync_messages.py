@@ -36,13 +36,16 @@ PROJECT_RENAME = "project.rename"
 PROJECT_DELETE = "project.delete"
 MEMBER_ADD = "project.member.add"
 MEMBER_REMOVE = "project.member.remove"
+MEMBER_ROLE = "project.member.role"
 JOB_SUBMIT = "job.submit"
 JOB_CANCEL = "job.cancel"
 FILE_DELETE = "file.delete"
 USER_PASSWORD = "user.password"
+KEY_CREATE = "user.key.create"
+KEY_REVOKE = "user.key.revoke"
 COMMANDS = (
-    PROJECT_CREATE, PROJECT_RENAME, PROJECT_DELETE, MEMBER_ADD, MEMBER_REMOVE,
-    JOB_SUBMIT, JOB_CANCEL, FILE_DELETE, USER_PASSWORD,
+    PROJECT_CREATE, PROJECT_RENAME, PROJECT_DELETE, MEMBER_ADD, MEMBER_REMOVE, MEMBER_ROLE,
+    JOB_SUBMIT, JOB_CANCEL, FILE_DELETE, USER_PASSWORD, KEY_CREATE, KEY_REVOKE,
 )
 
 # Sync.
@@ -67,6 +70,8 @@ _FLAG = {"type": "integer", "enum": [0, 1]}
 _TEXT = {"type": "string", "maxLength": 2000}
 _NAME = {"type": "string", "minLength": 1, "maxLength": 200}
 _SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+#: The stored form of an API key's secret (L{relay.credentials.new_api_key}).
+_KEY_HASH = {"type": "string", "pattern": "^sha256\\$[0-9a-f]{64}$"}
 #: The stored form of a password (L{relay.credentials.hash_password}).
 _PASSWORD_HASH = {
     "type": "string", "maxLength": 200,
@@ -198,6 +203,10 @@ SCHEMAS: dict[str, tuple[dict[str, Any], str]] = {
         "edge -> cloud: add a member (or change a member's role)",
     ),
     MEMBER_REMOVE: (_command(project_id=_ID, user_id=_ID), "edge -> cloud: remove a member"),
+    MEMBER_ROLE: (
+        _command(project_id=_ID, user_id=_ID, role={"enum": list(ROLES)}),
+        "edge -> cloud: give a member another role ('owner' hands the project over)",
+    ),
     JOB_SUBMIT: (
         _command(
             project_id=_ID, job_id=_ID, kind=ROWS[JOBS.name]["properties"]["kind"],
@@ -212,6 +221,12 @@ SCHEMAS: dict[str, tuple[dict[str, Any], str]] = {
         "edge -> cloud: the actor's new password (its scrypt hash, made at the edge), "
         "replacing the one whose hash has the sha256 'replaces'",
     ),
+    KEY_CREATE: (
+        _command(key_id=_KEY_ID, key_hash=_KEY_HASH, name=_NAME),
+        "edge -> cloud: a new API key of the actor's, made at the edge: its id, name and the hash of "
+        "its secret (the secret itself never leaves the edge's answer to its user)",
+    ),
+    KEY_REVOKE: (_command(key_id=_KEY_ID), "edge -> cloud: revoke one of the actor's API keys"),
     HELLO: (
         _object({
             "edge": _EDGE, "applied": _SEQ,

@@ -35,8 +35,11 @@ from relay.sync_messages import (
     FILE_DELETE,
     JOB_CANCEL,
     JOB_SUBMIT,
+    KEY_CREATE,
+    KEY_REVOKE,
     MEMBER_ADD,
     MEMBER_REMOVE,
+    MEMBER_ROLE,
     PROJECT_CREATE,
     PROJECT_DELETE,
     PROJECT_RENAME,
@@ -116,10 +119,13 @@ class CloudCommands:
             PROJECT_DELETE: self._project_delete,
             MEMBER_ADD: self._member_add,
             MEMBER_REMOVE: self._member_remove,
+            MEMBER_ROLE: self._member_role,
             JOB_SUBMIT: self._job_submit,
             JOB_CANCEL: self._job_cancel,
             FILE_DELETE: self._file_delete,
             USER_PASSWORD: self._user_password,
+            KEY_CREATE: self._key_create,
+            KEY_REVOKE: self._key_revoke,
         }
 
     def register(self, inbox: Any) -> None:
@@ -216,6 +222,10 @@ class CloudCommands:
             self._access.require(conn, actor["id"], body["project_id"], "member.manage")
         self._registry.remove_member(conn, body["project_id"], body["user_id"], command_id)
 
+    def _member_role(self, conn: Any, actor: Any, body: dict[str, Any], command_id: str) -> None:
+        self._access.require(conn, actor["id"], body["project_id"], "member.manage")
+        self._registry.change_role(conn, body["project_id"], body["user_id"], body["role"], command_id)
+
     def _job_submit(self, conn: Any, actor: Any, body: dict[str, Any], command_id: str) -> None:
         self._access.require(conn, actor["id"], body["project_id"], "job.submit")
         job_id = self._registry.submit_job(
@@ -252,3 +262,10 @@ class CloudCommands:
         if not hmac.compare_digest(password_hash_digest(current), body["replaces"]):
             raise Refused("the password was changed meanwhile; log in again with the current one", "conflict")
         self._registry.set_password(conn, actor["id"], body["password_hash"], command_id)
+
+    def _key_create(self, conn: Any, actor: Any, body: dict[str, Any], command_id: str) -> None:
+        # Only ever a key of the actor's own: the command names no user.
+        self._registry.add_key(conn, actor["id"], body["key_id"], body["key_hash"], body["name"], command_id)
+
+    def _key_revoke(self, conn: Any, actor: Any, body: dict[str, Any], command_id: str) -> None:
+        self._registry.revoke_key(conn, body["key_id"], command_id, owner=actor["id"])

@@ -87,6 +87,7 @@ def commands(s: Setting) -> dict[str, tuple[str, dict[str, Any]]]:
         "delete": ("project.delete", {"project_id": s.project}),
         "add member": ("project.member.add", {"project_id": s.project, "user_id": s.users["dave"], "role": "viewer"}),
         "remove member": ("project.member.remove", {"project_id": s.project, "user_id": s.users["bob"]}),
+        "role": ("project.member.role", {"project_id": s.project, "user_id": s.users["carol"], "role": "member"}),
         "submit": ("job.submit", {"project_id": s.project, "job_id": new_id(), "kind": "render",
                                   "parameters": {"frames": 10}, "inputs": [s.file]}),
         "cancel": ("job.cancel", {"job_id": s.job}),
@@ -100,8 +101,10 @@ def commands(s: Setting) -> dict[str, tuple[str, dict[str, Any]]]:
 @pytest.mark.parametrize(
     "who, via, names",
     [
-        ("dave", "session", ["rename", "delete", "add member", "remove member", "submit", "cancel", "delete file"]),
-        ("carol", "session", ["rename", "delete", "add member", "remove member", "submit", "cancel", "delete file"]),
+        ("dave", "session", ["rename", "delete", "add member", "remove member", "role", "submit", "cancel",
+                         "delete file"]),
+        ("carol", "session", ["rename", "delete", "add member", "remove member", "role", "submit", "cancel",
+                         "delete file"]),
         ("erin", "session", None),
         ("alice", "revoked key", None),
     ],
@@ -205,3 +208,59 @@ def test_conflicting_new_id_is_refused(setting: Setting) -> None:
     outcome = s.outcome(s.send("job.submit", s.actor("alice"), project_id=s.project, job_id=s.job, kind="k",
                                parameters={}, inputs=[]))
     assert outcome == ("rejected", "a job with this id exists already")
+
+
+def test_role_changes(setting: Setting) -> None:
+    """
+    The owner changes roles; the cloud checks again what the edge checked:
+    only members have roles, the owner's own role changes only by handing
+    the project over, and handing over makes the previous owner a member.
+    """
+    s = setting
+    alice, r = s.actor("alice"), s.cloud.registry
+    role = lambda who, value, actor=alice: s.outcome(s.send(  # noqa: E731
+        "project.member.role", actor, project_id=s.project, user_id=s.users[who], role=value))
+    assert role("dave", "member") == ("rejected", "no such member")
+    assert role("bob", "member") == ("rejected", "already a member of this project")
+    assert role("alice", "viewer") == (
+        "rejected", "the owner's role changes only by making another member the owner")
+    assert role("carol", "member", s.actor("bob")) == ("rejected", "a member may not change this project's members")
+    assert role("carol", "member") == ("applied", None)
+    assert s.cloud.run(r.role, s.project, s.users["carol"]) == "member"
+    # bob has a project named Apollo already: he cannot own a second one.
+    s.cloud.run(r.create_project, s.users["bob"], "Apollo")
+    assert role("bob", "owner")[0] == "rejected"
+    assert role("carol", "owner") == ("applied", None)
+    assert s.cloud.run(r.project, s.project)["owner_id"] == s.users["carol"]
+    assert s.cloud.run(r.role, s.project, s.users["alice"]) == "member"
+    # alice is no longer the owner: she may not change roles any more.
+    assert role("bob", "viewer")[0] == "rejected"
+    default = s.cloud.default_project(s.users["alice"])
+    s.cloud.run(r.set_member, default, s.users["bob"], "member")
+    assert s.outcome(s.send("project.member.role", alice, project_id=default, user_id=s.users["bob"],
+                            role="owner")) == ("rejected", "a user's default project cannot be handed over")
+
+
+def test_key_commands(setting: Setting) -> None:
+    """
+    A key made at an edge is registered with the hash it names, for the
+    actor only; a user revokes only their own keys, and a revoked key can
+    act no more.
+    """
+    s = setting
+    key_id, key_hash = "ab" * 8, "sha256$" + "1" * 64
+    created = s.send("user.key.create", s.actor("bob"), key_id=key_id, key_hash=key_hash, name="laptop")
+    assert s.outcome(created) == ("applied", None)
+    row = s.cloud.run(lambda c: c.execute("SELECT user_id, key_hash, label FROM api_keys WHERE id = ?",
+                                          (key_id,)).fetchone())
+    assert tuple(row) == (s.users["bob"], key_hash, "laptop")
+    again = s.send("user.key.create", s.actor("carol"), key_id=key_id, key_hash=key_hash, name="mine")
+    assert s.outcome(again) == ("rejected", "an API key with this id exists already")
+    assert s.outcome(s.send("user.key.revoke", s.actor("alice"), key_id=key_id)) == (
+        "rejected", f"no API key {key_id}")
+    via_key = {"user_id": s.users["bob"], "via": "key", "key_id": key_id}
+    assert s.outcome(s.send("user.key.revoke", via_key, key_id=key_id)) == ("applied", None)
+    assert s.outcome(s.send("project.create", via_key, project_id=new_id(), name="B", description="")) == (
+        "rejected", "the API key was revoked")
+    assert s.outcome(s.send("user.key.revoke", s.actor("bob"), key_id=key_id)) == (
+        "rejected", f"API key {key_id} is already revoked")

@@ -56,6 +56,7 @@ class Run:
         self.issued: list[str] = []
         self.created: set[str] = set()
         self.jobs: set[str] = set()
+        self.keys: list[str] = []
 
     def principal(self, name: str) -> Principal:
         return Principal(self.users[name], name, "session")
@@ -83,6 +84,15 @@ def fields_for(draw: Any, run: Run, type: str, user: str) -> dict[str, Any]:
                 "role": pick(["member", "viewer"])}
     if type == "project.member.remove":
         return {"project_id": pick(projects), "user_id": run.users[pick(list(USERS))]}
+    if type == "project.member.role":
+        return {"project_id": pick(projects), "user_id": run.users[pick(list(USERS))],
+                "role": pick(["owner", "member", "viewer"])}
+    if type == "user.key.create":
+        key_id = uuid.uuid4().hex[:16]
+        run.keys.append(key_id)
+        return {"key_id": key_id, "key_hash": "sha256$" + "0" * 64, "name": pick(["ci", "laptop"])}
+    if type == "user.key.revoke":
+        return {"key_id": pick(run.keys + [uuid.uuid4().hex[:16]])}
     if type == "job.submit":
         job_id = uuid.uuid4().hex
         run.jobs.add(job_id)

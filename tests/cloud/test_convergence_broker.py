@@ -90,6 +90,7 @@ class Run:
         self.issued: list[str] = []
         self.created: list[str] = []
         self.jobs: list[str] = []
+        self.keys: list[str] = []
         self.broker_kills = 0
         self.refused_by_edges = 0
         self.drops = 0
@@ -166,6 +167,16 @@ async def fields_for(pick: Choices, run: Run, type: str, user: str) -> dict[str,
         members = [(m["project_id"], m["user_id"]) for m in registry["members"] if m["role"] != "owner"]
         project_id, member = pick(members or [(project(), user_id)]) if pick([1, 1, 0]) else (project(), user_id)
         return {"project_id": project_id, "user_id": member}
+    if type == "project.member.role":
+        members = [(m["project_id"], m["user_id"]) for m in registry["members"]]
+        project_id, member = pick(members or [(project(), user_id)])
+        return {"project_id": project_id, "user_id": member, "role": pick(["owner", "member", "viewer"])}
+    if type == "user.key.create":
+        key_id = uuid.uuid4().hex[:16]
+        run.keys.append(key_id)
+        return {"key_id": key_id, "key_hash": "sha256$" + "0" * 64, "name": pick(["ci", "laptop"])}
+    if type == "user.key.revoke":
+        return {"key_id": pick(run.keys + [uuid.uuid4().hex[:16]])}
     if type == "job.submit":
         job_id = uuid.uuid4().hex
         run.jobs.append(job_id)

@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from relay.cloud.sync import EventLog
 from relay.credentials import NewApiKey, new_api_key
-from relay.permissions import Refused
+from relay.permissions import Access, Refused
 from relay.replication import (
     API_KEYS,
     FILE_KINDS,
@@ -145,14 +145,36 @@ class Registry:
         self.log.put(conn, API_KEYS, (key.key_id,))
         return key
 
-    def revoke_key(self, conn: Any, key_id: str) -> None:
-        key = conn.execute("SELECT revoked_at FROM api_keys WHERE id = ?", (key_id,)).fetchone()
-        if key is None:
+    def add_key(
+        self, conn: Any, user_id: str, key_id: str, key_hash: str, label: str, command_id: str | None = None
+    ) -> None:
+        """
+        Register an API key made elsewhere (at an edge, which holds its
+        secret only long enough to show it): its id and the hash of its
+        secret.
+        """
+        if self.user(conn, user_id) is None:
+            raise Refused("no such user", "not_found")
+        if conn.execute("SELECT 1 FROM api_keys WHERE id = ?", (key_id,)).fetchone():
+            raise Refused("an API key with this id exists already", "conflict")
+        conn.execute(
+            "INSERT INTO api_keys (id, user_id, key_hash, label, created_at) VALUES (?, ?, ?, ?, ?)",
+            (key_id, user_id, key_hash, label, self._now()),
+        )
+        self.log.put(conn, API_KEYS, (key_id,), command_id)
+
+    def revoke_key(self, conn: Any, key_id: str, command_id: str | None = None, *, owner: str | None = None) -> None:
+        """
+        Revoke a key; with C{owner}, only one of that user's (another's is
+        not found).
+        """
+        key = conn.execute("SELECT user_id, revoked_at FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        if key is None or (owner is not None and key["user_id"] != owner):
             raise Refused(f"no API key {key_id}", "not_found")
         if key["revoked_at"] is not None:
             raise Refused(f"API key {key_id} is already revoked", "conflict")
         conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (self._now(), key_id))
-        self.log.put(conn, API_KEYS, (key_id,))
+        self.log.put(conn, API_KEYS, (key_id,), command_id)
 
     # -- projects --------------------------------------------------------------
 
@@ -228,6 +250,30 @@ class Registry:
             "INSERT INTO members (project_id, user_id, role) VALUES (?, ?, ?) "
             "ON CONFLICT (project_id, user_id) DO UPDATE SET role = excluded.role",
             (project_id, user_id, role),
+        )
+        self.log.put(conn, MEMBERS, (project_id, user_id), command_id)
+
+    def change_role(
+        self, conn: Any, project_id: str, user_id: str, role: str, command_id: str | None = None
+    ) -> None:
+        """
+        Give a member another role (L{Access.check_role_change} says which
+        changes are allowed); C{owner} hands the project over, and its owner
+        until now becomes a member.
+        """
+        project = Access("").check_role_change(conn, project_id, user_id, role)
+        if role == "owner":
+            previous = project["owner_id"]
+            conn.execute(
+                "UPDATE projects SET owner_id = ?, updated_at = ? WHERE id = ?", (user_id, self._now(), project_id)
+            )
+            conn.execute(
+                "UPDATE members SET role = 'member' WHERE project_id = ? AND user_id = ?", (project_id, previous)
+            )
+            self.log.put(conn, PROJECTS, (project_id,), command_id)
+            self.log.put(conn, MEMBERS, (project_id, previous), command_id)
+        conn.execute(
+            "UPDATE members SET role = ? WHERE project_id = ? AND user_id = ?", (role, project_id, user_id)
         )
         self.log.put(conn, MEMBERS, (project_id, user_id), command_id)
 

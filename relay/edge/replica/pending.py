@@ -32,8 +32,11 @@ from relay.sync_messages import (
     FILE_DELETE,
     JOB_CANCEL,
     JOB_SUBMIT,
+    KEY_CREATE,
+    KEY_REVOKE,
     MEMBER_ADD,
     MEMBER_REMOVE,
+    MEMBER_ROLE,
     PROJECT_CREATE,
     PROJECT_DELETE,
     PROJECT_RENAME,
@@ -44,6 +47,7 @@ _ACTION = {
     PROJECT_RENAME: "project.rename",
     PROJECT_DELETE: "project.delete",
     MEMBER_ADD: "member.manage",
+    MEMBER_ROLE: "member.manage",
     JOB_SUBMIT: "job.submit",
 }
 
@@ -55,10 +59,13 @@ FIELDS: dict[str, tuple[str, ...]] = {
     PROJECT_DELETE: ("project_id",),
     MEMBER_ADD: ("project_id", "user_id", "role"),
     MEMBER_REMOVE: ("project_id", "user_id"),
+    MEMBER_ROLE: ("project_id", "user_id", "role"),
     JOB_SUBMIT: ("project_id", "job_id", "kind", "parameters", "inputs"),
     JOB_CANCEL: ("job_id",),
     FILE_DELETE: ("file_id",),
     USER_PASSWORD: ("password_hash", "replaces"),
+    KEY_CREATE: ("key_id", "key_hash", "name"),
+    KEY_REVOKE: ("key_id",),
 }
 
 
@@ -119,6 +126,8 @@ class CommandIssuer:
             return  # the project exists only here yet: the cloud decides
         if type in _ACTION:
             self._access.require(conn, user_id, project_id, _ACTION[type])
+            if type == MEMBER_ROLE:
+                self._access.check_role_change(conn, project_id, values["user_id"], values["role"])
             if type == PROJECT_DELETE and _is_default(conn, project_id):
                 raise Refused("a user's default project cannot be deleted", "conflict")
             if type == JOB_SUBMIT:
@@ -136,6 +145,15 @@ class CommandIssuer:
             role = self._access.require(conn, user_id, job["project_id"], "job.cancel")
             if job["submitted_by"] != user_id and not allowed(role, "job.cancel.others"):
                 raise Refused("only the project's owner may cancel other people's jobs", "forbidden")
+        elif type == KEY_CREATE:
+            if conn.execute("SELECT 1 FROM replica_api_keys WHERE id = ?", (values["key_id"],)).fetchone():
+                raise Refused("an API key with this id exists already", "conflict")
+        elif type == KEY_REVOKE:
+            key = _one_key(keys_for(conn, user_id), values["key_id"])
+            if key is None:
+                raise Refused("no such API key", "not_found")
+            if key["pending"] == "revoke":
+                raise Refused("this API key is being revoked already", "conflict")
         elif type == FILE_DELETE:
             file = conn.execute("SELECT project_id FROM replica_files WHERE id = ?", (values["file_id"],)).fetchone()
             if file is None or self._access.role(conn, file["project_id"], user_id) is None:
@@ -239,8 +257,9 @@ def project_for(conn: Any, user_id: str, project_id: str) -> dict[str, Any] | No
 
 def members_for(conn: Any, user_id: str, project_id: str) -> list[dict[str, Any]]:
     """
-    A project's members with their names, and the user's own additions and
-    removals in flight (C{pending}: C{"add"}, C{"remove"}).  Call only for a
+    A project's members with their names, and the user's own additions,
+    removals and role changes in flight (C{pending}: C{"add"},
+    C{"remove"}, C{"role"}, shown with the role asked for).  Call only for a
     project the user may see.
     """
     members = {
@@ -264,6 +283,8 @@ def members_for(conn: Any, user_id: str, project_id: str) -> list[dict[str, Any]
             member.update(role=body["role"], pending="add")
         elif type == MEMBER_REMOVE and body["user_id"] in members:
             members[body["user_id"]]["pending"] = "remove"
+        elif type == MEMBER_ROLE and body["user_id"] in members:
+            members[body["user_id"]].update(role=body["role"], pending="role")
     order = {"owner": 0, "member": 1, "viewer": 2}
     return sorted(members.values(), key=lambda m: (order.get(m["role"], 3), m["name"] or "", m["user_id"]))
 
@@ -292,6 +313,37 @@ def files_for(conn: Any, user_id: str, project_id: str) -> list[dict[str, Any]]:
         if type == FILE_DELETE and body["file_id"] in files:
             files[body["file_id"]]["pending"] = "delete"
     return list(files.values())
+
+
+def keys_for(conn: Any, user_id: str) -> list[dict[str, Any]]:
+    """
+    The user's API keys that work or will (revoked ones are gone), with
+    the user's own creations and revocations in flight (C{pending}:
+    C{"create"}, C{"revoke"}).  Never a key's hash.
+    """
+    keys = {
+        row["id"]: {"id": row["id"], "name": row["label"], "created_at": row["created_at"], "pending": None}
+        for row in conn.execute(
+            "SELECT id, label, created_at FROM replica_api_keys WHERE user_id = ? AND revoked_at IS NULL",
+            (user_id,),
+        )
+    }
+    for type, body, created_at in conn.execute(
+        "SELECT type, body, created_at FROM pending_commands "
+        "WHERE user_id = ? AND state = 'pending' AND type IN (?, ?) ORDER BY created_at",
+        (user_id, KEY_CREATE, KEY_REVOKE),
+    ):
+        body = json.loads(body)
+        if type == KEY_CREATE and body["key_id"] not in keys:
+            keys[body["key_id"]] = {"id": body["key_id"], "name": body["name"], "created_at": created_at,
+                                    "pending": "create"}
+        elif type == KEY_REVOKE and body["key_id"] in keys:
+            keys[body["key_id"]]["pending"] = "revoke"
+    return sorted(keys.values(), key=lambda k: (k["created_at"], k["id"]))
+
+
+def _one_key(keys: list[dict[str, Any]], key_id: str) -> dict[str, Any] | None:
+    return next((key for key in keys if key["id"] == key_id), None)
 
 
 def notices_for(conn: Any, user_id: str) -> list[dict[str, Any]]:

@@ -41,8 +41,9 @@ from relay.edge.replica.pending import (
     project_for,
     projects_for,
 )
-from relay.edge.web.errors import json_routing_errors
+from relay.edge.web.errors import REFUSAL_STATUS, json_routing_errors
 from relay.edge.web.guard import answer, authenticated
+from relay.edge.web.keys import ApiKeys
 from relay.edge.web.password import PasswordChange
 from relay.edge.web.routes import api_route
 from relay.edge.web.stream import EventStreams
@@ -54,14 +55,14 @@ from relay.sync_messages import (
     JOB_SUBMIT,
     MEMBER_ADD,
     MEMBER_REMOVE,
+    MEMBER_ROLE,
     PROJECT_CREATE,
     PROJECT_DELETE,
     PROJECT_RENAME,
     SCHEMAS,
 )
 
-#: The HTTP status of each refusal code (L{Refused.code}).
-STATUS = {"unauthenticated": 401, "forbidden": 403, "not_found": 404, "invalid": 400, "conflict": 409}
+STATUS = REFUSAL_STATUS
 
 COMMAND_PENDING = "command.pending"
 
@@ -252,6 +253,21 @@ class EdgeApi:
                 request, principal, MEMBER_REMOVE, fields, show, ((project_id, "project"), (user_id, "member"))
             )
 
+        @api_route(app, "/projects/<project_id>/members/<user_id>", ["PATCH"], legacy=False)
+        @authed
+        async def change_role(request: IRequest, principal: Principal, project_id: str, user_id: str) -> bytes:
+            body = json_body(request)
+            if isinstance(body, bytes):
+                return body
+            try:
+                fields = {"project_id": project_id, "user_id": user_id, "role": _text(body, "role")}
+            except BadInput as e:
+                return answer(request, 400, {"error": str(e)})
+            show = ("member", lambda c: _member(c, principal.user_id, project_id, user_id))
+            return await self.command(
+                request, principal, MEMBER_ROLE, fields, show, ((project_id, "project"), (user_id, "member"))
+            )
+
         # /api/v1/jobs lists jobs in full (relay.edge.jobs.routes).
         @api_route(app, "/jobs", ["GET"], current=False)
         @authed
@@ -392,7 +408,7 @@ def api_routes(
 ) -> EventStreams:
     """
     Add the API's routes (projects, members, jobs, files, notices,
-    password, events) to the edge's app.  Returns the event streams'
+    password, API keys, events) to the edge's app.  Returns the event streams'
     service: add it to the service tree so that stopping ends them.
 
     @param wake: the outbox's C{wake}.
@@ -401,6 +417,7 @@ def api_routes(
     """
     json_routing_errors(app)
     EdgeApi(identity, db, issuer, hub, wake).routes(app)
+    ApiKeys(identity, db, issuer, hub, wake).routes(app)
     PasswordChange(identity, db, issuer, hub, wake, clock, cpu, cost=cost).routes(app)
     streams = EventStreams(hub, identity, clock, heartbeat=heartbeat, per_user=streams_per_user)
     streams.routes(app)

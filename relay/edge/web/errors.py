@@ -40,6 +40,9 @@ CODES: dict[int, str] = {
     504: "timeout",
 }
 
+#: The HTTP status of each refusal code (L{relay.permissions.Refused.code}).
+REFUSAL_STATUS = {"unauthenticated": 401, "forbidden": 403, "not_found": 404, "invalid": 400, "conflict": 409}
+
 API_PREFIX = b"/api/"
 
 
