@@ -24,7 +24,7 @@ export function render(container, _params, context, { firstPassword = false } = 
     h('h2', { id: 'keys-title' }, 'API keys'),
     h('p', { class: 'muted' }, 'For tools and scripts: send Authorization: Bearer <key>. A key works until it is revoked.'),
     keyError, secretBox,
-    h('table', { id: 'key-list' }, h('thead', {}, h('tr', {}, ...['Name', 'Created', 'Last used', 'State', ''].map((t) => h('th', { scope: 'col' }, t)))), keys),
+    h('table', { id: 'key-list' }, h('thead', {}, h('tr', {}, ...['Name', 'Created', 'State', ''].map((t) => h('th', { scope: 'col' }, t)))), keys),
     keyForm);
   container.append(h('h1', {}, 'Account'),
     h('p', {}, 'Logged in as ', h('strong', {}, context.user?.name ?? '')),
@@ -90,14 +90,14 @@ export function render(container, _params, context, { firstPassword = false } = 
     const list = answer.body.keys ?? [];
     keys.replaceChildren(...list.map((key) => h('tr', { 'data-key': key.id, class: key.pending ? 'pending' : null },
       h('th', { scope: 'row' }, key.name ?? key.id),
-      h('td', {}, when(key.created_at)), h('td', {}, when(key.last_used_at)),
+      h('td', {}, when(key.created_at)),
       h('td', { class: 'state' }, key.pending ? `pending (${key.pending})` : 'active'),
       h('td', {}, key.pending === 'revoke' || key.pending === 'delete' ? null : h('button', { type: 'button', class: 'danger', onclick: async () => {
         const done = await api('DELETE', `keys/${key.id}`);
         say(keyError, done.ok ? '' : reason(done), 'error');
         await loadKeys();
       } }, 'Revoke', h('span', { class: 'visually-hidden' }, ` ${key.name ?? ''}`))))));
-    if (!list.length) keys.append(h('tr', {}, h('td', { colspan: '5' }, 'No API keys.')));
+    if (!list.length) keys.append(h('tr', {}, h('td', { colspan: '4' }, 'No API keys.')));
   }
 
   loadKeys();

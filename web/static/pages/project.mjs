@@ -89,9 +89,14 @@ export function render(container, [projectId], context) {
     const cell = h('td', { class: 'actions' });
     let role = member.role;
     if (owner && member.role !== 'owner' && !member.pending) {
+      const roles = project.is_default ? ['member', 'viewer'] : ['member', 'viewer', 'owner'];
       const select = h('select', { 'aria-label': `Role of ${member.name}`, class: 'role' },
-        ...['member', 'viewer'].map((r) => h('option', { value: r, selected: r === member.role }, r)));
+        ...roles.map((r) => h('option', { value: r, selected: r === member.role }, r === 'owner' ? 'owner (hand the project over)' : r)));
       select.addEventListener('change', async () => {
+        if (select.value === 'owner' && !window.confirm(`Make ${member.name} the owner? You become a member.`)) {
+          select.value = member.role;
+          return;
+        }
         const answer = await api('PATCH', `projects/${projectId}/members/${member.user_id}`, { role: select.value });
         say(error, answer.ok ? '' : reason(answer), 'error');
         await load();
