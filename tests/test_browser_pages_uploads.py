@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -145,3 +146,50 @@ def test_a_reload_and_a_browser_restart_mid_upload_resume_it(
     sent = throttle.to_edge()
     print(f"sent {sent} bytes for {SIZE}; reload at {before_reload}, restart at {before_restart}")
     assert sent < SIZE + 2 * (16 << 20) + (1 << 20), sent
+
+
+def test_a_stalled_upload_is_aborted_and_resumed_from_the_edges_offset(
+    world: World, throttle: Throttle, playwright: Playwright, tmp_path: Path  # noqa: F811
+) -> None:
+    """
+    The link in front of the edge stops carrying bytes with the connection
+    open (a stall): no error comes, and tus-js-client alone would wait. The
+    page's detector (its threshold 3 s here instead of 30 s, through
+    localStorage) aborts, and once the link carries again the upload goes
+    on from the offset the edge holds.
+    """
+    size = 32 << 20
+    content = os.urandom(size)
+    (tmp_path / "stalled.bin").write_bytes(content)
+    base = f"http://127.0.0.1:{throttle.port}"
+    context, page = open_browser(playwright, tmp_path / "profile")
+    context.add_init_script("localStorage.setItem('relay.stall_ms', '3000')")
+    page.goto(base + "/")
+    page.fill("#login-form input[name=name]", "alice")
+    page.fill("#login-form input[name=password]", PASSWORDS["alice"])
+    page.click("#login-form button[type=submit]")
+    page.locator("#nav-projects a").first.click()
+    page.locator("#dashboard input[type=file]").first.set_input_files(str(tmp_path / "stalled.bin"))
+    page.click(".uppy-StatusBar-actionBtn--upload")
+    wait_for_offset(world, 16 << 20)
+    throttle.process.send_signal(signal.SIGUSR2)  # the link stalls
+    try:
+        deadline = time.monotonic() + 20
+        while page.evaluate("window.relayUploads.stalls") < 1:
+            assert time.monotonic() < deadline, "the stall was never noticed"
+            time.sleep(0.2)
+        offset_in_stall = edge_offset(world)
+    finally:
+        throttle.process.send_signal(signal.SIGUSR2)  # and carries again
+    expect(page.locator("#files tbody tr", has_text="stalled.bin")).to_have_attribute(
+        "data-state", re.compile("staged|transferring|in_cloud"), timeout=40_000)
+    context.close()
+    assert offset_in_stall < size
+    [upload] = world.edge_db("SELECT \"offset\" FROM uploads WHERE filename = 'stalled.bin'")
+    assert upload["offset"] == size
+    deadline = time.monotonic() + 30
+    while not (stored := world.cloud_db("SELECT sha256 FROM files WHERE name = 'stalled.bin'")):
+        assert time.monotonic() < deadline, "never reached the cloud"
+        time.sleep(0.2)
+    assert stored[0]["sha256"] == hashlib.sha256(content).hexdigest()
+    assert throttle.to_edge() < size + (16 << 20) + (1 << 20)

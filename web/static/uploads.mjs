@@ -7,7 +7,8 @@ import { Uppy, Dashboard, Tus, GoldenRetriever } from './vendor/uppy.min.mjs';
 import { API, getCsrfToken, h, size, duration } from './lib.mjs';
 
 //: No progress for this long while uploading: abort, ask the edge for the offset, go on.
-const STALL_MS = 30000;
+//: (localStorage 'relay.stall_ms' overrides it, at least 1 s: for tests and odd networks.)
+const STALL_MS = Math.max(1000, Number(localStorage.getItem('relay.stall_ms')) || 30000);
 //: tus-js-client's own retries, each a fresh HEAD for the offset then PATCH.
 const RETRY_DELAYS = [0, 1000, 3000, 5000, 10000, 20000, 30000];
 
@@ -72,6 +73,10 @@ function make() {
   });
   instance.on('upload-progress', (file, progress) => { setProgress(file, progress.bytesUploaded ?? 0); renderList(); });
   instance.on('upload-success', (file) => { tracking.delete(file.id); renderList(); });
+  // A pause is not a stall: the clock starts again when it resumes.
+  const restartClock = (fileId) => { const seen = tracking.get(fileId); if (seen) seen.last = Date.now(); renderList(); };
+  instance.on('upload-pause', (fileId) => restartClock(fileId?.id ?? fileId));
+  instance.on('resume-all', () => { for (const seen of tracking.values()) seen.last = Date.now(); });
   instance.on('upload-error', async (file, error) => {
     renderList();
     if (!file || !retryable(error)) return;
