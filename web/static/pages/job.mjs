@@ -140,10 +140,11 @@ export function render(container, [jobId], context) {
       ...fact('Submitted', when(job.created_at)),
       ...fact('Started', when(job.started_at)),
       ...fact('Finished', when(job.finished_at)),
-      ...fact('Inputs', `${(job.inputs ?? []).length} files`),
+      ...(job.inputs ? fact('Inputs', `${job.inputs.length} ${job.inputs.length === 1 ? 'file' : 'files'}`) : []),
       ...(job.error ? fact('Error', job.error) : []));
     bar.value = job.progress ?? 0;
-    cancel.hidden = FINAL.has(job.state) || job.pending === 'cancel';
+    // A submission still pending cannot be cancelled yet; a cancel pending is on its way.
+    cancel.hidden = FINAL.has(job.state) || Boolean(job.pending);
     results.replaceChildren(...(job.results ?? []).map((r) => h('li', { 'data-result': r.name },
       h('a', { href: `${API}/files/${r.id}/content`, download: r.name }, r.name), ` ${size(r.size)}`,
       r.sha256 ? h('span', { class: 'muted' }, ` sha256 ${r.sha256.slice(0, 12)}…`) : null)));
