@@ -178,7 +178,7 @@ def edge_service(
     job_watch.add_routes(web.app, identity)
     streams = api_routes(
         web.app, identity, db, replica.CommandIssuer(bridge.outbox, reactor), hub, bridge.outbox.wake,
-        reactor, cpu.run, streams_per_user=config.web.max_streams_per_user,
+        reactor, cpu.run, link=bridge.link_state, streams_per_user=config.web.max_streams_per_user,
     )
     streams.setServiceParent(root)
     # Upload bodies stream to the spool instead of being buffered whole;

@@ -75,6 +75,7 @@ class Bridge(MultiService):
         self._unhealthy_after = unhealthy_after
         # Down from the start until the link first comes up.
         self._down_since: float | None = reactor.seconds()
+        self._up_since: float | None = None
         self._consume = consume
         self._declare = list(dict.fromkeys([*declare, consume]))
         self._prefetch = prefetch
@@ -164,8 +165,19 @@ class Bridge(MultiService):
         self.outbox.attach(channel)
         await consuming
 
+    def link_state(self) -> tuple[str, float | None]:
+        """
+        The link as the status bar shows it: C{up} (since when), C{connecting}
+        (a connection is being set up; down since when) or C{down} (since
+        when; since the start if it never came up).
+        """
+        if self.link.health.connected:
+            return "up", self._up_since
+        return ("connecting" if self.link.connecting else "down"), self._down_since
+
     def _up(self) -> None:
         self._down_since = None
+        self._up_since = self._reactor.seconds()
         for hook in self._up_hooks:
             try:
                 hook()
@@ -188,6 +200,7 @@ class Bridge(MultiService):
     def _disconnected(self, reason: Failure) -> None:
         if self._down_since is None:
             self._down_since = self._reactor.seconds()
+        self._up_since = None
         self.outbox.detach()
 
     def _consumer_cancelled(self, consumer_tag: str) -> None:

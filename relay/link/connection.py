@@ -258,6 +258,12 @@ class LinkService(Service):
         )
 
     @property
+    def connecting(self) -> bool:
+        """A connection is open and its handshake not done yet."""
+        session = self._session
+        return session is not None and not session.ready
+
+    @property
     def channel(self) -> Channel | None:
         """The ready channel, or None while the link is down."""
         session = self._session

@@ -46,6 +46,7 @@ from relay.edge.web.guard import answer, authenticated
 from relay.edge.web.keys import ApiKeys
 from relay.edge.web.password import PasswordChange
 from relay.edge.web.routes import api_route
+from relay.edge.web.status import LinkState, StatusBoard
 from relay.edge.web.stream import EventStreams
 from relay.permissions import Refused
 from relay.sync_messages import (
@@ -403,15 +404,17 @@ def _file(conn: Any, user_id: str, file_id: str) -> dict[str, Any] | None:
 
 def api_routes(
     app: Klein, identity: Identity, db: Database, issuer: CommandIssuer, hub: EventHub,
-    wake: Callable[[], object], clock: IReactorTime, cpu: CpuRunner, *,
+    wake: Callable[[], object], clock: IReactorTime, cpu: CpuRunner, *, link: LinkState,
     cost: ScryptCost = DEFAULT_COST, heartbeat: float = 15.0, streams_per_user: int = 8,
 ) -> EventStreams:
     """
     Add the API's routes (projects, members, jobs, files, notices,
-    password, API keys, events) to the edge's app.  Returns the event streams'
-    service: add it to the service tree so that stopping ends them.
+    password, API keys, status, events, the OpenAPI document) to the
+    edge's app.  Returns the event streams' service (with the status board
+    its child): add it to the service tree so that stopping ends them.
 
     @param wake: the outbox's C{wake}.
+    @param link: the link's state (L{relay.link.bridge.Bridge.link_state}).
     @param cpu: runs scrypt off the reactor thread.
     @param streams_per_user: open event streams one user may have.
     """
@@ -421,4 +424,7 @@ def api_routes(
     PasswordChange(identity, db, issuer, hub, wake, clock, cpu, cost=cost).routes(app)
     streams = EventStreams(hub, identity, clock, heartbeat=heartbeat, per_user=streams_per_user)
     streams.routes(app)
+    board = StatusBoard(db, hub, clock, link, streams.users)
+    board.routes(app, identity)
+    board.setServiceParent(streams)
     return streams

@@ -25,7 +25,7 @@ from collections import Counter
 from typing import Any
 
 from klein import Klein
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -51,10 +51,12 @@ def frame(event_id: int, kind: str, data: dict[str, Any]) -> bytes:
     return f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-class EventStreams(Service):
+class EventStreams(MultiService):
     """
     The open event streams; stopping the service ends them (so that a
-    stopping edge does not wait for browsers to go away).
+    stopping edge does not wait for browsers to go away).  Services that
+    tell the streams' users of changes (L{relay.edge.web.status}) are its
+    children.
     """
 
     log = Logger()
@@ -63,6 +65,7 @@ class EventStreams(Service):
         self, hub: EventHub, identity: Identity, clock: IReactorTime, heartbeat: float = HEARTBEAT,
         per_user: int = 8,
     ) -> None:
+        super().__init__()
         self._hub = hub
         self._identity = identity
         self._clock = clock
@@ -75,10 +78,15 @@ class EventStreams(Service):
     def open(self) -> int:
         return len(self._open)
 
-    def stopService(self) -> None:
-        super().stopService()
+    def users(self) -> list[str]:
+        """The users with an open stream."""
+        return list(self._by_user)
+
+    def stopService(self) -> Deferred[None]:
+        stopped = super().stopService()
         for ended in list(self._open):
             ended.callback(None)
+        return stopped  # type: ignore[no-any-return]
 
     def routes(self, app: Klein) -> None:
         @api_route(app, "/events", ["GET"])

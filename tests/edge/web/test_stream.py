@@ -41,7 +41,7 @@ class StreamTests(ApiWorld):
         self.treq.flush()
         response = self.successResultOf(d)
         self.assertEqual(response.code, 401)
-        self.assertEqual(self.hub.subscribers, 3)  # only the test's own
+        self.assertEqual(self.hub.subscribers, self.quiet)  # the test's own and the status board's
 
     def test_frames_one_write_per_event_for_the_caller_only(self) -> None:
         response, chunks = self.open()
@@ -63,7 +63,7 @@ class StreamTests(ApiWorld):
 
     def test_heartbeat_and_unsubscribe_when_the_client_goes_away(self) -> None:
         response, chunks = self.open()
-        self.assertEqual(self.hub.subscribers, 4)
+        self.assertEqual(self.hub.subscribers, self.quiet + 1)
         del chunks[:]
         self.clock.advance(15)
         self.treq.flush()
@@ -71,10 +71,11 @@ class StreamTests(ApiWorld):
         response.original.original._transport.stopProducing()
         self.treq.flush()
         self.failureResultOf(self.done)
-        self.assertEqual(self.hub.subscribers, 3)
+        self.assertEqual(self.hub.subscribers, self.quiet)
         self.assertEqual(self.streams.open, 0)
         self.clock.advance(60)  # no heartbeat writes to a closed request
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        # Only the status board's look at the link is left.
+        self.assertEqual([c.func for c in self.clock.getDelayedCalls()], [self.streams.services[0]._poll])
 
     def test_stream_ends_with_the_session(self) -> None:
         response, chunks = self.open()
@@ -86,7 +87,7 @@ class StreamTests(ApiWorld):
         self.clock.advance(15)
         self.treq.flush()
         self.successResultOf(self.done)
-        self.assertEqual(self.hub.subscribers, 3)
+        self.assertEqual(self.hub.subscribers, self.quiet)
 
     def test_last_event_id_resumes_or_resets(self) -> None:
         self.hub.publish(self.alice["id"], "a", {})
@@ -106,7 +107,8 @@ class StreamTests(ApiWorld):
         self.streams.stopService()
         self.treq.flush()
         self.successResultOf(self.done)
-        self.assertEqual(self.hub.subscribers, 3)
+        self.assertEqual(self.hub.subscribers, self.quiet - 1, "the status board stopped watching")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
         d = self.treq.get(BASE + "/api/events", headers={"Cookie": [f"relay_session={self.session('alice')[0]}"]})
         self.treq.flush()
         self.assertEqual(self.successResultOf(d).code, 503)

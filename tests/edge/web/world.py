@@ -71,13 +71,17 @@ class ApiWorld(SynchronousTestCase):
         for user in (self.alice, self.bob, self.carol):
             self.seen[user["name"]] = []
             self.hub.subscribe(user["id"], self.seen[user["name"]].append)
+        #: What the link's state is, as the bridge would say.
+        self.link: tuple[str, float | None] = ("up", self.clock.seconds())
         self.app = Klein()
         self.edge.identity.routes(self.app)
         self.streams = api_routes(
             self.app, self.edge.identity, self.edge.db, self.edge.issuer, self.hub, self.edge.outbox.wake,
-            self.clock, inline, cost=TEST_COST,
+            self.clock, inline, cost=TEST_COST, link=lambda: self.link,
         )
         self.streams.startService()
+        #: The hub's subscribers without any stream open.
+        self.quiet = self.hub.subscribers
         self.resource = self.app.resource()
         self.sessions: dict[str, tuple[str, str]] = {}
         self._treq: StubTreq | None = None
