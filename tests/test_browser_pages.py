@@ -67,6 +67,17 @@ def test_a_project_shared_uploaded_into_and_a_job_followed_to_its_result(
     bob = page.locator("#members tr[data-member=bob]")
     expect(bob).to_be_visible(timeout=5_000)
     expect(bob.locator(".state")).to_have_text("saved", timeout=30_000)
+    # A viewer, then a member again: each change pending, then saved.
+    # bob made a viewer: the cloud has it, and the edge shows it settled.
+    bob.locator("select.role").select_option("viewer")
+    deadline = time.monotonic() + 30
+    while world.cloud_db("SELECT role FROM members WHERE project_id = ? AND user_id = ?",
+                         (project_id, world.users["bob"]))[0]["role"] != "viewer":
+        assert time.monotonic() < deadline, "the role never changed in the cloud"
+        time.sleep(0.2)
+    expect(bob.locator(".state")).to_have_text("saved", timeout=30_000)
+    page.reload()
+    expect(page.locator("#members tr[data-member=bob] select.role")).to_have_value("viewer", timeout=30_000)
 
     # Three files dropped onto the project reach the cloud.
     contents = {f"part-{n}.bin": os.urandom((n + 1) * 300_000) for n in range(3)}
@@ -155,6 +166,7 @@ def test_with_the_link_cut_pages_answer_and_changes_wait_then_settle_once(
     expect(page).to_have_url(re.compile(r"#/jobs/[0-9a-f]{32}$"))
     job_id = page.url.rsplit("/", 1)[1]
     expect(page.locator("#job-facts [data-fact=State]")).to_contain_text("pending")
+    expect(page.locator("#cancel-job")).to_be_hidden()
     expect(page.locator("#statusbar")).to_contain_text("2 changes")
     shoot(page, "job-link-down")
     assert world.link.down and time.monotonic() - cut_at < 60

@@ -140,7 +140,7 @@ export function render(container, [jobId], context) {
       ...fact('Submitted', when(job.created_at)),
       ...fact('Started', when(job.started_at)),
       ...fact('Finished', when(job.finished_at)),
-      ...(job.inputs ? fact('Inputs', `${job.inputs.length} ${job.inputs.length === 1 ? 'file' : 'files'}`) : []),
+      ...(job.inputs && job.pending !== 'submit' ? fact('Inputs', `${job.inputs.length} ${job.inputs.length === 1 ? 'file' : 'files'}`) : []),
       ...(job.error ? fact('Error', job.error) : []));
     bar.value = job.progress ?? 0;
     // A submission still pending cannot be cancelled yet; a cancel pending is on its way.
