@@ -12,6 +12,7 @@ committed) for a reviewer to look at.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -35,6 +36,31 @@ PASSWORDS = {"alice": "correct horse battery staple", "bob": "bob's own long pas
 #: The shipped job kinds (etc/cloud.toml's [jobs] tables), with a short lease.
 JOBS_TOML = "[jobs]\n" + (ROOT / "etc" / "cloud.toml").read_text().split("\n[jobs]\n", 1)[1].replace(
     "lease = 15.0", "lease = 4.0")
+#: Lines a chatty job prints, one every 40 ms (about 6 s).
+CHATTY_LINES = 150
+#: Two kinds of the tests' own: one that prints many lines, one whose form
+#: has a field of every kind a schema may give.
+TEST_KINDS = f"""
+[jobs.kinds.chatty]
+description = "Prints {CHATTY_LINES} numbered lines."
+command = ["sh", "-c", "i=1; while [ $i -le {CHATTY_LINES} ]; do echo \\"line $i of the log\\"; sleep 0.04; i=$((i + 1)); done"]
+results = []
+
+[jobs.kinds.echo]
+description = "Says its parameters."
+command = ["sh", "-c", "echo \\"name=$0 count=$1 ratio=$2 loud=$3 mode=$4\\"", "{{name}}", "{{count}}", "{{ratio}}", "{{loud}}", "{{mode}}"]
+results = []
+
+[jobs.kinds.echo.parameters]
+type = "object"
+additionalProperties = false
+required = ["name"]
+properties.name = {{ type = "string", pattern = "^[a-z-]+$", maxLength = 20, description = "Who to greet." }}
+properties.count = {{ type = "integer", minimum = 1, maximum = 5, default = 2 }}
+properties.ratio = {{ type = "number", default = 0.5 }}
+properties.loud = {{ type = "boolean", default = true }}
+properties.mode = {{ enum = ["fast", "slow"], default = "slow" }}
+"""
 
 
 class AmqpLink:
@@ -69,6 +95,40 @@ class AmqpLink:
         assert self.down
         self.process.send_signal(signal.SIGUSR2)
         self.down = False
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+class Throttle:
+    """
+    The link emulator in front of the edge's web port, at C{rate} bytes a
+    second per connection (0: as fast as it goes); SIGUSR1 resets every
+    connection, SIGUSR2 toggles a stall.
+    """
+
+    def __init__(self, upstream: str, log: Path, rate: int = 0) -> None:
+        self.port = free_port()
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "relay.testing.linkemu", "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+             "--connect", f"tcp:127.0.0.1:{upstream.rsplit(':', 1)[1]}", "--rate-kbps", str(rate * 8 / 1000),
+             "--stats-interval-s", "0.2"],
+            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while "linkemu" not in log.read_text(errors="replace"):
+            assert self.process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+
+    def counter(self, name: str) -> int:
+        """The latest value of one of the emulator's counters, from its log."""
+        found = re.findall(rf"{name}=(\d+)", self.log.read_text(errors="replace"))
+        return int(found[-1]) if found else 0
+
+    def to_edge(self) -> int:
+        return self.counter("bytes_to_upstream")
 
     def stop(self) -> None:
         self.process.terminate()
@@ -115,7 +175,7 @@ def world(tmp_path: Path) -> Iterator[World]:
                "credentials_file": str(credentials)},
     })
     with cloud_config.open("a") as config:
-        config.write("\n" + JOBS_TOML)  # work_dir is relative: under tmp_path
+        config.write("\n" + JOBS_TOML + TEST_KINDS)  # work_dir is relative: under tmp_path
     edge_config = write_config(tmp_path / "edge.toml", {
         "edge": {"id": "browser", "listen": f"tcp:{edge_port}:interface=127.0.0.1",
                  "data_dir": str(tmp_path / "edge"), "web_dir": str(ROOT / "web")},

@@ -16,8 +16,6 @@ import hashlib
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,43 +23,15 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import BrowserContext, Page, Playwright, expect, sync_playwright
 
-from relay.testing.s3servers import free_port
-
-from .browser_world import CHROMIUM, PASSWORDS, World, shoot, world  # noqa: F401
+from .browser_world import CHROMIUM, PASSWORDS, Throttle, World, shoot, world  # noqa: F401
 
 SIZE = 64 << 20
 RATE = 8 << 20
 
 
-class Throttle:
-    """The link emulator in front of the edge's web port, at C{RATE} per connection."""
-
-    def __init__(self, upstream: str, log: Path) -> None:
-        self.port = free_port()
-        self.log = log
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "relay.testing.linkemu", "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-             "--connect", f"tcp:127.0.0.1:{upstream.rsplit(':', 1)[1]}", "--rate-kbps", str(RATE * 8 / 1000),
-             "--stats-interval-s", "0.2"],
-            stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while "linkemu" not in log.read_text(errors="replace"):
-            assert self.process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-
-    def to_edge(self) -> int:
-        found = re.findall(r"bytes_to_upstream=(\d+)", self.log.read_text(errors="replace"))
-        return int(found[-1]) if found else 0
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
 @pytest.fixture
 def throttle(world: World, tmp_path: Path) -> Iterator[Throttle]:  # noqa: F811
-    emulator = Throttle(world.edge_url, tmp_path / "linkemu-web.log")
+    emulator = Throttle(world.edge_url, tmp_path / "linkemu-web.log", RATE)
     try:
         yield emulator
     finally:

@@ -3,6 +3,16 @@
 
 import { api, h, reason, say, size } from '../lib.mjs';
 
+/**
+ * The schema's pattern as an HTML pattern attribute, when the browser can
+ * take it (it compiles patterns with the `v` flag, stricter than JSON
+ * Schema's); else none: the edge checks the pattern anyway.
+ */
+function htmlPattern(pattern) {
+  if (typeof pattern !== 'string') return null;
+  try { new RegExp(pattern, 'v'); return pattern; } catch { return null; }
+}
+
 /** One form control for one property of the kind's schema. */
 function field(name, schema, required) {
   const id = `param-${name}`;
@@ -24,7 +34,7 @@ function field(name, schema, required) {
     control.dataset.type = schema.type;
   } else {
     control = h('input', { ...common, type: 'text', value: schema.default ?? null,
-      minlength: schema.minLength ?? null, maxlength: schema.maxLength ?? null, pattern: schema.pattern ?? null });
+      minlength: schema.minLength ?? null, maxlength: schema.maxLength ?? null, pattern: htmlPattern(schema.pattern) });
     control.dataset.type = 'string';
   }
   return h('div', { class: 'field' }, h('label', { for: id }, label, required ? ' (required)' : ''), control, help);
