@@ -163,3 +163,60 @@ def test_a_stalled_upload_is_aborted_and_resumed_from_the_edges_offset(
         time.sleep(0.2)
     assert stored[0]["sha256"] == hashlib.sha256(content).hexdigest()
     assert throttle.to_edge() < size + (16 << 20) + (1 << 20)
+
+
+CLEAR_BLOBS = """() => new Promise((resolve, reject) => {
+  const opened = indexedDB.open('uppy-blobs');
+  opened.onsuccess = () => {
+    const done = opened.result.transaction('files', 'readwrite').objectStore('files').clear();
+    done.onsuccess = () => resolve(true);
+    done.onerror = () => reject(done.error);
+  };
+  opened.onerror = () => reject(opened.error);
+})"""
+
+
+def test_a_file_that_cannot_be_restored_is_named_and_resumes_when_added_again(
+    world: World, throttle: Throttle, playwright: Playwright, tmp_path: Path  # noqa: F811
+) -> None:
+    """
+    The browser lost Golden Retriever's copy of the file (storage cleared)
+    before a reload: the page names the file instead of dropping it in
+    silence; added again, it goes on from the edge's offset.
+    """
+    size = 48 << 20
+    content = os.urandom(size)
+    lost = tmp_path / "lost.bin"
+    lost.write_bytes(content)
+    base = f"http://127.0.0.1:{throttle.port}"
+    context, page = open_browser(playwright, tmp_path / "profile")
+    page.goto(base + "/")
+    page.fill("#login-form input[name=name]", "alice")
+    page.fill("#login-form input[name=password]", PASSWORDS["alice"])
+    page.click("#login-form button[type=submit]")
+    page.locator("#nav-projects a").first.click()
+    page.locator("#dashboard input[type=file]").first.set_input_files(str(lost))
+    page.click(".uppy-StatusBar-actionBtn--upload")
+    at_reload = wait_for_offset(world, 16 << 20)
+    assert page.evaluate(CLEAR_BLOBS) is True
+    page.reload()
+    page.locator("#nav-projects a").first.click()
+    ghosts = page.locator("#upload-ghosts")
+    expect(ghosts).to_contain_text("could not be restored", timeout=10_000)
+    expect(ghosts).to_contain_text("lost.bin")
+    shoot(page, "upload-not-restored")
+    # As a person would: "Add more", then the same file.
+    page.click("#dashboard .uppy-DashboardContent-addMore")
+    page.locator("#dashboard input[type=file]").first.set_input_files(str(lost))
+    upload = page.locator(".uppy-StatusBar-actionBtn--upload")
+    if upload.count():
+        upload.click()
+    expect(ghosts).to_be_empty(timeout=10_000)
+    expect(page.locator("#files tbody tr", has_text="lost.bin")).to_have_attribute(
+        "data-state", re.compile("staged|transferring|in_cloud"), timeout=40_000)
+    context.close()
+    [row] = world.edge_db("SELECT \"offset\" FROM uploads WHERE filename = 'lost.bin'")
+    assert row["offset"] == size
+    sent = throttle.to_edge()
+    print(f"sent {sent} for {size}, {at_reload} at the edge at the reload")
+    assert sent < size + (16 << 20) + (1 << 20), sent
