@@ -96,3 +96,42 @@ def test_the_pages_on_a_phone_and_by_keyboard(world: World, browser: Browser) ->
     for landmark in ["banner", "navigation", "main", "contentinfo"]:
         assert desk.get_by_role(landmark).count() >= 1 or landmark == "contentinfo", landmark
     expect(desk.get_by_role("status", name="Link to the cloud")).to_be_visible()
+
+
+def test_a_project_renamed_and_deleted_and_a_file_deleted(world: World, browser: Browser, tmp_path: Path) -> None:  # noqa: F811
+    page = new_page(browser)
+    page.on("dialog", lambda dialog: dialog.accept())
+    log_in(page, world.edge_url, "alice")
+    home = page.locator("#projects tbody tr", has_text="Home")
+    expect(home.locator("button", has_text="Rename")).to_be_visible()
+    expect(home.locator("button", has_text="Delete")).to_have_count(0)  # a default project stays
+    page.fill("#new-project input[name=name]", "Draft")
+    page.click("#new-project button[type=submit]")
+    row = page.locator("#projects tbody tr", has_text="Draft")
+    expect(row.locator(".state")).to_have_text("saved", timeout=30_000)
+    project_id = row.get_attribute("data-project")
+
+    row.locator("button", has_text="Rename").click()
+    page.fill("#projects form.rename input[name=name]", "Final")
+    page.click("#projects form.rename button[type=submit]")
+    renamed = page.locator(f"#projects tbody tr[data-project='{project_id}']")
+    expect(renamed.locator("th a")).to_have_text("Final")
+    expect(renamed.locator(".state")).to_have_text("saved", timeout=30_000)
+    expect(page.locator("#nav-projects a", has_text="Final")).to_be_visible()
+    assert world.cloud_db("SELECT name FROM projects WHERE id = ?", (project_id,))[0]["name"] == "Final"
+
+    # A file in it, deleted.
+    renamed.locator("th a").click()
+    (tmp_path / "old.txt").write_bytes(b"old\n")
+    page.locator("#dashboard input[type=file]").first.set_input_files(str(tmp_path / "old.txt"))
+    page.click(".uppy-StatusBar-actionBtn--upload")
+    expect(page.locator("#files tbody tr a.download")).to_have_count(1, timeout=60_000)
+    page.locator("#files tbody tr", has_text="old.txt").locator("button.delete-file").click()
+    expect(page.locator("#files tbody tr", has_text="old.txt")).to_have_count(0, timeout=30_000)
+    assert world.cloud_db("SELECT id FROM files WHERE project_id = ?", (project_id,)) == []
+
+    page.goto(world.edge_url + "/#/projects")
+    page.locator(f"#projects tbody tr[data-project='{project_id}']").locator("button", has_text="Delete").click()
+    expect(page.locator(f"#projects tbody tr[data-project='{project_id}']")).to_have_count(0, timeout=30_000)
+    expect(page.locator("#nav-projects a", has_text="Final")).to_have_count(0)
+    assert world.cloud_db("SELECT id FROM projects WHERE id = ?", (project_id,)) == []

@@ -8,6 +8,8 @@ import { mountUploader, onUploadEvent } from '../uploads.mjs';
 const UPLOAD_STATES = { in_cloud: 'in the cloud', receiving: 'receiving', staged: 'at the edge', transferring: 'at the edge', failed: 'at the edge' };
 const CACHE_WORDS = { cached: 'cached here', fetching: 'fetching', remote: 'not cached here' };
 
+const listedFiles = new Set(JSON.parse(sessionStorage.getItem('relay.listed_files') ?? '[]'));
+
 function progress(value, label) {
   return h('progress', { max: '1', value: String(value ?? 0), 'aria-label': label });
 }
@@ -59,9 +61,17 @@ export function render(container, [projectId], context) {
       h('td', { class: 'cache', 'data-cache': cache ?? '' }, CACHE_WORDS[cache] ?? '',
         cache === 'fetching' && file.cache.size ? ` ${Math.round(100 * file.cache.fetched / file.cache.size)}%` : ''),
       h('td', {}, file.uploaded_by ?? (file.kind === 'result' ? 'a job' : '')),
-      h('td', {}, h('a', { href: `${API}/files/${file.id}/content`, download: file.name, class: 'download' },
-        'Download', h('span', { class: 'visually-hidden' }, ` ${file.name}`))));
+      h('td', { class: 'actions' }, h('a', { href: `${API}/files/${file.id}/content`, download: file.name, class: 'download' },
+        'Download', h('span', { class: 'visually-hidden' }, ` ${file.name}`)),
+      canWrite() && !file.pending ? [' ', h('button', { type: 'button', class: 'danger delete-file', onclick: async () => {
+        if (!window.confirm(`Delete ${file.name}?`)) return;
+        const answer = await api('DELETE', `files/${file.id}`);
+        say(error, answer.ok ? '' : reason(answer), 'error');
+        await load();
+      } }, 'Delete', h('span', { class: 'visually-hidden' }, ` ${file.name}`))] : null));
   }
+
+  function canWrite() { return project?.role === 'owner' || project?.role === 'member'; }
 
   function uploadRow(upload) {
     const received = upload.length ? upload.offset / upload.length : 0;
@@ -144,9 +154,15 @@ export function render(container, [projectId], context) {
     const known = new Set(stored.map((f) => f.id));
     const coming = (uploads.ok ? uploads.body.uploads ?? [] : [])
       .filter((u) => u.project === projectId && u.state !== 'in_cloud' && !known.has(u.id));
-    // An upload the cloud has but whose row has not reached the edge yet still shows as an upload.
+    // An upload the cloud has just confirmed, whose row has not reached the
+    // edge yet, still shows as an upload (for a minute: after that a missing
+    // row means the file was deleted).
+    // A file this tab has listed and no longer sees was deleted.
+    for (const id of known) listedFiles.add(id);
+    sessionStorage.setItem('relay.listed_files', JSON.stringify([...listedFiles].slice(-5000)));
     const arrived = (uploads.ok ? uploads.body.uploads ?? [] : [])
-      .filter((u) => u.project === projectId && u.state === 'in_cloud' && !known.has(u.id));
+      .filter((u) => u.project === projectId && u.state === 'in_cloud' && !known.has(u.id)
+        && !listedFiles.has(u.id) && Date.now() - Date.parse(u.updated) < 60000);
     files.replaceChildren(...coming.map(uploadRow), ...arrived.map(uploadRow), ...stored.map(fileRow));
     if (!files.children.length) files.append(h('tr', {}, h('td', { colspan: '6' }, 'No files yet: drop some below.')));
     members.replaceChildren(...(project.members ?? []).map(memberRow));
