@@ -41,6 +41,7 @@ from relay.edge.replica.pending import (
     project_for,
     projects_for,
 )
+from relay.edge.web import openapi
 from relay.edge.web.errors import REFUSAL_STATUS, json_routing_errors
 from relay.edge.web.guard import answer, authenticated
 from relay.edge.web.keys import ApiKeys
@@ -419,6 +420,7 @@ def api_routes(
     @param streams_per_user: open event streams one user may have.
     """
     json_routing_errors(app)
+    openapi.routes(app)
     EdgeApi(identity, db, issuer, hub, wake).routes(app)
     ApiKeys(identity, db, issuer, hub, wake).routes(app)
     PasswordChange(identity, db, issuer, hub, wake, clock, cpu, cost=cost).routes(app)
