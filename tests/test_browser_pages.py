@@ -168,6 +168,19 @@ def test_with_the_link_cut_pages_answer_and_changes_wait_then_settle_once(
     expect(page.locator("#job-facts [data-fact=State]")).to_contain_text("pending")
     expect(page.locator("#cancel-job")).to_be_hidden()
     expect(page.locator("#statusbar")).to_contain_text("2 changes")
+    # A file dropped meanwhile waits at the edge; the status bar names each thing waiting.
+    page.goto(world.edge_url + f"/#/projects/{project_id}")
+    (tmp_path / "during-cut.txt").write_bytes(b"written while the link was down\n")
+    drop_files(page, [tmp_path / "during-cut.txt"])
+    expect(page.locator("#files tbody tr", has_text="during-cut.txt").locator(".state")).to_contain_text(
+        "at the edge", timeout=20_000)
+    page.click("#statusbar details summary")
+    waiting = page.locator("#statusbar details li")
+    expect(waiting.filter(has_text="create project Made while cut off")).to_have_count(1)
+    expect(waiting.filter(has_text="submit a checksum job")).to_have_count(1)
+    expect(waiting.filter(has_text="during-cut.txt")).to_contain_text("to send")
+    shoot(page, "project-link-down-waiting")
+    page.goto(world.edge_url + f"/#/jobs/{job_id}")
     shoot(page, "job-link-down")
     assert world.link.down and time.monotonic() - cut_at < 60
 
@@ -179,7 +192,10 @@ def test_with_the_link_cut_pages_answer_and_changes_wait_then_settle_once(
     expect(page.locator(f"#projects tbody tr[data-project='{pending_id}'] .state")).to_have_text("saved", timeout=30_000)
     expect(page.locator("#statusbar")).to_contain_text("0 changes")
     shoot(page, "projects-link-restored")
+    expect(page.locator("#statusbar")).not_to_contain_text("to send", timeout=30_000)
     # Nothing lost, nothing doubled.
+    [arrived] = world.cloud_db("SELECT sha256 FROM files WHERE name = 'during-cut.txt'")
+    assert arrived["sha256"] == hashlib.sha256(b"written while the link was down\n").hexdigest()
     assert len(world.cloud_db("SELECT id FROM projects WHERE name = 'Made while cut off'")) == 1
     assert len(world.cloud_db("SELECT id FROM jobs WHERE id = ?", (job_id,))) == 1
     assert len(world.cloud_db("SELECT id FROM jobs WHERE project_id = ?", (project_id,))) == 1

@@ -18,6 +18,14 @@ export function edgeIsReachable() { return edgeReachable; }
 
 const LINK_WORDS = { up: 'Link to the cloud: up', down: 'Link to the cloud: down', connecting: 'Link to the cloud: reconnecting' };
 
+const UPLOAD_WORDS = { receiving: 'being received', staged: 'at the edge', transferring: 'on its way to the cloud', failed: 'at the edge, transfer failed' };
+
+function itemState(item) {
+  if (item.kind !== 'upload') return item.state === 'pending' ? 'waiting for the cloud' : (item.state ?? '');
+  const words = UPLOAD_WORDS[item.state] ?? item.state ?? '';
+  return item.bytes ? `${words}, ${size(item.bytes)} to send` : words;
+}
+
 function render() {
   const bar = document.getElementById('statusbar');
   if (bar === null) return;
@@ -40,7 +48,7 @@ function render() {
     ? h('p', { class: 'link-down' }, 'Changes are saved here and will reach the cloud when the link is back.')
     : null;
   const items = (pending.items ?? []).slice(0, 20).map((item) => h('li', { 'data-kind': item.kind ?? '', 'data-id': item.id ?? '' },
-    `${item.label ?? item.kind ?? ''}: ${item.state ?? ''}`, item.since ? ` (since ${when(item.since)})` : ''));
+    `${item.label ?? item.kind ?? ''}: ${itemState(item)}`, item.since ? ` (since ${when(item.since)})` : ''));
   const more = (pending.items ?? []).length > 20 ? h('li', {}, `and ${pending.items.length - 20} more`) : null;
   const details = items.length
     ? h('details', { class: 'pending-items' }, h('summary', {}, `${pending.items.length} waiting`), h('ul', {}, items, more))

@@ -71,6 +71,13 @@ export function render(container, [projectId], context) {
       } }, 'Delete', h('span', { class: 'visually-hidden' }, ` ${file.name}`))] : null));
   }
 
+  /** A user's name, from the project's members (an id only when they left). */
+  function memberName(userId) {
+    if (userId == null) return '';
+    if (userId === context.user?.id) return context.user.name;
+    return (project?.members ?? []).find((m) => m.user_id === userId)?.name ?? userId.slice(0, 8);
+  }
+
   function canWrite() { return project?.role === 'owner' || project?.role === 'member'; }
 
   function uploadRow(upload) {
@@ -132,7 +139,7 @@ export function render(container, [projectId], context) {
       h('td', { class: 'state' }, job.pending ? pendingLabel(job.pending) : job.state),
       h('td', {}, progress(job.progress, `progress of ${job.kind} ${job.id.slice(0, 8)}`)),
       h('td', {}, when(job.created_at)),
-      h('td', {}, job.submitted_by_name ?? job.submitted_by ?? ''));
+      h('td', {}, job.submitted_by_name ?? memberName(job.submitted_by)));
   }
 
   async function load() {
