@@ -29,6 +29,12 @@ def test_a_second_user_sees_only_their_projects(world: World, browser: Browser, 
     expect(link).to_have_count(1, timeout=60_000)
     file_id = alice.locator("#files tbody tr[data-file]").first.get_attribute("data-file")
 
+    token = alice.evaluate("fetch('/api/v1/me').then(r => r.json()).then(b => b.csrf_token)")
+    submitted = alice.request.post(world.edge_url + "/api/v1/jobs", headers={"X-CSRF-Token": token},
+                                   data={"project_id": secret, "kind": "echo", "parameters": {"name": "x"}})
+    assert submitted.status == 202, submitted.text()
+    job_id = submitted.json()["job"]["id"]
+
     bob = new_page(browser)
     log_in(bob, world.edge_url, "bob")
     expect(bob.locator("#projects tbody tr")).to_have_count(1)  # his own
@@ -40,12 +46,16 @@ def test_a_second_user_sees_only_their_projects(world: World, browser: Browser, 
     shoot(bob, "project-of-another-user")
     for method, path in [("GET", f"/api/v1/projects/{secret}"), ("GET", f"/api/v1/files/{file_id}/content"),
                          ("PATCH", f"/api/v1/projects/{secret}"), ("DELETE", f"/api/v1/projects/{secret}"),
-                         ("POST", f"/api/v1/projects/{secret}/members")]:
+                         ("POST", f"/api/v1/projects/{secret}/members"), ("GET", f"/api/v1/jobs/{job_id}"),
+                         ("GET", f"/api/v1/jobs/{job_id}/log"), ("POST", f"/api/v1/jobs/{job_id}/cancel"),
+                         ("DELETE", f"/api/v1/files/{file_id}"), ("GET", f"/api/v1/jobs?project={secret}")]:
         answer = bob.request.fetch(world.edge_url + path, method=method, data={"name": "bob", "role": "member"},
                                    headers={"X-CSRF-Token": bob.evaluate("fetch('/api/v1/me').then(r => r.json())"
                                                                          ".then(b => b.csrf_token)")})
         assert answer.status == 404, (method, path, answer.status, answer.text())
         assert answer.json()["code"] == "not_found"
+    bob.goto(world.edge_url + f"/#/jobs/{job_id}")
+    expect(bob.locator("#page h1")).to_have_text("No such job")
     listed = bob.request.get(world.edge_url + f"/api/v1/files?project={secret}")
     assert listed.status == 404 or listed.json()["files"] == []
     # Once alice adds him as a viewer, it is his to see (not to change).
@@ -58,7 +68,8 @@ def test_a_second_user_sees_only_their_projects(world: World, browser: Browser, 
     expect(bob.locator("#page p.muted").first).to_contain_text("Your role: viewer")
     expect(bob.locator("#upload-section")).to_be_hidden()
     expect(bob.locator("#new-job")).to_be_hidden()
-    expect(bob.locator("#files tbody tr a.download")).to_have_count(1)
+    expect(bob.locator("#files tbody tr", has_text="plans.txt").locator("a.download")).to_have_count(1)
+    expect(bob.locator(f"#jobs tr[data-job='{job_id}']")).to_be_visible()
 
 
 def test_the_pages_on_a_phone_and_by_keyboard(world: World, browser: Browser) -> None:  # noqa: F811
