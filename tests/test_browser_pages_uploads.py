@@ -5,9 +5,9 @@ Retriever keeps the file in IndexedDB, tus-js-client the upload's URL):
 the upload goes on from the offset the edge holds, and the bytes already
 there are not sent again.
 
-The page talks to the edge through the link emulator at 8 MiB/s (a
-process of its own, so what crossed it can be counted): 64 MiB, about 8 s,
-instead of the issue's 200 MiB, to keep the test under a minute.
+The page talks to the edge through the link emulator at 20 MiB/s a
+connection (a process of its own, so what crossed it can be counted): the
+issue's 200 MiB take about 10 s.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from playwright.sync_api import BrowserContext, Page, Playwright, expect, sync_p
 
 from .browser_world import CHROMIUM, PASSWORDS, Throttle, World, shoot, world  # noqa: F401
 
-SIZE = 64 << 20
-RATE = 8 << 20
+SIZE = 200 << 20
+RATE = 20 << 20
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_a_stalled_upload_is_aborted_and_resumed_from_the_edges_offset(
     localStorage) aborts, and once the link carries again the upload goes
     on from the offset the edge holds.
     """
-    size = 32 << 20
+    size = 96 << 20
     content = os.urandom(size)
     (tmp_path / "stalled.bin").write_bytes(content)
     base = f"http://127.0.0.1:{throttle.port}"
@@ -184,7 +184,7 @@ def test_a_file_that_cannot_be_restored_is_named_and_resumes_when_added_again(
     before a reload: the page names the file instead of dropping it in
     silence; added again, it goes on from the edge's offset.
     """
-    size = 48 << 20
+    size = 96 << 20
     content = os.urandom(size)
     lost = tmp_path / "lost.bin"
     lost.write_bytes(content)
