@@ -7,6 +7,7 @@ import { on, onConnection } from './events.mjs';
 let latest = null;
 let edgeReachable = true;
 let timer = null;
+let shownWords = '';
 const watchers = new Set();
 
 /** The last status the edge told, or null. */
@@ -53,7 +54,15 @@ function render() {
   const details = items.length
     ? h('details', { class: 'pending-items' }, h('summary', {}, `${pending.items.length} waiting`), h('ul', {}, items, more))
     : null;
-  bar.replaceChildren(...[h('div', { class: 'status-line' }, ...parts, details), explain].filter(Boolean));
+  const fresh = [h('div', { class: 'status-line' }, ...parts, details), explain].filter(Boolean);
+  // A live region: redraw (and so announce) only what changed.
+  const words = fresh.map((node) => node.textContent).join('\n');
+  if (words === shownWords) return;
+  const open = bar.querySelector('details')?.open ?? false;
+  shownWords = words;
+  bar.replaceChildren(...fresh);
+  const list = bar.querySelector('details');
+  if (list) list.open = open;
 }
 
 function update(status) {
