@@ -6,6 +6,7 @@ and on every API route. The pages on a phone's screen, by keyboard.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from playwright.sync_api import Browser, expect
@@ -146,3 +147,29 @@ def test_a_project_renamed_and_deleted_and_a_file_deleted(world: World, browser:
     expect(page.locator(f"#projects tbody tr[data-project='{project_id}']")).to_have_count(0, timeout=30_000)
     expect(page.locator("#nav-projects a", has_text="Final")).to_have_count(0)
     assert world.cloud_db("SELECT id FROM projects WHERE id = ?", (project_id,)) == []
+
+
+def test_redraws_keep_the_keyboards_place(world: World, browser: Browser, tmp_path: Path) -> None:  # noqa: F811
+    page = new_page(browser)
+    log_in(page, world.edge_url, "alice")
+    page.locator("#nav-projects a").first.click()
+    (tmp_path / "first.txt").write_bytes(b"first\n")
+    page.locator("#dashboard input[type=file]").first.set_input_files(str(tmp_path / "first.txt"))
+    page.click(".uppy-StatusBar-actionBtn--upload")
+    first = page.locator("#files tbody tr", has_text="first.txt")
+    expect(first.locator("a.download")).to_be_visible(timeout=60_000)
+    # Another upload redraws the table many times over.
+    (tmp_path / "second.bin").write_bytes(os.urandom(4 << 20))
+    page.click("#dashboard .uppy-DashboardContent-addMore")
+    page.locator("#dashboard input[type=file]").first.set_input_files(str(tmp_path / "second.bin"))
+    page.click(".uppy-StatusBar-actionBtn--upload")
+    first.locator("a.download").focus()
+    redraws = page.evaluate("""new Promise((resolve) => {
+      let count = 0;
+      new MutationObserver(() => { count += 1; }).observe(document.querySelector('#files tbody'), {childList: true});
+      setTimeout(() => resolve(count), 3000);
+    })""")
+    assert redraws >= 1
+    expect(page.locator("#files tbody tr", has_text="second.bin").locator("a.download")).to_be_visible(timeout=60_000)
+    focused = page.evaluate("[document.activeElement.className, document.activeElement.closest('tr')?.textContent]")
+    assert focused[0] == "download" and "first.txt" in focused[1], focused

@@ -99,3 +99,27 @@ export function say(node, message, kind = 'muted') {
   node.textContent = message ?? '';
   node.className = kind;
 }
+
+function rowKey(row) {
+  return row?.dataset.file ?? row?.dataset.member ?? row?.dataset.job ?? row?.dataset.project ?? row?.dataset.key ?? null;
+}
+
+/**
+ * Replace a table's rows, keeping the keyboard's place: the focused link,
+ * button or select is focused again in the new row of the same thing. A
+ * text field being typed in is left alone (the next redraw brings the rows).
+ */
+export function replaceRows(tbody, rows) {
+  const active = document.activeElement;
+  let place = null;
+  if (active && active !== document.body && tbody.contains(active)) {
+    if (active.matches('input, textarea')) return;
+    const row = active.closest('tr');
+    place = { key: rowKey(row), index: [...row.querySelectorAll('a, button, select')].indexOf(active) };
+  }
+  tbody.replaceChildren(...rows);
+  if (place === null || place.key === null) return;
+  const row = [...tbody.children].find((r) => rowKey(r) === place.key);
+  const again = row ? [...row.querySelectorAll('a, button, select')][place.index] : null;
+  if (again) again.focus({ preventScroll: true });
+}

@@ -1,7 +1,7 @@
 // #/account: change the password; API keys (list, create, revoke), the
 // new key's secret shown once with a copy button.
 
-import { api, h, reason, say, when } from '../lib.mjs';
+import { api, h, reason, replaceRows, say, when } from '../lib.mjs';
 import { on, debounced } from '../events.mjs';
 
 export function render(container, _params, context, { firstPassword = false } = {}) {
@@ -88,7 +88,7 @@ export function render(container, _params, context, { firstPassword = false } = 
     const answer = await api('GET', 'keys');
     if (!answer.ok) { say(keyError, reason(answer), 'error'); return; }
     const list = answer.body.keys ?? [];
-    keys.replaceChildren(...list.map((key) => h('tr', { 'data-key': key.id, class: key.pending ? 'pending' : null },
+    replaceRows(keys, list.map((key) => h('tr', { 'data-key': key.id, class: key.pending ? 'pending' : null },
       h('th', { scope: 'row' }, key.name ?? key.id),
       h('td', {}, when(key.created_at)),
       h('td', { class: 'state' }, key.pending ? `pending (${key.pending})` : 'active'),
@@ -97,7 +97,7 @@ export function render(container, _params, context, { firstPassword = false } = 
         say(keyError, done.ok ? '' : reason(done), 'error');
         await loadKeys();
       } }, 'Revoke', h('span', { class: 'visually-hidden' }, ` ${key.name ?? ''}`))))));
-    if (!list.length) keys.append(h('tr', {}, h('td', { colspan: '4' }, 'No API keys.')));
+    if (!list.length) replaceRows(keys, [h('tr', {}, h('td', { colspan: '4' }, 'No API keys.'))]);
   }
 
   loadKeys();

@@ -1,7 +1,7 @@
 // #/projects/<id>: the project's files (with uploads still on their way),
 // its members, its jobs, and the upload area for files into it.
 
-import { API, api, h, pendingLabel, reason, say, size, when } from '../lib.mjs';
+import { API, api, h, pendingLabel, reason, replaceRows, say, size, when } from '../lib.mjs';
 import { on, debounced } from '../events.mjs';
 import { mountUploader, onUploadEvent } from '../uploads.mjs';
 
@@ -170,16 +170,15 @@ export function render(container, [projectId], context) {
     const arrived = (uploads.ok ? uploads.body.uploads ?? [] : [])
       .filter((u) => u.project === projectId && u.state === 'in_cloud' && !known.has(u.id)
         && !listedFiles.has(u.id) && Date.now() - Date.parse(u.updated) < 60000);
-    files.replaceChildren(...coming.map(uploadRow), ...arrived.map(uploadRow), ...stored.map(fileRow));
-    if (!files.children.length) files.append(h('tr', {}, h('td', { colspan: '6' }, 'No files yet: drop some below.')));
-    members.replaceChildren(...(project.members ?? []).map(memberRow));
+    const fileRows = [...coming.map(uploadRow), ...arrived.map(uploadRow), ...stored.map(fileRow)];
+    replaceRows(files, fileRows.length ? fileRows : [h('tr', {}, h('td', { colspan: '6' }, 'No files yet: drop some below.'))]);
+    replaceRows(members, (project.members ?? []).map(memberRow));
     memberForm.hidden = project.role !== 'owner';
     const canWrite = project.role === 'owner' || project.role === 'member';
     newJob.hidden = !canWrite;
     container.querySelector('#upload-section').hidden = !canWrite;
     const jobRows = jobList.ok ? jobList.body.jobs ?? [] : project.jobs ?? [];
-    jobs.replaceChildren(...jobRows.map(jobRow));
-    if (!jobRows.length) jobs.append(h('tr', {}, h('td', { colspan: '5' }, 'No jobs yet.')));
+    replaceRows(jobs, jobRows.length ? jobRows.map(jobRow) : [h('tr', {}, h('td', { colspan: '5' }, 'No jobs yet.'))]);
   }
 
   mountUploader(uploader, projectId);

@@ -1,7 +1,7 @@
 // #/projects: the caller's projects with their role, file and job counts;
 // create, rename, delete (each pending until the cloud has applied it).
 
-import { api, h, pendingLabel, reason, say } from '../lib.mjs';
+import { api, h, pendingLabel, reason, replaceRows, say } from '../lib.mjs';
 import { on, debounced } from '../events.mjs';
 
 function count(rows, projectId) {
@@ -78,8 +78,8 @@ export function render(container, _params, context) {
     const [projects, files, jobs] = await Promise.all([api('GET', 'projects'), api('GET', 'files'), api('GET', 'jobs')]);
     if (!projects.ok) { say(error, reason(projects), 'error'); return; }
     const list = projects.body.projects ?? [];
-    body.replaceChildren(...list.map((p) => row(p, files.body.files ?? [], jobs.body.jobs ?? [])));
-    if (!list.length) body.append(h('tr', {}, h('td', { colspan: '6' }, 'No projects yet.')));
+    replaceRows(body, list.length ? list.map((p) => row(p, files.body.files ?? [], jobs.body.jobs ?? []))
+      : [h('tr', {}, h('td', { colspan: '6' }, 'No projects yet.'))]);
   }
 
   load();
