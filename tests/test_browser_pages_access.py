@@ -173,3 +173,22 @@ def test_redraws_keep_the_keyboards_place(world: World, browser: Browser, tmp_pa
     expect(page.locator("#files tbody tr", has_text="second.bin").locator("a.download")).to_be_visible(timeout=60_000)
     focused = page.evaluate("[document.activeElement.className, document.activeElement.closest('tr')?.textContent]")
     assert focused[0] == "download" and "first.txt" in focused[1], focused
+
+
+def test_a_change_the_cloud_refuses_becomes_a_notice(world: World, browser: Browser) -> None:  # noqa: F811
+    page = new_page(browser)
+    log_in(page, world.edge_url, "alice")
+    # The edge cannot know the name is taken (the cloud decides): pending, then refused.
+    page.fill("#new-project input[name=name]", "Home")
+    page.click("#new-project button[type=submit]")
+    expect(page.locator("#projects tbody tr.pending", has_text="Home")).to_have_count(1, timeout=2_000)
+    notice = page.locator("#notices .notice")
+    expect(notice).to_contain_text("you already have a project named 'Home'", timeout=30_000)
+    expect(page.locator("#projects tbody tr", has_text="Home")).to_have_count(1)
+    expect(page.locator("#projects tbody tr.pending")).to_have_count(0)
+    shoot(page, "notice-refused")
+    notice.locator("button", has_text="Dismiss").click()
+    expect(notice).to_have_count(0)
+    page.reload()
+    expect(page.locator("#projects")).to_be_visible()
+    expect(page.locator("#notices .notice")).to_have_count(0)
