@@ -115,3 +115,20 @@ def test_a_log_followed_across_cuts_of_the_browsers_connection(
     assert page.locator("#job-log").get_attribute("data-bytes") == str(len(held.body()))
     assert page.locator("#job-log").inner_text().strip() == held.text().strip()
     assert web_link.counter("resets_injected") >= 2
+
+
+def test_a_running_job_is_cancelled_from_its_page(world: World, browser: Browser) -> None:  # noqa: F811
+    page = new_page(browser)
+    log_in(page, world.edge_url)
+    new_job_form(page, "chatty")
+    page.click("#job-form button[type=submit]")
+    expect(page).to_have_url(re.compile(r"#/jobs/[0-9a-f]{32}$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    expect(page.locator("#job-log")).to_contain_text("line 5 of the log", timeout=60_000)
+    expect(page.locator("#job-facts")).to_have_attribute("data-state", "running")
+    page.click("#cancel-job")
+    expect(page.locator("#cancel-job")).to_be_hidden()
+    expect(page.locator("#job-facts")).to_have_attribute("data-state", "cancelled", timeout=30_000)
+    shoot(page, "job-cancelled")
+    assert world.cloud_db("SELECT state FROM jobs WHERE id = ?", (job_id,))[0]["state"] == "cancelled"
+    assert len(lines_shown(page)) < CHATTY_LINES
