@@ -35,6 +35,7 @@ from relay.testing.transfer_world import (
     seed_cloud,
 )
 
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 #: The seeded user's password (a cheap scrypt: tests log in often).
 PASSWORD = "the web world's password"
 
@@ -126,7 +127,11 @@ class WebWorld:
             "credentials_file": str(credentials),
         }).start()
         self.edge = edge_node(self.root, edge_id="edge-1", amqp_url=self.vhost.url(self._amqp_port),
-                              listen_port=self.edge_port).start()
+                              listen_port=self.edge_port)
+        # The browser front end of this checkout (the edge runs in root).
+        self.edge.config.write_text(self.edge.config.read_text().replace(
+            "[edge]\n", f"[edge]\nweb_dir = \"{WEB_DIR}\"\n", 1))
+        self.edge.start()
         self.wait_for_key(timeout)
         return self
 

@@ -92,3 +92,28 @@ class BridgeTests(unittest.TestCase):
         await close_connections_named(name)
         await wait_for(lambda: len(seen) == 2, timeout=20)
         self.assertEqual(seen, [(True, True), (True, True)])
+
+    async def test_link_state_for_the_status_bar(self) -> None:
+        tmp = Path(self.mktemp())
+        tmp.mkdir(parents=True)
+        queue = unique("state")
+        name = unique("side")
+        side = Side(tmp, name, f"amqp://guest:guest@127.0.0.1:{PORT}/", consume=queue, peer=queue)
+        state, since = side.bridge.link_state()
+        self.assertEqual(state, "down")
+        self.assertIsNotNone(since)
+        side.start()
+        self.addCleanup(side.stop)
+        self.addCleanup(lambda: rabbitmqctl("delete_queue", queue))
+        await side.bridge.link.whenConnected()
+        state, up_since = side.bridge.link_state()
+        self.assertEqual(state, "up")
+        self.assertIsNotNone(up_since)
+        # The broker closes the connection: down (or already connecting
+        # again) since then, then up again with a later 'since'.
+        await close_connections_named(name)
+        await wait_for(lambda: side.bridge.link_state()[0] != "up", timeout=10)
+        self.assertIn(side.bridge.link_state()[0], ("down", "connecting"))
+        self.assertIsNotNone(side.bridge.link_state()[1])
+        await wait_for(lambda: side.bridge.link_state()[0] == "up", timeout=20)
+        self.assertGreater(side.bridge.link_state()[1], up_since)

@@ -46,6 +46,7 @@ from relay.edge.identity import Identity
 from relay.edge.replica.pending import files_for
 from relay.edge.uploads.spool import Spool, SpoolError, SpoolReader, SpoolWriter
 from relay.edge.web.guard import answer, authenticated
+from relay.edge.web.routes import api_route
 from relay.link.envelope import Envelope
 from relay.metrics import Metrics
 from relay.threads import Threads
@@ -245,16 +246,11 @@ class Downloads(MultiService):
 
     def routes(self, app: Klein, identity: Identity) -> None:
         authed = authenticated(identity)
-        for prefix in ("/api/v1", "/api"):
 
-            @app.route(
-                f"{prefix}/files/<file_id>/content",
-                methods=["GET", "HEAD"],
-                endpoint=f"{prefix}-content",
-            )
-            @authed
-            async def content(request: IRequest, principal: Principal, file_id: str) -> bytes:
-                return await self.serve(request, principal, file_id)
+        @api_route(app, "/files/<file_id>/content", ["GET", "HEAD"])
+        @authed
+        async def content(request: IRequest, principal: Principal, file_id: str) -> bytes:
+            return await self.serve(request, principal, file_id)
 
     async def serve(self, request: IRequest, principal: Principal, file_id: str) -> bytes:
         file = (

@@ -27,21 +27,17 @@ from twisted.web.iweb import IRequest
 from relay.credentials import DEFAULT_COST, ScryptCost
 from relay.db import Database
 from relay.edge.auth import Principal
-from relay.edge.downloads.service import cache_states
 from relay.edge.events import EventHub
 from relay.edge.identity import CpuRunner, Identity, json_body
 from relay.edge.replica.kinds import job_kinds
 from relay.edge.replica.pending import (
     CommandIssuer,
     dismiss,
-    files_for,
     jobs_for,
-    members_for,
     notices_for,
     project_for,
-    projects_for,
 )
-from relay.edge.web import openapi
+from relay.edge.web import openapi, views
 from relay.edge.web.errors import REFUSAL_STATUS, json_routing_errors
 from relay.edge.web.guard import answer, authenticated
 from relay.edge.web.keys import ApiKeys
@@ -84,11 +80,7 @@ def _field_validators() -> dict[str, Draft202012Validator]:
 
 
 _VALIDATORS = _field_validators()
-_ID_LENGTH = 32
-
-
-def _is_id(text: str) -> bool:
-    return len(text) == _ID_LENGTH and all(c in "0123456789abcdef" for c in text)
+_is_id = views.is_id
 
 
 class BadInput(Exception):
@@ -179,7 +171,7 @@ class EdgeApi:
         @api_route(app, "/projects", ["GET"])
         @authed
         async def list_projects(request: IRequest, principal: Principal) -> bytes:
-            projects = await read(_projects_with_members, principal.user_id)
+            projects = await read(views.projects_with_members, principal.user_id)
             return answer(request, 200, {"projects": projects})
 
         @api_route(app, "/projects", ["POST"])
@@ -199,7 +191,7 @@ class EdgeApi:
         @api_route(app, "/projects/<project_id>", ["GET"])
         @authed
         async def get_project(request: IRequest, principal: Principal, project_id: str) -> bytes:
-            project = await read(_project_detail, principal.user_id, project_id) if _is_id(project_id) else None
+            project = await read(views.project_detail, principal.user_id, project_id) if _is_id(project_id) else None
             if project is None:
                 return answer(request, 404, {"error": "no such project"})
             return answer(request, 200, {"project": project})
@@ -236,21 +228,21 @@ class EdgeApi:
                 if "user_id" in body:
                     user_id = _text(body, "user_id")
                 else:
-                    found: str | None = await read(_user_id, _text(body, "name"))
+                    found: str | None = await read(views.user_id, _text(body, "name"))
                     if found is None:
                         return answer(request, 404, {"error": "no such user"})
                     user_id = found
             except BadInput:
                 return answer(request, 400, {"error": "send the user's 'name' (or 'user_id') and a 'role'"})
             fields = {"project_id": project_id, "user_id": user_id, "role": role}
-            show = ("member", lambda c: _member(c, principal.user_id, project_id, user_id))
+            show = ("member", lambda c: views.member(c, principal.user_id, project_id, user_id))
             return await self.command(request, principal, MEMBER_ADD, fields, show, ((project_id, "project"),))
 
         @api_route(app, "/projects/<project_id>/members/<user_id>", ["DELETE"])
         @authed
         async def remove_member(request: IRequest, principal: Principal, project_id: str, user_id: str) -> bytes:
             fields = {"project_id": project_id, "user_id": user_id}
-            show = ("member", lambda c: _member(c, principal.user_id, project_id, user_id))
+            show = ("member", lambda c: views.member(c, principal.user_id, project_id, user_id))
             return await self.command(
                 request, principal, MEMBER_REMOVE, fields, show, ((project_id, "project"), (user_id, "member"))
             )
@@ -265,7 +257,7 @@ class EdgeApi:
                 fields = {"project_id": project_id, "user_id": user_id, "role": _text(body, "role")}
             except BadInput as e:
                 return answer(request, 400, {"error": str(e)})
-            show = ("member", lambda c: _member(c, principal.user_id, project_id, user_id))
+            show = ("member", lambda c: views.member(c, principal.user_id, project_id, user_id))
             return await self.command(
                 request, principal, MEMBER_ROLE, fields, show, ((project_id, "project"), (user_id, "member"))
             )
@@ -294,24 +286,24 @@ class EdgeApi:
                           "inputs": body.get("inputs", [])}
             except BadInput as e:
                 return answer(request, 400, {"error": str(e)})
-            show = ("job", lambda c: _one(jobs_for(c, principal.user_id, fields["project_id"]), fields["job_id"]))
+            show = ("job", lambda c: views.one(jobs_for(c, principal.user_id, fields["project_id"]), fields["job_id"]))
             return await self.command(request, principal, JOB_SUBMIT, fields, show)
 
         @api_route(app, "/jobs/<job_id>/cancel", ["POST"])
         @authed
         async def cancel_job(request: IRequest, principal: Principal, job_id: str) -> bytes:
-            show = ("job", lambda c: _job(c, principal.user_id, job_id))
+            show = ("job", lambda c: views.job(c, principal.user_id, job_id))
             return await self.command(request, principal, JOB_CANCEL, {"job_id": job_id}, show, ((job_id, "job"),))
 
         @api_route(app, "/files", ["GET"])
         @authed
         async def list_files(request: IRequest, principal: Principal) -> bytes:
-            return await self._listing(request, principal, "files", _files_with_cache)
+            return await self._listing(request, principal, "files", views.files_with_cache)
 
         @api_route(app, "/files/<file_id>", ["DELETE"])
         @authed
         async def delete_file(request: IRequest, principal: Principal, file_id: str) -> bytes:
-            show = ("file", lambda c: _file(c, principal.user_id, file_id))
+            show = ("file", lambda c: views.file(c, principal.user_id, file_id))
             return await self.command(request, principal, FILE_DELETE, {"file_id": file_id}, show, ((file_id, "file"),))
 
         @api_route(app, "/notices", ["GET"])
@@ -336,71 +328,10 @@ class EdgeApi:
         """
         given = request.args.get(b"project")  # type: ignore[attr-defined]
         project_id = None if not given else given[0].decode("utf-8", "replace")
-        rows = await self._db.read(_listing, principal.user_id, project_id, view)
+        rows = await self._db.read(views.listing, principal.user_id, project_id, view)
         if rows is None:
             return answer(request, 404, {"error": "no such project"})
         return answer(request, 200, {what: rows})
-
-
-# -- reads (on the database thread) ---------------------------------------------
-
-
-def _projects_with_members(conn: Any, user_id: str) -> list[dict[str, Any]]:
-    return [
-        {**project, "members": members_for(conn, user_id, project["id"])}
-        for project in projects_for(conn, user_id)
-    ]
-
-
-def _project_detail(conn: Any, user_id: str, project_id: str) -> dict[str, Any] | None:
-    project = project_for(conn, user_id, project_id)
-    if project is None:
-        return None
-    return {
-        **project,
-        "members": members_for(conn, user_id, project_id),
-        "files": files_for(conn, user_id, project_id),
-        "jobs": jobs_for(conn, user_id, project_id),
-    }
-
-
-def _listing(
-    conn: Any, user_id: str, project_id: str | None, view: Callable[[Any, str, str], list[dict[str, Any]]]
-) -> list[dict[str, Any]] | None:
-    if project_id is not None:
-        if not _is_id(project_id) or project_for(conn, user_id, project_id) is None:
-            return None
-        projects = [project_id]
-    else:
-        projects = [p["id"] for p in projects_for(conn, user_id)]
-    return [{**row, "project_id": p} for p in projects for row in view(conn, user_id, p)]
-
-
-def _user_id(conn: Any, name: str) -> str | None:
-    row = conn.execute("SELECT id FROM replica_users WHERE name = ?", (name,)).fetchone()
-    return None if row is None else str(row[0])
-
-
-def _one(rows: list[dict[str, Any]], id: str, key: str = "id") -> dict[str, Any] | None:
-    return next((row for row in rows if row[key] == id), None)
-
-
-def _member(conn: Any, user_id: str, project_id: str, member_id: str) -> dict[str, Any] | None:
-    return _one(members_for(conn, user_id, project_id), member_id, "user_id")
-
-
-def _job(conn: Any, user_id: str, job_id: str) -> dict[str, Any] | None:
-    row = conn.execute("SELECT project_id FROM replica_jobs WHERE id = ?", (job_id,)).fetchone()
-    return None if row is None else _one(jobs_for(conn, user_id, row[0]), job_id)
-
-
-def _files_with_cache(conn: Any, user_id: str, project_id: str) -> list[dict[str, Any]]:
-    return cache_states(conn, files_for(conn, user_id, project_id))
-
-
-def _file(conn: Any, user_id: str, file_id: str) -> dict[str, Any] | None:
-    row = conn.execute("SELECT project_id FROM replica_files WHERE id = ?", (file_id,)).fetchone()
-    return None if row is None else _one(files_for(conn, user_id, row[0]), file_id)
 
 
 def api_routes(

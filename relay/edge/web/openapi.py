@@ -67,7 +67,8 @@ SCHEMAS: dict[str, Any] = {
         "members": {"type": "array", "items": _ref("Member")},
         "files": {"type": "array", "items": _ref("File")},
         "jobs": {"type": "array", "items": _ref("Job")},
-    }, optional=("members", "files", "jobs")),
+        "file_count": _INTEGER, "job_count": _INTEGER,
+    }, optional=("members", "files", "jobs", "file_count", "job_count")),
     "Job": _object({
         "id": _STRING, "project_id": _STRING, "kind": _STRING, "state": {"enum": list(JOB_STATES)},
         "progress": _NUMBER, "submitted_by": _STRING, "created_at": _TIME, "pending": _PENDING,

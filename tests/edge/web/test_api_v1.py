@@ -14,6 +14,8 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
+from relay.edge.jobs.routes import JobRoutes
+from relay.edge.jobs.tail import LogTails
 from relay.edge.web.errors import CODES, error_code, with_code
 from relay.edge.web.site import EdgeSite, ListenerLimits
 from tests.edge.web.world import ApiWorld
@@ -171,3 +173,70 @@ class SiteRefusalTests(SynchronousTestCase):
     def test_malformed(self) -> None:
         status, body = self.refuse(b"POST /api/v1/%ff HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual((status, body["code"]), (400, "invalid"))
+
+
+class OtherUsersTests(ApiWorld):
+    """
+    carol is in none of alice's projects: every route that names one of
+    alice's things answers her 404, the same as for an id that is none, and
+    stores nothing.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        JobRoutes(self.edge.identity, self.edge.db, LogTails(self.clock, limit=4096, gap_wait=30.0)).routes(self.app)
+        self.resource = self.app.resource()
+
+    def test_every_route_naming_someone_elses_thing_is_404(self) -> None:
+        file_id = self.cloud.run(lambda c: self.cloud.registry.put_file(c, self.home, "a.csv", 3, sha256="a" * 64))
+        job_id = self.cloud.run(lambda c: self.cloud.registry.submit_job(c, self.home, self.alice["id"], "render",
+                                                                         {}, []))
+        self.sync()
+        code, body = self.request("POST", "/api/v1/projects", {"name": "Zeus"}, user="alice")
+        pending_project = body["project"]["id"]
+        self.edge.db.run_now(lambda c: c.execute(
+            "UPDATE pending_commands SET state = 'rejected', reason = 'x', code = 'conflict'"))
+        (notice,) = self.request("GET", "/api/v1/notices", user="alice")[1]["notices"]
+        home, alice, key = self.home, self.alice["id"], self.key.key_id
+        routes = [
+            ("GET", f"/api/v1/projects/{home}", None),
+            ("PATCH", f"/api/v1/projects/{home}", {"name": "Mine"}),
+            ("DELETE", f"/api/v1/projects/{home}", None),
+            ("GET", f"/api/v1/projects/{pending_project}", None),
+            ("POST", f"/api/v1/projects/{home}/members", {"name": "carol"}),
+            ("PATCH", f"/api/v1/projects/{home}/members/{alice}", {"role": "member"}),
+            ("DELETE", f"/api/v1/projects/{home}/members/{alice}", None),
+            ("GET", f"/api/v1/jobs?project={home}", None),
+            ("POST", "/api/v1/jobs", {"project_id": home, "kind": "render"}),
+            ("POST", f"/api/v1/jobs/{job_id}/cancel", None),
+            ("GET", f"/api/v1/jobs/{job_id}", None),
+            ("GET", f"/api/v1/jobs/{job_id}/log", None),
+            ("GET", f"/api/v1/files?project={home}", None),
+            ("DELETE", f"/api/v1/files/{file_id}", None),
+            ("DELETE", f"/api/v1/notices/{notice['command_id']}", None),
+            ("DELETE", f"/api/v1/keys/{key}", None),
+        ]
+        for method, path, body in routes:
+            code, answer = self.request(method, path, body, user="carol")
+            self.assertEqual((method, path, code, answer.get("code")), (method, path, 404, "not_found"))
+        self.assertEqual(self.stored(), (1, 1), "only alice's own command")
+        # And what carol lists has none of alice's.
+        for path, key_name in (("/api/v1/projects", "projects"), ("/api/v1/files", "files"),
+                               ("/api/v1/keys", "keys"), ("/api/v1/notices", "notices")):
+            listed = self.request("GET", path, user="carol")[1][key_name]
+            self.assertNotIn(home, json.dumps(listed))
+            self.assertNotIn(self.key.key_id, json.dumps(listed))
+
+
+class CountTests(ApiWorld):
+    def test_projects_list_their_file_and_job_counts(self) -> None:
+        for name in ("a.csv", "b.csv"):
+            self.cloud.run(lambda c, n=name: self.cloud.registry.put_file(c, self.home, n, 3))
+        self.cloud.run(lambda c: self.cloud.registry.submit_job(c, self.home, self.alice["id"], "render", {}, []))
+        self.sync()
+        for user in ("alice", "bob"):
+            projects = self.request("GET", "/api/v1/projects", user=user)[1]["projects"]
+            counts = {p["id"]: (p["file_count"], p["job_count"]) for p in projects}
+            self.assertEqual(counts[self.home], (2, 1))
+        bobs = self.cloud.default_project(self.bob["id"])
+        self.assertEqual(counts[bobs], (0, 0))

@@ -2,7 +2,8 @@
 schemathesis against a real edge (C{twistd relay-edge}, with a real cloud,
 RabbitMQ and an S3 server: L{relay.testing.web_world}), from the document
 the edge serves at C{/api/v1/openapi.json}, as a user with an API key:
-every operation with generated input, then stateful sequences along the
+every operation with generated input, valid and invalid (the invalid must
+be a clear 4xx in the one error shape), then stateful sequences along the
 document's links (a project created, then read; a key made, then revoked;
 a job submitted, then read).  No answer may be a 5xx, and every answer
 must match the document: its status, its content type, its body's schema
@@ -22,6 +23,7 @@ import hypothesis
 import pytest
 import schemathesis
 from hypothesis import HealthCheck
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -62,17 +64,28 @@ def schema(world: WebWorld) -> Any:
 def test_every_operation(world: WebWorld, schema: Any) -> None:
     headers = {"Authorization": f"Bearer {world.api_key}"}
     tested = 0
+    modes = {GenerationMode.POSITIVE: 0, GenerationMode.NEGATIVE: 0}
     for result in schema.get_all_operations():
         operation = result.ok()
+        # Valid input, and input the document says is invalid (which must
+        # be a clear error in the one shape, never a 5xx).
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
-        @hypothesis.given(case=operation.as_strategy())
-        @hypothesis.settings(max_examples=6, **SETTINGS)
-        def run(case: Any) -> None:
-            case.call_and_validate(headers=headers, checks=CHECKS, timeout=10)
+            @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+            @hypothesis.settings(max_examples=5, **SETTINGS)
+            def run(case: Any) -> None:
+                case.call_and_validate(headers=headers, checks=CHECKS, timeout=10)
 
-        run()
+            try:
+                run()
+            except hypothesis.errors.Unsatisfiable:
+                # Nothing to make invalid (no parameters, no body).
+                assert mode is GenerationMode.NEGATIVE, operation.label
+                continue
+            modes[mode] += 1
         tested += 1
     assert tested >= 30
+    assert modes[GenerationMode.POSITIVE] == tested and modes[GenerationMode.NEGATIVE] >= 15, modes
     # The key still works: nothing the generator sent broke the caller.
     assert world.get("/api/v1/me")[0] == 200
 
