@@ -220,3 +220,34 @@ def test_a_file_that_cannot_be_restored_is_named_and_resumes_when_added_again(
     sent = throttle.to_edge()
     print(f"sent {sent} for {size}, {at_reload} at the edge at the reload")
     assert sent < size + (16 << 20) + (1 << 20), sent
+
+
+def test_an_upload_paused_and_resumed_by_its_button(
+    world: World, throttle: Throttle, playwright: Playwright, tmp_path: Path  # noqa: F811
+) -> None:
+    size = 96 << 20
+    content = os.urandom(size)
+    (tmp_path / "paused.bin").write_bytes(content)
+    context, page = open_browser(playwright, tmp_path / "profile")
+    page.goto(f"http://127.0.0.1:{throttle.port}/")
+    page.fill("#login-form input[name=name]", "alice")
+    page.fill("#login-form input[name=password]", PASSWORDS["alice"])
+    page.click("#login-form button[type=submit]")
+    page.locator("#nav-projects a").first.click()
+    page.locator("#dashboard input[type=file]").first.set_input_files(str(tmp_path / "paused.bin"))
+    page.click(".uppy-StatusBar-actionBtn--upload")
+    wait_for_offset(world, 16 << 20)
+    item = page.locator("#upload-progress li[data-file='paused.bin']")
+    item.locator("button", has_text="Pause").click()
+    expect(item).to_have_attribute("data-state", "paused")
+    time.sleep(1.0)  # what was in flight lands
+    held = edge_offset(world)
+    sent = throttle.to_edge()
+    time.sleep(2.0)
+    assert edge_offset(world) == held and throttle.to_edge() - sent < (1 << 20), "paused, yet it went on"
+    assert held < size
+    item.locator("button", has_text="Resume").click()
+    expect(page.locator("#files tbody tr", has_text="paused.bin")).to_have_attribute(
+        "data-state", re.compile("staged|transferring|in_cloud"), timeout=40_000)
+    context.close()
+    assert edge_offset(world) == size
