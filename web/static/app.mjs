@@ -89,17 +89,21 @@ const context = {
   },
 };
 
+/** The navigation's link to the project shown carries aria-current. */
+function markCurrent() {
+  for (const link of document.querySelectorAll('#nav-projects a')) {
+    if (location.hash.startsWith(link.getAttribute('href'))) link.setAttribute('aria-current', 'page');
+    else link.removeAttribute('aria-current');
+  }
+}
+
 async function loadNav() {
   const answer = await api('GET', 'projects');
   if (!answer.ok) return;
-  const current = location.hash;
-  const items = (answer.body.projects ?? []).map((p) => {
-    const href = `#/projects/${p.id}`;
-    return h('li', { class: p.pending ? 'pending' : null },
-      h('a', { href, 'aria-current': current.startsWith(href) ? 'page' : null }, p.name),
-      p.pending ? h('span', { class: 'badge' }, 'pending') : null);
-  });
+  const items = (answer.body.projects ?? []).map((p) => h('li', { class: p.pending ? 'pending' : null },
+    h('a', { href: `#/projects/${p.id}` }, p.name), p.pending ? h('span', { class: 'badge' }, 'pending') : null));
   $('#nav-projects').replaceChildren(...items);
+  markCurrent();
 }
 
 async function loadNotices() {
@@ -133,10 +137,7 @@ function route() {
     const match = pattern.exec(hash);
     if (match) {
       cleanup = page.render(container, match.slice(1), context) ?? null;
-      for (const link of document.querySelectorAll('#nav-projects a')) {
-        link.toggleAttribute('aria-current', hash.startsWith(link.getAttribute('href')));
-        if (link.hasAttribute('aria-current')) link.setAttribute('aria-current', 'page');
-      }
+      markCurrent();
       return;
     }
   }
