@@ -251,3 +251,38 @@ def test_an_upload_paused_and_resumed_by_its_button(
         "data-state", re.compile("staged|transferring|in_cloud"), timeout=40_000)
     context.close()
     assert edge_offset(world) == size
+
+
+def test_an_upload_outlives_an_edge_restart_and_the_page_says_the_edge_is_away(
+    world: World, throttle: Throttle, playwright: Playwright, tmp_path: Path  # noqa: F811
+) -> None:
+    size = 96 << 20
+    content = os.urandom(size)
+    (tmp_path / "restart.bin").write_bytes(content)
+    context, page = open_browser(playwright, tmp_path / "profile")
+    page.goto(f"http://127.0.0.1:{throttle.port}/")
+    page.fill("#login-form input[name=name]", "alice")
+    page.fill("#login-form input[name=password]", PASSWORDS["alice"])
+    page.click("#login-form button[type=submit]")
+    page.locator("#nav-projects a").first.click()
+    page.locator("#dashboard input[type=file]").first.set_input_files(str(tmp_path / "restart.bin"))
+    page.click(".uppy-StatusBar-actionBtn--upload")
+    wait_for_offset(world, 16 << 20)
+    world.edge.stop()
+    try:
+        expect(page.locator("#statusbar")).to_have_attribute("data-link", "edge", timeout=15_000)
+        expect(page.locator("#statusbar")).to_contain_text("This browser cannot reach the edge")
+        shoot(page, "edge-unreachable")
+        time.sleep(3)
+    finally:
+        world.edge.start()
+    expect(page.locator("#statusbar")).to_have_attribute("data-link", "up", timeout=30_000)
+    expect(page.locator("#files tbody tr", has_text="restart.bin")).to_have_attribute(
+        "data-state", re.compile("staged|transferring|in_cloud"), timeout=60_000)
+    context.close()
+    assert edge_offset(world) == size
+    deadline = time.monotonic() + 30
+    while not (stored := world.cloud_db("SELECT sha256 FROM files WHERE name = 'restart.bin'")):
+        assert time.monotonic() < deadline, "never reached the cloud"
+        time.sleep(0.2)
+    assert stored[0]["sha256"] == hashlib.sha256(content).hexdigest()
