@@ -148,12 +148,14 @@ def test_with_the_link_cut_pages_answer_and_changes_wait_then_settle_once(
     # Every page still loads, at once, from the edge.
     for route, name in [("#/projects", "projects"), (f"#/projects/{project_id}", "project"),
                         (f"#/projects/{project_id}/jobs/new", "job-new"), ("#/account", "account")]:
-        started = time.monotonic()
         page.goto(world.edge_url + "/" + route)
+        started = time.monotonic()
         page.reload()
         expect(page.locator("#page h1")).to_be_visible(timeout=5_000)
         expect(page.locator("#statusbar")).to_contain_text("Changes are saved here")
-        assert time.monotonic() - started < 5
+        took = time.monotonic() - started
+        print(f"{route} reloaded with the link down in {took * 1000:.0f} ms")
+        assert took < 3, took
         shoot(page, f"{name}-link-down")
 
     # A new project and a job submission: pending.
