@@ -45,6 +45,9 @@ def test_no_module_builds_markup_from_strings_or_reaches_elsewhere() -> None:
     page = (WEB / "templates" / "index.html").read_text()
     assert "<script>" not in page and "http" not in page.replace('lang="en"', "")
     assert re.findall(r"<script[^>]*>", page) == ['<script type="module" src="/static/app.mjs">']
+    # Every module the page imports is preloaded at once (no waterfall of imports).
+    preloaded = set(re.findall(r'<link rel="modulepreload" href="/static/([^"]+)">', page))
+    assert preloaded == {*MODULES, "vendor/uppy.min.mjs"} - {"app.mjs"}
 
 
 def test_each_module_is_there_and_typed_as_javascript() -> None:
