@@ -1,7 +1,8 @@
 """
-The browser front end: one page (C{web/templates/index.html}), its script
-and style (C{web/static/}), and Uppy's browser bundle from the npm package
-that C{web/package.json} locks (C{web/node_modules/uppy/dist/}).
+The browser front end: one page (C{web/templates/index.html}), its ES
+modules and style (C{web/static/}, C{docs/web.md}), and Uppy's browser
+bundle from the npm package that C{web/package.json} locks
+(C{web/node_modules/uppy/dist/}).
 
 Only the files named here are served: nothing else under C{web/} (or above
 it) can be reached through a URL.  A deployment without the front end's
