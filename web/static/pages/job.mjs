@@ -38,16 +38,21 @@ class LogTail {
     this.pre.textContent = '';
   }
 
-  append(bytes, offset) {
+  /**
+   * Show `bytes`, the log's from `offset` (to `end`: an event's text, made
+   * bytes again, may differ in length where the edge replaced bytes that
+   * were not UTF-8; the edge's offsets stay the truth).
+   */
+  append(bytes, offset, end = offset + bytes.length) {
     if (offset > this.held) {
       this.pre.append(`\n[… ${offset - this.held} bytes of the log are no longer at the edge …]\n`);
       this.decoder = new TextDecoder();
     }
     const skip = Math.max(0, this.held - offset);
-    if (skip >= bytes.length) return;
+    if (skip >= bytes.length || end <= this.held) return;
     const fresh = bytes.subarray(skip);
     this.pre.append(this.decoder.decode(fresh, { stream: true }));
-    this.held = offset + skip + fresh.length;
+    this.held = end;
     this.pre.dataset.bytes = String(this.held);
     const box = this.pre.parentElement;
     if (box && box.scrollHeight - box.scrollTop - box.clientHeight < 80) box.scrollTop = box.scrollHeight;
@@ -90,7 +95,7 @@ class LogTail {
         this.restart(data.attempt);
       }
       if (data.offset > this.held) await this.pull();
-      if (data.end > this.held) this.append(encoder.encode(data.text ?? ''), data.offset);
+      if (data.end > this.held) this.append(encoder.encode(data.text ?? ''), data.offset, data.end);
       if (data.eof) this.complete = true;
     });
   }
