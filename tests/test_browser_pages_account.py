@@ -57,7 +57,7 @@ def test_an_api_key_is_shown_once_works_and_is_revoked(world: World, browser: Br
     expect(page.locator("#key-list tbody tr", has_text="CI <script>")).to_be_visible()
     expect(page.locator("#new-key-secret")).to_have_count(0)
     assert secret not in page.request.get(world.edge_url + "/api/v1/keys").text()
-    shoot(page, "account")
+    shoot(page, "account-link-up")
 
     page.locator("#key-list tbody tr", has_text="CI <script>").locator("button", has_text="Revoke").click()
     expect(page.locator("#key-list")).to_contain_text("No API keys.", timeout=30_000)
