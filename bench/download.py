@@ -164,7 +164,7 @@ class Nginx:
             (root / name).mkdir(parents=True, exist_ok=True)
         user = "user root root;\n" if os.geteuid() == 0 else ""
         temps = "".join(f"    {kind}_temp_path {root}/tmp/{kind};\n"
-                        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))  # fmt: skip
+                        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         self.config = root / "nginx.conf"
         self.config.write_text(
             f"{user}worker_processes {workers};\npid {root}/nginx.pid;\nerror_log {root}/logs/error.log;\n"
@@ -172,14 +172,14 @@ class Nginx:
             "http {\n    access_log off;\n    sendfile on;\n    tcp_nopush on;\n"
             "    default_type application/octet-stream;\n" + temps +
             f"    server {{\n        listen 127.0.0.1:{self.port};\n        root {www};\n    }}\n}}\n"
-        )  # fmt: skip
+        )
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             [NGINX, "-c", str(self.config), "-p", str(self.root), "-g", "daemon off;"],
             stdout=subprocess.DEVNULL, stderr=(self.root / "logs" / "stderr.log").open("wb"),
-        )  # fmt: skip
+        )
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -225,7 +225,7 @@ def curls(port: int, path: str, headers: dict[str, str], clients: int, size: int
     problem, if any (a status other than 200, a short body).
     """
     command = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
-               *(f"-H{k}: {v}" for k, v in headers.items()), f"http://127.0.0.1:{port}{path}"]  # fmt: skip
+               *(f"-H{k}: {v}" for k, v in headers.items()), f"http://127.0.0.1:{port}{path}"]
     started = time.monotonic()
     running = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(clients)]
     outputs = [p.communicate() for p in running]
@@ -237,7 +237,7 @@ def curls(port: int, path: str, headers: dict[str, str], clients: int, size: int
 
 
 async def scenario_cached(args: argparse.Namespace, world: TransferWorld, work: Path, file_id: str,
-                          sha256: str, size: int, rows: list[Row]) -> dict[str, Any]:  # fmt: skip
+                          sha256: str, size: int, rows: list[Row]) -> dict[str, Any]:
     name = f"cached {fmt_size(size)}"
     www = Path(tempfile.mkdtemp(prefix="relay-bench-nginx-www-"))
     www.chmod(0o755)
@@ -263,7 +263,7 @@ async def scenario_cached(args: argparse.Namespace, world: TransferWorld, work: 
     try:
         # Both once, untimed and hashed: the right bytes, and a warm page cache for both.
         for label, port, path, headers in (("edge", world.edge_port, edge_path, auth),
-                                           ("nginx", nginx.port, "/file.bin", {})):  # fmt: skip
+                                           ("nginx", nginx.port, "/file.bin", {})):
             status, got, digest = await deferToThread(verified_get, port, path, headers)
             if (status, got, digest) != (200, size, sha256):
                 raise SystemExit(f"bench/download: {label} served {status}, {got} bytes, sha256 {digest}")
@@ -271,7 +271,7 @@ async def scenario_cached(args: argparse.Namespace, world: TransferWorld, work: 
         for clients in args.clients:
             for contender, port, path, headers in (("nginx (plaintext, sendfile)", nginx.port, "/file.bin", {}),
                                                    ("relay edge (encrypted cache)", world.edge_port, edge_path,
-                                                    auth)):  # fmt: skip
+                                                    auth)):
                 say(f"{name}: {contender}, {clients} client(s) ...")
                 seconds, problem = await deferToThread(curls, port, path, headers, clients, size)
                 notes = f"{clients} x curl"
@@ -282,7 +282,7 @@ async def scenario_cached(args: argparse.Namespace, world: TransferWorld, work: 
                 if problem:
                     notes += f"; FAILED: {problem}"
                 rows.append(Row(f"{name}, {clients} client(s)", contender, "all clients got every byte",
-                                clients * size, None if problem else seconds, problem is None, notes))  # fmt: skip
+                                clients * size, None if problem else seconds, problem is None, notes))
     finally:
         await deferToThread(nginx.stop)
         shutil.rmtree(www, ignore_errors=True)
@@ -333,7 +333,7 @@ def file_sha256(path: Path) -> str:
 
 
 async def scenario_china(args: argparse.Namespace, world: TransferWorld, work: Path, file_id: str,
-                         sha256: str, size: int, rows: list[Row]) -> None:  # fmt: skip
+                         sha256: str, size: int, rows: list[Row]) -> None:
     from twisted.internet import reactor
 
     name = f"uncached {fmt_size(size)}, China link"
@@ -357,11 +357,11 @@ async def scenario_china(args: argparse.Namespace, world: TransferWorld, work: P
         moved = world.s3_link.counters.bytes_to_client - s3_before.bytes_to_client
         notes = (f"{connections} S3 connections, {resets} resets injected, "
                  f"{metrics.get('relay_download_fetch_retries', 0):.0f} ranges resumed, {moved / size:.2f}x bytes over the link, "
-                 f"edge B peak RSS {vm_hwm_kib(edge_b.process.pid) / 1024:.0f} MiB, cached and verified")  # fmt: skip
+                 f"edge B peak RSS {vm_hwm_kib(edge_b.process.pid) / 1024:.0f} MiB, cached and verified")
         if not ok:
             notes = f"WRONG: status {status}, {got} bytes, sha256 {digest[:12]}; " + notes
         rows.append(Row(name, "relay edge B (parallel ranged GETs)", "GET to last byte, sha256 right", size,
-                        seconds if ok else None, ok, notes, args.cap))  # fmt: skip
+                        seconds if ok else None, ok, notes, args.cap))
     finally:
         await deferToThread(edge_b.stop)
     edge_seconds = rows[-1].seconds
@@ -371,7 +371,7 @@ async def scenario_china(args: argparse.Namespace, world: TransferWorld, work: P
         # Its own emulator with the same profile, sharing the S3 link's
         # aggregate cap; closed at the cap, which leaves edge B's alone.
         link = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{world.s3.port}", china(args),
-                            random.Random(args.seed + 7), shares_link_with=world.s3_link)  # fmt: skip
+                            random.Random(args.seed + 7), shares_link_with=world.s3_link)
         await link.start()
         client = world.s3.client(f"http://127.0.0.1:{link.port}")
         started = time.monotonic()
@@ -379,15 +379,15 @@ async def scenario_china(args: argparse.Namespace, world: TransferWorld, work: P
             if how == "single":
                 say(f"{name}: one presigned GET in one stream (at most {limit:.0f} s) ...")
                 url = client.generate_presigned_url("get_object", Params={"Bucket": world.s3.bucket, "Key": key},
-                                                    ExpiresIn=3600)  # fmt: skip
+                                                    ExpiresIn=3600)
                 done, got, digest, requests = await deferToThread(single_stream, url, size, started + limit,
-                                                                  args.stall_s)  # fmt: skip
+                                                                  args.stall_s)
                 seconds = time.monotonic() - started
                 ok = done and digest == sha256
                 notes = (f"{requests} request(s) (Range after each cut), {link.counters.resets_injected} resets, "
-                         f"{got / size:.0%} received")  # fmt: skip
+                         f"{got / size:.0%} received")
                 rows.append(Row(name, "one presigned GET, one stream, resumed", "last byte, sha256 right", size,
-                                seconds if ok else None, ok, notes, limit))  # fmt: skip
+                                seconds if ok else None, ok, notes, limit))
             else:
                 say(f"{name}: boto3 download_file, default TransferConfig (at most {limit:.0f} s) ...")
                 target = work / "download_file.bin"
@@ -412,7 +412,7 @@ async def scenario_china(args: argparse.Namespace, world: TransferWorld, work: P
                     except Exception as e:
                         error = f"{type(e).__name__}: {str(e)[:80]}"
                         say(f"  download_file attempt {attempts} failed after {time.monotonic() - started:.0f} s: "
-                            f"{error}")  # fmt: skip
+                            f"{error}")
                 seconds = time.monotonic() - started
                 capper.cancel()
                 capper.addErrback(lambda f: None)
@@ -421,7 +421,7 @@ async def scenario_china(args: argparse.Namespace, world: TransferWorld, work: P
                 if not ok:
                     notes += f"; last: {error[:60]}"
                 rows.append(Row(name, "boto3 download_file (default TransferConfig)", "file written, sha256 right",
-                                size, seconds if ok else None, ok, notes, limit))  # fmt: skip
+                                size, seconds if ok else None, ok, notes, limit))
                 target.unlink(missing_ok=True)
         finally:
             await link.stop()
@@ -464,12 +464,12 @@ def jobs_toml(size: int) -> str:
 
 
 async def scenario_result(args: argparse.Namespace, world: TransferWorld, input_id: str, size: int,
-                          rows: list[Row]) -> None:  # fmt: skip
+                          rows: list[Row]) -> None:
     name = f"job result {fmt_size(size)}, China link"
     cloud_db = world.root / "cloud" / "cloud.db"
     code, answer = await world.api("POST", "/api/v1/jobs", {
         "project_id": world.project, "kind": "bigresult", "parameters": {}, "inputs": [input_id],
-    })  # fmt: skip
+    })
     if code != 202:
         raise SystemExit(f"bench/download: job submit answered {code}: {answer}")
     job_id = answer["job"]["id"]
@@ -480,7 +480,7 @@ async def scenario_result(args: argparse.Namespace, world: TransferWorld, input_
         return found[0] if found else None
 
     await wait_for("the job ended", lambda: (j := job()) is not None and j["state"] in ("succeeded", "failed"),
-                   300, 0.05)  # fmt: skip
+                   300, 0.05)
     row = job()
     if row["state"] != "succeeded":
         raise SystemExit(f"bench/download: the job {row['state']}")
@@ -488,7 +488,7 @@ async def scenario_result(args: argparse.Namespace, world: TransferWorld, input_
 
     def result_cached() -> bool:
         return any(r["file_id"] not in known and r["size"] == size and r["state"] == "cached"
-                   for r in cache_rows(world.edge_dir))  # fmt: skip
+                   for r in cache_rows(world.edge_dir))
 
     s3_before = world.s3_link.counters.snapshot()
     await wait_for("the result cached at the edge", result_cached, args.cap or 600, 0.02)
@@ -496,7 +496,7 @@ async def scenario_result(args: argparse.Namespace, world: TransferWorld, input_
     resets = world.s3_link.counters.resets_injected - s3_before.resets_injected
     ideal = size / (args.aggregate_mib * MiB)
     rows.append(Row(name, "relay edge A (prefetch of results)", "job succeeded -> cached at the edge", size,
-                    seconds, True, f"{resets} resets; the whole link's cap alone takes {ideal:.1f} s"))  # fmt: skip
+                    seconds, True, f"{resets} resets; the whole link's cap alone takes {ideal:.1f} s"))
 
 
 # The table.
@@ -518,19 +518,19 @@ def table(rows: list[Row]) -> str:
             cells = []
             for other in others:
                 short = other.contender.split(" (")[0].replace("one presigned GET, one stream, resumed",
-                                                               "single stream")  # fmt: skip
+                                                               "single stream")
                 if other.seconds:
                     cells.append(f"{other.seconds / row.seconds:.2f}x {short}")
                 else:
                     cells.append(f">{(other.limit or 0) / row.seconds:.2f}x {short}")
             versus = ", ".join(cells) or "-"
         lines.append((row.scenario, row.contender, row.measured, seconds, rate, "yes" if row.completed else "NO",
-                      versus, row.notes))  # fmt: skip
+                      versus, row.notes))
     numeric = {3, 4}
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = ["  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths,
                                                                                            strict=True))).rstrip()
-           for line in lines]  # fmt: skip
+           for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
 
@@ -554,17 +554,17 @@ def targets(rows: list[Row], cached_info: dict[str, Any], args: argparse.Namespa
                 value = (other.limit or 0) / row.seconds
                 found.append(Target(f"{row.scenario}: >= {need}x {other.contender}", value >= need,
                                     f"more than {value:.2f}x: the baseline did not finish in its "
-                                    f"{other.limit or 0:.0f} s (need >= {need}x)"))  # fmt: skip
+                                    f"{other.limit or 0:.0f} s (need >= {need}x)"))
             else:
                 value = other.seconds / row.seconds
                 found.append(Target(f"{row.scenario}: >= {need}x {other.contender}", value >= need,
-                                    f"{value:.2f}x (need >= {need}x)"))  # fmt: skip
+                                    f"{value:.2f}x (need >= {need}x)"))
     for clients, kib in sorted(cached_info.get("rss_peak_kib", {}).items()):
         found.append(Target(f"cached, {clients} client(s): edge peak RSS < {args.rss_mib} MiB",
-                            kib < args.rss_mib * 1024, f"{kib / 1024:.0f} MiB"))  # fmt: skip
+                            kib < args.rss_mib * 1024, f"{kib / 1024:.0f} MiB"))
     relay = [r for r in rows if r.contender.startswith("relay")]
     found.append(Target("100 % completion (relay, every scenario)", all(r.completed for r in relay) and bool(relay),
-                        f"{sum(r.completed for r in relay)}/{len(relay)} right"))  # fmt: skip
+                        f"{sum(r.completed for r in relay)}/{len(relay)} right"))
     return found
 
 
@@ -576,7 +576,7 @@ def edge_downloads(args: argparse.Namespace) -> str:
 
     section = dataclasses.replace(DownloadsSection(), **args.edge_downloads)
     keys = ("streams", "chunk_size", "stall_timeout", "request_timeout", "give_up_after", "bandwidth_limit",
-            "prefetch_max_size", "cache_size")  # fmt: skip
+            "prefetch_max_size", "cache_size")
     return ", ".join(f"{key} {getattr(section, key)}" for key in keys)
 
 
@@ -601,7 +601,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     cached_info: dict[str, Any] = {}
     downloads = dict(args.edge_downloads)
     world = TransferWorld(work / "world", s3, s3_link=LinkProfile(), amqp_link=LinkProfile(), one_bottleneck=True,
-                          cloud_toml=jobs_toml(args.result_mib * MiB), downloads=downloads)  # fmt: skip
+                          cloud_toml=jobs_toml(args.result_mib * MiB), downloads=downloads)
     (work / "world").mkdir()
     try:
         await world.start()
@@ -640,7 +640,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
               + ("restarted before the cached runs (its cache survives), RSS then "
                  if cached_info["restarted"] else "not restarted, RSS before the cached runs ")
               + f"{cached_info['rss_before_kib'] / 1024:.0f} MiB; peak RSS = VmHWM since the edge started, "
-              "including one untimed, hashed download")  # fmt: skip
+              "including one untimed, hashed download")
     print(f"load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}, {os.cpu_count()} CPUs")
     print()
     checks = targets(rows, cached_info, args)

@@ -17,6 +17,10 @@ processes and moto (the workers with their shepherds and commands, the
 dispatcher, the edge; not PostgreSQL or RabbitMQ) while the jobs ran, and
 how many cores that kept busy: on a machine shared with other work, a row
 whose cores busy approach what is free is bound by the CPU, not by relay.
+And where a slot's time goes: the median run (the registry's start to end
+of a job: fetching inputs, the command, storing results and the log) and
+what a slot spends per job outside runs (taking the next delivery,
+claiming it, recording the outcome).
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ def run(workers: int, jobs: int, slots: int, directory: Path) -> dict[str, objec
                 rows = registry_rows(dsn, "SELECT min(started_at) AS first, max(finished_at) AS last, "
                                           "count(*) AS n FROM jobs WHERE state = 'succeeded'")
                 span = float(rows[0]["last"]) - float(rows[0]["first"])
+                runs_ms = sorted(1000 * (float(r["finished_at"]) - float(r["started_at"])) for r in registry_rows(
+                    dsn, "SELECT started_at, finished_at FROM jobs WHERE state = 'succeeded'"))
                 runs = Counter(world.side_lines())
                 per_worker = {w.log_path.parent.name: w.log_text().count(" starts on ") for w in world.workers}
                 return {
@@ -70,6 +76,9 @@ def run(workers: int, jobs: int, slots: int, directory: Path) -> dict[str, objec
                     "lost": sum(1 for tag in tags if tag not in runs),
                     "spread": "/".join(str(per_worker[name]) for name in sorted(per_worker)),
                     "cpu_ms": cpu / jobs * 1000, "cores": cpu / span if span > 0 else None,
+                    "run_ms": runs_ms[len(runs_ms) // 2],
+                    # A slot's time per job that is not the run itself.
+                    "outside_ms": span * 1000 * workers * slots / jobs - sum(runs_ms) / len(runs_ms),
                 }
             finally:
                 world.stop()
@@ -94,7 +103,7 @@ def _count(dsn: str, state: str) -> int:
 def table(results: list[dict[str, object]]) -> str:
     base = next((r["per_minute"] for r in results if r["workers"] == 1), None)
     header = ["workers", "slots", "jobs", "succeeded", "seconds", "jobs/min", "vs 1 worker", "runs per worker",
-              "duplicates", "lost", "CPU ms/job", "cores busy"]
+              "duplicates", "lost", "CPU ms/job", "cores busy", "run ms", "outside ms"]
     rows = [header]
     for r in results:
         rate = r["per_minute"]
@@ -102,7 +111,8 @@ def table(results: list[dict[str, object]]) -> str:
         rows.append([str(r["workers"]), str(r["slots"]), str(r["jobs"]), str(r["succeeded"]),
                      f"{r['seconds']:.1f}", f"{rate:.0f}" if isinstance(rate, float) else "-", ratio,
                      str(r["spread"]), str(r["duplicates"]), str(r["lost"]), f"{r['cpu_ms']:.0f}",
-                     f"{r['cores']:.2f}" if isinstance(r["cores"], float) else "-"])
+                     f"{r['cores']:.2f}" if isinstance(r["cores"], float) else "-",
+                     f"{r['run_ms']:.0f}", f"{r['outside_ms']:.0f}"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))

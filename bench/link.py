@@ -56,11 +56,12 @@ from twisted.python.failure import Failure  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
 from bench._common import Result, Target, at_least, format_table, format_targets  # noqa: E402
+from relay.config import LinkConfig  # noqa: E402
 from relay.db import Database, Schema  # noqa: E402
 from relay.health import Health  # noqa: E402
 from relay.link import inbox, outbox  # noqa: E402
 from relay.link.backoff import Backoff  # noqa: E402
-from relay.link.bridge import Bridge  # noqa: E402
+from relay.link.bridge import build_link  # noqa: E402
 from relay.link.catalogue import Catalogue  # noqa: E402
 from relay.link.channel import Channel, ConfirmTracker, Delivery  # noqa: E402
 from relay.link.client import CLIENT_CAPABILITIES, BrokerListener, RelayClient, RelayDelegate  # noqa: E402
@@ -180,10 +181,10 @@ class _Control(Protocol):
 async def serve_cloud(reactor: Any, args: argparse.Namespace) -> None:
     metrics = Metrics()
     db = Database(reactor, Path(args.serve_cloud), [outbox.SCHEMA, inbox.SCHEMA, EFFECTS])
-    bridge = Bridge(
-        reactor, db, metrics, Health(reactor, "cloud", metrics), catalogue(),
-        url=args.url, heartbeat=HEARTBEAT, source="cloud", consume=args.queue, declare=[args.peer],
-        prefetch=args.prefetch, connection_name=unique("cloud"),
+    bridge = build_link(
+        LinkConfig(url=args.url, heartbeat=HEARTBEAT), reactor, db, metrics, Health(reactor, "cloud", metrics),
+        catalogue(), source="cloud", consume=args.queue, declare=[args.peer], prefetch=args.prefetch,
+        connection_name=unique("cloud"),
     )
     bridge.inbox.register(PAYLOAD, apply_payload)
     control = _Control()
@@ -442,11 +443,10 @@ async def relay_run(
     if args.reconnect_delay is not None:
         delay = args.reconnect_delay
         backoff = Backoff(reactor, initial=delay, cap=delay, jitter="none")
-    bridge = Bridge(
-        reactor, db, metrics, Health(reactor, "edge", metrics), catalogue(),
-        url=broker_url(args, emulator.port if emulator is not None else None), heartbeat=HEARTBEAT,
-        source="edge:bench", consume=to_edge, declare=[to_cloud], window=args.window, backoff=backoff,
-        connection_name=unique("edge"),
+    link = LinkConfig(url=broker_url(args, emulator.port if emulator is not None else None), heartbeat=HEARTBEAT)
+    bridge = build_link(
+        link, reactor, db, metrics, Health(reactor, "edge", metrics), catalogue(), source="edge:bench",
+        consume=to_edge, declare=[to_cloud], window=args.window, backoff=backoff, connection_name=unique("edge"),
     )
     pad = padding("edge:bench")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import stat
 import tomllib
 import types
@@ -22,8 +23,13 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union
 
 from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.logger import Logger
 from twisted.python import usage
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----", re.DOTALL
+)
 
 
 class ConfigError(Exception):
@@ -262,14 +268,43 @@ class LinkConfig:
     #: never).  Serving users while the link is away is what the edge is
     #: for: this is for a link that does not come back.
     unhealthy_after: int = 600
+    #: With amqps: a PEM file of the certificate authorities that may sign
+    #: the broker's certificate (a private CA, as RabbitMQ deployments
+    #: often use); by default the system's trust store.  Relative to the
+    #: working directory.  Hostname verification applies either way.
+    ca_file: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.ca_file is not None:
+            self.trust_root()
         if not self.url.startswith(("amqp://", "amqps://")):
             raise ValueError(f"link.url: expected an amqp:// or amqps:// URL, got {self.url!r}")
         if not 1 <= self.heartbeat <= 600:
             raise ValueError(f"link.heartbeat: expected 1 to 600 seconds, got {self.heartbeat}")
         if self.unhealthy_after < 0:
             raise ValueError(f"link.unhealthy_after: expected 0 or more seconds, got {self.unhealthy_after}")
+
+    def trust_root(self) -> Any:
+        """
+        The authorities C{ca_file} names, for the link's TLS; C{None}: the
+        system's.
+
+        @raise ValueError: the file cannot be read or holds no certificate.
+        """
+        if self.ca_file is None:
+            return None
+        try:
+            text = self.ca_file.read_bytes()
+        except OSError as e:
+            raise ValueError(f"link.ca_file: cannot read {self.ca_file}: {e.strerror}") from None
+        blocks = _PEM_CERTIFICATE.findall(text)
+        try:
+            certificates = [Certificate.loadPEM(block) for block in blocks]
+        except Exception:
+            certificates = []
+        if not certificates:
+            raise ValueError(f"link.ca_file: {self.ca_file} holds no PEM certificate")
+        return trustRootFromCertificates(certificates)
 
 
 @dataclasses.dataclass(frozen=True)

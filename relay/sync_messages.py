@@ -277,3 +277,14 @@ def register_types(catalogue: Catalogue) -> None:
     register all of them: each validates what it receives).
     """
     catalogue.register_all(SCHEMAS)
+
+
+def sync_catalogue() -> Catalogue:
+    """
+    A new catalogue with the registry's and sync's message types, for a
+    process's link (L{relay.link.bridge.build_link}); its components add
+    theirs.
+    """
+    catalogue = Catalogue()
+    register_types(catalogue)
+    return catalogue

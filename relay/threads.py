@@ -36,11 +36,13 @@ class Threads(Service):
 
     @param name: names the threads (C{spool}, C{s3}...), for debuggers and
         C{py-spy}.
+    @param pool: the C{ThreadPool} to run on instead of a new one of
+        C{size} threads (a test's L{relay.testing.reactor.InlineThreadPool}).
     """
 
-    def __init__(self, reactor: Any, name: str, size: int) -> None:
+    def __init__(self, reactor: Any, name: str, size: int, *, pool: Any = None) -> None:
         self._reactor = reactor
-        self._pool = ThreadPool(minthreads=0, maxthreads=size, name=name)
+        self._pool = pool if pool is not None else ThreadPool(minthreads=0, maxthreads=size, name=name)
         self.name = name
 
     def run(self, fn: Callable[..., R], *args: Any) -> Deferred[R]:

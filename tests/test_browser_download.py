@@ -48,7 +48,7 @@ class Cutter:
              "--connect", f"tcp:127.0.0.1:{upstream_port}", "--rate-kbps", str(RATE_BYTES * 8 / 1000),
              "--stats-interval-s", "0.1", *more],
             stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
 
     def counter(self, name: str) -> int:
         """The latest value of one of the emulator's counters, from its log."""
@@ -84,7 +84,7 @@ def stored_file(deployment: Deployment, tmp_path: Path) -> tuple[str, str]:  # n
     # Staged as the tus receiver leaves an upload; the edge transfers it when it starts.
     deployment.edge.stop()
     file_id, sha256 = stage_upload(tmp_path / "edge", SIZE, seed=5, owner=user["id"], project=project["id"],
-                                   filename="Turbine blade, rev. 2 (Zürich).step")  # fmt: skip
+                                   filename="Turbine blade, rev. 2 (Zürich).step")
     deployment.edge.start()
     deadline = time.monotonic() + 90
     while not read_db_safe(tmp_path / "edge" / "edge.db", file_id):
@@ -118,7 +118,7 @@ def emulated(deployment: Deployment, tmp_path: Path) -> Iterator[Cutter]:  # noq
 def cutting(deployment: Deployment, tmp_path: Path) -> Iterator[Cutter]:  # noqa: F811
     """The same, resetting each connection after 1.5 s on average (seeded)."""
     cutter = Cutter(int(deployment.edge_url.rsplit(":", 1)[1]), tmp_path / "linkemu-cutting.log",
-                    "--reset-mean-s", "1.5", "--seed", "12")  # fmt: skip
+                    "--reset-mean-s", "1.5", "--seed", "12")
     try:
         cutter.wait_listening()
         yield cutter
@@ -142,7 +142,7 @@ def test_chromium_downloads_a_file_through_the_emulated_link(
     page.evaluate(
         "url => { const a = document.createElement('a'); a.id = 'dl'; a.href = url;"
         " a.textContent = 'download'; document.body.append(a); }", url,
-    )  # fmt: skip
+    )
     with page.expect_download(timeout=30_000) as started:
         page.click("#dl")
     download = started.value
@@ -223,12 +223,12 @@ def test_the_browser_resumes_a_cut_download_with_range(
     # The browser context's own requests (the session's cookie), on the edge directly:
     # a range, and If-Range with an old ETag (the whole file, 200).
     answer = page.request.get(deployment.edge_url + path, headers={"Range": "bytes=1000-1999",
-                                                                    "If-Range": f'"{sha256}"'})  # fmt: skip
+                                                                    "If-Range": f'"{sha256}"'})
     assert (answer.status, answer.headers["content-range"]) == (206, f"bytes 1000-1999/{SIZE}")
     assert hashlib.sha256(answer.body()).hexdigest() == hashlib.sha256(
         _pattern_bytes(SIZE)[1000:2000]).hexdigest()
     stale = page.request.get(deployment.edge_url + path, headers={"Range": "bytes=1000-1999",
-                                                                   "If-Range": '"' + "0" * 64 + '"'})  # fmt: skip
+                                                                   "If-Range": '"' + "0" * 64 + '"'})
     assert stale.status == 200 and len(stale.body()) == SIZE
     assert hashlib.sha256(stale.body()).hexdigest() == sha256
 

@@ -6,7 +6,6 @@ threads), and relay.testing.reactor's stand-ins for it and the reactor.
 from __future__ import annotations
 
 import threading
-import time
 
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThreadPool
@@ -32,14 +31,23 @@ class ThreadsTests(TestCase):
     async def test_stopping_waits_for_work_in_progress(self) -> None:
         threads = Threads(reactor, "test-pool", 1)
         threads.startService()
-        started = threading.Event()
+        started, stopping = threading.Event(), threading.Event()
         done: list[str] = []
 
         def work() -> None:
             started.set()
-            time.sleep(0.2)
+            # Still in progress when the stop begins: it ends only then.
+            stopping.wait(5)
             done.append("finished")
 
+        pool = threads._pool
+        stop = pool.stop
+
+        def stopping_then_stop() -> None:
+            stopping.set()
+            stop()
+
+        self.patch(pool, "stop", stopping_then_stop)
         running = threads.run(work)
         started.wait(5)
         await threads.stopService()

@@ -7,10 +7,16 @@ var/objects, loopback only, credentials generated on first run), then
 in etc/, waits until both answer /healthz, and prints the URL to open.
 Ctrl-C (or SIGTERM) stops everything it started, newest first.  If any of
 them exits on its own, the others are stopped too and the exit status is 1.
+
+The addresses come from the configurations it starts (the edge's and the
+cloud's C{listen}, the cloud's C{s3.endpoint_url}).  C{--dir DIR} runs a
+deployment whose C{etc/} and C{var/} lie in C{DIR} instead of the checkout
+(the tests start one that way, on ports of their own).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import secrets
 import signal
@@ -19,13 +25,14 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
-VAR = ROOT / "var"
-S3_ADDRESS = ("127.0.0.1", 9000)
+VAR = Path("var")
 
 
 def say(message: str) -> None:
@@ -44,9 +51,22 @@ def s3_credentials() -> dict[str, str]:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(f'access_key_id = "{access}"\nsecret_access_key = "{secret}"\n')
-        say(f"generated local S3 credentials in {path.relative_to(ROOT)}")
+        say(f"generated local S3 credentials in {path}")
     with path.open("rb") as f:
         return tomllib.load(f)
+
+
+def read_config(side: str) -> dict[str, Any]:
+    with open(f"etc/{side}.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+def listen_port(description: str) -> int:
+    """The port of a Twisted listening endpoint such as C{tcp:8080:interface=127.0.0.1}."""
+    kind, port, *_ = description.split(":")
+    if kind not in ("tcp", "ssl"):
+        raise SystemExit(f"run: cannot tell the port of {description!r}")
+    return int(port)
 
 
 def port_open(address: tuple[str, int]) -> bool:
@@ -88,17 +108,24 @@ def stop(children: list[subprocess.Popen]) -> None:
             child.wait()
 
 
-def main() -> int:
-    os.chdir(ROOT)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run a complete local relay deployment.")
+    parser.add_argument("--dir", type=Path, default=ROOT, help="where etc/ and var/ are (default: the checkout)")
+    os.chdir(parser.parse_args(argv).dir)
+    cloud, edge = read_config("cloud"), read_config("edge")
+    s3 = urllib.parse.urlsplit(cloud["s3"]["endpoint_url"])
+    s3_address = (s3.hostname or "127.0.0.1", s3.port or 80)
+    cloud_health = f"http://127.0.0.1:{listen_port(cloud['cloud']['listen'])}/healthz"
+    edge_port = listen_port(edge["edge"]["listen"])
     # Everything this deployment writes (databases, spool, keys, objects) is
     # the owner's only, whatever the shell's umask; the children inherit it.
     os.umask(0o077)
     VAR.mkdir(mode=0o700, exist_ok=True)
     os.chmod(VAR, 0o700)
-    if port_open(S3_ADDRESS):
-        raise SystemExit(f"run: {S3_ADDRESS[0]}:{S3_ADDRESS[1]} is already in use; stop what listens there")
+    if port_open(s3_address):
+        raise SystemExit(f"run: {s3_address[0]}:{s3_address[1]} is already in use; stop what listens there")
     creds = s3_credentials()
-    bucket = VAR / "objects" / "relay"
+    bucket = VAR / "objects" / cloud["s3"]["bucket"]
     bucket.mkdir(parents=True, exist_ok=True)
 
     children: list[subprocess.Popen] = []
@@ -113,13 +140,13 @@ def main() -> int:
         env = dict(os.environ, RCLONE_AUTH_KEY=f'"{pair}"')
         children.append(
             subprocess.Popen(
-                [str(BIN / "rclone"), "serve", "s3", "--addr", f"{S3_ADDRESS[0]}:{S3_ADDRESS[1]}",
+                [str(BIN / "rclone"), "serve", "s3", "--addr", f"{s3_address[0]}:{s3_address[1]}",
                  "--force-path-style", "--config", "/dev/null", str(VAR / "objects")],
                 env=env,
             )
         )
-        wait_for("the local S3 server", lambda: port_open(S3_ADDRESS), children)
-        say(f"local S3 server on http://{S3_ADDRESS[0]}:{S3_ADDRESS[1]}/ (bucket 'relay' in var/objects)")
+        wait_for("the local S3 server", lambda: port_open(s3_address), children)
+        say(f"local S3 server on http://{s3_address[0]}:{s3_address[1]}/ (bucket {bucket.name!r} in {bucket.parent})")
         # The first start creates the first admin and prints a one-time
         # password ($RELAY_ADMIN_USER / $RELAY_ADMIN_PASSWORD choose them).
         subprocess.run(
@@ -132,9 +159,9 @@ def main() -> int:
                      "--config", f"etc/{side}.toml"]
                 )
             )
-        wait_for("relay-cloud", lambda: healthy("http://127.0.0.1:8081/healthz"), children)
-        wait_for("relay-edge", lambda: healthy("http://127.0.0.1:8080/healthz"), children)
-        say("relay is running: open http://127.0.0.1:8080/  (Ctrl-C stops everything)")
+        wait_for("relay-cloud", lambda: healthy(cloud_health), children)
+        wait_for("relay-edge", lambda: healthy(f"http://127.0.0.1:{edge_port}/healthz"), children)
+        say(f"relay is running: open http://127.0.0.1:{edge_port}/  (Ctrl-C stops everything)")
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         failed = next(child for child in children if child.poll() is not None)

@@ -28,6 +28,7 @@ from relay.audit import AuditLog
 from relay.cloud.config import CloudConfig, database_target
 from relay.cloud.registry import Registry
 from relay.cloud.sync import EventLog
+from relay.cloud.tap import SCHEMAS
 from relay.config import ConfigError, config_path, load, relative_to
 from relay.credentials import (
     DEFAULT_COST,
@@ -74,8 +75,6 @@ def open_registry(args: argparse.Namespace) -> tuple[Database, Registry]:
     args.audit_path = audit_path
     if not is_postgresql(target):
         Path(target).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    from relay.cloud.tap import SCHEMAS
-
     db = Database(None, target, SCHEMAS)  # type: ignore[arg-type]
     return db, Registry(EventLog(WallClock()), WallClock())  # type: ignore[arg-type]
 

@@ -18,23 +18,23 @@ from twisted.web.server import Site
 from relay.audit import AuditLog
 from relay.cloud import downloads as downloads_component
 from relay.cloud import registry, sync, transfers
-from relay.cloud.commands import CloudCommands, Effects
+from relay.cloud.commands import Effects
 from relay.cloud.config import CloudConfig, database_target
 from relay.cloud.downloads import build_downloads
 from relay.cloud.jobs import component as jobs_component
 from relay.cloud.jobs.component import build_jobs
+from relay.cloud.registry.component import build_registry
 from relay.cloud.transfers import RegistryFiles, build_objects, build_transfers
 from relay.config import TapOptions, config_path, load_or_exit, prepare_data_dir, relative_to
 from relay.db import Database, Schema
 from relay.health import DatabaseHealth, Health
 from relay.link import inbox, outbox
-from relay.link.bridge import Bridge
-from relay.link.catalogue import Catalogue
+from relay.link.bridge import build_link
 from relay.link.envelope import JOBS, TO_CLOUD
 from relay.logs import LogFormat
 from relay.metrics import Metrics
 from relay.process import GracefulStop, InOrder
-from relay.sync_messages import register_types as register_sync_types
+from relay.sync_messages import sync_catalogue
 from relay.threads import Threads
 
 DEFAULT_CONFIG = "etc/cloud.toml"
@@ -95,34 +95,28 @@ def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:
 
     metrics = Metrics()
     health = Health(reactor, "cloud", metrics)
-    catalogue = Catalogue()
-    register_sync_types(catalogue)
-    bridge = Bridge(
-        reactor, db, metrics, health, catalogue,
-        url=config.link.url, heartbeat=config.link.heartbeat,
-        unhealthy_after=config.link.unhealthy_after,
-        source="cloud",
-        consume=TO_CLOUD, declare=[JOBS], declare_destinations=True,
+    bridge = build_link(
+        config.link, reactor, db, metrics, health, sync_catalogue(), source="cloud", consume=TO_CLOUD,
+        declare=[JOBS], declare_destinations=True,
     )
     bridge.setServiceParent(root)
     health.add_section("database", DatabaseHealth(db, reactor))
-    # The registry: edge commands and sync requests arrive through the
-    # inbox; the publisher sends each edge the events it has not had.
-    events = sync.EventLog(reactor)
-    the_registry = registry.Registry(events, reactor)
     objects = build_objects(config.s3, reactor, Path.cwd())
     objects.setServiceParent(root)
-    # Jobs: the commands' effects queue them; workers run them.
+    # Jobs: the commands' effects queue them; workers run them (their
+    # leases write through the registry served below).
+    the_registry = registry.Registry(sync.EventLog(reactor), reactor)
     cpu = Threads(reactor, "cpu", CPU_THREADS)
     cpu.setServiceParent(root)
     jobs = build_jobs(config.jobs, reactor, db, bridge, the_registry, objects, cpu.run, Path.cwd())
     # Downloads: presigned GET URLs for the edges; deleted files' objects go.
     downloads = build_downloads(config.s3, reactor, db, bridge, objects)
+    # The registry: edge commands and sync requests arrive through the
+    # inbox; the publisher sends each edge the events it has not had.
     audit = AuditLog(relative_to(data_dir, config.log.audit), reactor)
-    CloudCommands(the_registry, Effects(jobs.effects, downloads.effects), audit).register(bridge.inbox)
-    sync.SyncResponder(bridge.outbox, reactor).register(bridge.inbox)
-    publisher = sync.SyncPublisher(bridge.outbox, reactor)
-    sync.SyncPublishing(db, publisher, bridge.outbox, reactor).setServiceParent(root)
+    build_registry(
+        reactor, db, bridge, Effects(jobs.effects, downloads.effects), registry=the_registry, audit=audit
+    ).setServiceParent(root)
     # The transfer stage: edges' multipart uploads, registered in the
     # registry when complete.
     build_transfers(config.s3, reactor, db, bridge, RegistryFiles(the_registry), objects).setServiceParent(root)

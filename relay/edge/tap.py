@@ -26,7 +26,7 @@ from relay.edge.downloads.service import build_downloads
 from relay.edge.events import EventHub
 from relay.edge.jobs import SCHEMA as JOB_LOGS_SCHEMA
 from relay.edge.jobs import build_job_watch
-from relay.edge.login_throttle import LoginThrottle
+from relay.edge.replica.component import build_replica
 from relay.edge.transfer import journal as transfer_journal
 from relay.edge.transfer.service import build_transfers
 from relay.edge.uploads import store as upload_store
@@ -38,14 +38,12 @@ from relay.edge.web.app import EdgeWeb
 from relay.edge.web.site import EdgeSite, ListenerLimits, ensure_open_files
 from relay.health import DatabaseHealth, Health
 from relay.link import inbox, outbox
-from relay.link.bridge import Bridge
-from relay.link.catalogue import Catalogue
+from relay.link.bridge import build_link
 from relay.link.envelope import to_edge
 from relay.logs import LogFormat
 from relay.metrics import Metrics
 from relay.process import GracefulStop, InOrder
-from relay.sync_messages import register_types as register_sync_types
-from relay.threads import Threads
+from relay.sync_messages import sync_catalogue
 
 DEFAULT_CONFIG = "etc/edge.toml"
 
@@ -112,14 +110,9 @@ def edge_service(
 
     metrics = Metrics()
     health = Health(reactor, "edge", metrics)
-    catalogue = Catalogue()
-    register_sync_types(catalogue)
-    bridge = Bridge(
-        reactor, db, metrics, health, catalogue,
-        url=config.link.url, heartbeat=config.link.heartbeat,
-        unhealthy_after=config.link.unhealthy_after,
-        source=f"edge:{config.edge.id}",
-        consume=to_edge(config.edge.id), declare=[],
+    bridge = build_link(
+        config.link, reactor, db, metrics, health, sync_catalogue(), source=f"edge:{config.edge.id}",
+        consume=to_edge(config.edge.id),
     )
     bridge.setServiceParent(root)
     health.add_section("database", DatabaseHealth(db, reactor))
@@ -127,30 +120,17 @@ def edge_service(
     # upload and transfer progress.
     hub = EventHub(first_id=int(reactor.seconds() * 1_000_000))
     # The replica of the cloud registry, and identity checked against it
-    # (scrypt runs on the cpu pool below, never on the reactor's thread).
-    applier = replica.ReplicaApplier(
-        config.edge.id, bridge.outbox, reactor, observer=ReplicaAnnouncer(hub, reactor)
+    # (scrypt on a small pool of its own, behind the login throttle's
+    # queue: a flood of logins cannot take the threads other work needs).
+    audit = AuditLog(relative_to(data_dir, config.log.audit), reactor)
+    the_replica = build_replica(
+        config.edge.id, config.web, reactor, db, bridge, observer=ReplicaAnnouncer(hub, reactor), audit=audit
     )
-    applier.register(bridge.inbox)
-    monitor = replica.SyncMonitor(
-        db, applier, bridge.outbox, connected=lambda: bridge.link.channel is not None
-    )
-    monitor.setServiceParent(root)
-    bridge.when_up(monitor.link_up)
+    the_replica.setServiceParent(root)
+    identity = the_replica.identity
     # Running jobs' logs and progress, live.
     job_watch = build_job_watch(config.jobs, reactor, db, bridge, hub, config.edge.id)
     job_watch.setServiceParent(root)
-    # scrypt on a small pool of its own, behind the login throttle's queue:
-    # a flood of logins cannot take the threads other work needs.
-    cpu = Threads(reactor, "scrypt", config.web.scrypt_threads)
-    cpu.setServiceParent(root)
-    web_config = config.web
-    throttle = LoginThrottle(
-        reactor, free=web_config.login_free_attempts, delay=web_config.login_delay,
-        cap=web_config.login_delay_cap, window=web_config.login_window, in_flight=web_config.login_queue,
-    )
-    audit = AuditLog(relative_to(data_dir, config.log.audit), reactor)
-    identity = identity_module.Identity(db, reactor, cpu.run, throttle=throttle, audit=audit)
     authenticator = authenticator if authenticator is not None else identity
     projects = projects if projects is not None else identity
     # The transfer stage moves staged uploads to S3 (unless a test hands in
@@ -177,8 +157,8 @@ def edge_service(
     downloads.routes(web.app, identity)
     job_watch.add_routes(web.app, identity)
     streams = api_routes(
-        web.app, identity, db, replica.CommandIssuer(bridge.outbox, reactor), hub, bridge.outbox.wake,
-        reactor, cpu.run, link=bridge.link_state, streams_per_user=config.web.max_streams_per_user,
+        web.app, identity, db, the_replica.issuer, hub, bridge.outbox.wake,
+        reactor, the_replica.cpu, link=bridge.link_state, streams_per_user=config.web.max_streams_per_user,
     )
     streams.setServiceParent(root)
     # Upload bodies stream to the spool instead of being buffered whole;

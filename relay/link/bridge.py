@@ -17,7 +17,9 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
 
+from relay.config import LinkConfig
 from relay.db import Database
 from relay.health import Health
 from relay.link.backoff import Backoff
@@ -33,9 +35,68 @@ from relay.metrics import Metrics
 SHARED_RESCAN = 5.0
 
 
+class ILinkEnd(Interface):
+    """
+    What the components built on the link use of it: the builders of the
+    registry, the replica, jobs and downloads take one.  L{Bridge} is the
+    real one; L{relay.testing.sync.FakeLink} carries messages in process.
+    """
+
+    outbox = Attribute("The L{relay.link.outbox.IOutbox} messages leave by.")
+    inbox = Attribute("The L{relay.link.inbox.IInbox} handlers register with.")
+    catalogue = Attribute("The L{Catalogue} of the message types this process knows.")
+
+    def when_up(hook: Callable[[], object]) -> None:
+        """
+        Call C{hook} every time the link comes (back) up.
+        """
+
+    def connected() -> bool:
+        """
+        Whether the broker connection is up now.
+        """
+
+
+def build_link(
+    config: LinkConfig,
+    reactor: Any,
+    db: Database,
+    metrics: Metrics,
+    health: Health,
+    catalogue: Catalogue,
+    *,
+    source: str,
+    consume: str,
+    declare: Sequence[str] = (),
+    declare_destinations: bool = False,
+    backoff: Backoff | None = None,
+    connection_name: str | None = None,
+    window: int = 4000,
+    prefetch: int = 200,
+) -> Bridge:
+    """
+    The link from its C{[link]} table: the one way both taps and the test
+    worlds on a real broker build a L{Bridge}.
+
+    @param catalogue: the message types this process knows (the taps start
+        from L{relay.sync_messages.sync_catalogue}); the components built on
+        the link add theirs.
+    @param window: unconfirmed messages the outbox may have in flight.
+    @param prefetch: unacknowledged deliveries the broker may send ahead.
+    """
+    return Bridge(
+        reactor, db, metrics, health, catalogue,
+        url=config.url, heartbeat=config.heartbeat, unhealthy_after=config.unhealthy_after,
+        source=source, consume=consume, declare=declare, declare_destinations=declare_destinations,
+        backoff=backoff, connection_name=connection_name, window=window, prefetch=prefetch,
+        tls_trust_root=config.trust_root(),
+    )
+
+
+@implementer(ILinkEnd)
 class Bridge(MultiService):
     """
-    One process's end of the link.
+    One process's end of the link (build it with L{build_link}).
 
     @param consume: the queue this process reads (its inbox).
     @param declare: the destinations to declare on every connect, besides
@@ -116,6 +177,12 @@ class Bridge(MultiService):
         (the replica's sync) start there.
         """
         self._up_hooks.append(hook)
+
+    def connected(self) -> bool:
+        """
+        Whether the broker connection is up now (a channel is open).
+        """
+        return self.link.channel is not None
 
     def report(self) -> dict[str, Any]:
         """

@@ -22,22 +22,25 @@ from twisted.python.failure import Failure
 
 from relay.cloud import registry as registry_schema
 from relay.cloud import sync
-from relay.cloud.commands import CloudCommands
-from relay.cloud.registry import Registry
+from relay.cloud.registry.component import build_registry
+from relay.config import LinkConfig
 from relay.db import Database
 from relay.edge.auth import Principal
+from relay.edge.config import WebSection
 from relay.edge.replica import SCHEMA as REPLICA_SCHEMA
-from relay.edge.replica import CommandIssuer, ReplicaApplier, SyncMonitor, position
+from relay.edge.replica import position
+from relay.edge.replica.component import build_replica
 from relay.edge.uploads import store as uploads_store
 from relay.health import Health
 from relay.link import inbox, outbox
 from relay.link.backoff import Backoff
-from relay.link.bridge import Bridge
+from relay.link.bridge import build_link
 from relay.link.envelope import TO_CLOUD, to_edge
 from relay.metrics import Metrics
 from relay.process import InOrder
 from relay.replication import dump
-from relay.testing.registry import RecordedEffects, catalogue
+from relay.testing.reactor import inline
+from relay.testing.registry import TEST_COST, RecordedEffects, catalogue
 
 T = TypeVar("T")
 
@@ -47,6 +50,14 @@ def quick_backoff(reactor: Any) -> Backoff:
     Reconnect within a fraction of a second: tests drop links often.
     """
     return Backoff(reactor, initial=0.05, cap=0.5, healthy_after=2.0)
+
+
+def link_config(url: str) -> LinkConfig:
+    """
+    The C{[link]} table of a test's node: a short heartbeat, health never
+    failing on a link the test drops on purpose.
+    """
+    return LinkConfig(url=url, heartbeat=5, unhealthy_after=0)
 
 
 def spin(reactor: Any, work: Callable[[], Coroutine[Any, Any, T]], timeout: float) -> T:
@@ -135,20 +146,18 @@ class CloudNode:
         self.db = Database(reactor, path, schemas=[outbox.SCHEMA, inbox.SCHEMA, registry_schema.SCHEMA, sync.SCHEMA])
         self.db.setServiceParent(self.root)
         metrics = Metrics()
-        self.bridge = Bridge(
-            reactor, self.db, metrics, Health(reactor, "cloud", metrics), catalogue(),
-            url=url, heartbeat=5, source="cloud", consume=TO_CLOUD, declare=[],
-            declare_destinations=True, backoff=quick_backoff(reactor), connection_name=connection_name,
+        self.bridge = build_link(
+            link_config(url), reactor, self.db, metrics, Health(reactor, "cloud", metrics), catalogue(),
+            source="cloud", consume=TO_CLOUD, declare_destinations=True, backoff=quick_backoff(reactor),
+            connection_name=connection_name,
         )
         self.bridge.setServiceParent(self.root)
-        self.registry = Registry(sync.EventLog(reactor), reactor)
-        CloudCommands(self.registry, RecordedEffects()).register(self.bridge.inbox)
-        self.responder = sync.SyncResponder(self.bridge.outbox, reactor)
-        self.responder.register(self.bridge.inbox)
-        publisher = sync.SyncPublisher(self.bridge.outbox, reactor)
-        sync.SyncPublishing(
-            self.db, publisher, self.bridge.outbox, reactor, interval=publish_interval
-        ).setServiceParent(self.root)
+        component = build_registry(
+            reactor, self.db, self.bridge, RecordedEffects(), publish_interval=publish_interval
+        )
+        component.setServiceParent(self.root)
+        self.registry = component.registry
+        self.responder = component.responder
 
     def start(self) -> None:
         self.root.startService()
@@ -193,21 +202,19 @@ class EdgeNode:
         self.db = Database(reactor, self.path, schemas=[outbox.SCHEMA, inbox.SCHEMA, REPLICA_SCHEMA, uploads_store.SCHEMA])
         self.db.setServiceParent(self.root)
         metrics = Metrics()
-        self.bridge = Bridge(
-            reactor, self.db, metrics, Health(reactor, "edge", metrics), catalogue(),
-            url=self.url, heartbeat=5, source=f"edge:{self.edge_id}", consume=to_edge(self.edge_id),
-            declare=[], backoff=quick_backoff(reactor), connection_name=self.connection_name,
+        self.bridge = build_link(
+            link_config(self.url), reactor, self.db, metrics, Health(reactor, "edge", metrics), catalogue(),
+            source=f"edge:{self.edge_id}", consume=to_edge(self.edge_id),
+            backoff=quick_backoff(reactor), connection_name=self.connection_name,
         )
         self.bridge.setServiceParent(self.root)
-        self.applier = ReplicaApplier(self.edge_id, self.bridge.outbox, reactor)
-        self.applier.register(self.bridge.inbox)
-        monitor = SyncMonitor(
-            self.db, self.applier, self.bridge.outbox, interval=self.monitor_interval,
-            connected=lambda: self.bridge.link.channel is not None,
+        the_replica = build_replica(
+            self.edge_id, WebSection(), reactor, self.db, self.bridge, cpu=inline, cost=TEST_COST,
+            monitor_interval=self.monitor_interval,
         )
-        monitor.setServiceParent(self.root)
-        self.bridge.when_up(monitor.link_up)
-        self.issuer = CommandIssuer(self.bridge.outbox, reactor)
+        the_replica.setServiceParent(self.root)
+        self.applier = the_replica.applier
+        self.issuer = the_replica.issuer
 
     def start(self) -> None:
         self.root.startService()

@@ -67,9 +67,9 @@ def seed_registry(dsn: str) -> tuple[str, str, str]:
     from relay.cloud.registry import Registry
     from relay.cloud.sync import EventLog
     from relay.cloud.tap import SCHEMAS
-    from relay.testing.immediate import ImmediateDatabase
+    from relay.testing.db import SynchronousDatabase
 
-    db = ImmediateDatabase(dsn, SCHEMAS)
+    db = SynchronousDatabase(dsn, SCHEMAS)
     clock = Clock()
     clock.advance(time.time())
     registry = Registry(EventLog(clock), clock)
@@ -204,12 +204,12 @@ class WorkersWorld:
         from relay.cloud.objects import object_key
         from relay.cloud.registry import Registry, new_id
         from relay.cloud.sync import EventLog
-        from relay.testing.immediate import ImmediateDatabase
+        from relay.testing.db import SynchronousDatabase
 
         file_id = new_id()
         key = object_key(self.project, file_id)
         self.s3.client().put_object(Bucket=self.s3.bucket, Key=key, Body=data)
-        db = ImmediateDatabase(self.dsn)
+        db = SynchronousDatabase(self.dsn)
         clock = Clock()
         clock.advance(time.time())
         try:

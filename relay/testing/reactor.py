@@ -8,7 +8,9 @@ components, and blocking work done at once (after buildbot's test reactor).
     made it), C{callWhenRunning} and a thread pool that runs work in place
     (C{getThreadPool}, so C{deferToThreadPool} works unchanged).
   - L{inline} is the L{relay.threads.Blocking} that tests hand in for a
-    pool: the work runs at once and the Deferred has fired on return.
+    pool: the work runs at once and the Deferred has fired on return;
+    L{inline_threads} is a L{Threads} service that does the same (its
+    results arrive on the reactor's next turn, as a pool's do).
   - L{reactor_for} gives a test case a L{TestReactor} and fails the test
     if it leaves calls pending: a service it did not stop, a timer nobody
     cancels.
@@ -23,6 +25,8 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+
+from relay.threads import Threads
 
 R = TypeVar("R")
 
@@ -55,6 +59,14 @@ class InlineThreadPool:
             onResult(False, Failure())
         else:
             onResult(True, result)
+
+
+def inline_threads(reactor: Any, name: str = "inline") -> Threads:
+    """
+    A L{Threads} whose work runs in place, on an L{InlineThreadPool}: for
+    components that own their pool, on a L{TestReactor}.
+    """
+    return Threads(reactor, name, 1, pool=InlineThreadPool())
 
 
 class TestReactor(Clock):

@@ -16,27 +16,28 @@ from zope.interface import implementer
 from relay.audit import AuditLog
 from relay.cloud import registry as registry_schema
 from relay.cloud import sync
-from relay.cloud.commands import CloudCommands, ICommandEffects
+from relay.cloud.commands import ICommandEffects
 from relay.cloud.jobs.catalogue import publish_catalogue
-from relay.cloud.registry import Registry
+from relay.cloud.registry.component import build_registry
 from relay.credentials import ScryptCost, hash_password
 from relay.edge import identity as identity_module
 from relay.edge.auth import Principal
+from relay.edge.config import WebSection
 from relay.edge.downloads.cache import SCHEMA as CACHE_SCHEMA
-from relay.edge.identity import Identity
 from relay.edge.jobs.tail import SCHEMA as JOB_LOGS_SCHEMA
 from relay.edge.replica import SCHEMA as REPLICA_SCHEMA
-from relay.edge.replica import CommandIssuer, ReplicaApplier
+from relay.edge.replica.applier import IReplicaObserver
+from relay.edge.replica.component import build_replica
 from relay.edge.uploads import store as upload_store
 from relay.jobkinds import CatalogueEntry
 from relay.link.catalogue import Catalogue
 from relay.link.envelope import TO_CLOUD, to_edge
 from relay.replication import dump
-from relay.sync_messages import register_types
-from relay.testing.immediate import ImmediateDatabase
+from relay.sync_messages import sync_catalogue
+from relay.testing.db import SynchronousDatabase
 from relay.testing.reactor import inline
 from relay.testing.sync import SCHEMA as FAKE_LINK_SCHEMA
-from relay.testing.sync import Endpoint, FakeInbox, FakeOutbox, InProcessLink
+from relay.testing.sync import Endpoint, FakeLink, InProcessLink
 
 #: scrypt at a cost tests can afford by the hundred.
 TEST_COST = ScryptCost(log_n=4, r=1, p=1)
@@ -75,8 +76,7 @@ def catalogue() -> Catalogue:
     """
     global _CATALOGUE
     if _CATALOGUE is None:
-        _CATALOGUE = Catalogue()
-        register_types(_CATALOGUE)
+        _CATALOGUE = sync_catalogue()
     return _CATALOGUE
 
 
@@ -90,17 +90,17 @@ class CloudSide:
         audit: AuditLog | None = None,
     ) -> None:
         self.clock = clock
-        self.db = ImmediateDatabase(target, [registry_schema.SCHEMA, sync.SCHEMA, FAKE_LINK_SCHEMA])
-        self.log = sync.EventLog(clock)
-        self.registry = Registry(self.log, clock)
-        self.outbox = FakeOutbox("cloud", clock)
-        self.inbox = FakeInbox(self.db, catalogue(), dedupe=dedupe)
+        self.db = SynchronousDatabase(target, [registry_schema.SCHEMA, sync.SCHEMA, FAKE_LINK_SCHEMA])
+        self.link_end = FakeLink("cloud", self.db, catalogue(), clock, dedupe=dedupe)
+        self.outbox = self.link_end.outbox
+        self.inbox = self.link_end.inbox
         self.effects = RecordedEffects()
-        self.commands = CloudCommands(self.registry, self.effects, audit)
-        self.commands.register(self.inbox)
-        self.responder = sync.SyncResponder(self.outbox, clock)
-        self.responder.register(self.inbox)
-        self.publisher = sync.SyncPublisher(self.outbox, clock)
+        self.component = build_registry(clock, self.db, self.link_end, self.effects, audit=audit)
+        self.registry = self.component.registry
+        self.log = self.component.log
+        self.commands = self.component.commands
+        self.responder = self.component.responder
+        self.publisher = self.component.publisher
         if link is not None:
             link.attach(Endpoint(TO_CLOUD, self.db, self.outbox, self.inbox))
 
@@ -146,8 +146,9 @@ class EdgeSide:
 
     def __init__(
         self, edge_id: str, target: Path | str, clock: Clock, link: InProcessLink | None = None, *,
-        dedupe: bool = True,
+        dedupe: bool = True, observer: IReplicaObserver | None = None,
     ) -> None:
+        self.observer = observer
         self.edge_id = edge_id
         self.target = target
         self.clock = clock
@@ -156,17 +157,21 @@ class EdgeSide:
         self._build()
 
     def _build(self) -> None:
-        self.db = ImmediateDatabase(
+        self.db = SynchronousDatabase(
             self.target,
             [REPLICA_SCHEMA, identity_module.SCHEMA, upload_store.SCHEMA, FAKE_LINK_SCHEMA, JOB_LOGS_SCHEMA,
              CACHE_SCHEMA],
         )
-        self.outbox = FakeOutbox(f"edge:{self.edge_id}", self.clock)
-        self.inbox = FakeInbox(self.db, catalogue(), dedupe=self.dedupe)
-        self.applier = ReplicaApplier(self.edge_id, self.outbox, self.clock)
-        self.applier.register(self.inbox)
-        self.issuer = CommandIssuer(self.outbox, self.clock)
-        self.identity = Identity(self.db, self.clock, inline, cost=TEST_COST)
+        self.link_end = FakeLink(f"edge:{self.edge_id}", self.db, catalogue(), self.clock, dedupe=self.dedupe)
+        self.outbox = self.link_end.outbox
+        self.inbox = self.link_end.inbox
+        self.replica = build_replica(
+            self.edge_id, WebSection(), self.clock, self.db, self.link_end, observer=self.observer, cpu=inline,
+            cost=TEST_COST,
+        )
+        self.applier = self.replica.applier
+        self.issuer = self.replica.issuer
+        self.identity = self.replica.identity
         if self.link is not None:
             self.link.attach(Endpoint(to_edge(self.edge_id), self.db, self.outbox, self.inbox))
 

@@ -10,6 +10,8 @@ queue was lost) messages that never arrive.
   - L{FakeInbox} provides L{IInbox}: it records each message id with the
     handler's effect in one transaction and ignores a message seen before,
     like the real inbox.
+  - L{FakeLink} provides L{ILinkEnd} with those two: what the
+    components' builders take in place of the real L{Bridge}.
   - L{InProcessLink} carries committed messages from every outbox to the
     inbox of the queue they are addressed to.
 """
@@ -25,6 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from relay.db import Database, Schema
+from relay.link.bridge import ILinkEnd
 from relay.link.catalogue import Catalogue
 from relay.link.envelope import Envelope
 from relay.replication import IInbox, IOutbox
@@ -147,6 +150,35 @@ class FakeInbox:
         if not seen:
             conn.execute("INSERT INTO fake_inbox_seen (id) VALUES (?)", (message.id,))
         return "again" if seen else "applied"
+
+
+@implementer(ILinkEnd)
+class FakeLink:
+    """
+    A process's end of the link without a broker: a L{FakeOutbox} and a
+    L{FakeInbox} on C{db}.  The link counts as down until a test calls
+    L{come_up}, which runs the hooks given to L{when_up}.
+    """
+
+    def __init__(
+        self, source: str, db: Database, catalogue: Catalogue, clock: IReactorTime, *, dedupe: bool = True
+    ) -> None:
+        self.outbox = FakeOutbox(source, clock)
+        self.inbox = FakeInbox(db, catalogue, dedupe=dedupe)
+        self.catalogue = catalogue
+        self.up = False
+        self._hooks: list[Callable[[], object]] = []
+
+    def when_up(self, hook: Callable[[], object]) -> None:
+        self._hooks.append(hook)
+
+    def connected(self) -> bool:
+        return self.up
+
+    def come_up(self) -> None:
+        self.up = True
+        for hook in self._hooks:
+            hook()
 
 
 @dataclass

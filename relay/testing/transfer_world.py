@@ -21,18 +21,17 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from relay.crypto import load_or_create_master_key
-from relay.db import Schema, connect, migrate, transaction
 from relay.edge.uploads.spool import Spool
 from relay.edge.uploads.store import Upload, UploadState, UploadStore
+from relay.testing.db import SynchronousDatabase
 
 BIN = Path(sys.executable).parent
 MiB = 1 << 20
@@ -65,24 +64,6 @@ class Vhost:
 
     def url(self, port: int = AMQP_PORT) -> str:
         return f"amqp://guest:guest@127.0.0.1:{port}/{self.name}"
-
-
-class _Immediate:
-    """The part of L{relay.db.Database} the stores use, done at once."""
-
-    def __init__(self, path: Path, schemas: list[Schema]) -> None:
-        self.conn = connect(path)
-        for schema in schemas:
-            migrate(self.conn, schema)
-
-    def run(self, work: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return succeed(transaction(self.conn, work, *args))
-
-    def read(self, work: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return succeed(work(self.conn, *args))
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 def pattern(seed: int, size: int, block: int = MiB) -> Iterator[bytes]:
@@ -118,10 +99,10 @@ def stage_upload(data_dir: Path, size: int, *, seed: int, owner: str, project: s
         writer.write(block)
     writer.finalize()
     writer.close()
-    db = _Immediate(data_dir / "edge.db", SCHEMAS)
+    db = SynchronousDatabase(data_dir / "edge.db", SCHEMAS)
     try:
         now = time.time()
-        UploadStore(db).add(Upload(  # type: ignore[arg-type]
+        UploadStore(db).add(Upload(
             id=upload_id, owner=owner, project=project, filename=filename, filetype="application/octet-stream",
             length=size, offset=size, state=UploadState.STAGED, created=now, updated=now,
         ))
@@ -142,7 +123,7 @@ def seed_cloud(data_dir: Path, name: str = "alice", *, user_id: str | None = Non
     from relay.cloud.tap import SCHEMAS
 
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    db = _Immediate(data_dir / "cloud.db", SCHEMAS)
+    db = SynchronousDatabase(data_dir / "cloud.db", SCHEMAS)
     clock = Clock()
     clock.advance(time.time())
     registry = Registry(EventLog(clock), clock)
@@ -167,7 +148,7 @@ def seed_api_key(data_dir: Path, user_id: str) -> str:
     from relay.cloud.sync import EventLog
     from relay.cloud.tap import SCHEMAS
 
-    db = _Immediate(data_dir / "cloud.db", SCHEMAS)
+    db = SynchronousDatabase(data_dir / "cloud.db", SCHEMAS)
     clock = Clock()
     clock.advance(time.time())
     try:

@@ -23,12 +23,12 @@ from typing import Any
 
 from twisted.internet.task import Clock
 
+from relay.testing.db import SynchronousDatabase
 from relay.testing.s3servers import S3Server, free_port, start_moto
 from relay.testing.transfer_world import (
     AMQP_PORT,
     Node,
     Vhost,
-    _Immediate,
     cloud_node,
     edge_node,
     seed_api_key,
@@ -64,7 +64,7 @@ def seed_projects(
     from relay.cloud.sync import EventLog
     from relay.cloud.tap import SCHEMAS
 
-    db = _Immediate(cloud_dir / "cloud.db", SCHEMAS)
+    db = SynchronousDatabase(cloud_dir / "cloud.db", SCHEMAS)
     clock = Clock()
     clock.advance(time.time())
     registry = Registry(EventLog(clock), clock)

@@ -18,7 +18,7 @@ def test_download_benchmark_runs_and_prints_the_table() -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "download.py"), "--quick"],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     lines = done.stdout.splitlines()
     # Every parameter is printed before anything is measured.

@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -68,23 +68,15 @@ class _Downstream(_Pipe):
 
 
 class StallProxy:
-    """Listens on 127.0.0.1:<port> and forwards to ``target`` until :meth:`stall`.
+    """Listens on 127.0.0.1:<port> and forwards to ``target`` until :meth:`stall`."""
 
-    With ``tls`` (server context options) it also terminates TLS, standing in
-    for a broker's amqps listener.
-    """
-
-    def __init__(self, target: tuple[str, int], tls: Any = None) -> None:
+    def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        self.tls = tls
         self.pipes: set[_Pipe] = set()
         self.port: IListeningPort | None = None
 
     async def start(self) -> int:
-        if self.tls is not None:
-            endpoint: Any = SSL4ServerEndpoint(reactor, 0, self.tls, interface="127.0.0.1")
-        else:
-            endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
         self.port = await endpoint.listen(Factory.forProtocol(lambda: _Downstream(self)))
         return int(self.port.getHost().port)  # type: ignore[union-attr]
 

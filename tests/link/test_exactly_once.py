@@ -16,11 +16,12 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
+from relay.config import LinkConfig
 from relay.db import Database, Schema
 from relay.health import Health
 from relay.link import deadletters, inbox, outbox
 from relay.link.backoff import Backoff
-from relay.link.bridge import Bridge
+from relay.link.bridge import build_link
 from relay.link.catalogue import Catalogue
 from relay.link.envelope import Envelope
 from relay.metrics import Metrics
@@ -60,11 +61,10 @@ class Side:
         catalogue = Catalogue()
         catalogue.register("test.count", COUNT)
         metrics = Metrics()
-        self.bridge = Bridge(
-            reactor, self.db, metrics, Health(reactor, name, metrics), catalogue,
-            url=url, heartbeat=2, source=name, consume=consume, declare=[peer],
-            backoff=Backoff(reactor, initial=0.05, cap=0.5, healthy_after=2.0),
-            window=500,
+        self.bridge = build_link(
+            LinkConfig(url=url, heartbeat=2), reactor, self.db, metrics, Health(reactor, name, metrics), catalogue,
+            source=name, consume=consume, declare=[peer],
+            backoff=Backoff(reactor, initial=0.05, cap=0.5, healthy_after=2.0), window=500,
         )
         self.bridge.inbox.register("test.count", record)
         self.peer = peer

@@ -14,11 +14,12 @@ from pathlib import Path
 from twisted.internet import reactor
 from twisted.trial import unittest
 
+from relay.config import LinkConfig
 from relay.db import Database
 from relay.health import Health
 from relay.link import inbox, outbox
 from relay.link.backoff import Backoff
-from relay.link.bridge import Bridge
+from relay.link.bridge import Bridge, build_link
 from relay.link.catalogue import Catalogue
 from relay.link.connection import LinkService
 from relay.link.envelope import JOBS, TO_CLOUD, Envelope, to_edge
@@ -64,10 +65,10 @@ class EdgePermissionTests(unittest.TestCase):
         catalogue = Catalogue()
         catalogue.register("test.count", COUNT)
         metrics = Metrics()
-        bridge = Bridge(
-            reactor, db, metrics, Health(reactor, name, metrics), catalogue,
-            url=self.url(user), heartbeat=5, source=name, consume=consume, declare=declare,
-            declare_destinations=ensure, backoff=Backoff(reactor, initial=0.05, cap=0.5),
+        bridge = build_link(
+            LinkConfig(url=self.url(user), heartbeat=5), reactor, db, metrics, Health(reactor, name, metrics),
+            catalogue, source=name, consume=consume, declare=declare, declare_destinations=ensure,
+            backoff=Backoff(reactor, initial=0.05, cap=0.5),
         )
         bridge.inbox.register("test.count", record)
         db.startService()

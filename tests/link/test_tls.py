@@ -1,102 +1,119 @@
-"""amqps: TLS with hostname verification, against a TLS-terminating proxy
-in front of the real broker (RabbitMQ here has no TLS listener)."""
+"""
+amqps against a real RabbitMQ TLS listener on loopback (a private node,
+L{tests.link._tlsbroker}), with a CA of the test's own: the link connects
+when the broker's certificate names the host and is signed by a trusted
+authority, and otherwise refuses, says why, and keeps retrying (never
+falling back to plain AMQP).  The CA reaches the link from the
+configuration (C{link.ca_file}), as a deployment with a private CA gives it.
+"""
 
 from __future__ import annotations
 
-import datetime
+from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.internet import reactor
-from twisted.internet.ssl import Certificate, PrivateCertificate
+from twisted.logger import globalLogPublisher
 
+from relay.config import ConfigError, LinkConfig, load
 from relay.link.backoff import Backoff
 
-from ._broker import HOST, PORT, BrokerTestCase, wait_for, within
-from ._stallproxy import StallProxy
+from ._broker import BrokerTestCase, wait_for, within
+from ._tlsbroker import TLSBroker, new_ca, pem
 
 # Twisted's own TLS setup still hands pyOpenSSL objects to pyOpenSSL.
 pytestmark = pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
 
 
-def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-
-def _certificate(
-    subject: str,
-    issuer: str,
-    key: ec.EllipticCurvePrivateKey,
-    signer: ec.EllipticCurvePrivateKey,
-    ca: bool,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(_name(issuer))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False
-        )
-    return builder.sign(signer, hashes.SHA256())
-
-
-def _pem(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None = None) -> bytes:
-    out = cert.public_bytes(serialization.Encoding.PEM)
-    if key is not None:
-        out = (
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            + out
-        )
-    return out
-
-
 class TLSTests(BrokerTestCase):
-    def setUp(self) -> None:
-        super().setUp()
-        self.ca_key = ec.generate_private_key(ec.SECP256R1())
-        self.ca = _certificate("relay test CA", "relay test CA", self.ca_key, self.ca_key, ca=True)
+    timeout = 30
+    broker: TLSBroker
 
-    async def _proxy_for(self, hostname: str) -> int:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _certificate(hostname, "relay test CA", key, self.ca_key, ca=False)
-        proxy = StallProxy((HOST, PORT), tls=PrivateCertificate.loadPEM(_pem(cert, key)).options())
-        port = await proxy.start()
-        self.addCleanup(proxy.stop)
-        return port
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.broker = TLSBroker()
+        cls.broker.start()
 
-    def _service(self, port: int):  # type: ignore[no-untyped-def]
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.broker.stop()
+
+    def ca_file(self, content: bytes) -> Path:
+        path = Path(self.mktemp())
+        path.write_bytes(content)
+        return path
+
+    def link(self, url: str, ca: bytes):  # type: ignore[no-untyped-def]
+        config = LinkConfig(url=url, ca_file=self.ca_file(ca))
         return self.service(
-            f"amqps://guest:guest@localhost:{port}/",
-            tls_trust_root=Certificate.loadPEM(_pem(self.ca)),
+            config.url, tls_trust_root=config.trust_root(),
             backoff=Backoff(reactor, initial=0.05, cap=0.2, jitter="none"),
         )
 
+    def logged_errors(self) -> list[str]:
+        logged: list[str] = []
+
+        def observe(event: dict[str, object]) -> None:
+            if "AMQP" in str(event.get("log_format", "")) and event.get("error"):
+                logged.append(str(event["error"]))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return logged
+
     async def test_amqps_connects_when_the_name_matches(self) -> None:
-        port = await self._proxy_for("localhost")
-        service = self._service(port)
-        channel = await within(service.whenConnected(), 10)
-        queue = self.queue_name("tls")
-        await channel.declare_quorum_queue(queue)
+        service = self.link(self.broker.url("localhost"), self.broker.ca_pem)
+        channel = await within(service.whenConnected(), 15)
+        self.assertEqual(await channel.declare_quorum_queue("relay-test-tls-queue"), 0)
         self.assertTrue(service.health.connected)
+        self.assertTrue(service.address.tls)
 
     async def test_amqps_refuses_a_certificate_for_another_host(self) -> None:
-        port = await self._proxy_for("not-the-broker.example")
-        service = self._service(port)
-        await wait_for(lambda: service.health.last_error is not None, timeout=10)
+        # The certificate names localhost; the link was told 127.0.0.1.
+        logged = self.logged_errors()
+        service = self.link(self.broker.url("127.0.0.1"), self.broker.ca_pem)
+        await wait_for(lambda: len(logged) >= 3, timeout=15)
         self.assertFalse(service.health.connected)
-        self.assertIn("DNSMismatch", service.health.last_error or "")
+        self.assertIn("Mismatch", service.health.last_error or "")
+        self.assertTrue(all("Mismatch" in e for e in logged), logged)
+
+    async def test_amqps_refuses_an_unknown_ca_and_keeps_retrying(self) -> None:
+        other, _ = new_ca("some other CA")
+        logged = self.logged_errors()
+        service = self.link(self.broker.url("localhost"), pem(other))
+        await wait_for(lambda: len(logged) >= 3, timeout=15)
+        self.assertFalse(service.health.connected)
+        self.assertIn("certificate verify failed", service.health.last_error or "")
+        self.assertTrue(all("certificate verify failed" in e for e in logged), logged)
+
+    async def test_plain_amqp_to_the_tls_listener_does_not_connect(self) -> None:
+        url = self.broker.url("localhost").replace("amqps://", "amqp://")
+        service = self.service(url, backoff=Backoff(reactor, initial=0.05, cap=0.2, jitter="none"))
+        await wait_for(lambda: service.health.last_error is not None, timeout=15)
+        self.assertFalse(service.health.connected)
+
+
+class CaFileConfigTests(BrokerTestCase):
+    def write(self, name: str, content: str) -> Path:
+        path = Path(self.mktemp())
+        path.mkdir()
+        (path / name).write_text(content)
+        return path / name
+
+    def test_a_bundle_of_several_authorities_is_one_trust_root(self) -> None:
+        bundle = b"".join(pem(new_ca(f"CA {n}")[0]) for n in range(3))
+        config = load(
+            LinkConfig,
+            self.write("link.toml", f'url = "amqps://h/"\nca_file = "{self.write("ca.pem", bundle.decode())}"\n'),
+        )
+        self.assertIsNotNone(config.trust_root())
+
+    def test_a_missing_or_empty_ca_file_stops_the_start_with_one_line(self) -> None:
+        missing = self.write("link.toml", 'url = "amqps://h/"\nca_file = "/nonexistent/ca.pem"\n')
+        with self.assertRaises(ConfigError) as raised:
+            load(LinkConfig, missing)
+        self.assertIn("link.ca_file: cannot read /nonexistent/ca.pem", str(raised.exception))
+        empty = self.write("ca.pem", "not a certificate\n")
+        with self.assertRaises(ConfigError) as raised:
+            load(LinkConfig, self.write("link.toml", f'url = "amqps://h/"\nca_file = "{empty}"\n'))
+        self.assertIn("holds no PEM certificate", str(raised.exception))

@@ -6,10 +6,8 @@ arrives, stopped on cancel or timeout.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +17,8 @@ from twisted.internet import protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
 from twisted.python.failure import Failure
+
+from relay.cloud.jobs.shepherd import command_line
 
 #: How a run ended.
 State = Literal["succeeded", "failed", "cancelled", "timed_out"]
@@ -30,7 +30,6 @@ StopReason = Literal["cancelled", "timed_out"]
 SHEPHERD_SLACK = 5.0
 #: Seconds the output pipes may stay open once the shepherd has exited.
 PIPE_SLACK = 2.0
-_SHEPHERD = str(Path(__file__).resolve().with_name("shepherd.py"))
 
 
 @dataclass(frozen=True)
@@ -152,20 +151,17 @@ class JobProcess:
         """
         Spawn the shepherd, which runs the command, and start the timeout.
         """
-        spec = json.dumps({
+        argv = command_line({
             "argv": self._argv, "limits": asdict(self._limits), "grace": self._grace,
-            "parent": os.getpid(),
+            "parent": os.getpid(), "cwd": str(self._workdir),
             **({"lease": str(self._lease), "lease_timeout": self._lease_timeout} if self._lease else {}),
             **({"user": list(self._user)} if self._user else {}),
         })
         devnull = os.open(os.devnull, os.O_RDONLY)
         try:
-            # The shepherd's own file, run isolated (-I): neither the job's
-            # environment (PYTHONPATH...) nor its working directory can change
-            # which shepherd runs, and relay need not be installed.
             self._transport = self._reactor.spawnProcess(
-                _ShepherdProtocol(self), sys.executable, [sys.executable, "-I", _SHEPHERD, spec],
-                env=self._env, path=str(self._workdir), childFDs={0: devnull, 1: "r", 2: "r"},
+                _ShepherdProtocol(self), argv[0], argv,
+                env=self._env, childFDs={0: devnull, 1: "r", 2: "r"},
             )
         finally:
             os.close(devnull)

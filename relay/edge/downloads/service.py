@@ -47,6 +47,7 @@ from relay.edge.replica.pending import files_for
 from relay.edge.uploads.spool import Spool, SpoolError, SpoolReader, SpoolWriter
 from relay.edge.web.guard import answer, authenticated
 from relay.edge.web.routes import api_route
+from relay.link.bridge import ILinkEnd
 from relay.link.envelope import Envelope
 from relay.metrics import Metrics
 from relay.threads import Threads
@@ -632,7 +633,7 @@ def build_downloads(
     section: Any,
     reactor: Any,
     db: Database,
-    bridge: Any,
+    bridge: ILinkEnd,
     hub: EventHub | None,
     data_dir: Path,
     spool: Spool,

@@ -19,6 +19,7 @@ from relay.edge.jobs.live import ASK_EVERY, JobLogHousekeeping, JobLogReceiver
 from relay.edge.jobs.routes import JobRoutes
 from relay.edge.jobs.tail import SCHEMA, LogTails
 from relay.job_messages import register_types
+from relay.link.bridge import ILinkEnd
 
 __all__ = ["SCHEMA", "JobWatch", "build_job_watch"]
 
@@ -39,7 +40,7 @@ class JobWatch(MultiService):
 
 
 def build_job_watch(
-    config: JobsSection, reactor: Any, db: Database, bridge: Any, hub: EventHub, edge_id: str
+    config: JobsSection, reactor: Any, db: Database, bridge: ILinkEnd, hub: EventHub, edge_id: str
 ) -> JobWatch:
     """
     The edge's live jobs from the C{[jobs]} table: registers C{job.log}

@@ -27,6 +27,7 @@ from relay.edge.uploads.service import UploadLimits, UploadService
 from relay.edge.uploads.spool import Spool
 from relay.edge.uploads.store import UploadStore
 from relay.metrics import Metrics
+from relay.threads import Threads
 
 PREFIX = "/files/"
 
@@ -73,17 +74,21 @@ def build_uploads(
     projects: IProjectAccess,
     sink: IUploadSink,
     events: EventHub | None = None,
+    *,
+    spool: Spool | None = None,
+    threads: Threads | None = None,
 ) -> Uploads:
-    spool_dir = relative_to(data_dir, config.spool_dir or Path("spool"))
-    key_path = relative_to(data_dir, config.master_key or Path("spool.key"))
-    if key_path.with_name(key_path.name + ".new").exists():
-        raise SystemExit(f"relay-edge: a rotation of the spool master key {key_path} is unfinished; "
-                         "run `relay spool rotate-key` again before starting")
-    try:
-        master_key = load_or_create_master_key(key_path, outside=spool_dir)
-    except MasterKeyError as e:
-        raise SystemExit(f"relay-edge: {e}") from None
-    spool = Spool(spool_dir, master_key)
+    """
+    The uploads component from the C{[uploads]} table, the one way the
+    edge's tap and the upload tests' harness build it.
+
+    @param spool: the spool to receive into; by default the encrypted spool
+        of C{uploads.spool_dir} with the master key of C{uploads.master_key}
+        (created on first start).
+    @param threads: the pool for spool I/O (by default the service's own).
+    """
+    if spool is None:
+        spool = open_spool(config, data_dir)
     limits = UploadLimits(
         max_size=config.max_size,
         user_quota=config.user_quota,
@@ -93,7 +98,9 @@ def build_uploads(
         lock_wait=config.lock_wait,
         max_unfinished=config.max_unfinished,
     )
-    service = UploadService(reactor, UploadStore(db), spool, sink, projects, limits, PREFIX, events=events)
+    service = UploadService(
+        reactor, UploadStore(db), spool, sink, projects, limits, PREFIX, threads=threads, events=events
+    )
     routes = UploadRoutes(service, authenticator, config.cors_origins, PREFIX)
     housekeeping = UploadHousekeeping(service, config.housekeeping_interval, reactor)
     housekeeping.clock = reactor
@@ -103,3 +110,21 @@ def build_uploads(
         StreamingSettings(reactor, PREFIX.rstrip("/").encode(), float(config.body_timeout))
     )
     return Uploads(service, routes, housekeeping, spool, sink, factory, config.header_timeout)
+
+
+def open_spool(config: UploadsSection, data_dir: Path) -> Spool:
+    """
+    The encrypted spool of C{uploads.spool_dir}, with the master key of
+    C{uploads.master_key} (created on first start; an unfinished key
+    rotation stops the start).
+    """
+    spool_dir = relative_to(data_dir, config.spool_dir or Path("spool"))
+    key_path = relative_to(data_dir, config.master_key or Path("spool.key"))
+    if key_path.with_name(key_path.name + ".new").exists():
+        raise SystemExit(f"relay-edge: a rotation of the spool master key {key_path} is unfinished; "
+                         "run `relay spool rotate-key` again before starting")
+    try:
+        master_key = load_or_create_master_key(key_path, outside=spool_dir)
+    except MasterKeyError as e:
+        raise SystemExit(f"relay-edge: {e}") from None
+    return Spool(spool_dir, master_key)

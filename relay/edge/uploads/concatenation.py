@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from relay.edge.auth import Principal
+from relay.edge.uploads.context import UploadContext
 from relay.edge.uploads.locks import Lease
 from relay.edge.uploads.receiver import SPACE_MESSAGE
 from relay.edge.uploads.spool import SpoolFull
@@ -23,12 +23,9 @@ from relay.edge.uploads.tus import (
     upload_id_from_url,
 )
 
-if TYPE_CHECKING:
-    from relay.edge.uploads.service import UploadService
-
 
 async def concatenate(
-    service: UploadService, principal: Principal, creation: Creation, abort: Callable[[], None]
+    service: UploadContext, principal: Principal, creation: Creation, abort: Callable[[], None]
 ) -> Upload:
     """
     C{Upload-Concat: final;...}: join complete partial uploads of the same

@@ -12,21 +12,17 @@ transfer stage again.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from twisted.logger import Logger
 
+from relay.edge.uploads.context import UploadContext
 from relay.edge.uploads.spool import Spool, SpoolError
 from relay.edge.uploads.store import UploadState
 from relay.edge.uploads.tus import OURS
 
-if TYPE_CHECKING:
-    from relay.edge.uploads.service import UploadService
-
 log = Logger()
 
 
-async def recover(service: UploadService) -> None:
+async def recover(service: UploadContext) -> None:
     """
     After a start: erase spool files no upload owns, catch offsets up
     with what the spool holds, finish what completed unrecorded, drop

@@ -25,6 +25,7 @@ from relay.edge.auth import IProjectAccess, Principal
 from relay.edge.events import EventHub
 from relay.edge.uploads.announcer import UploadAnnouncer
 from relay.edge.uploads.concatenation import concatenate
+from relay.edge.uploads.context import UploadLimits
 from relay.edge.uploads.handoff import IUploadSink, StagedUpload
 from relay.edge.uploads.locks import Lease, UploadLocks
 from relay.edge.uploads.receiver import SPACE_MESSAGE, BodyReceiver, Received
@@ -44,37 +45,14 @@ from relay.edge.uploads.tus import (
 )
 from relay.threads import Threads
 
+__all__ = ["NOT_FOUND", "SPOOL_THREADS", "Outcome", "UploadLimits", "UploadService"]
+
 log = Logger()
 
+#: Threads for spool I/O, unless a pool is handed in.
+SPOOL_THREADS = 8
+
 NOT_FOUND = "no such upload (it may have expired, been deleted, or belong to someone else)"
-
-
-@dataclass(frozen=True)
-class UploadLimits:
-    """
-    The limits the receiver enforces (from the C{[uploads]} table).
-
-    @ivar max_size: largest upload in bytes (C{Tus-Max-Size}).
-    @ivar user_quota: bytes one user's uploads may hold in the spool at once,
-        until the transfer stage has moved them on (0: no cap).
-    @ivar disk_reserve: free bytes the spool's disk always keeps.
-    @ivar expiry: seconds an unfinished upload lives after its last write.
-    @ivar lock_stale_after: seconds without progress after which a newer
-        request takes an upload over.
-    @ivar lock_wait: how long a newer request waits before 423.
-    @ivar checksum_memory: bytes of a checksummed body held in memory before
-        they go to an encrypted scratch file.
-    @ivar max_unfinished: unfinished uploads one user may have at once.
-    """
-
-    max_size: int = 64 << 30
-    user_quota: int = 0
-    disk_reserve: int = 1 << 30
-    expiry: float = 24 * 3600.0
-    lock_stale_after: float = 2.0
-    lock_wait: float = 5.0
-    checksum_memory: int = 4 << 20
-    max_unfinished: int = 100
 
 
 @dataclass(frozen=True)
@@ -92,6 +70,8 @@ class UploadService(Service):
     uploads handed on again, orphans erased), and at shutdown every
     in-flight body flushed before the database closes.
 
+    @param threads: the pool for spool I/O, started and stopped with the
+        service (by default one of L{SPOOL_THREADS} threads).
     @ivar ready: recovery is done; until then requests get 503.
     """
 
@@ -104,7 +84,7 @@ class UploadService(Service):
         projects: IProjectAccess,
         limits: UploadLimits,
         prefix: str = "/files/",
-        threads: int = 8,
+        threads: Threads | None = None,
         events: EventHub | None = None,
     ) -> None:
         self.reactor = reactor
@@ -115,7 +95,7 @@ class UploadService(Service):
         self.limits = limits
         self.prefix = prefix
         self.locks = UploadLocks(reactor, limits.lock_stale_after, limits.lock_wait)
-        self.threads = Threads(reactor, "spool", threads)
+        self.threads = threads if threads is not None else Threads(reactor, "spool", SPOOL_THREADS)
         self.ready = False
         self._recovery: Deferred[None] | None = None
         self.announce = UploadAnnouncer(reactor, events)

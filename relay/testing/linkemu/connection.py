@@ -5,11 +5,11 @@ connection by two L{DelayLine}s, with the faults the link injects into it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, ITransport
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IProtocol, ITransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -17,9 +17,7 @@ from zope.interface import implementer
 
 from .delayline import DelayLine
 from .profile import LinkProfile
-
-if TYPE_CHECKING:
-    from .emulator import LinkEmulator
+from .shared import EmulatedLink
 
 log = Logger()
 
@@ -69,7 +67,7 @@ class EmulatedConnection:
     directions (L{DelayLine}s). Tests may reset or stall one connection.
     """
 
-    def __init__(self, emulator: LinkEmulator, number: int, peer: str) -> None:
+    def __init__(self, emulator: EmulatedLink, number: int, peer: str) -> None:
         self.number = number
         self.peer = peer
         self._emulator = emulator
@@ -85,16 +83,16 @@ class EmulatedConnection:
 
         profile = emulator.profile
         self.to_upstream = DelayLine(
-            self._clock, profile, self._rng, emulator._shared_to_upstream,
-            delivered=to_upstream, queued=emulator._note_queued,
+            self._clock, profile, self._rng, emulator.shared_to_upstream,
+            delivered=to_upstream, queued=emulator.note_queued,
         )
         self.to_client = DelayLine(
-            self._clock, profile, self._rng, emulator._shared_to_client,
-            delivered=to_client, queued=emulator._note_queued,
+            self._clock, profile, self._rng, emulator.shared_to_client,
+            delivered=to_client, queued=emulator.note_queued,
         )
         self._transports: dict[str, ITransport] = {}
         self._lost: set[str] = set()
-        self._connecting: Deferred[Protocol] | None = None
+        self._connecting: Deferred[IProtocol] | None = None
         self._aborting = False
         self._done = False
         self._own_stall = False
@@ -192,7 +190,7 @@ class EmulatedConnection:
             self.apply_stall()
             self._schedule_reset()
             self._schedule_stall()
-            endpoint = self._emulator._upstream_endpoint
+            endpoint = self._emulator.upstream_endpoint
             d = endpoint.connect(_UpstreamFactory(_Side(self, UPSTREAM)))
             self._connecting = d
             d.addCallbacks(self._upstream_connected, self._upstream_failed)
@@ -274,7 +272,7 @@ class EmulatedConnection:
         self._cancel_faults()
         self.to_upstream.discard()
         self.to_client.discard()
-        self._emulator._forget(self)
+        self._emulator.forget(self)
         waiters, self._closed_waiters = self._closed_waiters, []
         for d in waiters:
             d.callback(None)

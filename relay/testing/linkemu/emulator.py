@@ -10,7 +10,12 @@ from typing import Any
 
 from twisted.internet.defer import gatherResults
 from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
@@ -132,6 +137,18 @@ class LinkEmulator:
     def profile(self) -> LinkProfile:
         return self._profile
 
+    @property
+    def shared_to_upstream(self) -> SharedBucket:
+        return self._shared_to_upstream
+
+    @property
+    def shared_to_client(self) -> SharedBucket:
+        return self._shared_to_client
+
+    @property
+    def upstream_endpoint(self) -> IStreamClientEndpoint:
+        return self._upstream_endpoint
+
     def set_profile(self, profile: LinkProfile) -> None:
         """Apply a new profile to the link and to every open connection."""
         old, self._profile = self._profile, profile
@@ -215,11 +232,12 @@ class LinkEmulator:
         log.info("linkemu connection {number} accepted from {peer}", number=number, peer=peer)
         return _Side(connection, CLIENT)
 
-    def _forget(self, connection: EmulatedConnection) -> None:
+    def forget(self, connection: object) -> None:
+        assert isinstance(connection, EmulatedConnection)
         self._connections.pop(connection.number, None)
         log.info("linkemu connection {number} closed", number=connection.number)
 
-    def _note_queued(self, amount: int) -> None:
+    def note_queued(self, amount: int) -> None:
         if amount > self.counters.peak_buffered_bytes:
             self.counters.peak_buffered_bytes = amount
 

@@ -163,7 +163,7 @@ def test_live_log_on_postgresql(postgresql_dsn: str) -> None:
     The same transactions on the registry relay runs its workers on: the
     lease checked, the active edges read, a stale worker silent.
     """
-    from relay.testing.immediate import ImmediateDatabase
+    from relay.testing.db import SynchronousDatabase
 
     clock = Clock()
     clock.advance(1_764_000_000)
@@ -171,7 +171,7 @@ def test_live_log_on_postgresql(postgresql_dsn: str) -> None:
     from relay.cloud.jobs.live import LogRequests
     from relay.link.envelope import Envelope
 
-    db = ImmediateDatabase(postgresql_dsn, [registry_schema.SCHEMA, sync.SCHEMA, JOBS_SCHEMA, REQUESTS_SCHEMA])
+    db = SynchronousDatabase(postgresql_dsn, [registry_schema.SCHEMA, sync.SCHEMA, JOBS_SCHEMA, REQUESTS_SCHEMA])
     try:
         registry = Registry(sync.EventLog(clock), clock)
         outbox = Outbox()

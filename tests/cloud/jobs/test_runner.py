@@ -7,7 +7,6 @@ behind, or the death of the worker (counted in /proc).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -247,13 +246,13 @@ class WorkerDeathTests(unittest.TestCase):
         """
         workdir = Path(self.mktemp()).resolve()
         workdir.mkdir(parents=True)
-        spec = json.dumps(
+        shepherd_argv = shepherd.command_line(
             {"argv": [sys.executable, "-c", ESCAPER, "sleep"], "limits": {}, "grace": 1.0}
         )
         worker = subprocess.Popen(
             [sys.executable, "-c",
              "import subprocess, sys, time; subprocess.Popen(sys.argv[1:]); time.sleep(600)",
-             sys.executable, "-I", shepherd.__file__, spec],
+             *shepherd_argv],
             cwd=workdir, env=ENV,
         )
         self.addCleanup(worker.wait)

@@ -1,48 +1,80 @@
 """
-amqps from the security suite's side: a broker certificate from a CA the
-edge does not trust is refused, the refusal is logged with its reason, and
-the link keeps retrying (with backoff) rather than giving up or falling
-back to plain AMQP.  The matching and wrong-hostname cases are in
-C{tests/link/test_tls.py}, whose TLS-terminating proxy this reuses.
+amqps from the deployment's side: an edge configured as an operator would
+(C{link.url = "amqps://..."}, C{link.ca_file} naming a private CA) reaches
+a real RabbitMQ TLS listener; configured with a CA that did not sign the
+broker's certificate, it stays down, says why in C{/healthz}, and keeps
+retrying.  The link-level cases (wrong host name, plain AMQP to the TLS
+port) are in C{tests/link/test_tls.py}.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
+import treq
 from twisted.internet import reactor
 from twisted.internet.ssl import Certificate
-from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
 
-from relay.link.backoff import Backoff
-from tests.link import test_tls as tls
-from tests.link._broker import wait_for
+from relay.link.connection import LinkService
+from relay.link.envelope import TO_CLOUD
+from tests.edge.security.world import SecureEdge
+from tests.link._broker import sleep
+from tests.link._tlsbroker import TLSBroker, new_ca, pem
 
 pytestmark = pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
 
 
-class UnknownCaTests(tls.TLSTests):
-    # Only the test below: the inherited ones run in tests/link.
-    test_amqps_connects_when_the_name_matches = None  # type: ignore[assignment]
-    test_amqps_refuses_a_certificate_for_another_host = None  # type: ignore[assignment]
+class EdgeOverAmqpsTests(TestCase):
+    timeout = 60
+    broker: TLSBroker
 
-    async def test_amqps_refuses_an_unknown_ca_and_keeps_retrying(self) -> None:
-        port = await self._proxy_for("localhost")  # signed by self.ca
-        other_key = ec.generate_private_key(ec.SECP256R1())
-        other_ca = tls._certificate("some other CA", "some other CA", other_key, other_key, ca=True)
-        logged: list[str] = []
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.broker = TLSBroker()
+        cls.broker.start()
 
-        def observe(event: dict[str, object]) -> None:
-            if "AMQP" in str(event.get("log_format", "")) and event.get("error"):
-                logged.append(str(event["error"]))
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.broker.stop()
 
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
-        service = self.service(
-            f"amqps://guest:guest@localhost:{port}/", tls_trust_root=Certificate.loadPEM(tls._pem(other_ca)),
-            backoff=Backoff(reactor, initial=0.05, cap=0.2, jitter="none"),
+    def edge(self, ca: bytes) -> SecureEdge:
+        path = Path(self.mktemp())
+        path.write_bytes(ca)
+        return SecureEdge(self, link=f'url = "{self.broker.url()}"\nca_file = "{path.absolute()}"\n')
+
+    async def link_report_when(self, edge: SecureEdge, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The C{link} section of the edge's C{/healthz} once C{done} holds for it (or after 15 s)."""
+        report: dict[str, Any] = {}
+        for _ in range(150):
+            response = await treq.get(f"{edge.base}/healthz", persistent=False)
+            report = (await response.json())["link"]
+            if done(report):
+                break
+            await sleep(0.1)
+        return report
+
+    async def test_the_edge_reaches_the_broker_through_its_configured_ca(self) -> None:
+        # What the cloud declares when it first connects.
+        cloud = LinkService(
+            self.broker.url(), reactor=reactor, tls_trust_root=Certificate.loadPEM(self.broker.ca_pem)
         )
-        await wait_for(lambda: len(logged) >= 3, timeout=15)
-        self.assertFalse(service.health.connected)
-        self.assertIn("certificate verify failed", service.health.last_error or "")
-        self.assertTrue(all("certificate verify failed" in e for e in logged), logged)
+        cloud.startService()
+        self.addCleanup(cloud.stopService)
+        channel = await cloud.whenConnected().addTimeout(15, reactor)
+        await channel.declare_destinations([TO_CLOUD])
+        edge = self.edge(self.broker.ca_pem)
+        report = await self.link_report_when(edge, lambda r: r["up"])
+        self.assertTrue(report["up"], report)
+
+    async def test_an_untrusted_broker_keeps_the_edge_down_and_says_why(self) -> None:
+        other, _ = new_ca("some other CA")
+        edge = self.edge(pem(other))
+        report = await self.link_report_when(
+            edge, lambda r: "certificate verify failed" in str(r.get("last_error"))
+        )
+        self.assertFalse(report["up"])
+        self.assertIn("certificate verify failed", str(report.get("last_error")))

@@ -137,12 +137,13 @@ def _seed(conn: Any, user_id: str, project_id: str, password_hash: str, key_id: 
 class SecureEdge:
     """
     One running edge.  C{extra} is TOML appended to its configuration
-    (C{[web]} and C{[uploads]} tables).
+    (C{[web]} and C{[uploads]} tables); C{link}, the keys of its C{[link]}
+    table (by default a vhost of its own on the machine's broker).
     """
 
     def __init__(
         self, case: TestCase, extra: str = "", data_dir: Path | None = None,
-        listen: str = "tcp:{port}:interface=127.0.0.1",
+        listen: str = "tcp:{port}:interface=127.0.0.1", link: str | None = None,
     ) -> None:
         self.case = case
         self.directory = Path(case.mktemp()).absolute()
@@ -150,12 +151,14 @@ class SecureEdge:
         self.data_dir = data_dir or self.directory / "edge"
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        vhost = Vhost().create()
-        case.addCleanup(vhost.delete)
+        if link is None:
+            vhost = Vhost().create()
+            case.addCleanup(vhost.delete)
+            link = f'url = "{vhost.url()}"\n'
         self.config_path = self.directory / "edge.toml"
         self.config_path.write_text(
             f'[edge]\nlisten = "{listen.format(port=self.port)}"\ndata_dir = "{self.data_dir}"\n'
-            f'web_dir = "{ROOT / "web"}"\n[link]\nurl = "{vhost.url()}"\n{extra}'
+            f'web_dir = "{ROOT / "web"}"\n[link]\n{link}{extra}'
         )
         self.config = load(EdgeConfig, self.config_path)
         self.service = edge_service(self.config, reactor)

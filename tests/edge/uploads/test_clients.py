@@ -1,7 +1,8 @@
 """
-Real tus clients against the uploads component: tuspy (Python) and
-tus-js-client (node, from web/node_modules, as Uppy uses it), the latter
-through the link emulator, which cuts its single PATCH mid-body.
+Real tus clients against the uploads component on a real loopback port:
+tuspy (Python) and tus-js-client (node, from web/node_modules, as Uppy
+uses it), the latter through the link emulator, which cuts its single
+PATCH mid-body.
 """
 
 from __future__ import annotations
@@ -20,14 +21,19 @@ from twisted.python.failure import Failure
 
 from relay.testing.linkemu import LinkEmulator, LinkProfile
 
-from .harness import KEY, random_bytes, sleep
+from .harness import KEY, Edge, random_bytes
 from .test_http import EdgeTestCase
 
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = Path(__file__).with_name("js") / "tus_upload.mjs"
 
 
-class TuspyTests(EdgeTestCase):
+class RealClientTestCase(EdgeTestCase):
+    async def edge(self, *args: object, **kwargs: object) -> Edge:  # type: ignore[override]
+        return await super().edge(*args, listen=True, **kwargs)  # type: ignore[arg-type]
+
+
+class TuspyTests(RealClientTestCase):
     async def test_chunked_upload_with_checksums(self) -> None:
         edge = await self.edge()
         data = random_bytes(1_000_003)
@@ -91,7 +97,7 @@ class _Node(ProcessProtocol):
         self.ended.callback(reason.value.exitCode)
 
 
-class TusJsClientTests(EdgeTestCase):
+class TusJsClientTests(RealClientTestCase):
     timeout = 120
 
     def setUp(self) -> None:
@@ -124,12 +130,12 @@ class TusJsClientTests(EdgeTestCase):
         node = self.run_node(f"http://127.0.0.1:{emulator.port}/files/", path)
 
         # Cut the link once the edge holds a good part of the single PATCH.
-        while True:
-            leases = edge.service.locks.active()
-            if leases and (leases[0].offset or 0) >= 3 << 20:
-                break
+        def well_under_way() -> bool:
             self.assertFalse(node.ended.called, node.events)
-            await sleep(0.01)
+            leases = edge.service.locks.active()
+            return bool(leases and (leases[0].offset or 0) >= 3 << 20)
+
+        await edge.eventually(well_under_way)
         self.assertEqual(emulator.reset_all(), 1)
 
         self.assertEqual(await node.ended, 0, (node.events, node.err))

@@ -1,26 +1,28 @@
 """
-tus over real loopback HTTP: every extension relay advertises and every
-error path of the spec, against the uploads component in this process.
+tus over HTTP: every extension relay advertises and every error path of
+the spec, against the uploads component in this process (its site on the
+test reactor, requests through in-memory connections).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
-from relay.edge.uploads.service import UploadLimits
+from relay.edge.config import UploadsSection
 from relay.edge.uploads.store import UploadState
 
 from .harness import (
+    CONFIG,
     KEY,
     OTHER_KEY,
     Edge,
     checksum,
     metadata,
     random_bytes,
-    sleep,
     tus_headers,
 )
 
@@ -28,15 +30,20 @@ OCTETS = "application/offset+octet-stream"
 
 
 class EdgeTestCase(TestCase):
-    limits = UploadLimits(max_size=1 << 24, disk_reserve=0)
+    config: UploadsSection = CONFIG
     cors: tuple[str, ...] = ()
     timeout = 60
 
-    async def edge(self, **kwargs: object) -> Edge:
+    async def edge(self, config: UploadsSection | None = None, **kwargs: object) -> Edge:
+        """
+        A started edge with C{config} (the class's, with its C{cors}, by
+        default); C{kwargs} go to L{Edge}.
+        """
         directory = Path(self.mktemp())
         directory.mkdir(parents=True)
-        options = {"limits": self.limits, "cors_origins": self.cors, **kwargs}
-        edge = await Edge(directory, **options).start()  # type: ignore[arg-type]
+        if config is None:
+            config = replace(self.config, cors_origins=self.cors)
+        edge = await Edge(directory, config, **kwargs).start()  # type: ignore[arg-type]
         self.addCleanup(edge.stop)
         return edge
 
@@ -314,8 +321,9 @@ class ChecksumTests(EdgeTestCase):
 
     async def test_mismatch_is_460_and_discards_the_chunk(self) -> None:
         for memory in (1 << 20, 1000):  # held in memory; spilled to a scratch file
-            edge = await self.edge(limits=UploadLimits(max_size=1 << 24, disk_reserve=0,
-                                                       checksum_memory=memory))
+            edge = await self.edge()
+            # Not in [uploads]: the bytes of a checksummed body held in memory.
+            edge.service.limits = replace(edge.service.limits, checksum_memory=memory)
             data = random_bytes(200_000)
             url = await edge.create(len(data) + 3)
             await edge.patch(url, 0, b"abc")
@@ -424,8 +432,7 @@ class CorsTests(EdgeTestCase):
 
 class LimitTests(EdgeTestCase):
     async def test_user_quota(self) -> None:
-        edge = await self.edge(limits=UploadLimits(max_size=1 << 24, disk_reserve=0,
-                                                   user_quota=1000))
+        edge = await self.edge(replace(CONFIG, user_quota=1000))
         await edge.create(600)
         r = await edge.request("POST", "/files/", tus_headers(Upload_Length="500"))
         self.assertEqual(r.code, 413)
@@ -437,7 +444,7 @@ class LimitTests(EdgeTestCase):
         await edge.create(900, key=OTHER_KEY)
 
     async def test_disk_reserve(self) -> None:
-        edge = await self.edge(limits=UploadLimits(max_size=1 << 24, disk_reserve=1 << 62))
+        edge = await self.edge(replace(CONFIG, disk_reserve=1 << 62))
         r = await edge.request("POST", "/files/", tus_headers(Upload_Length="10"))
         self.assertEqual(r.code, 507)
         url = await edge.create(None)
@@ -446,14 +453,17 @@ class LimitTests(EdgeTestCase):
         self.assertEqual((await edge.head(url)).header("Upload-Offset"), "0")
 
     async def test_expiry_erases_unfinished_uploads(self) -> None:
-        edge = await self.edge(limits=UploadLimits(max_size=1 << 24, disk_reserve=0, expiry=0.5))
+        edge = await self.edge(replace(CONFIG, expiry=60))
         old = await edge.create(10)
         await edge.patch(old, 0, b"abc")
         done = await edge.create(1)
         await edge.patch(done, 0, b"x")
-        await sleep(0.6)
+        edge.advance(59)
+        await edge.fired(edge.housekeeping.sweep())
+        self.assertEqual(edge.housekeeping.erased, 0)  # not yet
+        edge.advance(2)
         fresh = await edge.create(10)
-        await edge.housekeeping.sweep()
+        await edge.fired(edge.housekeeping.sweep())
         self.assertEqual(edge.housekeeping.erased, 1)
         self.assertEqual((await edge.head(old)).code, 404)
         self.assertEqual((await edge.head(fresh)).code, 200)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from twisted.internet.defer import Deferred
-
 from relay.edge.uploads.store import UploadState
 
 from .harness import Edge, random_bytes
@@ -21,7 +19,7 @@ from .test_streaming import connect, lease_offset, patch_head, until
 class RecoveryTests(EdgeTestCase):
     async def restart(self, edge: Edge) -> Edge:
         await edge.stop()
-        again = Edge(edge.directory, self.limits)
+        again = Edge(edge.directory, self.config)
         await again.start()
         self.addCleanup(again.stop)
         return again
@@ -29,7 +27,7 @@ class RecoveryTests(EdgeTestCase):
     async def first(self) -> Edge:
         directory = Path(self.mktemp())
         directory.mkdir(parents=True)
-        return await Edge(directory, self.limits).start()
+        return await Edge(directory, self.config).start()
 
     async def test_offsets_catch_up_with_the_spool(self) -> None:
         edge = await self.first()
@@ -115,17 +113,12 @@ class RecoveryTests(EdgeTestCase):
         url = await edge.create(len(data))
         client = await connect(edge)
         client.transport.write(patch_head(url, 0, len(data)) + data[:300_000])
-        await until(lambda: lease_offset(edge, url) == 300_000)
-        await Deferred.fromCoroutine(_stop_service(edge))
-        await edge.port.stopListening()
-        await edge.db.stopService()
-        await client.closed
-        again = Edge(edge.directory, self.limits)
+        until(edge, lambda: lease_offset(edge, url) == 300_000)
+        await edge.fired(edge.root.stopService())  # with the body in flight
+        self.assertTrue(client.closed.called)
+        await edge.stop()
+        again = Edge(edge.directory, self.config)
         await again.start()
         self.addCleanup(again.stop)
         self.assertEqual((await again.head(url)).header("Upload-Offset"), "300000")
         self.assertEqual(again.stored(url), data[:300_000])
-
-
-async def _stop_service(edge: Edge) -> None:
-    await edge.service.stopService()

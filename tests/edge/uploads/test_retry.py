@@ -21,12 +21,13 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from relay.cloud import sync
+from relay.edge.config import UploadsSection
+from relay.edge.uploads.component import build_uploads
 from relay.edge.uploads.handoff import IUploadSink, StagedUpload
-from relay.edge.uploads.resource import UploadRoutes
-from relay.edge.uploads.service import UploadLimits, UploadService
 from relay.edge.uploads.spool import Spool
 from relay.edge.uploads.store import SCHEMA, Upload, UploadState, UploadStore
 from relay.link.envelope import Envelope
+from relay.metrics import Metrics
 from relay.testing.auth import FakeProjectAccess
 from relay.testing.db import SynchronousDatabase
 from relay.testing.registry import CloudSide, EdgeSide
@@ -71,14 +72,16 @@ class RetryRouteTests(SynchronousTestCase):
         self.edge.inbox.deliver(Envelope("sync.events", "cloud", 0.0,
                                          {"events": cloud.run(sync.events, 0, head), "head": head}))
         db = SynchronousDatabase(tmp / "uploads.db", [SCHEMA])
-        self.store = UploadStore(db)  # type: ignore[arg-type]
+        self.store = UploadStore(db)
         self.sink = RetryingSink(self.store)
-        service = UploadService(clock, self.store, Spool(tmp / "spool", bytes(32)), self.sink,
-                                FakeProjectAccess(), UploadLimits())
-        service.ready = True
+        uploads = build_uploads(
+            UploadsSection(), tmp, clock, db, Metrics(), self.edge.identity, FakeProjectAccess(), self.sink,
+            spool=Spool(tmp / "spool", bytes(32)),
+        )
+        uploads.service.ready = True  # not started: no recovery to wait for
         app = Klein()
         self.edge.identity.routes(app)
-        UploadRoutes(service, self.edge.identity).routes(app)
+        uploads.add_routes(app)
         self.treq = StubTreq(app.resource())
         self.failed = self.add(UploadState.FAILED, error="S3 keeps refusing a part")
         self.staged = self.add(UploadState.STAGED)

@@ -17,12 +17,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from relay.cloud import sync
 from relay.edge.events import Event, EventHub
-from relay.edge.replica import ReplicaApplier
 from relay.edge.web.announcer import ReplicaAnnouncer
 from relay.edge.web.api import api_routes
 from relay.link.envelope import Envelope
-from relay.testing.registry import RENDER, TEST_COST, CloudSide, EdgeSide, catalogue, inline
-from relay.testing.sync import FakeInbox, FakeOutbox
+from relay.testing.registry import RENDER, TEST_COST, CloudSide, EdgeSide, inline
+from relay.testing.sync import FakeOutbox
 
 BASE = "http://edge.example"
 
@@ -49,15 +48,11 @@ class ApiWorld(SynchronousTestCase):
         tmp = Path(self.mktemp())
         tmp.mkdir()
         self.cloud = CloudSide(tmp / "cloud.db", self.clock)
-        self.edge = EdgeSide("e1", tmp / "edge.db", self.clock)
+        # The announcer observes the edge's applier, as in the tap.
+        self.hub = EventHub()
+        self.edge = EdgeSide("e1", tmp / "edge.db", self.clock, observer=ReplicaAnnouncer(self.hub, InlineThreads()))
         self.addCleanup(self.cloud.close)
         self.addCleanup(self.edge.close)
-        # The edge's inbox again, with the announcer observing the applier.
-        self.hub = EventHub()
-        self.edge.inbox = FakeInbox(self.edge.db, catalogue())
-        ReplicaApplier(
-            "e1", self.edge.outbox, self.clock, observer=ReplicaAnnouncer(self.hub, InlineThreads())
-        ).register(self.edge.inbox)
         self.alice = self.cloud.add_user("alice", "alice's password")
         self.bob = self.cloud.add_user("bob", "bob's password")
         self.carol = self.cloud.add_user("carol", "carol's password")
