@@ -135,15 +135,17 @@ def test_upload_in_the_browser_reaches_s3_byte_identical(
     content = os.urandom(20 << 20)
     design = tmp_path / "design.step"
     design.write_bytes(content)
-    page.set_input_files("#dashboard input[type=file]", str(design))
+    # Into alice's own project, from its page.
+    page.locator("#nav-projects a").first.click()
+    page.locator("#dashboard input[type=file]").first.set_input_files(str(design))
     page.click(".uppy-StatusBar-actionBtn--upload")
 
-    row = page.locator("#uploads tbody tr", has_text="design.step")
+    row = page.locator("#files tbody tr", has_text="design.step")
     expect(row).to_have_attribute("data-state", "in_cloud", timeout=60_000)
 
     # Reloading shows the same, from the edge alone; the session survives.
     page.reload()
-    expect(page.locator("#uploads tbody tr", has_text="design.step")).to_have_attribute("data-state", "in_cloud")
+    expect(page.locator("#files tbody tr", has_text="design.step")).to_have_attribute("data-state", "in_cloud")
 
     objects = deployment.s3.client().list_objects_v2(Bucket=deployment.s3.bucket).get("Contents", [])
     assert len(objects) == 1
@@ -168,15 +170,16 @@ def test_a_new_project_shows_pending_then_settles_when_the_cloud_applies_it(
     expect(page.locator("#workspace")).to_be_visible()
     page.fill("#new-project input[name=name]", "Turbine blades")
     page.click("#new-project button[type=submit]")
-    item = page.locator("#projects li", has_text="Turbine blades")
+    item = page.locator("#projects tbody tr", has_text="Turbine blades")
     # At once, from the edge alone: pending until the cloud's answer.
     expect(item).to_be_visible(timeout=2_000)
     # The cloud applies it; the live event makes the page refetch.
     expect(item).not_to_have_class("pending", timeout=30_000)
     expect(item).not_to_contain_text("pending")
     # Now it can take uploads.
-    expect(page.locator("#project option", has_text="Turbine blades")).to_have_count(1)
-    expect(page.locator("#new-project-error")).to_have_text("")
+    item.locator("th a").click()
+    expect(page.locator("#upload-section")).to_be_visible()
+    expect(page.locator("#nav-projects a", has_text="Turbine blades")).to_have_count(1)
 
 
 def test_a_one_time_password_must_be_replaced_first(deployment: Deployment, page: Page, tmp_path: Path) -> None:
@@ -196,12 +199,13 @@ def test_a_one_time_password_must_be_replaced_first(deployment: Deployment, page
 
     log_in(page, deployment.edge_url, one_time)
     expect(page.locator("#first-password")).to_be_visible()
-    expect(page.locator("#work")).to_be_hidden()
+    expect(page.locator("#projects")).to_have_count(0)  # nothing but the new password
+    expect(page.locator("#keys")).to_be_hidden()
     page.fill("#password-form input[name=current_password]", one_time)
     page.fill("#password-form input[name=new_password]", "alice chose this one")
     page.click("#password-form button[type=submit]")
     # Once the new password is at the edge, the session ends: log in again.
     expect(page.locator("#login")).to_be_visible(timeout=30_000)
     log_in(page, deployment.edge_url, "alice chose this one")
-    expect(page.locator("#work")).to_be_visible()
-    expect(page.locator("#first-password")).to_be_hidden()
+    expect(page.locator("#projects")).to_be_visible()
+    expect(page.locator("#first-password")).to_have_count(0)

@@ -1,7 +1,8 @@
 """
-The browser front end: one page (C{web/templates/index.html}), its script
-and style (C{web/static/}), and Uppy's browser bundle from the npm package
-that C{web/package.json} locks (C{web/node_modules/uppy/dist/}).
+The browser front end: one page (C{web/templates/index.html}), its ES
+modules and style (C{web/static/}, C{docs/web.md}), and Uppy's browser
+bundle from the npm package that C{web/package.json} locks
+(C{web/node_modules/uppy/dist/}).
 
 Only the files named here are served: nothing else under C{web/} (or above
 it) can be reached through a URL.  A deployment without the front end's
@@ -23,9 +24,15 @@ from relay import __version__
 
 log = Logger()
 
+#: The page's own ES modules (no build step: the browser loads each).
+MODULES = (
+    "app.mjs", "lib.mjs", "events.mjs", "status.mjs", "uploads.mjs",
+    "pages/projects.mjs", "pages/project.mjs", "pages/job-new.mjs", "pages/job.mjs", "pages/account.mjs",
+)
+
 #: URL path under /static/ -> (file under the web directory, content type).
 STATIC = {
-    "app.mjs": ("static/app.mjs", "text/javascript; charset=utf-8"),
+    **{name: (f"static/{name}", "text/javascript; charset=utf-8") for name in MODULES},
     "app.css": ("static/app.css", "text/css; charset=utf-8"),
     "vendor/uppy.min.mjs": ("node_modules/uppy/dist/uppy.min.mjs", "text/javascript; charset=utf-8"),
     "vendor/uppy.min.css": ("node_modules/uppy/dist/uppy.min.css", "text/css; charset=utf-8"),
