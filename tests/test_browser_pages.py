@@ -90,6 +90,7 @@ def test_a_project_shared_uploaded_into_and_a_job_followed_to_its_result(
     expect(links).to_have_count(3, timeout=60_000)
     for name in contents:
         expect(page.locator("#files tbody tr", has_text=name).locator(".state")).to_have_text("in the cloud")
+        expect(page.locator("#files tbody tr", has_text=name).locator(".uploaded-by")).to_have_text("alice")
     stored = world.cloud_db("SELECT name, sha256 FROM files WHERE project_id = ?", (project_id,))
     assert {r["name"]: r["sha256"] for r in stored} == {n: hashlib.sha256(c).hexdigest() for n, c in contents.items()}
     shoot(page, "project-link-up")
@@ -179,6 +180,7 @@ def test_with_the_link_cut_pages_answer_and_changes_wait_then_settle_once(
     page.click("#statusbar details summary")
     waiting = page.locator("#statusbar details li")
     expect(waiting.filter(has_text="create project Made while cut off")).to_have_count(1)
+    expect(waiting.filter(has_text="create project Made while cut off")).to_contain_text("waiting for the link")
     expect(waiting.filter(has_text="submit a checksum job")).to_have_count(1)
     expect(waiting.filter(has_text="during-cut.txt")).to_contain_text("to send")
     shoot(page, "project-link-down-waiting")

@@ -21,8 +21,10 @@ const LINK_WORDS = { up: 'Link to the cloud: up', down: 'Link to the cloud: down
 
 const UPLOAD_WORDS = { receiving: 'being received', staged: 'at the edge', transferring: 'on its way to the cloud', failed: 'at the edge, transfer failed' };
 
+const COMMAND_WORDS = { queued: 'saved here, waiting for the link', sent: 'sent, waiting for the cloud', pending: 'waiting for the cloud' };
+
 function itemState(item) {
-  if (item.kind !== 'upload') return item.state === 'pending' ? 'waiting for the cloud' : (item.state ?? '');
+  if (item.kind !== 'upload') return COMMAND_WORDS[item.state] ?? item.state ?? '';
   const words = UPLOAD_WORDS[item.state] ?? item.state ?? '';
   return item.bytes ? `${words}, ${size(item.bytes)} to send` : words;
 }

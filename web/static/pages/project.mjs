@@ -60,7 +60,7 @@ export function render(container, [projectId], context) {
       h('td', { class: 'state' }, file.pending ? pendingLabel(file.pending) : 'in the cloud'),
       h('td', { class: 'cache', 'data-cache': cache ?? '' }, CACHE_WORDS[cache] ?? '',
         cache === 'fetching' && file.cache.size ? ` ${Math.round(100 * file.cache.fetched / file.cache.size)}%` : ''),
-      h('td', {}, file.uploaded_by ?? (file.kind === 'result' ? 'a job' : '')),
+      h('td', { class: 'uploaded-by' }, file.uploaded_by?.name ?? '', file.kind === 'result' ? h('span', { class: 'muted' }, file.uploaded_by ? ' (their job)' : 'a job') : null),
       h('td', { class: 'actions' }, h('a', { href: `${API}/files/${file.id}/content`, download: file.name, class: 'download' },
         'Download', h('span', { class: 'visually-hidden' }, ` ${file.name}`)),
       canWrite() && !file.pending ? [' ', h('button', { type: 'button', class: 'danger delete-file', onclick: async () => {
@@ -96,7 +96,7 @@ export function render(container, [projectId], context) {
           await load();
         } }, 'Retry') : null),
       h('td', { class: 'cache', 'data-cache': 'cached' }, 'held here'),
-      h('td', {}, context.user?.name ?? ''),
+      h('td', { class: 'uploaded-by' }, context.user?.name ?? ''),
       h('td', {}));
   }
 
