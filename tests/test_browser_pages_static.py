@@ -7,6 +7,14 @@ builds markup from strings, and nothing is fetched from elsewhere.
 from __future__ import annotations
 
 import re
+import shutil
+from pathlib import Path
+
+import treq
+from klein import Klein
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+from twisted.web.server import Site
 
 from relay.edge.web.ui import MODULES, STATIC, UserInterface
 
@@ -58,3 +66,49 @@ def test_each_module_is_there_and_typed_as_javascript() -> None:
         path, content_type = STATIC[name]
         assert (WEB / path).is_file(), name
         assert content_type == "text/javascript; charset=utf-8", name
+
+
+class VersionedFilesTests(TestCase):
+    """
+    The page and its files from a running listener (loopback), as a browser
+    gets them.
+    """
+
+    def web_dir(self) -> Path:
+        root = Path(self.mktemp())
+        for _, (path, _) in [("index", ("templates/index.html", "")), *STATIC.items()]:
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(WEB / path, root / path)
+        return root
+
+    async def serve(self, web_dir: Path) -> str:
+        app = Klein()
+        UserInterface(web_dir).routes(app)
+        port = reactor.listenTCP(0, Site(app.resource()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return f"http://127.0.0.1:{port.getHost().port}"
+
+    async def get(self, base: str, path: str) -> tuple[int, str, bytes]:
+        answer = await treq.get(base + path, persistent=False)
+        body = await answer.content()
+        return answer.code, (answer.headers.getRawHeaders("cache-control") or [""])[0], body
+
+    async def test_the_page_names_its_files_under_their_version_and_browsers_keep_them(self) -> None:
+        web_dir = self.web_dir()
+        base = await self.serve(web_dir)
+        code, cache, page = await self.get(base, "/")
+        self.assertEqual((code, cache), (200, "no-cache"))
+        [version] = set(re.findall(r'"/static/v/([0-9a-f]{16})/', page.decode()))
+        self.assertNotIn('"/static/app', page.decode(), "every file named under its version")
+        code, cache, body = await self.get(base, f"/static/v/{version}/pages/project.mjs")
+        self.assertEqual((code, cache), (200, "public, max-age=31536000, immutable"))
+        self.assertEqual(body, (web_dir / "static" / "pages" / "project.mjs").read_bytes())
+        # An old page's version, and the plain names: today's file, revalidated.
+        self.assertEqual((await self.get(base, "/static/v/0123456789abcdef/app.css"))[:2], (200, "no-cache"))
+        self.assertEqual((await self.get(base, "/static/app.css"))[:2], (200, "no-cache"))
+        self.assertEqual((await self.get(base, f"/static/v/{version}/nothing.mjs"))[0], 404)
+        # A changed file (an upgrade) is another version.
+        (web_dir / "static" / "app.css").write_text("body { color: red; }\n")
+        again = await self.serve(web_dir)
+        [changed] = set(re.findall(r'"/static/v/([0-9a-f]{16})/', (await self.get(again, "/"))[2].decode()))
+        self.assertNotEqual(changed, version)

@@ -72,8 +72,10 @@ async function enter(who, token) {
   events.start();
   startStatus();
   if (!who.must_change_password) startUploads();
-  await Promise.all([loadNav(), loadNotices()]);
+  // The page's own data, the navigation and the notices at once: on a
+  // slow link each round trip waited for is one the person waits for.
   route();
+  await Promise.all([loadNav(), loadNotices()]);
 }
 
 /** What pages get: the user, and ways to refresh the shared parts. */

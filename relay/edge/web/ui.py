@@ -5,13 +5,21 @@ bundle from the npm package that C{web/package.json} locks
 (C{web/node_modules/uppy/dist/}).
 
 Only the files named here are served: nothing else under C{web/} (or above
-it) can be reached through a URL.  A deployment without the front end's
+it) can be reached through a URL.
+
+The page names its files under C{/static/v/<version>/}, the version a hash
+of their contents when the edge started: a browser keeps them for a year
+without asking again (C{immutable}), so a page load on a slow link costs
+no round trip for them, and an upgrade changes the version, so nobody runs
+an old file with a new page.  The same files answer under C{/static/} too,
+revalidated each time (C{no-cache}).  A deployment without the front end's
 files (a wheel installed without C{web/}) still serves the API and tus; its
 page says where the files were looked for.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from klein import Klein
@@ -61,10 +69,14 @@ class UserInterface:
         missing = [path for path, _ in [("templates/index.html", ""), *STATIC.values()]
                    if not (web_dir / path).is_file()]
         self.available = not missing
-        # Read once: the page is the same for everyone (the static files are
-        # served by File, which revalidates with Last-Modified).
+        # Read once: the page is the same for everyone; it names the static
+        # files under their version.
         index = web_dir / "templates" / "index.html"
-        self._page = index.read_bytes() if self.available else _fallback(web_dir).encode()
+        self.version = _version(web_dir) if self.available else "none"
+        self._page = (
+            index.read_bytes().replace(b'"/static/', f'"/static/v/{self.version}/'.encode())
+            if self.available else _fallback(web_dir).encode()
+        )
         if missing:
             log.warn(
                 "the browser front end is not available: {missing} missing under {web_dir} "
@@ -80,27 +92,52 @@ class UserInterface:
             request.setHeader(b"cache-control", b"no-cache")
             return self._page
 
+        @app.route("/static/v/<version>/<path:name>", methods=["GET", "HEAD"])
+        def versioned(request: IRequest, version: str, name: str) -> IResource | bytes:
+            # Another version (a page from before an upgrade): today's file,
+            # revalidated.
+            return self._file(request, name, immutable=version == self.version)
+
         @app.route("/static/<path:name>", methods=["GET", "HEAD"])
         def static(request: IRequest, name: str) -> IResource | bytes:
-            entry = STATIC.get(name)
-            if entry is None or not self.available:
-                request.setResponseCode(404)
-                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-                return b"no such file\n"
-            path, content_type = entry
-            _secure(request)
-            # One range at most: twisted.web's multipart ranges hang on many
-            # ranges and answer overlapping ones many times over.  Several
-            # get the whole file, which RFC 9110 allows.
-            ranges = request.getHeader(b"range")
-            if ranges is not None and b"," in ranges:
-                request.requestHeaders.removeHeader(b"range")
+            return self._file(request, name, immutable=False)
+
+    def _file(self, request: IRequest, name: str, immutable: bool) -> IResource | bytes:
+        """
+        One of the files in L{STATIC}; C{immutable}: named under today's version.
+        """
+        entry = STATIC.get(name)
+        if entry is None or not self.available:
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"no such file\n"
+        path, content_type = entry
+        _secure(request)
+        # One range at most: twisted.web's multipart ranges hang on many
+        # ranges and answer overlapping ones many times over.  Several
+        # get the whole file, which RFC 9110 allows.
+        ranges = request.getHeader(b"range")
+        if ranges is not None and b"," in ranges:
+            request.requestHeaders.removeHeader(b"range")
+        if immutable:
+            request.setHeader(b"cache-control", b"public, max-age=31536000, immutable")
+        else:
             # Revalidated each time (Last-Modified), never stale after an upgrade.
             request.setHeader(b"cache-control", b"no-cache")
-            resource = File(str(self.web_dir / path), defaultType=content_type)
-            resource.type, resource.encoding = content_type, None
-            resource.isLeaf = True
-            return resource
+        resource = File(str(self.web_dir / path), defaultType=content_type)
+        resource.type, resource.encoding = content_type, None
+        resource.isLeaf = True
+        return resource
+
+
+def _version(web_dir: Path) -> str:
+    """
+    The static files' version: a hash of their names and contents.
+    """
+    digest = hashlib.sha256()
+    for name, (path, _) in sorted(STATIC.items()):
+        digest.update(name.encode() + b"\0" + (web_dir / path).read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def _secure(request: IRequest) -> None:

@@ -4,10 +4,6 @@
 import { api, h, pendingLabel, reason, replaceRows, say } from '../lib.mjs';
 import { on, debounced } from '../events.mjs';
 
-function count(rows, projectId) {
-  return rows.filter((row) => row.project_id === projectId).length;
-}
-
 export function render(container, _params, context) {
   document.title = 'Projects · relay';
   const error = h('p', { class: 'error', role: 'alert', id: 'projects-error' });
@@ -32,7 +28,7 @@ export function render(container, _params, context) {
     context.refreshNav();
   });
 
-  function row(project, files, jobs) {
+  function row(project) {
     const owner = project.role === 'owner';
     const actions = h('td', { class: 'actions' });
     if (owner && !project.pending) {
@@ -51,8 +47,8 @@ export function render(container, _params, context) {
       h('th', { scope: 'row' }, h('a', { href: `#/projects/${project.id}` }, project.name),
         project.is_default ? h('span', { class: 'muted' }, ' (your own)') : null),
       h('td', {}, project.role ?? ''),
-      h('td', { class: 'num' }, String(project.file_count ?? count(files, project.id))),
-      h('td', { class: 'num' }, String(project.job_count ?? count(jobs, project.id))),
+      h('td', { class: 'num' }, String(project.file_count ?? 0)),
+      h('td', { class: 'num' }, String(project.job_count ?? 0)),
       h('td', { class: 'state' }, project.pending ? pendingLabel(project.pending) : 'saved'),
       actions);
   }
@@ -75,10 +71,11 @@ export function render(container, _params, context) {
   }
 
   async function load() {
-    const [projects, files, jobs] = await Promise.all([api('GET', 'projects'), api('GET', 'files'), api('GET', 'jobs')]);
+    // The counts come with the list: no file or job list is fetched.
+    const projects = await api('GET', 'projects');
     if (!projects.ok) { say(error, reason(projects), 'error'); return; }
     const list = projects.body.projects ?? [];
-    replaceRows(body, list.length ? list.map((p) => row(p, files.body.files ?? [], jobs.body.jobs ?? []))
+    replaceRows(body, list.length ? list.map(row)
       : [h('tr', {}, h('td', { colspan: '6' }, 'No projects yet.'))]);
   }
 
