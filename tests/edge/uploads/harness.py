@@ -22,13 +22,13 @@ from twisted.web.server import Site
 from relay.db import Database
 from relay.edge.events import EventHub
 from relay.edge.uploads.housekeeping import UploadHousekeeping
-from relay.edge.uploads.request import StreamingSettings, streaming_request_factory
 from relay.edge.uploads.resource import UploadRoutes
 from relay.edge.uploads.service import UploadLimits, UploadService
 from relay.edge.uploads.spool import Spool
 from relay.edge.uploads.store import SCHEMA, UploadStore
 from relay.testing.auth import FakeAuthenticator, FakeProjectAccess
 from relay.testing.transfer import FakeUploadSink
+from relay.tus.streaming import StreamingSettings, streaming_request_factory
 
 KEY = "k-alice"
 OTHER_KEY = "k-bob"

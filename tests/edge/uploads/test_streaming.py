@@ -15,9 +15,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from relay.edge.uploads import request as request_module
 from relay.edge.uploads.service import UploadLimits
 from relay.edge.uploads.spool import Spool
+from relay.tus import streaming as request_module
 
 from .harness import KEY, MASTER, Edge, random_bytes, sleep
 from .test_http import EdgeTestCase
