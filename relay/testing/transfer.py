@@ -11,6 +11,7 @@ tests drive them with a C{Clock} and no sockets.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 from collections.abc import Callable, Mapping, Sequence
@@ -92,6 +93,15 @@ class FakeObjectStore:
             n: f"https://s3.example/{key}?uploadId={upload_id}&partNumber={n}&X-Amz-Signature=secret"
             for n, _ in parts
         })
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes, md5: str) -> Deferred[str]:
+        def work() -> str:
+            if base64.b64encode(hashlib.md5(data).digest()).decode() != md5:
+                raise ObjectStoreError("UploadPart: BadDigest", transient=False, code="BadDigest")
+            self._upload(upload_id).parts[number] = bytes(data)
+            return hashlib.md5(data).hexdigest()
+
+        return self._answer("upload_part", work)
 
     def list_parts(self, key: str, upload_id: str) -> Deferred[list[PartInfo]]:
         return self._answer("list_parts", lambda: [
