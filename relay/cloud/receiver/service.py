@@ -210,6 +210,7 @@ class TransferReceiver:
         if partial.writer is not None:
             raise TusError(423, "another request is writing to this upload", {"Retry-After": "1"})
         partial.writer = writer
+        self.log.debug("transfer {tid} part {first}: PATCH at {offset}", tid=transfer.id, first=first, offset=offset)
         released: Deferred[None] = Deferred()
         partial.released = released
         try:
@@ -254,6 +255,8 @@ class TransferReceiver:
             except BodyInterrupted:
                 self.log.info("transfer {tid} part {part}: the connection dropped; {offset} bytes kept",
                               tid=partial.transfer.id, part=partial.part, offset=partial.offset)
+        self.log.debug("transfer {tid} part {first}: PATCH ends at {offset}", tid=partial.transfer.id,
+                       first=partial.record.first, offset=partial.offset)
         return Answer(204, {"Upload-Offset": str(partial.offset)})
 
     async def _verified(self, partial: PartialUpload, body: RequestBody, checksum: Checksum, room: int) -> None:

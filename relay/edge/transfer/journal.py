@@ -245,6 +245,17 @@ def confirm(conn: sqlite3.Connection, upload_id: str, transfer_id: str, number: 
     return _recount(conn, upload_id, now)
 
 
+def confirm_many(conn: sqlite3.Connection, upload_id: str, transfer_id: str, numbers: Sequence[int],
+                 now: float) -> Confirmed | None:
+    """L{confirm} for several parts in one transaction."""
+    if not conn.execute("SELECT 1 FROM transfer_jobs WHERE upload_id = ? AND transfer_id = ?",
+                        (upload_id, transfer_id)).fetchone():
+        return None
+    conn.executemany("UPDATE transfer_parts SET confirmed = 1 WHERE upload_id = ? AND number = ?",
+                     [(upload_id, n) for n in numbers])
+    return _recount(conn, upload_id, now)
+
+
 def reconcile(conn: sqlite3.Connection, upload_id: str, transfer_id: str,
               held: Mapping[int, tuple[int, str]], now: float) -> Confirmed | None:
     """
