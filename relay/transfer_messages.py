@@ -55,9 +55,11 @@ MAX_PART_SIZE = 5 << 30
 #:     sha256 or ETag): the edge starts over.
 #:   - C{refused}: the registry refused the file (no such project ...);
 #:     the edge keeps the spool file and marks the upload failed.
+#:   - C{no_receiver}: this cloud runs no tus receiver (C{transfer.authorize}):
+#:     the edge sends the transfer's parts with presigned URLs instead.
 #:   - C{invalid}: the request makes no sense (unknown transfer, another
 #:     edge's transfer, inconsistent sizes).
-FAILURE_CODES = ("no_such_upload", "incomplete", "mismatch", "refused", "invalid")
+FAILURE_CODES = ("no_such_upload", "incomplete", "mismatch", "refused", "invalid", "no_receiver")
 
 _ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
 _NAME_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}

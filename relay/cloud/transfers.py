@@ -469,7 +469,7 @@ class CloudTransfers(Service):
         self._must_be_open(t)
         tokens = self._tokens
         if tokens is None:
-            raise failed(t.id, "invalid", "this cloud runs no transfer receiver; use transfer.mode = \"direct\"")
+            raise failed(t.id, "no_receiver", "this cloud runs no transfer receiver; send the parts directly")
         issued = await self._db.run(tokens.issue, t.id, self._reactor.seconds())
         return [(AUTHORIZED, {"transfer_id": t.id, "token": issued.token, "expires_in": issued.expires_in,
                               "url": issued.url})]

@@ -116,7 +116,7 @@ class TransferSection:
     #: C{"tus"}: to the cloud's tus receiver over parallel partial uploads
     #: (a reset costs a reconnect); C{"direct"}: presigned part PUTs
     #: straight to S3 (a reset costs the part; the cloud carries no data).
-    mode: Literal["tus", "direct"] = "direct"
+    mode: Literal["tus", "direct"] = "tus"
     #: Parallel streams per file on the tus path: the number follows what
     #: the link delivers, within these bounds.
     min_streams: int = 2

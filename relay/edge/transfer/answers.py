@@ -79,6 +79,9 @@ class CloudAnswers:
             return
         now = self._service.clock.seconds()
         code, reason = body["code"], body["reason"]
+        if code == "no_receiver":
+            self._service._notify(self._direct, job.upload_id)
+            return
         if code == "incomplete":
             journal.unconfirm(conn, job.upload_id, job.transfer_id, body.get("missing", []), now)
             journal.set_state(conn, job.upload_id, JobState.SENDING, now)
@@ -87,6 +90,11 @@ class CloudAnswers:
         else:
             self._service._restart(conn, job.upload_id, job.transfer_id, f"{code}: {reason}")
         self._service._notify(self._service._wake, job.upload_id, True)
+
+    def _direct(self, upload_id: str) -> None:
+        run = self._service._runs.get(upload_id)
+        if run is not None:
+            run.send_directly()
 
     def _on_registered(self, conn: Any, message: Envelope) -> None:
         # A failed transfer too: the edge may have given up on an answer

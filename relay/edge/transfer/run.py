@@ -118,6 +118,14 @@ class TransferRun:
         if transfer_id == self._transfer_id and self._access is not None:
             self._access.authorized(token, url, expires_in)
 
+    def send_directly(self) -> None:
+        """The cloud runs no receiver: this run sends presigned part PUTs."""
+        if self._tus:
+            self.log.warn("upload {upload_id}: the cloud runs no tus receiver; sending parts directly to S3",
+                          upload_id=self.upload_id)
+        self._tus = False
+        self.wake(interrupt=True)
+
     def stop(self) -> None:
         self._stopped = True
         self.wake(interrupt=True)
@@ -371,6 +379,8 @@ class TransferRun:
             stall_timeout=settings.stream_stall_timeout, resumed=self._resumed or bool(confirmed),
             upload_id=job.upload_id,
         )
+        if not self._tus:
+            return  # the cloud said it runs no receiver meanwhile
         self._streams = sender
         try:
             await sender.run()

@@ -148,3 +148,25 @@ class RcloneTusTests(Base):
         world.edge.start()
         await world.wait_done(list(uploads), 150)
         await self.check_arrived(world, uploads)
+
+
+class NoReceiverTests(Base):
+    timeout = 120
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.server = start_moto()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.server.stop()
+
+    async def test_a_cloud_without_receiver_gets_the_parts_directly(self) -> None:
+        """An edge in mode "tus" whose cloud runs no receiver sends presigned part PUTs instead."""
+        world = self.world(s3_link=LinkProfile(latency_ms=20), transfer={"mode": "tus"})
+        await world.start()
+        uploads = dict([world.stage(12 * MiB + 5, seed=15)])
+        world.edge.start()
+        await world.wait_done(list(uploads), 60)
+        await self.check_arrived(world, uploads)
+        self.assertIn("the cloud runs no tus receiver", world.edge.log_text())
