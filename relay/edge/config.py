@@ -119,7 +119,7 @@ class TransferSection:
     mode: Literal["tus", "direct"] = "tus"
     #: Parallel streams per file on the tus path: the number follows what
     #: the link delivers, within these bounds.
-    min_streams: int = 2
+    min_streams: int = 4
     max_streams: int = 32
     #: The receiver's address as this edge reaches it, up to C{/transfers/}
     #: (empty: the address the cloud hands out with each token).

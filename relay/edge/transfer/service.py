@@ -84,7 +84,7 @@ class TransferSettings:
     #: C{"tus"}: partial uploads to the cloud's receiver; C{"direct"}:
     #: presigned part PUTs to S3.
     mode: str = "direct"
-    min_streams: int = 2
+    min_streams: int = 4
     max_streams: int = 32
     #: The receiver as this edge reaches it (empty: as the cloud says).
     receiver_url: str = ""

@@ -211,7 +211,7 @@ class StreamSender:
         *,
         stall_timeout: float = 15.0,
         resumed: bool = False,
-        window: float = 4.0,
+        window: float = 2.0,
         upload_id: str = "",
     ) -> None:
         self._clock = clock
