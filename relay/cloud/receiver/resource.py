@@ -91,7 +91,7 @@ class ReceiverResource(Resource):
             return await receiver.create(transfer, creation)
         first = parse_first(name)
         if method == "HEAD":
-            return await receiver.head(transfer, first)
+            return await receiver.head(transfer, first, _abort)
         if method == "DELETE":
             return await receiver.delete(transfer, first, _abort)
         protocol.check_content_type(_header(request, "Content-Type"))

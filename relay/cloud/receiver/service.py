@@ -187,8 +187,14 @@ class TransferReceiver:
 
     # -- head, patch, delete -----------------------------------------------------
 
-    async def head(self, transfer: Transfer, first: int) -> Answer:
+    async def head(self, transfer: Transfer, first: int,
+                   abort_writer: Callable[[object], None] = lambda writer: None) -> Answer:
         partial = await self._partial(transfer, first)
+        # An edge writes each partial upload over one request at a time: a
+        # writer still here when it asks is a connection it gave up on.
+        # Its bytes are taken first, so that the offset does not move after
+        # this answer (the next PATCH would meet a 409, its body wasted).
+        await self._take_over(partial, abort_writer, limit=False)
         if partial.writer is None and len(partial.held) == partial.part_length() and partial.held:
             # A complete part whose write failed: write it now, or forget it.
             try:
@@ -221,13 +227,14 @@ class TransferReceiver:
             partial.idle_since = self._reactor.seconds()
             released.callback(None)
 
-    async def _take_over(self, partial: PartialUpload, abort_writer: Callable[[object], None]) -> None:
+    async def _take_over(self, partial: PartialUpload, abort_writer: Callable[[object], None],
+                         limit: bool = True) -> None:
         """A newer request wins: the old connection (often dead) is closed first."""
         if partial.writer is not None and partial.released is not None:
             released = partial.released
             abort_writer(partial.writer)
             await released
-        if not partial.held and partial.writer is None:
+        if limit and not partial.held and partial.writer is None:
             holding = [p for p in self._partials.values() if p.held]
             if len(holding) >= self._settings.max_streams:
                 idle = sorted((p for p in holding if p.writer is None), key=lambda p: p.idle_since)
