@@ -62,10 +62,10 @@ class Receiver(SynchronousTestCase):
         self.addCleanup(self.transfers.stopService)
         self.restart()
 
-    def restart(self) -> None:
+    def restart(self, max_streams: int = 8) -> None:
         """A new receiver on the same database and bucket (the cloud restarted)."""
         self.receiver = TransferReceiver(self.clock, self.db, self.objects,  # type: ignore[arg-type]
-                                         self.transfers.finish_later, ReceiverSettings(max_streams=8))
+                                         self.transfers.finish_later, ReceiverSettings(max_streams=max_streams))
         self.client = StubTreq(ReceiverResource(self.receiver, 1 << 40))
 
     # -- helpers -------------------------------------------------------------
@@ -219,6 +219,21 @@ class Receiver(SynchronousTestCase):
         self.assertEqual(code, 204)
         self.assertEqual(headers["tus-extension"], "creation,checksum,termination,concatenation")
         self.assertIn("sha256", headers["tus-checksum-algorithm"])
+
+    def test_parts_held_are_bounded_and_termination_forgets(self) -> None:
+        self.restart(max_streams=1)
+        token = self.begin()
+        self.create(token, 1, 1)
+        self.create(token, 2, 2)
+        self.assertEqual(self.patch(token, 1, 0, CHUNKS[0][:100])[1]["upload-offset"], "100")
+        # One part may be held: an idle holder's bytes give way to a new stream.
+        self.assertEqual(self.patch(token, 2, 0, CHUNKS[1][:50])[1]["upload-offset"], "50")
+        self.assertEqual(self.request("HEAD", f"/{TID}/1", token)[1]["upload-offset"], "0")
+        # Termination: the partial upload is forgotten (creating it again is allowed).
+        self.assertEqual(self.request("DELETE", f"/{TID}/2", token)[0], 204)
+        self.assertEqual(self.request("HEAD", f"/{TID}/2", token)[0], 404)
+        self.assertEqual(self.create(token, 2, 2)[0], 201)
+        self.assertEqual(self.request("HEAD", f"/{TID}/2", token)[1]["upload-offset"], "0")
 
 
 def test_md5_metadata_is_raw_digests() -> None:
