@@ -101,6 +101,8 @@ class Row:
     notes: str = ""
     #: How long it was allowed.
     limit: float | None = None
+    #: Bytes that crossed the emulated link towards the cloud / file size.
+    sent_ratio: float | None = None
 
 
 def china(args: argparse.Namespace) -> LinkProfile:
@@ -110,6 +112,11 @@ def china(args: argparse.Namespace) -> LinkProfile:
         aggregate_bytes_per_s=args.aggregate_mib * MiB,
         reset_mean_s=args.reset_mean_s or None,
     )
+
+
+def cell(args: argparse.Namespace, aggregate_mib: float, reset_mean_s: float) -> argparse.Namespace:
+    """The arguments of one grid cell."""
+    return argparse.Namespace(**{**vars(args), "aggregate_mib": aggregate_mib, "reset_mean_s": reset_mean_s})
 
 
 async def sleep(seconds: float) -> None:
@@ -162,12 +169,19 @@ def wait_port(port: int, process: subprocess.Popen[bytes], seconds: float = 60) 
 
 
 async def run_relay(args: argparse.Namespace, work: Path, s3: S3Server, source: Path, size: int,
-                    sha256: str, rows: list[Row]) -> None:
+                    sha256: str, rows: list[Row], mode: str = "tus") -> None:
+    """
+    relay's transfer: C{mode} "tus" (the edge's link leads to the cloud's
+    receiver) or "direct" (it leads to S3, through presigned URLs).
+    """
     from twisted.internet import reactor
 
+    work.mkdir(parents=True, exist_ok=True)
     vhost = Vhost()
     await deferToThread(vhost.create)
-    s3_link = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{s3.port}", china(args),
+    receiver_port = free_port()
+    upstream = receiver_port if mode == "tus" else s3.port
+    s3_link = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{upstream}", china(args),
                            random.Random(args.seed))
     amqp_link = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{AMQP_PORT}", china(args),
                              random.Random(args.seed + 1))
@@ -178,7 +192,8 @@ async def run_relay(args: argparse.Namespace, work: Path, s3: S3Server, source: 
     cloud = cloud_node(work, amqp_url=vhost.url(), listen_port=free_port(), s3={
         "bucket": s3.bucket, "endpoint_url": s3.endpoint, "addressing_style": "path",
         "presign_endpoint_url": f"http://127.0.0.1:{s3_link.port}", "credentials_file": str(credentials),
-    })
+    }, more_toml=f'[receiver]\nlisten = "tcp:{receiver_port}:interface=127.0.0.1"\n'
+                 f'public_url = "http://127.0.0.1:{s3_link.port}/transfers/"\n')
     cloud.start()
     port = free_port()
     (work / "edge.tac").write_text(EDGE_TAC)
@@ -186,7 +201,7 @@ async def run_relay(args: argparse.Namespace, work: Path, s3: S3Server, source: 
         "edge": {"id": "bench", "listen": f"tcp:{port}:interface=127.0.0.1", "data_dir": str(work / "edge")},
         "link": {"url": vhost.url(amqp_link.port), "heartbeat": 5},
         "uploads": {"disk_reserve": 0},
-        "transfer": {"concurrency": args.concurrency},
+        "transfer": {"concurrency": args.concurrency, "mode": mode, "max_streams": args.max_streams},
     })
     log = (work / "edge.log").open("ab")
     edge = subprocess.Popen(
@@ -199,8 +214,9 @@ async def run_relay(args: argparse.Namespace, work: Path, s3: S3Server, source: 
         started = time.monotonic()
         upload_id = await deferToThread(tus_upload, port, source, size)
         staged = time.monotonic()
-        rows.append(Row("the user's tus upload to the edge", "upload complete (loopback)", staged - started,
-                        True, "what the user waits for"))
+        if not args.grid:
+            rows.append(Row("the user's tus upload to the edge", "upload complete (loopback)", staged - started,
+                            True, "what the user waits for"))
         print(f"  tus upload done in {staged - started:.1f} s; relay transfer running ...", flush=True)
         deadline = staged + (args.cap or 900.0)
         done = False
@@ -214,11 +230,14 @@ async def run_relay(args: argparse.Namespace, work: Path, s3: S3Server, source: 
         job = job_view(work / "edge", upload_id)
         ok = done and await deferToThread(_object_sha256, s3, f"projects/{PROJECT}/files/{upload_id}") == sha256
         state = upload_view(work / "edge", upload_id)[0]
+        label = ("relay tus (streams to the cloud's receiver)" if mode == "tus"
+                 else f"relay direct ({args.concurrency} part PUTs at once)")
         rows.append(Row(
-            "relay (edge -> S3, 16 parts at once)", "staged -> in S3, verified, registered",
+            label, "staged -> in S3, verified, registered",
             seconds if ok else None, ok,
             f"{s3_link.counters.resets_injected} resets, {getattr(job, 'restarts', '?')} restarts, "
             f"{s3_link.counters.bytes_to_upstream / size:.2f}x bytes sent, upload {state}",
+            args.cap or 900.0, s3_link.counters.bytes_to_upstream / size,
         ))
     finally:
         edge.terminate()
@@ -293,12 +312,12 @@ async def run_boto3(args: argparse.Namespace, s3: S3Server, source: Path, size: 
     notes = f"{attempts} attempt(s), {link.counters.resets_injected} resets"
     if not ok:
         notes += f"; did not finish in {limit:.0f} s; last: {error[:60]}"
-    rows.append(Row(label, "in S3", seconds if ok else None, ok, notes, limit))
+    rows.append(Row(label, "in S3", seconds if ok else None, ok, notes, limit, link.counters.bytes_to_upstream / size))
     await link.stop()
 
 
 def table(rows: list[Row], size: int, args: argparse.Namespace) -> str:
-    relay = next((r for r in rows if r.contender.startswith("relay")), None)
+    relay = next((r for r in rows if r.contender.startswith("relay tus")), None)
     lines = [
         f"bench/transfer: {size // MiB} MiB, link {args.latency_ms * 2:.0f} ms RTT, "
         f"{args.rate_kib} KiB/s per connection, reset every {args.reset_mean_s:.0f} s on average, "
@@ -325,7 +344,76 @@ def table(rows: list[Row], size: int, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def grid_table(cells: list[tuple[float, float, list[Row]]], size: int, args: argparse.Namespace) -> str:
+    """One line per cell and contender: fraction of the aggregate cap, bytes sent / size, completion."""
+    lines = [
+        f"bench/transfer grid: {size // MiB} MiB, {args.latency_ms * 2:.0f} ms RTT, {args.rate_kib} KiB/s per "
+        f"connection; S3 = {args.s3}",
+        "",
+        f"{'cap MiB/s':>9} {'resets':>7}  {'contender':44} {'time (s)':>9} {'of cap':>7} {'bytes':>6} {'done':>5}",
+    ]
+    for aggregate, reset, rows in cells:
+        for row in rows:
+            seconds = f"{row.seconds:.1f}" if row.seconds is not None else f">{row.limit or 0:.0f}"
+            fraction = f"{size / row.seconds / (aggregate * MiB):.2f}" if row.seconds else "-"
+            sent = f"{row.sent_ratio:.2f}x" if row.sent_ratio is not None else "-"
+            resets = f"{reset:.0f} s" if reset else "none"
+            lines.append(f"{aggregate:>9.0f} {resets:>7}  {row.contender:44} {seconds:>9} {fraction:>7} {sent:>6} "
+                         f"{'yes' if row.completed else 'NO':>5}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+async def main_grid(args: argparse.Namespace) -> None:
+    size = args.size * MiB
+    work = Path(tempfile.mkdtemp(prefix="relay-bench-transfer-"))
+    s3 = start_moto() if args.s3 == "moto" else start_rclone(work / "objects")
+    cells: list[tuple[float, float, list[Row]]] = []
+    run = 0
+    try:
+        source = work / "source.bin"
+        digest = hashlib.sha256()
+        with source.open("wb") as f:
+            for block in pattern(args.seed, size):
+                digest.update(block)
+                f.write(block)
+        sha256 = digest.hexdigest()
+        for aggregate in args.caps:
+            for reset in args.resets:
+                here = cell(args, aggregate, reset)
+                rows: list[Row] = []
+                for mode in ("tus", "direct"):
+                    if mode in args.skip:
+                        continue
+                    run += 1
+                    print(f"cap {aggregate} MiB/s, resets {reset or 'none'}: relay {mode} ...", flush=True)
+                    await run_relay(here, work / f"run-{run}", s3, source, size, sha256, rows, mode)
+                    print(f"  {rows[-1].seconds} s, {rows[-1].sent_ratio:.2f}x", flush=True)
+                fastest = min((r.seconds for r in rows if r.seconds), default=None)
+                for how in ("upload_file", "put_object"):
+                    if how in args.skip:
+                        continue
+                    # A baseline may take what the slowest relay path could
+                    # not beat by far; past that it reads as "did not finish".
+                    limit = args.cap or max(60.0, args.baseline_factor * (fastest or 300.0))
+                    print(f"  boto3 {how} (at most {limit:.0f} s) ...", flush=True)
+                    await run_boto3(here, s3, source, size, sha256, how, rows, limit)
+                cells.append((aggregate, reset, rows))
+                print(grid_table(cells[-1:], size, args), flush=True)
+    finally:
+        s3.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"(kept {work})")
+    print()
+    print(grid_table(cells, size, args))
+
+
 async def main(reactor: Any, args: argparse.Namespace) -> None:
+    if args.grid:
+        await main_grid(args)
+        return
     size = args.size * MiB
     work = Path(tempfile.mkdtemp(prefix="relay-bench-transfer-"))
     s3 = start_moto() if args.s3 == "moto" else start_rclone(work / "objects")
@@ -339,8 +427,10 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 f.write(block)
         sha256 = digest.hexdigest()
         print(f"relay ({size // MiB} MiB) ...", flush=True)
-        await run_relay(args, work, s3, source, size, sha256, rows)
-        relay = rows[-1].seconds if rows else None
+        await run_relay(args, work / "tus", s3, source, size, sha256, rows, "tus")
+        if "direct" not in args.skip:
+            await run_relay(args, work / "direct", s3, source, size, sha256, rows, "direct")
+        relay = next((r.seconds for r in rows if r.contender.startswith("relay tus")), None)
         for how, factor in (("put_object", 8.5), ("upload_file", 2.0)):
             if how in args.skip:
                 continue
@@ -368,10 +458,23 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=16, help="relay's parts at once")
     parser.add_argument("--cap", type=float, default=None,
                         help="seconds each contender may take (default: relative to relay's time)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=("put_object", "upload_file"))
+    parser.add_argument("--skip", nargs="*", default=[], choices=("put_object", "upload_file", "direct", "tus"))
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
-    return parser.parse_args(argv)
+    parser.add_argument("--single", dest="grid", action="store_false",
+                        help="one link (--aggregate-mib, --reset-mean-s) instead of the grid")
+    parser.add_argument("--caps", type=lambda v: [float(x) for x in v.split(",")], default=[2.0, 4.0, 16.0],
+                        help="the grid's aggregate caps, MiB/s (default 2,4,16)")
+    parser.add_argument("--resets", type=lambda v: [float(x) for x in v.split(",")], default=[0.0, 20.0, 5.0],
+                        help="the grid's mean seconds between resets per connection, 0 = none (default 0,20,5)")
+    parser.add_argument("--max-streams", type=int, default=32, help="the tus path's most streams")
+    parser.add_argument("--baseline-factor", type=float, default=3.0,
+                        help="boto3 baselines may take this many times the faster relay path (grid)")
+    parser.add_argument("--quick", action="store_true", help="a small grid run: 32 MiB unless --size says")
+    args = parser.parse_args(argv)
+    if args.quick and args.size == 256:
+        args.size = 32
+    return args
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """
-The message types of the transfer stage (edge -> S3 through presigned
-URLs), as JSON schemas for the link's catalogue.  C{docs/messages.md}
+The message types of the transfer stage (edge -> S3, through the cloud's
+tus receiver or presigned URLs), as JSON schemas for the link's catalogue.  C{docs/messages.md}
 ("Transfers") describes the same types for people; C{docs/transfer.md}
 tells the whole story.
 
 Edge -> cloud (C{relay.to-cloud}): C{transfer.begin}, C{transfer.presign},
-C{transfer.status}, C{transfer.finish}, C{transfer.abort}.  Cloud -> edge
-(C{relay.to-edge.<id>}): C{transfer.started}, C{transfer.urls},
-C{transfer.parts}, C{transfer.failed}, C{transfer.aborted},
+C{transfer.status}, C{transfer.finish}, C{transfer.abort},
+C{transfer.authorize}.  Cloud -> edge (C{relay.to-edge.<id>}):
+C{transfer.started}, C{transfer.urls}, C{transfer.parts},
+C{transfer.failed}, C{transfer.aborted}, C{transfer.authorized},
 C{file.registered}.
 """
 
@@ -22,6 +23,8 @@ PRESIGN = "transfer.presign"
 STATUS = "transfer.status"
 FINISH = "transfer.finish"
 ABORT = "transfer.abort"
+AUTHORIZE = "transfer.authorize"
+AUTHORIZED = "transfer.authorized"
 STARTED = "transfer.started"
 URLS = "transfer.urls"
 PARTS = "transfer.parts"
@@ -30,8 +33,8 @@ ABORTED = "transfer.aborted"
 REGISTERED = "file.registered"
 
 #: The requests the cloud acts on, and the replies the edge receives.
-REQUESTS = (BEGIN, PRESIGN, STATUS, FINISH, ABORT)
-REPLIES = (STARTED, URLS, PARTS, FAILED, ABORTED, REGISTERED)
+REQUESTS = (BEGIN, PRESIGN, STATUS, FINISH, ABORT, AUTHORIZE)
+REPLIES = (STARTED, URLS, PARTS, FAILED, ABORTED, AUTHORIZED, REGISTERED)
 
 #: At most this many parts in one C{transfer.presign} / C{transfer.urls}
 #: (a presigned URL is 0.5-1 KiB: a message stays near 100 KiB).
@@ -52,9 +55,11 @@ MAX_PART_SIZE = 5 << 30
 #:     sha256 or ETag): the edge starts over.
 #:   - C{refused}: the registry refused the file (no such project ...);
 #:     the edge keeps the spool file and marks the upload failed.
+#:   - C{no_receiver}: this cloud runs no tus receiver (C{transfer.authorize}):
+#:     the edge sends the transfer's parts with presigned URLs instead.
 #:   - C{invalid}: the request makes no sense (unknown transfer, another
 #:     edge's transfer, inconsistent sizes).
-FAILURE_CODES = ("no_such_upload", "incomplete", "mismatch", "refused", "invalid")
+FAILURE_CODES = ("no_such_upload", "incomplete", "mismatch", "refused", "invalid", "no_receiver")
 
 _ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
 _NAME_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}
@@ -109,6 +114,20 @@ SCHEMAS: dict[str, tuple[dict[str, Any], str]] = {
     ABORT: (
         _object({"transfer_id": _ID}),
         "edge -> cloud: give the multipart upload up",
+    ),
+    AUTHORIZE: (
+        _object({"transfer_id": _ID}),
+        "edge -> cloud: a token for the cloud's tus receiver, valid for this transfer only",
+    ),
+    AUTHORIZED: (
+        _object({
+            "transfer_id": _ID,
+            "token": {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$"},
+            "expires_in": {"type": "integer", "minimum": 1, "maximum": 86400},
+            "url": {"type": "string", "minLength": 1, "maxLength": 2000},
+        }),
+        "cloud -> edge: a short-lived bearer token for this transfer's uploads at url "
+        "(it replaces any earlier one)",
     ),
     STARTED: (
         _object({"transfer_id": _ID, "object_key": _KEY}),

@@ -61,6 +61,37 @@ class S3Section:
 
 
 @dataclass(frozen=True)
+class ReceiverSection:
+    """
+    The C{[receiver]} table: the cloud's tus receiver for transfers
+    (C{transfer.mode = "tus"} at the edges; C{docs/transfer.md}).  Without
+    C{listen} this process runs none, and edges must use C{"direct"}.
+    """
+
+    #: Where it listens (C{ssl:...} for TLS), e.g. C{tcp:8090:interface=127.0.0.1}.
+    listen: ServerEndpoint | None = None
+    #: The address edges reach it at, up to and including C{/transfers/}
+    #: (e.g. C{https://receiver.example/transfers/}).
+    public_url: str = ""
+    #: Partial uploads holding a part in memory at once (memory is at most
+    #: this many parts, 8 MiB each for files up to 80 GB).
+    max_streams: int = 64
+    #: Seconds a transfer token lives (edges ask for a new one in time).
+    token_ttl: int = 900
+    #: Longest pause inside a PATCH body before the connection is closed.
+    body_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.listen is not None and not self.public_url.startswith(("http://", "https://")):
+            raise ValueError("receiver.public_url: expected the http(s):// URL edges reach the receiver at "
+                             f"(ending in /transfers/), got {self.public_url!r}")
+        if not 1 <= self.max_streams <= 4096:
+            raise ValueError(f"receiver.max_streams: expected 1 to 4096, got {self.max_streams}")
+        if not 30 <= self.token_ttl <= 86400:
+            raise ValueError(f"receiver.token_ttl: expected 30 to 86400 seconds, got {self.token_ttl}")
+
+
+@dataclass(frozen=True)
 class RegistrySection:
     """
     The C{[registry]} table: where the cloud's database lives (the
@@ -134,6 +165,7 @@ class CloudConfig:
 
     cloud: CloudSection = field(default_factory=CloudSection)
     s3: S3Section = field(default_factory=S3Section)
+    receiver: ReceiverSection = field(default_factory=ReceiverSection)
     registry: RegistrySection = field(default_factory=RegistrySection)
     link: LinkConfig = field(default_factory=LinkConfig)
     jobs: JobsSection = field(default_factory=JobsSection)

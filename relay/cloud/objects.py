@@ -112,6 +112,13 @@ class IObjectStore(Interface):
         is valid only with that C{Content-MD5} header.
         """
 
+    def upload_part(key: str, upload_id: str, number: int, data: bytes, md5: str) -> Deferred[str]:
+        """
+        Store part C{number} (C{data}, whose base64 MD5 is C{md5}, sent as
+        C{Content-MD5}) from inside the cloud; fires with its ETag (hex MD5);
+        L{NoSuchUpload}.
+        """
+
     def list_parts(key: str, upload_id: str) -> Deferred[list[PartInfo]]:
         """
         Every part S3 holds, in part order (all pages); L{NoSuchUpload}.
@@ -317,6 +324,16 @@ class S3Objects(Service):
             }
 
         return self._call("presign UploadPart", work)
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes, md5: str) -> Deferred[str]:
+        def work() -> str:
+            answer = self._client.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                Body=data, ContentMD5=md5, ContentLength=len(data),
+            )
+            return str(answer["ETag"]).strip('"').lower()
+
+        return self._call("UploadPart", work)
 
     def list_parts(self, key: str, upload_id: str) -> Deferred[list[PartInfo]]:
         def work() -> list[PartInfo]:

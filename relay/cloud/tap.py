@@ -23,6 +23,7 @@ from relay.cloud.config import CloudConfig, database_target
 from relay.cloud.downloads import build_downloads
 from relay.cloud.jobs import component as jobs_component
 from relay.cloud.jobs.component import build_jobs
+from relay.cloud.receiver.component import build_receiver, token_issuer
 from relay.cloud.registry.component import build_registry
 from relay.cloud.transfers import RegistryFiles, build_objects, build_transfers
 from relay.config import TapOptions, config_path, load_or_exit, prepare_data_dir, relative_to
@@ -119,7 +120,13 @@ def cloud_service(config: CloudConfig, reactor: Any) -> MultiService:
     ).setServiceParent(root)
     # The transfer stage: edges' multipart uploads, registered in the
     # registry when complete.
-    build_transfers(config.s3, reactor, db, bridge, RegistryFiles(the_registry), objects).setServiceParent(root)
+    cloud_transfers = build_transfers(config.s3, reactor, db, bridge, RegistryFiles(the_registry), objects,
+                                      token_issuer(config.receiver))
+    cloud_transfers.setServiceParent(root)
+    # The tus receiver edges send files to (transfer.mode = "tus").
+    receiver = build_receiver(config.receiver, reactor, db, objects, cloud_transfers, metrics)
+    if receiver is not None:
+        receiver.setServiceParent(root)
     downloads.setServiceParent(root)
     jobs.setServiceParent(root)
     status = Klein()

@@ -1,6 +1,7 @@
 """
 The cloud's records of transfers (C{transfers}), the part digests each
-presigned URL was bound to (C{transfer_digests}), and the edges' requests
+presigned URL was bound to (C{transfer_digests}), the receiver's tokens
+and partial uploads (L{relay.cloud.receiver.store}), and the edges' requests
 waiting to be processed (C{transfer_requests}); with the checks a finished
 upload must pass.  Portable SQL: the same steps run on SQLite and on
 PostgreSQL (L{relay.db}).
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.cloud.objects import SHA256_METADATA, ObjectInfo, PartInfo, md5_hex, multipart_etag
+from relay.cloud.receiver.store import TABLES as RECEIVER_TABLES
 from relay.db import Schema
 
 SCHEMA = Schema(
@@ -61,6 +63,8 @@ SCHEMA = Schema(
         );
         CREATE INDEX transfer_requests_transfer ON transfer_requests (transfer_id, position);
         """,
+        # The tus receiver's tokens and partial uploads.
+        RECEIVER_TABLES,
     ],
 )
 

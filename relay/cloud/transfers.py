@@ -45,6 +45,8 @@ from relay.cloud.objects import (
     load_credentials,
     object_key,
 )
+from relay.cloud.receiver import store as receiver_store
+from relay.cloud.receiver.tokens import TokenIssuer
 from relay.cloud.transfer_store import SCHEMA as SCHEMA  # the cloud's tap lists it
 from relay.cloud.transfer_store import (
     Request,
@@ -68,6 +70,8 @@ from relay.replication import IInbox, IOutbox
 from relay.transfer_messages import (
     ABORT,
     ABORTED,
+    AUTHORIZE,
+    AUTHORIZED,
     BEGIN,
     FAILED,
     FINISH,
@@ -171,6 +175,7 @@ class CloudTransfers(Service):
         retry_cap: float = 60.0,
         poll_interval: float = 5.0,
         rng: random.Random | None = None,
+        tokens: TokenIssuer | None = None,
     ) -> None:
         self._reactor = reactor
         self._db = db
@@ -183,6 +188,7 @@ class CloudTransfers(Service):
         self._retry_cap = retry_cap
         self._poll_interval = poll_interval
         self._rng = rng if rng is not None else random.Random()
+        self._tokens = tokens
         self._busy: set[str] = set()
         # Transfers whose last request failed rest until then, even if the
         # failure could not be recorded.
@@ -304,7 +310,7 @@ class CloudTransfers(Service):
         transfer = await self._db.read(load_transfer, request.transfer_id)
         handler: Callable[[Request, Any], Any] = {
             BEGIN: self._begin, PRESIGN: self._presign, STATUS: self._status,
-            FINISH: self._finish, ABORT: self._abort,
+            FINISH: self._finish, ABORT: self._abort, AUTHORIZE: self._authorize,
         }[request.kind]
         try:
             if request.kind != BEGIN:
@@ -444,6 +450,7 @@ class CloudTransfers(Service):
         self._files.register_file(conn, t)
         conn.execute("UPDATE transfers SET state = 'registered', updated = ? WHERE id = ?",
                      (self._reactor.seconds(), t.id))
+        receiver_store.forget_transfer(conn, t.id)
         type, body = self._registered(t)
         self._outbox.put(conn, type, body, to=to_edge(t.edge))
 
@@ -458,6 +465,26 @@ class CloudTransfers(Service):
         if t.state != "registered":
             raise Reply(ABORTED, {"transfer_id": t.id}, "aborted")
         return [(ABORTED, {"transfer_id": t.id})]
+
+    async def _authorize(self, request: Request, t: Transfer) -> list[tuple[str, dict[str, Any]]]:
+        self._must_be_open(t)
+        tokens = self._tokens
+        if tokens is None:
+            raise failed(t.id, "no_receiver", "this cloud runs no transfer receiver; send the parts directly")
+        issued = await self._db.run(tokens.issue, t.id, self._reactor.seconds())
+        return [(AUTHORIZED, {"transfer_id": t.id, "token": issued.token, "expires_in": issued.expires_in,
+                              "url": issued.url})]
+
+    def finish_later(self, conn: Any, t: Transfer) -> None:
+        """
+        In the caller's transaction: complete C{t} as a C{transfer.finish}
+        from its edge would (the receiver's final upload).
+        """
+        conn.execute(
+            "INSERT INTO transfer_requests (transfer_id, edge, kind, body, received) VALUES (?, ?, ?, ?, ?)",
+            (t.id, t.edge, FINISH, json.dumps({"transfer_id": t.id}), self._reactor.seconds()),
+        )
+        self._reactor.callFromThread(self.wake)
 
     def _must_be_open(self, t: Transfer) -> None:
         if t.state != "open":
@@ -484,15 +511,17 @@ def build_objects(s3: Any, reactor: Any, base: Path) -> S3Objects:
 
 
 def build_transfers(
-    s3: Any, reactor: Any, db: Database, bridge: Any, files: IFileRegistry, objects: IObjectStore
+    s3: Any, reactor: Any, db: Database, bridge: Any, files: IFileRegistry, objects: IObjectStore,
+    tokens: TokenIssuer | None = None,
 ) -> CloudTransfers:
     """
     The cloud's transfer stage from the C{[s3]} table: the request
     processor, its message types in the bridge's catalogue and its handlers
-    on the bridge's inbox.  Start C{objects} before it.
+    on the bridge's inbox.  Start C{objects} before it.  With C{tokens}
+    (this cloud runs a receiver) it answers C{transfer.authorize}.
     """
     register_types(bridge.catalogue)
     transfers = CloudTransfers(reactor, db, bridge.outbox, objects, files,
-                               presign_expiry=s3.presign_expiry, readback=s3.verify_readback)
+                               presign_expiry=s3.presign_expiry, readback=s3.verify_readback, tokens=tokens)
     transfers.register(bridge.inbox)
     return transfers

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from relay.config import LinkConfig, LogConfig, ServerEndpoint
 
@@ -112,8 +113,29 @@ class TransferSection:
     #: At a transfer's tail, idle slots PUT the slowest parts again, up to
     #: this many copies of a part at once (1: never); the first answer wins.
     tail_copies: int = 3
+    #: C{"tus"}: to the cloud's tus receiver over parallel partial uploads
+    #: (a reset costs a reconnect); C{"direct"}: presigned part PUTs
+    #: straight to S3 (a reset costs the part; the cloud carries no data).
+    mode: Literal["tus", "direct"] = "tus"
+    #: Parallel streams per file on the tus path: the number follows what
+    #: the link delivers, within these bounds.
+    min_streams: int = 4
+    max_streams: int = 32
+    #: The receiver's address as this edge reaches it, up to C{/transfers/}
+    #: (empty: the address the cloud hands out with each token).
+    receiver_url: str = ""
+    #: On the tus path, a PATCH during which no byte moved for this long is
+    #: abandoned (it resumes from the receiver's offset).
+    stream_stall_timeout: float = 15.0
 
     def __post_init__(self) -> None:
+        if not 1 <= self.min_streams <= self.max_streams <= 256:
+            raise ValueError(f"transfer.min_streams, max_streams: expected 1 <= min <= max <= 256, "
+                             f"got {self.min_streams} and {self.max_streams}")
+        if self.receiver_url and not self.receiver_url.startswith(("http://", "https://")):
+            raise ValueError(f"transfer.receiver_url: expected empty or an http(s):// URL, got {self.receiver_url!r}")
+        if self.stream_stall_timeout <= 0:
+            raise ValueError("transfer.stream_stall_timeout: expected a positive number")
         if not 1 <= self.concurrency <= 256:
             raise ValueError(f"transfer.concurrency: expected 1 to 256, got {self.concurrency}")
         if self.bandwidth_limit < 0:

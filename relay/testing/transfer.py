@@ -11,6 +11,7 @@ tests drive them with a C{Clock} and no sockets.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +28,7 @@ from zope.interface import implementer
 from relay.cloud.objects import IObjectStore, NoSuchUpload, ObjectInfo, ObjectStoreError, PartInfo
 from relay.cloud.transfer_store import Transfer
 from relay.cloud.transfers import IFileRegistry
+from relay.edge.transfer.tus_client import ITusTarget, TusResponse
 from relay.edge.transfer.uploader import IPartTarget, PartResponse
 from relay.edge.uploads.handoff import IUploadSink, StagedUpload
 from relay.permissions import Refused
@@ -92,6 +94,15 @@ class FakeObjectStore:
             n: f"https://s3.example/{key}?uploadId={upload_id}&partNumber={n}&X-Amz-Signature=secret"
             for n, _ in parts
         })
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes, md5: str) -> Deferred[str]:
+        def work() -> str:
+            if base64.b64encode(hashlib.md5(data).digest()).decode() != md5:
+                raise ObjectStoreError("UploadPart: BadDigest", transient=False, code="BadDigest")
+            self._upload(upload_id).parts[number] = bytes(data)
+            return hashlib.md5(data).hexdigest()
+
+        return self._answer("upload_part", work)
 
     def list_parts(self, key: str, upload_id: str) -> Deferred[list[PartInfo]]:
         return self._answer("list_parts", lambda: [
@@ -239,3 +250,90 @@ class FakePartTarget:
 
     def pending(self) -> list[PartRequest]:
         return [r for r in self.requests if not r.answer.called]
+
+
+@implementer(ITusTarget)
+class FakeTusTarget:
+    """
+    The cloud's receiver in a dictionary, as the edge's streams see it
+    (L{ITusTarget}): partial uploads by URL, their bytes, the final
+    upload's C{Upload-Concat}.  C{cut_after} makes the next PATCH take
+    only that many bytes and then fail as a reset would; C{refuse_next}
+    answers the next request with that status.  A PATCH answers once its
+    body producer is done (or fails), all inside the test's clock.
+    """
+
+    def __init__(self, token: str = "") -> None:
+        self.token = token
+        self.partials: dict[str, bytearray] = {}
+        self.lengths: dict[str, int] = {}
+        self.final: str | None = None
+        self.log: list[tuple[str, str, int | None]] = []
+        self.cut_after: int | None = None
+        self.refuse_next: int | None = None
+
+    def request(self, method: str, url: str, headers: Mapping[str, str],
+                body: IBodyProducer | None) -> Deferred[TusResponse]:
+        offset = headers.get("Upload-Offset")
+        self.log.append((method, url, int(offset) if offset is not None else None))
+        if self.refuse_next is not None:
+            status, self.refuse_next = self.refuse_next, None
+            if body is not None:
+                body.stopProducing()
+            return succeed(TusResponse(status))
+        if self.token and headers.get("Authorization") != f"Bearer {self.token}":
+            if body is not None:
+                body.stopProducing()
+            return succeed(TusResponse(401))
+        if method == "POST" and "Upload-Concat" in headers and headers["Upload-Concat"].startswith("final;"):
+            self.final = headers["Upload-Concat"]
+            return succeed(TusResponse(201))
+        if method == "POST":
+            from relay.tus.protocol import parse_metadata
+
+            first = parse_metadata(headers["Upload-Metadata"])["first"].decode()
+            member = f"{url}{first}"
+            self.partials.setdefault(member, bytearray())
+            self.lengths[member] = int(headers["Upload-Length"])
+            return succeed(TusResponse(201, location=member))
+        if url not in self.partials:
+            return succeed(TusResponse(404))
+        if method == "HEAD":
+            return succeed(TusResponse(200, len(self.partials[url])))
+        assert method == "PATCH" and body is not None
+        if int(headers["Upload-Offset"]) != len(self.partials[url]):
+            body.stopProducing()
+            return succeed(TusResponse(409, len(self.partials[url])))
+        return self._patch(url, body)
+
+    def _patch(self, url: str, body: IBodyProducer) -> Deferred[TusResponse]:
+        cut, self.cut_after = self.cut_after, None
+        target = self.partials[url]
+        answer: Deferred[TusResponse] = Deferred()
+
+        class Sink:
+            def registerProducer(self, producer: Any, streaming: bool) -> None:
+                pass
+
+            def unregisterProducer(self) -> None:
+                pass
+
+            def write(self, data: bytes) -> None:
+                nonlocal cut
+                if answer.called:
+                    return
+                if cut is not None and len(data) >= cut:
+                    target.extend(data[:cut])
+                    body.stopProducing()
+                    answer.errback(ConnectionResetError("reset by the fake"))
+                    return
+                if cut is not None:
+                    cut -= len(data)
+                target.extend(data)
+
+        def done(_: Any) -> None:
+            if not answer.called:
+                answer.callback(TusResponse(204, len(target)))
+
+        body.startProducing(Sink()).addCallbacks(done, lambda f: None if answer.called else answer.errback(f))
+        return answer

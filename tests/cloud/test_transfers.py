@@ -270,3 +270,15 @@ class CloudTransferTests(SynchronousTestCase):
         cloud.begin()
         ((kind, body),) = cloud.replies()
         self.assertEqual((kind, body["code"]), ("transfer.failed", "no_such_upload"))
+
+
+class NoReceiverTests(SynchronousTestCase):
+    def test_authorize_without_a_receiver(self) -> None:
+        cloud = Cloud(Path(self.mktemp()), reactor_for(self))
+        self.addCleanup(cloud.service.stopService)
+        cloud.begin()
+        cloud.replies()
+        cloud.send("transfer.authorize", {"transfer_id": TID})
+        ((kind, body),) = cloud.replies()
+        self.assertEqual((kind, body["code"]), ("transfer.failed", "no_receiver"))
+        self.assertEqual(cloud.state(), "open")

@@ -14,7 +14,7 @@ from relay.edge.transfer import journal
 from relay.edge.transfer.journal import JobState
 from relay.link.envelope import Envelope
 from relay.replication import IInbox
-from relay.transfer_messages import ABORTED, FAILED, PARTS, REGISTERED, STARTED, URLS
+from relay.transfer_messages import ABORTED, AUTHORIZED, FAILED, PARTS, REGISTERED, STARTED, URLS
 
 if TYPE_CHECKING:
     from relay.edge.transfer.service import TransferService
@@ -33,6 +33,7 @@ class CloudAnswers:
         inbox.register(FAILED, self._on_failed)
         inbox.register(REGISTERED, self._on_registered)
         inbox.register(ABORTED, lambda conn, message: None)
+        inbox.register(AUTHORIZED, self._on_authorized)
 
     def _on_started(self, conn: Any, message: Envelope) -> None:
         job = journal.job_by_transfer(conn, message.body["transfer_id"])
@@ -49,6 +50,17 @@ class CloudAnswers:
         run = self._service._run_for(transfer_id)
         if run is not None:
             run.urls(transfer_id, urls, expires_in)
+
+    def _on_authorized(self, conn: Any, message: Envelope) -> None:
+        # The token lives in memory only: a restarted edge asks again.
+        body = message.body
+        self._service._notify(self._token_arrived, body["transfer_id"], body["token"], body["url"],
+                              body["expires_in"])
+
+    def _token_arrived(self, transfer_id: str, token: str, url: str, expires_in: int) -> None:
+        run = self._service._run_for(transfer_id)
+        if run is not None:
+            run.authorized(transfer_id, token, url, expires_in)
 
     def _on_parts(self, conn: Any, message: Envelope) -> None:
         body = message.body
@@ -67,6 +79,9 @@ class CloudAnswers:
             return
         now = self._service.clock.seconds()
         code, reason = body["code"], body["reason"]
+        if code == "no_receiver":
+            self._service._notify(self._direct, job.upload_id)
+            return
         if code == "incomplete":
             journal.unconfirm(conn, job.upload_id, job.transfer_id, body.get("missing", []), now)
             journal.set_state(conn, job.upload_id, JobState.SENDING, now)
@@ -75,6 +90,11 @@ class CloudAnswers:
         else:
             self._service._restart(conn, job.upload_id, job.transfer_id, f"{code}: {reason}")
         self._service._notify(self._service._wake, job.upload_id, True)
+
+    def _direct(self, upload_id: str) -> None:
+        run = self._service._runs.get(upload_id)
+        if run is not None:
+            run.send_directly()
 
     def _on_registered(self, conn: Any, message: Envelope) -> None:
         # A failed transfer too: the edge may have given up on an answer

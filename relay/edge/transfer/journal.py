@@ -18,6 +18,9 @@ A transfer's states (C{transfer_jobs.state}):
     keeps refusing a part, the staged copy is damaged); the spool file is
     kept.
 
+Only the moves in L{MOVES} are made; everything that changes a state
+goes through this module.
+
 Starting over (S3 lost the multipart upload) gives the transfer a new id,
 forgets every confirmation and goes back to C{ready}.  Its owner retrying
 a failed transfer does the same from C{planned} (the digests are computed
@@ -83,6 +86,37 @@ class JobState(enum.StrEnum):
     REGISTERED = "registered"
     DONE = "done"
     FAILED = "failed"
+
+
+#: The moves a transfer's state may make (L{set_state} refuses any other;
+#: staying put is always allowed).  C{ready} again means starting over
+#: (L{restart}), C{planned} again its owner's retry (L{start_again}).
+MOVES: dict[JobState, frozenset[JobState]] = {
+    JobState.PLANNED: frozenset({JobState.READY, JobState.FAILED}),
+    JobState.READY: frozenset({JobState.BEGINNING, JobState.FAILED}),
+    JobState.BEGINNING: frozenset({JobState.SENDING, JobState.REGISTERED, JobState.READY, JobState.FAILED}),
+    JobState.SENDING: frozenset({JobState.FINISHING, JobState.REGISTERED, JobState.READY, JobState.FAILED}),
+    JobState.FINISHING: frozenset({JobState.SENDING, JobState.REGISTERED, JobState.READY, JobState.FAILED}),
+    JobState.REGISTERED: frozenset({JobState.DONE}),
+    JobState.DONE: frozenset(),
+    # The cloud's word that it has the file is the last one.
+    JobState.FAILED: frozenset({JobState.REGISTERED, JobState.PLANNED}),
+}
+
+
+class IllegalMove(ValueError):
+    """A state change the table of moves (L{MOVES}) does not allow."""
+
+
+def check_move(current: JobState, new: JobState) -> None:
+    if new is not current and new not in MOVES[current]:
+        raise IllegalMove(f"a transfer cannot move from {current.value} to {new.value}")
+
+
+def _move(conn: sqlite3.Connection, upload_id: str, new: JobState) -> None:
+    row = conn.execute("SELECT state FROM transfer_jobs WHERE upload_id = ?", (upload_id,)).fetchone()
+    if row is not None:
+        check_move(JobState(row[0]), new)
 
 
 #: States in which a transfer still has work to do after a restart.
@@ -180,6 +214,7 @@ def unfinished(conn: sqlite3.Connection) -> list[Job]:
 
 def set_plan(conn: sqlite3.Connection, upload_id: str, plan: PartPlan, digests: Digests, now: float) -> None:
     """The digests are computed: store the parts; the job is C{ready}."""
+    _move(conn, upload_id, JobState.READY)
     conn.execute("DELETE FROM transfer_parts WHERE upload_id = ?", (upload_id,))
     conn.executemany(
         'INSERT INTO transfer_parts (upload_id, number, "offset", size, md5) VALUES (?, ?, ?, ?, ?)',
@@ -197,7 +232,10 @@ def set_state(conn: sqlite3.Connection, upload_id: str, state: JobState, now: fl
     """
     Move a job to C{state} (only if its transfer is still C{transfer_id},
     when given); returns whether it moved.
+
+    @raise IllegalMove: the table of moves does not allow it.
     """
+    _move(conn, upload_id, state)
     query = "UPDATE transfer_jobs SET state = ?, updated = ?"
     args: list[Any] = [state.value, now]
     if error is not None:
@@ -245,6 +283,17 @@ def confirm(conn: sqlite3.Connection, upload_id: str, transfer_id: str, number: 
     return _recount(conn, upload_id, now)
 
 
+def confirm_many(conn: sqlite3.Connection, upload_id: str, transfer_id: str, numbers: Sequence[int],
+                 now: float) -> Confirmed | None:
+    """L{confirm} for several parts in one transaction."""
+    if not conn.execute("SELECT 1 FROM transfer_jobs WHERE upload_id = ? AND transfer_id = ?",
+                        (upload_id, transfer_id)).fetchone():
+        return None
+    conn.executemany("UPDATE transfer_parts SET confirmed = 1 WHERE upload_id = ? AND number = ?",
+                     [(upload_id, n) for n in numbers])
+    return _recount(conn, upload_id, now)
+
+
 def reconcile(conn: sqlite3.Connection, upload_id: str, transfer_id: str,
               held: Mapping[int, tuple[int, str]], now: float) -> Confirmed | None:
     """
@@ -283,6 +332,7 @@ def restart(conn: sqlite3.Connection, upload_id: str, old_transfer_id: str, new_
     (the digests stay: the file has not changed).  Only if the job is
     still on C{old_transfer_id}.
     """
+    _move(conn, upload_id, JobState.READY)
     changed = conn.execute(
         "UPDATE transfer_jobs SET transfer_id = ?, state = 'ready', confirmed_bytes = 0, "
         "restarts = restarts + 1, error = ?, updated = ? WHERE upload_id = ? AND transfer_id = ?",

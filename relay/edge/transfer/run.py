@@ -24,11 +24,18 @@ from relay.edge.transfer import journal
 from relay.edge.transfer.body import StagedCopyDamaged
 from relay.edge.transfer.journal import Job, JobState, JournalPart
 from relay.edge.transfer.planner import Part, measure, plan_parts
+from relay.edge.transfer.streams import (
+    ReceiverAccess,
+    StreamCount,
+    StreamSender,
+    TransferGone,
+    ranges,
+)
 from relay.edge.transfer.uploader import PartFailed, UploadGone
 from relay.edge.transfer.urls import UrlBook
 from relay.edge.uploads.spool import SpoolCorrupt, SpoolError
 from relay.link.envelope import TO_CLOUD
-from relay.transfer_messages import BEGIN, FINISH, PRESIGN, STATUS
+from relay.transfer_messages import AUTHORIZE, BEGIN, FINISH, PRESIGN, STATUS
 
 if TYPE_CHECKING:
     from relay.edge.transfer.service import TransferService
@@ -68,6 +75,11 @@ class TransferRun:
         self._status_request = ""
         self._pages: dict[int, list[dict[str, Any]]] = {}
         self._last_page = 0
+        # The tus path: the receiver's token, and the streams at work.
+        self._tus = service.settings.mode == "tus"
+        self._access: ReceiverAccess | None = None
+        self._streams: StreamSender | None = None
+        self._resumed = resumed
 
     # -- from the service --------------------------------------------------------
 
@@ -82,6 +94,8 @@ class TransferRun:
             # and may start new parts, which must not be cancelled.
             for d in list(self._sending):
                 d.cancel()
+            if self._streams is not None:
+                self._streams.stop()
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
             waiter.callback(None)
@@ -99,11 +113,26 @@ class TransferRun:
         if self._last_page and len(self._pages) >= self._last_page:
             self.wake()
 
+    def authorized(self, transfer_id: str, token: str, url: str, expires_in: int) -> None:
+        """The cloud's answer to C{transfer.authorize}."""
+        if transfer_id == self._transfer_id and self._access is not None:
+            self._access.authorized(token, url, expires_in)
+
+    def send_directly(self) -> None:
+        """The cloud runs no receiver: this run sends presigned part PUTs."""
+        if self._tus:
+            self.log.warn("upload {upload_id}: the cloud runs no tus receiver; sending parts directly to S3",
+                          upload_id=self.upload_id)
+        self._tus = False
+        self.wake(interrupt=True)
+
     def stop(self) -> None:
         self._stopped = True
         self.wake(interrupt=True)
         if self._book is not None:
             self._book.close()
+        if self._access is not None:
+            self._access.close()
 
     # -- the run -----------------------------------------------------------------
 
@@ -141,6 +170,17 @@ class TransferRun:
         self._book = UrlBook(self._clock, lambda numbers: self._ask(job, numbers), self._upcoming,
                              batch=self._service.settings.presign_batch)
         self._pages, self._last_page, self._status_request = {}, 0, ""
+        if self._access is not None:
+            self._access.close()
+        settings = self._service.settings
+
+        async def ask() -> None:
+            try:
+                await self._service.db.run(self._put, job, AUTHORIZE, {"transfer_id": job.transfer_id})
+            except Interrupted:
+                pass
+
+        self._access = ReceiverAccess(self._clock, ask, settings.receiver_url, settings.request_timeout)
 
     async def _wait(self, timeout: float) -> bool:
         """
@@ -185,7 +225,7 @@ class TransferRun:
                 if reader.length != job.size or not reader.finalized:
                     raise ValueError(f"the spool holds {reader.length} bytes, not {job.size}")
                 plan = plan_parts(job.size, reader.segment_size,
-                                  min_part_size=service.settings.min_part_size)
+                                  min_part_size=service.settings.part_size_floor())
                 return plan, measure(plan, reader.blocks)
 
         started = self._clock.seconds()
@@ -219,6 +259,12 @@ class TransferRun:
         await self._load_parts(job)
         self._needs_status = False
         await self._service.db.run(self._put, job, BEGIN, self._begin_body(job), JobState.BEGINNING)
+        if self._tus:
+            # The token travels right behind the begin: one round trip.
+            assert self._access is not None
+            self._access.asking()
+            await self._service.db.run(self._put, job, AUTHORIZE, {"transfer_id": job.transfer_id})
+            return
         # The first URLs travel right behind the begin: one round trip, not two.
         assert self._book is not None
         for number in self._pending[:1]:
@@ -272,6 +318,9 @@ class TransferRun:
                 return
 
     async def _send(self, job: Job) -> None:
+        if self._tus:
+            await self._send_streams(job)
+            return
         service = self._service
         try:
             if self._needs_status:
@@ -298,6 +347,65 @@ class TransferRun:
             # Interrupted: usually the journal moved (look again at once);
             # after an unexpected error, not in a tight loop.
             await self._wait(1.0)
+
+    async def _send_streams(self, job: Job) -> None:
+        """The tus path: partial uploads to the receiver, then the final one."""
+        service = self._service
+        settings = service.settings
+        assert self._access is not None
+        parts = await self._load_parts(job)
+        every = ranges(parts)
+        confirmed = {p.number for p in parts if p.confirmed}
+        todo = [r for r in every if not all(n in confirmed for n in range(r.first, r.last + 1))]
+        ends = sorted((p.offset + p.size, p) for p in parts)
+
+        async def confirm(first: int, last: int, upto: int) -> None:
+            numbers = [p.number for end, p in ends
+                       if first <= p.number <= last and end <= upto and p.number in self._pending]
+            if not numbers:
+                return
+            for n in numbers:
+                self._pending.remove(n)
+            done = await service.db.run(journal.confirm_many, job.upload_id, job.transfer_id, numbers,
+                                        self._clock.seconds())
+            if done is None:
+                raise Interrupted()
+            service.reports.progressed(job, done)
+
+        sender = StreamSender(
+            self._clock, service.tus_target(), self._access, todo, every,
+            StreamCount(settings.min_streams, settings.max_streams),
+            lambda p: service.open_body(job.spool_id, p), confirm, service.stream_stats,
+            stall_timeout=settings.stream_stall_timeout, resumed=self._resumed or bool(confirmed),
+            upload_id=job.upload_id,
+        )
+        if not self._tus:
+            return  # the cloud said it runs no receiver meanwhile
+        self._streams = sender
+        try:
+            await sender.run()
+        except TransferGone as e:
+            self.log.warn("upload {upload_id}: {error}", upload_id=job.upload_id, error=str(e))
+            await service.start_over(job, str(e))
+            return
+        except StagedCopyDamaged as e:
+            self.log.error("upload {upload_id}: {error}", upload_id=job.upload_id, error=str(e))
+            await service.fail(job, DAMAGED, abort=True)
+            return
+        except (CancelledError, Interrupted):
+            await self._wait(1.0)
+            return
+        finally:
+            self._streams = None
+            self._resumed = True
+        # The final upload queued the completion at the cloud; a
+        # transfer.finish follows only if file.registered is late.
+        now = self._clock.seconds()
+
+        def finishing(conn: Any) -> bool:
+            return journal.set_state(conn, job.upload_id, JobState.FINISHING, now, transfer_id=job.transfer_id)
+
+        await service.db.run(finishing)
 
     async def _send_parts(self, job: Job, todo: list[JournalPart]) -> str:
         """

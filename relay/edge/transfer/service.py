@@ -42,6 +42,8 @@ from relay.edge.transfer.journal import Job, JobState
 from relay.edge.transfer.planner import MIN_PART_SIZE, Part
 from relay.edge.transfer.progress import TransferProgress, TransferReports
 from relay.edge.transfer.run import TransferRun
+from relay.edge.transfer.streams import StreamStats
+from relay.edge.transfer.tus_client import HTTPTusTarget, ITusTarget
 from relay.edge.transfer.uploader import HTTPPartTarget, IPartTarget, PartUploader, RetryPolicy
 from relay.edge.uploads.announcer import UploadAnnouncer
 from relay.edge.uploads.handoff import IUploadSink, StagedUpload
@@ -52,6 +54,7 @@ from relay.metrics import Metrics
 from relay.replication import IInbox, IOutbox
 from relay.threads import Blocking, Threads
 from relay.transfer_messages import ABORT, register_types
+from relay.transfer_messages import MIN_PART_SIZE as TUS_MIN_PART_SIZE
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,21 @@ class TransferSettings:
     #: At the tail of a transfer, PUT the slowest parts again on slots that
     #: would otherwise idle, up to this many copies at once (1: never).
     tail_copies: int = 3
+    #: C{"tus"}: partial uploads to the cloud's receiver; C{"direct"}:
+    #: presigned part PUTs to S3.
+    mode: str = "direct"
+    min_streams: int = 4
+    max_streams: int = 32
+    #: The receiver as this edge reaches it (empty: as the cloud says).
+    receiver_url: str = ""
+    stream_stall_timeout: float = 15.0
+
+    def part_size_floor(self) -> int:
+        """
+        The smallest part: on the tus path a reset costs no part, and
+        smaller parts keep more streams busy to the end (S3's minimum).
+        """
+        return min(self.min_part_size, TUS_MIN_PART_SIZE) if self.mode == "tus" else self.min_part_size
 
 
 @implementer(IUploadSink)
@@ -97,6 +115,7 @@ class TransferService(Service):
         settings: TransferSettings = TransferSettings(),
         *,
         target: IPartTarget | None = None,
+        tus_target: ITusTarget | None = None,
         metrics: Metrics | None = None,
         blocking: Blocking | None = None,
         events: EventHub | None = None,
@@ -115,6 +134,8 @@ class TransferService(Service):
                              stall_timeout=settings.stall_timeout, part_timeout=settings.part_timeout)
         self.uploader = PartUploader(reactor, self._target, DeferredSemaphore(settings.concurrency), policy)
         self.throttle = Throttle(reactor, settings.bandwidth_limit)
+        self._tus_target = tus_target
+        self.stream_stats = StreamStats()
         self.spool: Spool | None = None
         self.store: UploadStore | None = None
         #: Takes a registered upload's spool file into the download cache
@@ -152,6 +173,14 @@ class TransferService(Service):
         metrics.gauge("transfer_restarts", "Transfers started over.", lambda: self.restarts)
         metrics.gauge("transfer_part_copies", "Extra PUTs of tail parts (first answer wins).",
                       lambda: self.hedges)
+        streams = self.stream_stats
+        metrics.gauge("transfer_stream_patches", "PATCH requests to the receiver.", lambda: streams.patches)
+        metrics.gauge("transfer_stream_resumes", "Streams resumed from the receiver's offset.",
+                      lambda: streams.resumes)
+        metrics.gauge("transfer_stream_bytes_sent", "Bytes written to receiver connections.",
+                      lambda: streams.bytes_sent)
+        metrics.gauge("transfer_stream_resent_confirmed", "Bytes sent again that S3 held already.",
+                      lambda: streams.resent_confirmed)
         metrics.gauge("transfer_presign_requests", "transfer.presign requests sent.",
                       lambda: self.presign_requests)
 
@@ -194,9 +223,10 @@ class TransferService(Service):
         async def stopped() -> None:
             await DeferredList(list(self._running.values()), consumeErrors=True)
             self.reports.announce.flush()
-            close = getattr(self._target, "close", None)
-            if close is not None:
-                await close()
+            for target in (self._target, self._tus_target):
+                close = getattr(target, "close", None)
+                if close is not None:
+                    await close()
             await self.threads.stopService()
 
         return Deferred.fromCoroutine(stopped())
@@ -226,6 +256,12 @@ class TransferService(Service):
         if self._runs.get(upload_id) is run:
             del self._runs[upload_id]
             self._running.pop(upload_id, None)
+
+    def tus_target(self) -> ITusTarget:
+        """Where the tus path's requests go (made on first use)."""
+        if self._tus_target is None:
+            self._tus_target = HTTPTusTarget(self.reactor, self.settings.max_streams * 2)
+        return self._tus_target
 
     def _run_for(self, transfer_id: str) -> TransferRun | None:
         for run in self._runs.values():
@@ -392,6 +428,11 @@ def build_transfers(
         retry_cap=section.retry_cap,
         request_timeout=section.request_timeout,
         tail_copies=section.tail_copies,
+        mode=section.mode,
+        min_streams=section.min_streams,
+        max_streams=section.max_streams,
+        receiver_url=section.receiver_url,
+        stream_stall_timeout=section.stream_stall_timeout,
     )
     service = TransferService(reactor, db, bridge.outbox, settings, metrics=metrics, events=events)
     service.register(bridge.inbox)

@@ -21,13 +21,13 @@ from relay.edge.config import UploadsSection
 from relay.edge.events import EventHub
 from relay.edge.uploads.handoff import IUploadSink
 from relay.edge.uploads.housekeeping import UploadHousekeeping
-from relay.edge.uploads.request import StreamingSettings, streaming_request_factory
 from relay.edge.uploads.resource import UploadRoutes
 from relay.edge.uploads.service import UploadLimits, UploadService
 from relay.edge.uploads.spool import Spool
 from relay.edge.uploads.store import UploadStore
 from relay.metrics import Metrics
 from relay.threads import Threads
+from relay.tus.streaming import StreamingSettings, streaming_request_factory
 
 PREFIX = "/files/"
 

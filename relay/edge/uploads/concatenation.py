@@ -14,14 +14,8 @@ from relay.edge.uploads.locks import Lease
 from relay.edge.uploads.receiver import SPACE_MESSAGE
 from relay.edge.uploads.spool import SpoolFull
 from relay.edge.uploads.store import Upload
-from relay.edge.uploads.tus import (
-    OURS,
-    Creation,
-    TusError,
-    sanitise_filename,
-    text,
-    upload_id_from_url,
-)
+from relay.edge.uploads.tus import OURS, sanitise_filename
+from relay.tus.protocol import Creation, TusError, text, upload_id_from_url
 
 
 async def concatenate(

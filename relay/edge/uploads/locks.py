@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
-from relay.edge.uploads.tus import TusError
+from relay.tus.protocol import TusError
 
 _POLL = 0.25
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 
 from relay.edge.uploads.locks import Lease
-from relay.edge.uploads.request import BodyInterrupted, RequestBody
 from relay.edge.uploads.spool import Spool, SpoolError, SpoolFull, SpoolWriter
-from relay.edge.uploads.tus import CHECKSUM_MISMATCH, Checksum, TusError
 from relay.threads import Threads
+from relay.tus.protocol import CHECKSUM_MISMATCH, Checksum, TusError
+from relay.tus.streaming import BodyInterrupted, RequestBody
 
 log = Logger()
 

@@ -32,11 +32,12 @@ from twisted.web.iweb import IRequest
 
 from relay.edge.auth import CHANGE_PASSWORD_FIRST, IAuthenticator, Principal
 from relay.edge.uploads import tus
-from relay.edge.uploads.request import RequestBody
 from relay.edge.uploads.service import Outcome, UploadService
 from relay.edge.uploads.store import Upload
 from relay.edge.web.errors import error_code
 from relay.edge.web.routes import api_route
+from relay.tus import protocol
+from relay.tus.streaming import RequestBody
 
 log = Logger()
 
@@ -97,11 +98,11 @@ class UploadRoutes:
             if method == "OPTIONS":
                 status, headers, body = self._options(request)
             else:
-                tus.check_version(_header(request, "Tus-Resumable"))
+                protocol.check_version(_header(request, "Tus-Resumable"))
                 handler = self._handler(method, upload_id)
                 principal = await self._principal(request)
                 status, headers, body = await handler(request, principal, upload_id)
-        except tus.TusError as e:
+        except protocol.TusError as e:
             status, headers, body = e.status, e.headers, (e.message + "\n").encode()
         except CancelledError:
             raise
@@ -109,7 +110,7 @@ class UploadRoutes:
             log.failure("uploads: {method} {path} failed", method=method, path=request.path)
             status, headers, body = 500, {}, b"internal error; the upload keeps what arrived\n"
         if method != "OPTIONS":
-            headers.setdefault("Tus-Resumable", tus.VERSION)
+            headers.setdefault("Tus-Resumable", protocol.VERSION)
         headers.setdefault("Cache-Control", "no-store")
         return _reply(request, status, headers, body)
 
@@ -122,16 +123,16 @@ class UploadRoutes:
         handler = table.get(method)
         if handler is None:
             allowed = ", ".join(["OPTIONS", *table])
-            raise tus.TusError(405, f"{method} is not allowed here", {"Allow": allowed})
+            raise protocol.TusError(405, f"{method} is not allowed here", {"Allow": allowed})
         return handler
 
     def _options(self, request: IRequest) -> Reply:
         headers = {
-            "Tus-Resumable": tus.VERSION,
-            "Tus-Version": tus.VERSION,
+            "Tus-Resumable": protocol.VERSION,
+            "Tus-Version": protocol.VERSION,
             "Tus-Extension": ",".join(tus.EXTENSIONS),
             "Tus-Max-Size": str(self.service.limits.max_size),
-            "Tus-Checksum-Algorithm": ",".join(tus.CHECKSUM_ALGORITHMS),
+            "Tus-Checksum-Algorithm": ",".join(protocol.CHECKSUM_ALGORITHMS),
         }
         return 204, headers, b""
 
@@ -144,10 +145,10 @@ class UploadRoutes:
         )
         body: RequestBody | None = None
         checksum = None
-        if tus.is_upload_body(_header(request, "Content-Type")):
+        if protocol.is_upload_body(_header(request, "Content-Type")):
             if creation.concat == "final":
-                raise tus.TusError(400, "a final upload (Upload-Concat: final) takes no body")
-            checksum = tus.parse_checksum(_header(request, "Upload-Checksum"))
+                raise protocol.TusError(400, "a final upload (Upload-Concat: final) takes no body")
+            checksum = protocol.parse_checksum(_header(request, "Upload-Checksum"))
             body = _body(request)
         outcome = await _shielded(
             self.service.create(principal, creation, body, checksum, _aborter(request))
@@ -172,8 +173,8 @@ class UploadRoutes:
         return 200, headers, b""
 
     async def _patch(self, request: IRequest, principal: Principal, upload_id: str) -> Reply:
-        tus.check_content_type(_header(request, "Content-Type"))
-        checksum = tus.parse_checksum(_header(request, "Upload-Checksum"))
+        protocol.check_content_type(_header(request, "Content-Type"))
+        checksum = protocol.parse_checksum(_header(request, "Upload-Checksum"))
         outcome: Outcome = await _shielded(
             self.service.append(
                 principal, upload_id, _header(request, "Upload-Offset"),
@@ -195,7 +196,7 @@ class UploadRoutes:
         if with_offset:
             headers["Upload-Offset"] = str(upload.offset)
         if upload.expires is not None and not upload.complete:
-            headers["Upload-Expires"] = tus.http_date(upload.expires)
+            headers["Upload-Expires"] = protocol.http_date(upload.expires)
         return headers
 
     # The upload list.
@@ -216,7 +217,7 @@ class UploadRoutes:
                 status = 202
             else:
                 document = self._describe(await self.service.get_owned(principal, upload_id))
-        except tus.TusError as e:
+        except protocol.TusError as e:
             status, headers, document = e.status, e.headers, {
                 "error": e.message,
                 "code": "password_change_required" if e.message == CHANGE_PASSWORD_FIRST else error_code(e.status),
@@ -241,9 +242,9 @@ class UploadRoutes:
             "state": upload.state.value,
             "progress": round(upload.progress, 4),
             "transferred": upload.transferred,
-            "created": tus.http_date(upload.created),
-            "updated": tus.http_date(upload.updated),
-            "expires": tus.http_date(upload.expires) if upload.expires else None,
+            "created": protocol.http_date(upload.created),
+            "updated": protocol.http_date(upload.updated),
+            "expires": protocol.http_date(upload.expires) if upload.expires else None,
             "error": upload.error or None,
         }
 
@@ -252,11 +253,11 @@ class UploadRoutes:
     async def _principal(self, request: IRequest) -> Principal:
         principal = await self.authenticator.authenticate(request)
         if principal is None:
-            raise tus.TusError(401, "authentication required: an API key "
+            raise protocol.TusError(401, "authentication required: an API key "
                                     "(Authorization: Bearer ...) or a session",
                                {"WWW-Authenticate": 'Bearer realm="relay"'})
         if principal.must_change_password:
-            raise tus.TusError(403, CHANGE_PASSWORD_FIRST)
+            raise protocol.TusError(403, CHANGE_PASSWORD_FIRST)
         return principal
 
     def _cors(self, request: IRequest) -> None:
@@ -329,7 +330,7 @@ def _shielded(coroutine: Any) -> Deferred[Any]:
                 out.errback(result)
             else:
                 out.callback(result)
-        elif isinstance(result, Failure) and not result.check(tus.TusError, CancelledError):
+        elif isinstance(result, Failure) and not result.check(protocol.TusError, CancelledError):
             log.failure("uploads: work after the client left failed", result)
 
     work.addBoth(done)

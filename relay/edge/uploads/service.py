@@ -30,20 +30,12 @@ from relay.edge.uploads.handoff import IUploadSink, StagedUpload
 from relay.edge.uploads.locks import Lease, UploadLocks
 from relay.edge.uploads.receiver import SPACE_MESSAGE, BodyReceiver, Received
 from relay.edge.uploads.recovery import recover
-from relay.edge.uploads.request import RequestBody
 from relay.edge.uploads.spool import Spool, SpoolError, SpoolFinalized, SpoolFull
 from relay.edge.uploads.store import Upload, UploadState, UploadStore
-from relay.edge.uploads.tus import (
-    OURS,
-    Checksum,
-    Creation,
-    TusError,
-    filetype,
-    parse_integer,
-    sanitise_filename,
-    text,
-)
+from relay.edge.uploads.tus import OURS, filetype, sanitise_filename
 from relay.threads import Threads
+from relay.tus.protocol import Checksum, Creation, TusError, parse_integer, text
+from relay.tus.streaming import RequestBody
 
 __all__ = ["NOT_FOUND", "SPOOL_THREADS", "Outcome", "UploadLimits", "UploadService"]
 

@@ -40,11 +40,25 @@ class _Side(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._connection._side_data(self._side, data)
 
+    _read_closed = False
+    _write_closed = False
+
     def readConnectionLost(self) -> None:
+        self._read_closed = True
         self._connection._side_eof(self._side)
+        self._close_if_both()
 
     def writeConnectionLost(self) -> None:
-        pass
+        self._write_closed = True
+        self._close_if_both()
+
+    def _close_if_both(self) -> None:
+        # A half-closeable protocol whose both halves closed gets no
+        # connectionLost by itself: without this, a connection both of
+        # whose peers sent FIN (a client that died between requests, a
+        # server that closes on EOF) stayed open for ever.
+        if self._read_closed and self._write_closed and self.transport is not None:
+            self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
         self._connection._side_lost(self._side, reason)

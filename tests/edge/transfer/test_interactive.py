@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from twisted.trial import unittest
 
@@ -59,10 +59,16 @@ class InteractiveTrafficTests(unittest.TestCase):
         return time.monotonic() - started
 
     async def test_commands_get_through_while_a_transfer_fills_the_link(self) -> None:
+        await self.check(transfer={"concurrency": 8, "stall_timeout": 30.0})
+
+    async def test_commands_get_through_while_tus_streams_fill_the_link(self) -> None:
+        """The same with the tus path, its stream count free to grow to 16."""
+        await self.check(receiver=True, transfer={"max_streams": 16, "stream_stall_timeout": 30.0})
+
+    async def check(self, **options: Any) -> None:
         root = Path(self.mktemp()).resolve()
         root.mkdir(parents=True)
-        world = TransferWorld(root, self.server, s3_link=LINK, amqp_link=LINK, one_bottleneck=True,
-                              transfer={"concurrency": 8, "stall_timeout": 30.0})
+        world = TransferWorld(root, self.server, s3_link=LINK, amqp_link=LINK, one_bottleneck=True, **options)
         self.addCleanup(world.stop)
         await world.start()
         upload_id, _ = world.stage(64 * MiB, seed=11)

@@ -75,18 +75,23 @@ class TransferWorld:
         one_bottleneck: bool = False,
         cloud_toml: str = "",
         downloads: dict[str, Any] | None = None,
+        receiver: bool = False,
     ) -> None:
         self.root = root
         self.s3 = s3
         self.vhost = Vhost()
-        self.s3_link = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{s3.port}",
+        # receiver: the edge sends to the cloud's tus receiver (transfer.mode
+        # "tus"), so the emulated international link leads there, not to S3.
+        self.receiver_port = free_port() if receiver else None
+        upstream = self.receiver_port if self.receiver_port is not None else s3.port
+        self.s3_link = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{upstream}",
                                     s3_link, random.Random(seed))
         # one_bottleneck: the part PUTs and the AMQP link share the S3
         # link's aggregate cap, as they share the international link.
         self.amqp_link = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{AMQP_PORT}",
                                       amqp_link or LinkProfile(), random.Random(seed + 1),
                                       shares_link_with=self.s3_link if one_bottleneck else None)
-        self._transfer = {**TEST_TRANSFER, **(transfer or {})}
+        self._transfer = {**TEST_TRANSFER, "mode": "tus" if receiver else "direct", **(transfer or {})}
         self._cloud_s3 = cloud_s3 or {}
         self._cloud_toml = cloud_toml
         self._downloads = downloads or {}
@@ -100,6 +105,9 @@ class TransferWorld:
         self.user, self.project = seed_cloud(self.root / "cloud")
         self.api_key = seed_api_key(self.root / "cloud", self.user)
         credentials = self.s3.write_credentials(self.root / "s3-credentials.toml")
+        if self.receiver_port is not None:
+            self._cloud_toml += (f'\n[receiver]\nlisten = "tcp:{self.receiver_port}:interface=127.0.0.1"\n'
+                                 f'public_url = "http://127.0.0.1:{self.s3_link.port}/transfers/"\n')
         self.cloud: Node = cloud_node(self.root, amqp_url=self.vhost.url(), listen_port=free_port(), s3={
             "bucket": self.s3.bucket, "endpoint_url": self.s3.endpoint, "addressing_style": "path",
             "presign_endpoint_url": f"http://127.0.0.1:{self.s3_link.port}",

@@ -16,8 +16,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from relay.edge.uploads import request as request_module
 from relay.testing.reactor import InlineThreadPool, TestReactor
+from relay.tus import streaming as request_module
 
 from .harness import CONFIG, KEY, Edge, random_bytes
 from .test_http import EdgeTestCase

@@ -16,10 +16,11 @@ from relay.edge.auth import IAuthenticator, IProjectAccess
 from relay.edge.uploads import tus
 from relay.edge.uploads.handoff import IUploadSink, StagedUpload
 from relay.edge.uploads.locks import UploadLocks
-from relay.edge.uploads.request import BodyInterrupted, RequestBody
 from relay.edge.uploads.store import Upload, UploadState
 from relay.testing.auth import FakeAuthenticator, FakeProjectAccess
 from relay.testing.transfer import FakeUploadSink
+from relay.tus import protocol
+from relay.tus.streaming import BodyInterrupted, RequestBody
 
 from .harness import checksum
 
@@ -38,34 +39,34 @@ def test_the_fake_sink_remembers() -> None:
 
 
 def test_metadata() -> None:
-    assert tus.parse_metadata("filename d29ybGQ=,empty, type dGV4dA==") == {
+    assert protocol.parse_metadata("filename d29ybGQ=,empty, type dGV4dA==") == {
         "filename": b"world", "empty": b"", "type": b"text"}
     for bad in ("a b c", "a !!", "a YQ==,a YQ==", ",", "k\u00e9y YQ=="):
-        with pytest.raises(tus.TusError) as e:
-            tus.parse_metadata(bad)
+        with pytest.raises(protocol.TusError) as e:
+            protocol.parse_metadata(bad)
         assert e.value.status == 400
 
 
 def test_checksum_header() -> None:
-    parsed = tus.parse_checksum(checksum("sha256", b"abc"))
+    parsed = protocol.parse_checksum(checksum("sha256", b"abc"))
     assert parsed is not None and parsed.algorithm == "sha256"
-    assert tus.parse_checksum(None) is None
+    assert protocol.parse_checksum(None) is None
     for bad in ("crc32 AAAA", "sha1", "sha1 !!", "md5 YWJj"):
-        with pytest.raises(tus.TusError) as e:
-            tus.parse_checksum(bad)
+        with pytest.raises(protocol.TusError) as e:
+            protocol.parse_checksum(bad)
         assert e.value.status == 400
 
 
 def test_concat_header() -> None:
-    assert tus.parse_concat(None) == (None, ())
-    assert tus.parse_concat("partial") == ("partial", ())
-    assert tus.parse_concat("final;/files/a http://h/files/b") == ("final", ("/files/a", "http://h/files/b"))
-    assert tus.upload_id_from_url("http://h:1/files/abc", "/files/") == "abc"
-    assert tus.upload_id_from_url("/files/a/b", "/files/") is None
-    assert tus.upload_id_from_url("/other/abc", "/files/") is None
+    assert protocol.parse_concat(None) == (None, ())
+    assert protocol.parse_concat("partial") == ("partial", ())
+    assert protocol.parse_concat("final;/files/a http://h/files/b") == ("final", ("/files/a", "http://h/files/b"))
+    assert protocol.upload_id_from_url("http://h:1/files/abc", "/files/") == "abc"
+    assert protocol.upload_id_from_url("/files/a/b", "/files/") is None
+    assert protocol.upload_id_from_url("/other/abc", "/files/") is None
     for bad in ("final;", "whole", "final"):
-        with pytest.raises(tus.TusError):
-            tus.parse_concat(bad)
+        with pytest.raises(protocol.TusError):
+            protocol.parse_concat(bad)
 
 
 def test_creation_headers() -> None:
@@ -75,15 +76,15 @@ def test_creation_headers() -> None:
     assert tus.parse_creation(None, None, None, "final;/files/x").parts == ("/files/x",)
     for args in (("1", "1", None, None), (None, None, None, None), ("-1", None, None, None),
                  ("1", None, None, "final;/files/x"), ("99999999999999999999", None, None, None)):
-        with pytest.raises(tus.TusError):
+        with pytest.raises(protocol.TusError):
             tus.parse_creation(*args)
 
 
 def test_version() -> None:
-    tus.check_version("1.0.0")
+    protocol.check_version("1.0.0")
     for bad in (None, "1.0", "0.2.2"):
-        with pytest.raises(tus.TusError) as e:
-            tus.check_version(bad)
+        with pytest.raises(protocol.TusError) as e:
+            protocol.check_version(bad)
         assert e.value.status == 412 and e.value.headers["Tus-Version"] == "1.0.0"
 
 

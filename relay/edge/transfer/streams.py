@@ -1,0 +1,454 @@
+"""
+The tus path of the transfer stage (C{transfer.mode = "tus"}): one
+upload's file goes to the cloud's receiver as partial uploads, each a run
+of whole S3 parts (L{ranges}), several at once (L{StreamSender}), and ends
+with the final concatenation.  A PATCH that breaks (reset, stall, 5xx)
+costs a reconnect: the stream asks the receiver where the upload stands
+(HEAD) and continues from there.  The receiver's offsets say which parts
+S3 holds (everything below the offset but the part being filled): those
+are confirmed in the journal as they come.
+
+How many ranges are in flight follows what the link delivers
+(L{StreamCount}): it doubles while the bytes sent per window grow, steps
+back when they stop growing, and probes again now and then, within
+C{[min_streams, max_streams]}.  There are no copies of slow ranges: on a
+link whose aggregate is the limit they would only take bandwidth from the
+others.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from relay.edge.transfer.body import PartBody, StagedCopyDamaged
+from relay.edge.transfer.journal import JournalPart
+from relay.edge.transfer.planner import Part
+from relay.edge.transfer.tus_client import (
+    ITusTarget,
+    TusResponse,
+    creation_headers,
+    headers,
+    patch_headers,
+)
+from relay.link.backoff import Backoff
+from relay.tus.protocol import final_concat
+
+#: At most this many partial uploads per file (the final upload's
+#: Upload-Concat header lists them all).
+MAX_RANGES = 256
+
+
+@dataclass(frozen=True)
+class Range:
+    """S3 parts C{first}-C{last}: bytes C{offset} to C{offset + length} of the file."""
+
+    first: int
+    last: int
+    offset: int
+    length: int
+    md5s: bytes
+    #: The size of its parts (the file's last part may be shorter).
+    part_size: int
+
+
+def ranges(parts: Sequence[JournalPart], most: int = MAX_RANGES) -> list[Range]:
+    """Cut the file's parts into at most C{most} runs of equal part count."""
+    per = max(1, -(-len(parts) // most))
+    out = []
+    for i in range(0, len(parts), per):
+        run = parts[i:i + per]
+        out.append(Range(run[0].number, run[-1].number, run[0].offset, sum(p.size for p in run),
+                         b"".join(base64.b64decode(p.md5) for p in run), run[0].size))
+    return out
+
+
+class TransferGone(Exception):
+    """The receiver no longer takes this transfer (aborted, or S3 lost it)."""
+
+
+class StreamCount:
+    """
+    The number of streams: starts at C{low}; every C{window} seconds
+    L{sample} gets the bytes sent so far and decides.
+    """
+
+    def __init__(self, low: int, high: int, probe_every: int = 4) -> None:
+        self.low, self.high = low, high
+        self.limit = low
+        self._previous: tuple[int, float] | None = None  # (limit, rate) before the last growth
+        self._last_rate = 0.0
+        self._sent = 0
+        self._steady = 0
+        self._probe_every = probe_every
+
+    def sample(self, sent: int, seconds: float, busy: int) -> int:
+        rate = (sent - self._sent) / seconds if seconds > 0 else 0.0
+        self._sent = sent
+        if self._previous is not None:
+            limit, before = self._previous
+            self._previous = None
+            if rate < before * 1.1:
+                # More streams did not bring more: back to fewer.
+                self.limit = max(self.low, limit)
+                self._steady = 0
+                self._last_rate = rate
+                return self.limit
+        self._steady += 1
+        grew = rate >= self._last_rate * 1.1
+        self._last_rate = rate
+        if busy >= self.limit and self.limit < self.high and (grew or self._steady >= self._probe_every):
+            self._previous = (self.limit, rate)
+            step = self.limit if grew else max(1, self.limit // 4)
+            self.limit = min(self.high, self.limit + step)
+            self._steady = 0
+        return self.limit
+
+
+class ReceiverAccess:
+    """
+    The token and the receiver's address for one transfer.  L{get} waits
+    for a usable token (asking the cloud through C{ask} when there is none
+    or it nears its end); L{refused} drops one the receiver refused.
+    """
+
+    def __init__(self, clock: IReactorTime, ask: Callable[[], Awaitable[None]], override_url: str = "",
+                 request_timeout: float = 120.0) -> None:
+        self._clock = clock
+        self._ask = ask
+        self._override = override_url.rstrip("/")
+        self._timeout = request_timeout
+        self.token = ""
+        self.url = ""
+        self._expires = 0.0
+        self._asked_at: float | None = None
+        self._waiters: list[Deferred[None]] = []
+
+    def authorized(self, token: str, url: str, expires_in: int) -> None:
+        self.token, self._expires = token, self._clock.seconds() + expires_in
+        self.url = url if not self._override else f"{self._override}/{url.rstrip('/').rsplit('/', 1)[-1]}/"
+        self._asked_at = None
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def asking(self) -> None:
+        """A request for a token is on its way already."""
+        self._asked_at = self._clock.seconds()
+
+    def refused(self, token: str) -> None:
+        if token == self.token:
+            self.token = ""
+
+    def _usable(self) -> bool:
+        return bool(self.token) and self._clock.seconds() < self._expires - 30
+
+    async def get(self) -> tuple[str, str]:
+        while not self._usable():
+            now = self._clock.seconds()
+            if self._asked_at is None or now - self._asked_at >= self._timeout:
+                self._asked_at = now
+                await self._ask()
+            d: Deferred[None] = Deferred()
+            self._waiters.append(d)
+            timer = self._clock.callLater(self._timeout, _fire, d)
+            try:
+                await d
+            finally:
+                if timer.active():
+                    timer.cancel()
+        return self.url, self.token
+
+    def close(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.cancel()
+
+
+@dataclass
+class StreamStats:
+    """Counters the service exposes."""
+
+    patches: int = 0
+    resumes: int = 0
+    stalls: int = 0
+    bytes_sent: int = 0
+    #: Bytes sent again that the receiver had already reported as in S3
+    #: (must stay 0).
+    resent_confirmed: int = 0
+
+
+class StreamSender:
+    """
+    Sends one transfer's ranges (see the module docstring); L{run} fires
+    with C{"done"} once the final upload is created.
+
+    @param confirm: parts C{first}-C{last} up to a byte of the file are in S3
+        (journal).
+    @param open_body: the spool's bytes of a L{Part}, for one PATCH.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        target: ITusTarget,
+        access: ReceiverAccess,
+        todo: list[Range],
+        all_ranges: list[Range],
+        count: StreamCount,
+        open_body: Callable[[Part], PartBody],
+        confirm: Callable[[int, int, int], Awaitable[None]],
+        stats: StreamStats,
+        *,
+        stall_timeout: float = 15.0,
+        resumed: bool = False,
+        window: float = 2.0,
+        upload_id: str = "",
+    ) -> None:
+        self._clock = clock
+        self._target = target
+        self._access = access
+        self._queue = list(todo)
+        self._all = all_ranges
+        self._count = count
+        self._open_body = open_body
+        self._confirm = confirm
+        self._stats = stats
+        self._stall_timeout = stall_timeout
+        self._resumed = resumed
+        self._window = window
+        self._upload_id = upload_id
+        self._workers: dict[int, Deferred[None]] = {}
+        self._next_worker = 0
+        self._in_flight: dict[int, PartBody] = {}
+        self._sent_done = 0
+        self._confirmed_end: dict[int, int] = {}
+        self._error: BaseException | None = None
+        self._done: Deferred[None] = Deferred()
+        self._timer: IDelayedCall | None = None
+        self._stopped = False
+
+    # -- the whole --------------------------------------------------------------
+
+    async def run(self) -> str:
+        self._spawn()
+        self._timer = self._clock.callLater(self._window, self._tick)
+        try:
+            if self._workers:
+                await self._done
+        finally:
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+        if self._error is not None:
+            raise self._error
+        if self._stopped:
+            raise CancelledError()
+        await self._final()
+        return "done"
+
+    def stop(self) -> None:
+        self._stopped = True
+        for d in list(self._workers.values()):
+            d.cancel()
+
+    def _sent(self) -> int:
+        return self._sent_done + sum(b.sent for b in self._in_flight.values())
+
+    def _tick(self) -> None:
+        self._count.sample(self._sent(), self._window, len(self._workers))
+        self._spawn()
+        self._timer = self._clock.callLater(self._window, self._tick)
+
+    def _spawn(self) -> None:
+        while self._queue and len(self._workers) < self._count.limit and not self._stopped and self._error is None:
+            number = self._next_worker
+            self._next_worker += 1
+            d = Deferred.fromCoroutine(self._worker(number))
+            self._workers[number] = d
+            d.addBoth(self._worker_over, number)
+
+    def _worker_over(self, result: Any, number: int) -> None:
+        self._workers.pop(number, None)
+        if isinstance(result, BaseException) or hasattr(result, "value"):
+            error = getattr(result, "value", result)
+            if self._error is None and not self._stopped and not isinstance(error, CancelledError):
+                self._error = error
+                for d in list(self._workers.values()):
+                    d.cancel()
+        self._spawn()
+        if not self._workers and not self._done.called:
+            self._done.callback(None)
+
+    async def _worker(self, number: int) -> None:
+        while self._queue and not self._stopped:
+            if len(self._workers) > self._count.limit:
+                return  # fewer streams now: this one ends between ranges
+            await self._range(self._queue.pop(0))
+
+    # -- one range ---------------------------------------------------------------
+
+    async def _range(self, r: Range) -> None:
+        backoff = Backoff(self._clock, initial=0.5, cap=10.0, jitter="full")
+        known = self._resumed
+        offset: int | None = None
+        while not self._stopped:
+            url, token = await self._access.get()
+            member = f"{url}{r.first}"
+            try:
+                if offset is None:
+                    if known:
+                        answer = await self._target.request("HEAD", member, headers(token), None)
+                        if answer.status == 404:
+                            # Not created yet, or the transfer is gone:
+                            # the creation tells (it is idempotent).
+                            known = False
+                            continue
+                    else:
+                        answer = await self._target.request(
+                            "POST", url, creation_headers(token, r.first, r.last, r.length, r.md5s), None)
+                        if answer.status == 201:
+                            answer = TusResponse(201, 0)
+                    if not self._judge(answer, token):
+                        await self._pause(backoff)
+                        continue
+                    known = True
+                    offset = answer.offset or 0
+                    await self._confirmed(r, offset)
+                if offset >= r.length:
+                    return
+                answer = await self._patch(member, token, r, offset)
+            except (CancelledError, StagedCopyDamaged, TransferGone):
+                raise
+            except Exception as e:
+                if isinstance(e, (ValueError, TypeError, AttributeError, KeyError)):
+                    self.log.failure("upload {upload_id} range {first}", upload_id=self._upload_id, first=r.first)
+                else:
+                    self.log.debug("upload {upload_id} range {first}: {error}", upload_id=self._upload_id,
+                                   first=r.first, error=type(e).__name__)
+                self._stats.resumes += 1
+                offset = None
+                known = True
+                await self._pause(backoff)
+                continue
+            if answer.status == 204 and answer.offset is not None:
+                if answer.offset > offset:
+                    backoff.proven()
+                offset = answer.offset
+                await self._confirmed(r, offset)
+                continue
+            self._judge(answer, token)
+            self._stats.resumes += 1
+            offset = None
+            known = True
+            if answer.status not in (409, 460):
+                await self._pause(backoff)
+
+    def _judge(self, answer: TusResponse, token: str) -> bool:
+        """Whether C{answer} tells where the upload stands; raises for the end of the transfer."""
+        if answer.status in (200, 201, 204):
+            return True
+        if answer.status == 401:
+            self._access.refused(token)
+        elif answer.status in (403, 404):
+            raise TransferGone(f"the receiver answered {answer.status}: {answer.reason}")
+        elif answer.status not in (409, 423, 460) and answer.status < 500:
+            self.log.warn("upload {upload_id}: the receiver answered {status}: {reason}",
+                          upload_id=self._upload_id, status=answer.status, reason=answer.reason)
+        return False
+
+    async def _pause(self, backoff: Backoff) -> None:
+        await deferLater(self._clock, backoff.next_delay(), lambda: None)
+
+    async def _confirmed(self, r: Range, offset: int) -> None:
+        if offset >= self._confirmed_end.get(r.first, 0):
+            self._confirmed_end[r.first] = offset
+            await self._confirm(r.first, r.last, r.offset + offset)
+
+    async def _patch(self, url: str, token: str, r: Range, offset: int) -> TusResponse:
+        # Everything the receiver reported as stored lies below the offset
+        # it reported last: anything sent from lower down is waste.
+        self._stats.resent_confirmed += max(0, self._durable(r) - offset)
+        body = self._open_body(Part(r.first, r.offset + offset, r.length - offset))
+        key = id(body)
+        self._in_flight[key] = body
+        self._stats.patches += 1
+        d = self._target.request("PATCH", url, patch_headers(token, offset), body)
+        stalled = [False]
+
+        def watch() -> None:
+            if self._clock.seconds() - body.last_progress >= self._stall_timeout:
+                stalled[0] = True
+                d.cancel()
+            else:
+                watchdog[0] = self._clock.callLater(1.0, watch)
+
+        watchdog = [self._clock.callLater(1.0, watch)]
+        try:
+            return await d
+        except Exception as e:
+            if body.damage is not None:
+                raise StagedCopyDamaged(f"range {r.first}: {body.damage}") from e
+            if stalled[0]:
+                self._stats.stalls += 1
+                raise TimeoutError("no progress") from e
+            if _cancelled(e):
+                raise CancelledError() from e
+            raise
+        finally:
+            del self._in_flight[key]
+            self._sent_done += body.sent
+            self._stats.bytes_sent += body.sent
+            if watchdog[0].active():
+                watchdog[0].cancel()
+            body.stopProducing()
+
+    def _durable(self, r: Range) -> int:
+        """Bytes of C{r} in whole parts below the last offset the receiver reported."""
+        reported = self._confirmed_end.get(r.first, 0)
+        if reported >= r.length or not r.part_size:
+            return reported
+        return (reported // r.part_size) * r.part_size
+
+    # -- the end -------------------------------------------------------------------
+
+    async def _final(self) -> None:
+        backoff = Backoff(self._clock, initial=0.5, cap=10.0, jitter="full")
+        while not self._stopped:
+            url, token = await self._access.get()
+            path = url.split("://", 1)[-1]
+            base = path[path.index("/"):] if "/" in path else "/"
+            concat = final_concat(f"{base}{r.first}" for r in self._all)
+            try:
+                answer = await self._target.request("POST", url, headers(token, Upload_Concat=concat), None)
+            except CancelledError:
+                raise
+            except Exception:
+                await self._pause(backoff)
+                continue
+            if answer.status == 201:
+                return
+            if answer.status == 400:
+                raise TransferGone(f"the receiver refused the final upload: {answer.reason}")
+            self._judge(answer, token)
+            await self._pause(backoff)
+        raise CancelledError()
+
+
+def _fire(d: Deferred[None]) -> None:
+    if not d.called:
+        d.callback(None)
+
+
+def _cancelled(error: BaseException) -> bool:
+    if isinstance(error, CancelledError):
+        return True
+    return any(reason.check(CancelledError) for reason in getattr(error, "reasons", ()) or ())
