@@ -12,9 +12,9 @@ of C{etc/cloud.toml}) and C{relay-edge} as twistd processes, and the link
 emulator as the international link (every parameter is printed first and
 settable):
 
-- B{relay}: the edge is beside the person; the edge's AMQP link and its
-  S3 traffic (part PUTs, downloads) cross the emulated link, as one
-  bottleneck (one aggregate cap for both).
+- B{relay}: the edge is beside the person; the edge's AMQP link, its
+  transfers to the cloud's tus receiver and its downloads from S3 cross
+  the emulated link, as one bottleneck (one aggregate cap for all).
 - B{before}: the same code placed as people worked before relay, the web
   app next to S3 in the cloud: the person's browser and tools reach the
   edge across the emulated link, and the edge reaches S3 and the broker
@@ -124,12 +124,18 @@ class Layout:
         self.vhost.create()
         self.s3 = start_moto(log_path=self.root / "moto.log")
         china = link_profile(self.args)
+        receiver_port = free_port()
         amqp_url, presign = self.vhost.url(), self.s3.endpoint
+        receiver_url = f"http://127.0.0.1:{receiver_port}/transfers/"
         if self.name == "relay":
+            # One international link: S3 (downloads), the cloud's tus
+            # receiver (the transfer) and the broker share its cap.
             s3_link = self.emulators.start(china, self.s3.port, self.args.seed)
+            receiver_link = self.emulators.start(china, receiver_port, self.args.seed + 3, shares=s3_link)
             amqp_link = self.emulators.start(china, 5672, self.args.seed + 1, shares=s3_link)
-            self.international = [s3_link, amqp_link]
+            self.international = [s3_link, receiver_link, amqp_link]
             amqp_url, presign = self.vhost.url(amqp_link.port), f"http://127.0.0.1:{s3_link.port}"
+            receiver_url = f"http://127.0.0.1:{receiver_link.port}/transfers/"
         credentials = self.s3.write_credentials(self.root / "s3-credentials.toml")
         cloud_config = write_config(self.root / "cloud.toml", {
             "cloud": {"listen": f"tcp:{free_port()}:interface=127.0.0.1", "data_dir": str(self.root / "cloud")},
@@ -137,7 +143,11 @@ class Layout:
             "s3": {"bucket": self.s3.bucket, "endpoint_url": self.s3.endpoint, "addressing_style": "path",
                    "presign_endpoint_url": presign, "credentials_file": str(credentials)},
         })
-        cloud_config.write_text(cloud_config.read_text() + "\n" + example_jobs(self.root / "work"))
+        cloud_config.write_text(
+            cloud_config.read_text()
+            + f'\n[receiver]\nlisten = "tcp:{receiver_port}:interface=127.0.0.1"\npublic_url = "{receiver_url}"\n\n'
+            + example_jobs(self.root / "work")
+        )
         edge_port = free_port()
         edge_config = write_config(self.root / "edge.toml", {
             "edge": {"id": f"bench-{self.name}", "listen": f"tcp:{edge_port}:interface=127.0.0.1",

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _deployment(directory: Path, link_url: str) -> int:
     """Write the checkout's configurations into C{directory}/etc with other ports; the edge's port."""
-    edge_port, cloud_port, s3_port = free_port(), free_port(), free_port()
+    edge_port, cloud_port, s3_port, receiver_port = free_port(), free_port(), free_port(), free_port()
     (directory / "etc").mkdir(parents=True)
     replacements = {
         "edge.toml": {
@@ -35,6 +35,8 @@ def _deployment(directory: Path, link_url: str) -> int:
         "cloud.toml": {
             "tcp:8081:": f"tcp:{cloud_port}:",
             "http://127.0.0.1:9000": f"http://127.0.0.1:{s3_port}",
+            "tcp:8090:": f"tcp:{receiver_port}:",
+            "http://127.0.0.1:8090/": f"http://127.0.0.1:{receiver_port}/",
         },
     }
     for name, changes in replacements.items():
