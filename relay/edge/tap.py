@@ -30,8 +30,9 @@ from relay.edge.replica.component import build_replica
 from relay.edge.transfer import journal as transfer_journal
 from relay.edge.transfer.service import build_transfers
 from relay.edge.uploads import store as upload_store
-from relay.edge.uploads.component import build_uploads
+from relay.edge.uploads.component import build_uploads, open_spool
 from relay.edge.uploads.handoff import IUploadSink
+from relay.edge.uploads.store import UploadStore
 from relay.edge.web.announcer import ReplicaAnnouncer
 from relay.edge.web.api import api_routes
 from relay.edge.web.app import EdgeWeb
@@ -135,12 +136,15 @@ def edge_service(
     projects = projects if projects is not None else identity
     # The transfer stage moves staged uploads to S3 (unless a test hands in
     # its own sink).
+    # Both are built on the same spool and upload records.
+    spool, records = open_spool(config.uploads, data_dir), UploadStore(db)
     transfers = None
     if upload_sink is None:
-        transfers = build_transfers(config.transfer, reactor, db, bridge, metrics, hub)
+        transfers = build_transfers(config.transfer, reactor, db, bridge, metrics, spool, records, hub)
         upload_sink = transfers
     uploads = build_uploads(
-        config.uploads, data_dir, reactor, db, metrics, authenticator, projects, upload_sink, events=hub
+        config.uploads, data_dir, reactor, db, metrics, authenticator, projects, upload_sink, events=hub,
+        spool=spool, store=records,
     )
     uploads.set_service_parent(root)
     health.add_section("spool", uploads.spool_health)
@@ -148,7 +152,6 @@ def edge_service(
     downloads = build_downloads(config.downloads, reactor, db, bridge, hub, data_dir, uploads.spool, metrics)
     downloads.setServiceParent(root)
     if transfers is not None:
-        transfers.bind(uploads.spool, uploads.service.store)
         transfers.keep = downloads.keep_upload
         transfers.setServiceParent(root)
     web = EdgeWeb(health, relative_to(Path.cwd(), config.edge.web_dir))

@@ -8,23 +8,21 @@ C{transfer.parts} pages go straight to the run's memory.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from relay.edge.transfer import journal
+from relay.edge.transfer.context import AnswerContext
 from relay.edge.transfer.journal import JobState
 from relay.link.envelope import Envelope
 from relay.replication import IInbox
 from relay.transfer_messages import ABORTED, AUTHORIZED, FAILED, PARTS, REGISTERED, STARTED, URLS
 
-if TYPE_CHECKING:
-    from relay.edge.transfer.service import TransferService
-
 
 class CloudAnswers:
     """The transfer service's inbox handlers."""
 
-    def __init__(self, service: TransferService) -> None:
-        self._service = service
+    def __init__(self, stage: AnswerContext) -> None:
+        self._stage = stage
 
     def register(self, inbox: IInbox) -> None:
         inbox.register(STARTED, self._on_started)
@@ -38,37 +36,37 @@ class CloudAnswers:
     def _on_started(self, conn: Any, message: Envelope) -> None:
         job = journal.job_by_transfer(conn, message.body["transfer_id"])
         if job is not None and job.state is JobState.BEGINNING:
-            journal.set_state(conn, job.upload_id, JobState.SENDING, self._service.clock.seconds())
-            self._service._notify(self._service._wake, job.upload_id)
+            journal.set_state(conn, job.upload_id, JobState.SENDING, self._stage.clock.seconds())
+            self._stage.after_commit(self._stage.wake, job.upload_id)
 
     def _on_urls(self, conn: Any, message: Envelope) -> None:
         body = message.body
         urls = {u["number"]: u["url"] for u in body["urls"]}
-        self._service._notify(self._urls_arrived, body["transfer_id"], urls, body["expires_in"])
+        self._stage.after_commit(self._urls_arrived, body["transfer_id"], urls, body["expires_in"])
 
     def _urls_arrived(self, transfer_id: str, urls: dict[int, str], expires_in: int) -> None:
-        run = self._service._run_for(transfer_id)
+        run = self._stage.run_for_transfer(transfer_id)
         if run is not None:
             run.urls(transfer_id, urls, expires_in)
 
     def _on_authorized(self, conn: Any, message: Envelope) -> None:
         # The token lives in memory only: a restarted edge asks again.
         body = message.body
-        self._service._notify(self._token_arrived, body["transfer_id"], body["token"], body["url"],
+        self._stage.after_commit(self._token_arrived, body["transfer_id"], body["token"], body["url"],
                               body["expires_in"])
 
     def _token_arrived(self, transfer_id: str, token: str, url: str, expires_in: int) -> None:
-        run = self._service._run_for(transfer_id)
+        run = self._stage.run_for_transfer(transfer_id)
         if run is not None:
             run.authorized(transfer_id, token, url, expires_in)
 
     def _on_parts(self, conn: Any, message: Envelope) -> None:
         body = message.body
-        self._service._notify(self._page_arrived, body["transfer_id"], body["request_id"], body["page"],
+        self._stage.after_commit(self._page_arrived, body["transfer_id"], body["request_id"], body["page"],
                               body["last"], body["parts"])
 
     def _page_arrived(self, transfer_id: str, request_id: str, page: int, last: bool, parts: list[Any]) -> None:
-        run = self._service._run_for(transfer_id)
+        run = self._stage.run_for_transfer(transfer_id)
         if run is not None:
             run.page(transfer_id, request_id, page, last, parts)
 
@@ -77,10 +75,10 @@ class CloudAnswers:
         job = journal.job_by_transfer(conn, body["transfer_id"])
         if job is None or job.state in (JobState.REGISTERED, JobState.DONE, JobState.FAILED):
             return
-        now = self._service.clock.seconds()
+        now = self._stage.clock.seconds()
         code, reason = body["code"], body["reason"]
         if code == "no_receiver":
-            self._service._notify(self._direct, job.upload_id)
+            self._stage.after_commit(self._direct, job.upload_id)
             return
         if code == "incomplete":
             journal.unconfirm(conn, job.upload_id, job.transfer_id, body.get("missing", []), now)
@@ -88,11 +86,11 @@ class CloudAnswers:
         elif code == "refused":
             journal.set_state(conn, job.upload_id, JobState.FAILED, now, error=f"refused: {reason}")
         else:
-            self._service._restart(conn, job.upload_id, job.transfer_id, f"{code}: {reason}")
-        self._service._notify(self._service._wake, job.upload_id, True)
+            self._stage.start_over_in(conn, job.upload_id, job.transfer_id, f"{code}: {reason}")
+        self._stage.after_commit(self._stage.wake, job.upload_id, True)
 
     def _direct(self, upload_id: str) -> None:
-        run = self._service._runs.get(upload_id)
+        run = self._stage.run_of(upload_id)
         if run is not None:
             run.send_directly()
 
@@ -103,5 +101,5 @@ class CloudAnswers:
         job = journal.job_by_transfer(conn, message.body["transfer_id"])
         live = (JobState.BEGINNING, JobState.SENDING, JobState.FINISHING, JobState.FAILED)
         if job is not None and job.state in live:
-            journal.set_state(conn, job.upload_id, JobState.REGISTERED, self._service.clock.seconds())
-            self._service._notify(self._service._wake, job.upload_id, True)
+            journal.set_state(conn, job.upload_id, JobState.REGISTERED, self._stage.clock.seconds())
+            self._stage.after_commit(self._stage.wake, job.upload_id, True)

@@ -29,16 +29,16 @@ class TransferProgress:
 
 class TransferReports:
     """
-    Tells the upload's record, and its owner, how its transfer goes.
-    L{store} is set when the transfer service is bound to the uploads.
+    Tells the upload's record (in the uploads' C{store}), and its owner,
+    how its transfer goes.
     """
 
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, announce: UploadAnnouncer) -> None:
+    def __init__(self, clock: IReactorTime, announce: UploadAnnouncer, store: UploadStore) -> None:
         self._clock = clock
         self.announce = announce
-        self.store: UploadStore | None = None
+        self.store = store
         self._latest: dict[str, TransferProgress] = {}
 
     def get(self, upload_id: str) -> TransferProgress | None:
@@ -49,10 +49,9 @@ class TransferReports:
         """S3 holds C{confirmed} of the upload now."""
         upload_id = job.upload_id
         self._latest[upload_id] = TransferProgress(upload_id, confirmed.bytes, job.size, UploadState.TRANSFERRING.value)
-        if self.store is not None:
-            self.store.record_transferred(upload_id, confirmed.bytes, self._clock.seconds()).addErrback(
-                lambda f: self.log.failure("recording progress of {upload_id}", f, upload_id=upload_id)
-            )
+        self.store.record_transferred(upload_id, confirmed.bytes, self._clock.seconds()).addErrback(
+            lambda f: self.log.failure("recording progress of {upload_id}", f, upload_id=upload_id)
+        )
         self.announce.transferred(job.owner, upload_id, confirmed.bytes, job.size, confirmed.parts, job.part_count)
 
     async def moved(self, upload_id: str, owner: str, size: int, state: UploadState, *,
@@ -61,7 +60,6 @@ class TransferReports:
         The upload is in C{state} now (C{error}: why it failed): its record
         says so, then its owner hears it.
         """
-        assert self.store is not None
         await self.store.set_state(upload_id, state, self._clock.seconds(), transferred=transferred, error=error)
         last = self._latest.get(upload_id)
         confirmed = transferred if transferred is not None else (last.confirmed if last else 0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from relay.edge.transfer import journal
 from relay.edge.transfer.body import StagedCopyDamaged
+from relay.edge.transfer.context import RunContext
 from relay.edge.transfer.journal import Job, JobState, JournalPart
 from relay.edge.transfer.planner import Part, measure, plan_parts
 from relay.edge.transfer.streams import (
@@ -36,10 +37,6 @@ from relay.edge.transfer.urls import UrlBook
 from relay.edge.uploads.spool import SpoolCorrupt, SpoolError
 from relay.link.envelope import TO_CLOUD
 from relay.transfer_messages import AUTHORIZE, BEGIN, FINISH, PRESIGN, STATUS
-
-if TYPE_CHECKING:
-    from relay.edge.transfer.service import TransferService
-
 
 #: Why a transfer whose spool copy cannot be read back failed, for its owner.
 DAMAGED = "the staged copy is damaged; upload the file again"
@@ -58,7 +55,7 @@ class TransferRun:
 
     log = Logger()
 
-    def __init__(self, service: TransferService, upload_id: str, *, resumed: bool) -> None:
+    def __init__(self, service: RunContext, upload_id: str, *, resumed: bool) -> None:
         self._service = service
         self._clock = service.clock
         self.upload_id = upload_id
@@ -80,6 +77,11 @@ class TransferRun:
         self._access: ReceiverAccess | None = None
         self._streams: StreamSender | None = None
         self._resumed = resumed
+
+    @property
+    def transfer_id(self) -> str:
+        """The transfer this run is driving now ("" before it begins one)."""
+        return self._transfer_id
 
     # -- from the service --------------------------------------------------------
 
@@ -218,7 +220,6 @@ class TransferRun:
     async def _measure(self, job: Job) -> None:
         service = self._service
         spool = service.spool
-        assert spool is not None
 
         def work() -> Any:
             with spool.reader(job.spool_id) as reader:

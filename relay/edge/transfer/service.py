@@ -101,8 +101,8 @@ class TransferSettings:
 @implementer(IUploadSink)
 class TransferService(Service):
     """
-    See the module docstring.  L{bind} hands it the uploads component's
-    spool and store before it starts.
+    See the module docstring.  C{spool} and C{store} are the uploads
+    component's: the staged files and their records.
     """
 
     log = Logger()
@@ -114,6 +114,8 @@ class TransferService(Service):
         outbox: IOutbox,
         settings: TransferSettings = TransferSettings(),
         *,
+        spool: Spool,
+        store: UploadStore,
         target: IPartTarget | None = None,
         tus_target: ITusTarget | None = None,
         metrics: Metrics | None = None,
@@ -136,13 +138,13 @@ class TransferService(Service):
         self.throttle = Throttle(reactor, settings.bandwidth_limit)
         self._tus_target = tus_target
         self.stream_stats = StreamStats()
-        self.spool: Spool | None = None
-        self.store: UploadStore | None = None
+        self.spool = spool
+        self.store = store
         #: Takes a registered upload's spool file into the download cache
         #: (C{spool, spool_id, file_id, size, sha256, content type}); fires
         #: with whether it did (else the file is erased).
         self.keep: Callable[..., Deferred[bool]] | None = None
-        self.reports = TransferReports(reactor, UploadAnnouncer(reactor, events))
+        self.reports = TransferReports(reactor, UploadAnnouncer(reactor, events), store)
         self._runs: dict[str, TransferRun] = {}
         self._running: dict[str, Deferred[None]] = {}
         self.restarts = 0
@@ -150,11 +152,6 @@ class TransferService(Service):
         self.hedges = 0
         if metrics is not None:
             self._metrics(metrics)
-
-    def bind(self, spool: Spool, store: UploadStore) -> None:
-        """The spool the uploads are in, and their records."""
-        self.spool = spool
-        self.store = self.reports.store = store
 
     def register(self, inbox: IInbox) -> None:
         """Apply the cloud's answers from C{inbox}."""
@@ -190,7 +187,6 @@ class TransferService(Service):
         return Deferred.fromCoroutine(self._staged(upload))
 
     async def _staged(self, upload: StagedUpload) -> None:
-        assert self.store is not None
         now = self.clock.seconds()
         await self.db.run(journal.add_job, upload, secrets.token_hex(16), now)
         await self.reports.moved(upload.upload_id, upload.owner, upload.length, UploadState.TRANSFERRING,
@@ -263,13 +259,21 @@ class TransferService(Service):
             self._tus_target = HTTPTusTarget(self.reactor, self.settings.max_streams * 2)
         return self._tus_target
 
-    def _run_for(self, transfer_id: str) -> TransferRun | None:
+    # -- what the cloud's answers reach (AnswerContext) ---------------------------
+
+    def after_commit(self, call: Callable[..., object], *args: Any) -> None:
+        self._notify(call, *args)
+
+    def run_of(self, upload_id: str) -> TransferRun | None:
+        return self._runs.get(upload_id)
+
+    def run_for_transfer(self, transfer_id: str) -> TransferRun | None:
         for run in self._runs.values():
-            if run._transfer_id == transfer_id:
+            if run.transfer_id == transfer_id:
                 return run
         return None
 
-    def _wake(self, upload_id: str, interrupt: bool = False) -> None:
+    def wake(self, upload_id: str, interrupt: bool = False) -> None:
         run = self._runs.get(upload_id)
         if run is not None:
             run.wake(interrupt)
@@ -284,7 +288,6 @@ class TransferService(Service):
 
     def open_body(self, spool_id: str, part: Part) -> PartBody:
         """One attempt's body: part C{part} of spool file C{spool_id}, read on a thread."""
-        assert self.spool is not None
         spool = self.spool
         opened: dict[str, Any] = {}
 
@@ -311,10 +314,10 @@ class TransferService(Service):
 
     async def start_over(self, job: Job, reason: str) -> None:
         """S3 lost the multipart upload: a new transfer, from scratch."""
-        await self.db.run(self._restart, job.upload_id, job.transfer_id, reason)
-        self._wake(job.upload_id)
+        await self.db.run(self.start_over_in, job.upload_id, job.transfer_id, reason)
+        self.wake(job.upload_id)
 
-    def _restart(self, conn: Any, upload_id: str, transfer_id: str, reason: str) -> None:
+    def start_over_in(self, conn: Any, upload_id: str, transfer_id: str, reason: str) -> None:
         current = journal.job(conn, upload_id)
         if current is None or current.transfer_id != transfer_id:
             return
@@ -384,7 +387,6 @@ class TransferService(Service):
         The cloud registered the file: the spool file joins the download
         cache (L{keep}), or is crypto-erased; then the upload is C{in_cloud}.
         """
-        assert self.spool is not None
         spool = self.spool
         kept = False
         if self.keep is not None:
@@ -402,7 +404,6 @@ class TransferService(Service):
 
     async def failed(self, job: Job) -> None:
         """The transfer failed for good: the upload says why; the spool file stays."""
-        assert self.store is not None
         upload = await self.store.get(job.upload_id)
         if upload is not None and upload.state is not UploadState.FAILED:
             await self.reports.moved(job.upload_id, job.owner, job.size, UploadState.FAILED, error=job.error)
@@ -411,12 +412,14 @@ class TransferService(Service):
 
 
 def build_transfers(
-    section: Any, reactor: Any, db: Database, bridge: Any, metrics: Metrics, events: EventHub | None = None
+    section: Any, reactor: Any, db: Database, bridge: Any, metrics: Metrics, spool: Spool, store: UploadStore,
+    events: EventHub | None = None,
 ) -> TransferService:
     """
     The edge's transfer stage from the C{[transfer]} table, with its message
-    types in the bridge's catalogue and its handlers on the bridge's inbox.
-    L{TransferService.bind} it to the uploads' spool and store next.
+    types in the bridge's catalogue and its handlers on the bridge's inbox,
+    moving the uploads' staged files (C{spool}, C{store}: the same the
+    uploads component is built with).
     """
     register_types(bridge.catalogue)
     settings = TransferSettings(
@@ -434,6 +437,7 @@ def build_transfers(
         receiver_url=section.receiver_url,
         stream_stall_timeout=section.stream_stall_timeout,
     )
-    service = TransferService(reactor, db, bridge.outbox, settings, metrics=metrics, events=events)
+    service = TransferService(reactor, db, bridge.outbox, settings, spool=spool, store=store, metrics=metrics,
+                              events=events)
     service.register(bridge.inbox)
     return service

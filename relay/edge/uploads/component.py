@@ -76,6 +76,7 @@ def build_uploads(
     events: EventHub | None = None,
     *,
     spool: Spool | None = None,
+    store: UploadStore | None = None,
     threads: Threads | None = None,
 ) -> Uploads:
     """
@@ -85,6 +86,8 @@ def build_uploads(
     @param spool: the spool to receive into; by default the encrypted spool
         of C{uploads.spool_dir} with the master key of C{uploads.master_key}
         (created on first start).
+    @param store: the uploads' records (by default in C{db}); the transfer
+        stage is handed the same spool and store.
     @param threads: the pool for spool I/O (by default the service's own).
     """
     if spool is None:
@@ -99,7 +102,8 @@ def build_uploads(
         max_unfinished=config.max_unfinished,
     )
     service = UploadService(
-        reactor, UploadStore(db), spool, sink, projects, limits, PREFIX, threads=threads, events=events
+        reactor, store if store is not None else UploadStore(db), spool, sink, projects, limits, PREFIX,
+        threads=threads, events=events,
     )
     routes = UploadRoutes(service, authenticator, config.cors_origins, PREFIX)
     housekeeping = UploadHousekeeping(service, config.housekeeping_interval, reactor)

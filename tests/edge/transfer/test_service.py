@@ -55,9 +55,8 @@ class Edge:
             self.clock, self.db, self.outbox,  # type: ignore[arg-type]
             TransferSettings(**{"min_part_size": MiB, "concurrency": 2, "request_timeout": 60,
                                 "tail_copies": 1, **settings}),
-            target=self.target, blocking=inline, events=self.hub,
+            spool=self.spool, store=self.store, target=self.target, blocking=inline, events=self.hub,
         )
-        self.service.bind(self.spool, self.store)
         self.service.register(self.inbox)
 
     def stage(self) -> StagedUpload:
