@@ -40,5 +40,5 @@ def test_the_journey_runs_in_both_layouts_and_prints_the_table(tmp_path: Path) -
     assert [int(r[2]) for r in pages] == [2, 2]
     assert pages[0][8].endswith("x"), "relay's row carries the ratio to the before layout"
     targets = [line for line in lines if line.startswith("  [")]
-    assert len(targets) == 6, targets
+    assert len(targets) == 5, targets
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["china-page-loads.png", "china-uploads.png"]
