@@ -168,3 +168,26 @@ class TLSBroker:
     def _output(self) -> str:
         path = self._dir / "server.out"
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+
+class WithTLSBroker:
+    """
+    A test case mix-in: one L{TLSBroker} for the whole class (C{broker}),
+    and CA files written for a test (L{ca_file}).
+    """
+
+    broker: TLSBroker
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.broker = TLSBroker()
+        cls.broker.start()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.broker.stop()
+
+    def ca_file(self, content: bytes) -> Path:
+        path = Path(self.mktemp())  # type: ignore[attr-defined]
+        path.write_bytes(content)
+        return path.absolute()

@@ -19,29 +19,14 @@ from relay.config import ConfigError, LinkConfig, load
 from relay.link.backoff import Backoff
 
 from ._broker import BrokerTestCase, wait_for, within
-from ._tlsbroker import TLSBroker, new_ca, pem
+from ._tlsbroker import WithTLSBroker, new_ca, pem
 
 # Twisted's own TLS setup still hands pyOpenSSL objects to pyOpenSSL.
 pytestmark = pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
 
 
-class TLSTests(BrokerTestCase):
+class TLSTests(WithTLSBroker, BrokerTestCase):
     timeout = 30
-    broker: TLSBroker
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.broker = TLSBroker()
-        cls.broker.start()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.broker.stop()
-
-    def ca_file(self, content: bytes) -> Path:
-        path = Path(self.mktemp())
-        path.write_bytes(content)
-        return path
 
     def link(self, url: str, ca: bytes):  # type: ignore[no-untyped-def]
         config = LinkConfig(url=url, ca_file=self.ca_file(ca))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from twisted.internet.defer import DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 
 from relay.db import Database
@@ -72,6 +73,8 @@ class RunContext(Protocol):
     reports: TransferReports
     uploader: PartUploader
     stream_stats: StreamStats
+    #: Streams to the receiver at once, over all files (C{max_streams}).
+    stream_slots: DeferredSemaphore
     blocking: Blocking
     #: Counters the runs add to (the stage's metrics).
     presign_requests: int

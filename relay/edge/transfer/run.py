@@ -378,7 +378,7 @@ class TransferRun:
             StreamCount(settings.min_streams, settings.max_streams),
             lambda p: service.open_body(job.spool_id, p), confirm, service.stream_stats,
             stall_timeout=settings.stream_stall_timeout, resumed=self._resumed or bool(confirmed),
-            upload_id=job.upload_id,
+            upload_id=job.upload_id, slots=service.stream_slots,
         )
         if not self._tus:
             return  # the cloud said it runs no receiver meanwhile

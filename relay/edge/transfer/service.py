@@ -138,6 +138,8 @@ class TransferService(Service):
         self.throttle = Throttle(reactor, settings.bandwidth_limit)
         self._tus_target = tus_target
         self.stream_stats = StreamStats()
+        #: The tus path's streams at once, over all files: the link is one.
+        self.stream_slots = DeferredSemaphore(settings.max_streams)
         self.spool = spool
         self.store = store
         #: Takes a registered upload's spool file into the download cache

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -213,6 +213,7 @@ class StreamSender:
         resumed: bool = False,
         window: float = 2.0,
         upload_id: str = "",
+        slots: DeferredSemaphore | None = None,
     ) -> None:
         self._clock = clock
         self._target = target
@@ -227,6 +228,9 @@ class StreamSender:
         self._resumed = resumed
         self._window = window
         self._upload_id = upload_id
+        # Shared by every file's sender: the link is one, whatever the
+        # number of files being sent at once.
+        self._slots = slots if slots is not None else DeferredSemaphore(count.high)
         self._workers: dict[int, Deferred[None]] = {}
         self._next_worker = 0
         self._in_flight: dict[int, PartBody] = {}
@@ -292,7 +296,13 @@ class StreamSender:
         while self._queue and not self._stopped:
             if len(self._workers) > self._count.limit:
                 return  # fewer streams now: this one ends between ranges
-            await self._range(self._queue.pop(0))
+            await self._slots.acquire()
+            try:
+                if not self._queue or self._stopped:
+                    return
+                await self._range(self._queue.pop(0))
+            finally:
+                self._slots.release()
 
     # -- one range ---------------------------------------------------------------
 

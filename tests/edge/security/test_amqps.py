@@ -10,7 +10,6 @@ port) are in C{tests/link/test_tls.py}.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,28 +22,16 @@ from relay.link.connection import LinkService
 from relay.link.envelope import TO_CLOUD
 from tests.edge.security.world import SecureEdge
 from tests.link._broker import sleep
-from tests.link._tlsbroker import TLSBroker, new_ca, pem
+from tests.link._tlsbroker import WithTLSBroker, new_ca, pem
 
 pytestmark = pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
 
 
-class EdgeOverAmqpsTests(TestCase):
+class EdgeOverAmqpsTests(WithTLSBroker, TestCase):
     timeout = 60
-    broker: TLSBroker
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.broker = TLSBroker()
-        cls.broker.start()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.broker.stop()
 
     def edge(self, ca: bytes) -> SecureEdge:
-        path = Path(self.mktemp())
-        path.write_bytes(ca)
-        return SecureEdge(self, link=f'url = "{self.broker.url()}"\nca_file = "{path.absolute()}"\n')
+        return SecureEdge(self, link=f'url = "{self.broker.url()}"\nca_file = "{self.ca_file(ca)}"\n')
 
     async def link_report_when(self, edge: SecureEdge, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         """The C{link} section of the edge's C{/healthz} once C{done} holds for it (or after 15 s)."""
