@@ -483,17 +483,25 @@ class Person:
             time.sleep(0.25)
 
     def _download(self, file_id: str, sha256: str, step_name: str) -> None:
-        """curl, as a person's tool: retries and resumes on its own; every byte checked."""
+        """
+        curl, as a person's tool, started again after a broken transfer
+        and resuming what it has (C{-C -}: curl's own C{--retry} starts a
+        download over from its first byte); every byte checked.
+        """
         out = self.work / f"download-{file_id}"
         out.unlink(missing_ok=True)
-        done = subprocess.run(
-            ["curl", "--no-progress-meter", "--fail", "--retry", "10", "--retry-all-errors", "--retry-delay", "1",
-             "--max-time", str(self.args.timeout), "-C", "-", "-H", f"Authorization: Bearer {self.layout.api_key}",
-             "-o", str(out), f"{self.url}/api/v1/files/{file_id}/content"],
-            capture_output=True, text=True,
-        )
-        self.journey.step(step_name).retries += done.stderr.count("Will retry")
-        if done.returncode != 0:
+        for _ in range(60):
+            done = subprocess.run(
+                ["curl", "--no-progress-meter", "--fail", "--max-time", str(self.args.timeout), "-C", "-",
+                 "-H", f"Authorization: Bearer {self.layout.api_key}", "-o", str(out),
+                 f"{self.url}/api/v1/files/{file_id}/content"],
+                capture_output=True, text=True,
+            )
+            if done.returncode == 0:
+                break
+            self.journey.step(step_name).retries += 1
+            time.sleep(1)
+        else:
             raise RuntimeError(f"curl exited {done.returncode}: {done.stderr[-300:]}")
         if hashlib.sha256(out.read_bytes()).hexdigest() != sha256:
             raise RuntimeError(f"the download of {file_id} does not have the file's sha256")
