@@ -11,14 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IBodyProducer
 from zope.interface import Interface, implementer
 
-from relay.edge.transfer.uploader import _QuietFactory
+from relay.edge.transfer.uploader import _QuietFactory, bounded_body
 from relay.tus.protocol import OFFSET_CONTENT_TYPE, VERSION, encode_metadata
 
 #: Error bodies are a line of text; never read more of an answer.
@@ -71,22 +70,14 @@ class HTTPTusTarget:
 
 
 async def _answer(response: Any) -> TusResponse:
-    chunks: list[bytes] = []
-    size = [0]
-
-    def collect(data: bytes) -> None:
-        if size[0] < _MAX_BODY:
-            chunks.append(data[: _MAX_BODY - size[0]])
-            size[0] += len(data)
-
-    await treq.collect(response, collect)
+    body = await bounded_body(response, _MAX_BODY)
 
     def header(name: bytes) -> str:
         return (response.headers.getRawHeaders(name) or [b""])[0].decode("latin-1").strip()
 
     raw = header(b"upload-offset")
     return TusResponse(response.code, int(raw) if raw.isdigit() else None, header(b"location"),
-                       b"".join(chunks).decode("utf-8", "replace").strip()[:300])
+                       body.decode("utf-8", "replace").strip()[:300])
 
 
 def headers(token: str, **more: str) -> dict[str, str]:

@@ -103,18 +103,27 @@ class HTTPPartTarget:
         return self._pool.closeCachedConnections()
 
 
-async def _answer(response: Any) -> PartResponse:
+async def bounded_body(response: Any, limit: int) -> bytes:
+    """
+    An answer's body, read to its end (so the connection can be reused)
+    but kept only up to C{limit} bytes: an error document, never a file.
+    """
     chunks: list[bytes] = []
     size = [0]
 
     def collect(data: bytes) -> None:
-        if size[0] < _MAX_BODY:
-            chunks.append(data[: _MAX_BODY - size[0]])
+        if size[0] < limit:
+            chunks.append(data[: limit - size[0]])
             size[0] += len(data)
 
     await treq.collect(response, collect)
+    return b"".join(chunks)
+
+
+async def _answer(response: Any) -> PartResponse:
+    body = await bounded_body(response, _MAX_BODY)
     etag = (response.headers.getRawHeaders(b"etag") or [b""])[0].decode("latin-1").strip('"').lower()
-    found = _CODE.search(b"".join(chunks))
+    found = _CODE.search(body)
     return PartResponse(response.code, etag, found.group(1).decode("latin-1") if found else "")
 
 
