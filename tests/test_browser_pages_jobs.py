@@ -100,10 +100,17 @@ def test_a_log_followed_across_cuts_of_the_browsers_connection(
     expect(page.locator("#job-log")).to_contain_text("line 20 of the log", timeout=60_000)
     # Every connection of the page reset, twice, while lines keep coming:
     # the event stream reconnects (3 s), the page fetches what it missed.
+    # Lines are counted from when the emulator says it reset them (its
+    # counters come every 0.2 s), not from when the signal was sent.
     for _ in range(2):
-        before = len(lines_shown(page))
+        resets = web_link.counter("resets_injected")
         web_link.process.send_signal(signal.SIGUSR1)
-        time.sleep(1.5)
+        deadline = time.monotonic() + 10
+        while web_link.counter("resets_injected") <= resets:
+            assert time.monotonic() < deadline, "the emulator did not reset the page's connections"
+            time.sleep(0.05)
+        before = len(lines_shown(page))
+        time.sleep(1.0)
         assert len(lines_shown(page)) <= before + 2, "lines came while the stream was cut"
         time.sleep(2.5)
     expect(page.locator("#job-facts")).to_have_attribute("data-state", "succeeded", timeout=60_000)

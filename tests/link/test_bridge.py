@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from twisted.internet.task import LoopingCall
 from twisted.trial import unittest
 
 from relay.link.envelope import Envelope
@@ -110,10 +111,20 @@ class BridgeTests(unittest.TestCase):
         self.assertEqual(state, "up")
         self.assertIsNotNone(up_since)
         # The broker closes the connection: down (or already connecting
-        # again) since then, then up again with a later 'since'.
-        await close_connections_named(name)
-        await wait_for(lambda: side.bridge.link_state()[0] != "up", timeout=10)
-        self.assertIn(side.bridge.link_state()[0], ("down", "connecting"))
-        self.assertIsNotNone(side.bridge.link_state()[1])
+        # again) since then, then up again with a later 'since'. The first
+        # reconnect may come after a few milliseconds (full jitter), before
+        # rabbitmqctl has even returned: so every state is sampled from
+        # before the close, on each turn of the reactor.
+        seen: list[tuple[str, float | None]] = []
+        sampler = LoopingCall(lambda: seen.append(side.bridge.link_state()))
+        sampler.start(0)
+        self.addCleanup(lambda: sampler.running and sampler.stop())
+        self.assertEqual(await close_connections_named(name), 1)
+        await wait_for(lambda: side.bridge.link_state() != ("up", up_since), timeout=10)
         await wait_for(lambda: side.bridge.link_state()[0] == "up", timeout=20)
+        sampler.stop()
+        down = [(state, since) for state, since in seen if state != "up"]
+        self.assertTrue(down, "the status bar never showed the link down")
+        self.assertEqual({state for state, _ in down} - {"down", "connecting"}, set())
+        self.assertNotIn(None, [since for _, since in down])
         self.assertGreater(side.bridge.link_state()[1], up_since)
