@@ -25,7 +25,11 @@ from relay.link.spec import load_spec
 
 HOST = "127.0.0.1"
 PORT = int(os.environ.get("RELAY_TEST_AMQP_PORT", "5672"))
-URL = f"amqp://guest:guest@{HOST}:{PORT}/"
+#: The link tests' own vhost on the machine's broker, never the default
+#: one; one per test process (two processes run tests at once), made and
+#: removed with everything in it by C{tests/link/conftest.py}.
+VHOST = f"relay-test-link-{os.getpid()}"
+URL = f"amqp://guest:guest@{HOST}:{PORT}/{VHOST}"
 
 
 def unique(what: str) -> str:
@@ -60,6 +64,11 @@ async def rabbitmqctl(*args: str) -> str:
     return out.decode()
 
 
+async def delete_queue(name: str) -> None:
+    """Delete a queue of the link tests' vhost."""
+    await rabbitmqctl("delete_queue", "-p", VHOST, name)
+
+
 async def close_connections_named(name: str, reason: str = "test kills the link") -> int:
     """Close (from the broker side) the connections whose client said connection_name=name."""
     listing = await rabbitmqctl("list_connections", "pid", "client_properties")
@@ -85,7 +94,7 @@ async def connect_raw(
         properties = {"capabilities": CLIENT_CAPABILITIES, "connection_name": unique("raw")}
         delegate = RelayDelegate(listener or BrokerListener(), properties)
     factory = Factory.forProtocol(
-        lambda: client_class(delegate, "/", spec, heartbeat=heartbeat, clock=reactor)
+        lambda: client_class(delegate, VHOST, spec, heartbeat=heartbeat, clock=reactor)
     )
     client: Any = await TCP4ClientEndpoint(reactor, HOST, port).connect(factory)
     await within(client.authenticate("guest", "guest", mechanism="PLAIN"), 5)

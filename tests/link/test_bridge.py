@@ -14,7 +14,16 @@ from twisted.trial import unittest
 
 from relay.link.envelope import Envelope
 
-from ._broker import PORT, close_connections_named, rabbitmqctl, sleep, unique, wait_for
+from ._broker import (
+    URL,
+    VHOST,
+    close_connections_named,
+    delete_queue,
+    rabbitmqctl,
+    sleep,
+    unique,
+    wait_for,
+)
 from .test_exactly_once import Side
 
 
@@ -25,17 +34,17 @@ class BridgeTests(unittest.TestCase):
         tmp = Path(self.mktemp())
         tmp.mkdir(parents=True)
         consume = unique("cancelled")
-        side = Side(tmp, unique("side"), f"amqp://guest:guest@127.0.0.1:{PORT}/", consume=consume, peer=consume)
+        side = Side(tmp, unique("side"), URL, consume=consume, peer=consume)
         side.start()
         self.addCleanup(side.stop)
-        self.addCleanup(lambda: rabbitmqctl("delete_queue", consume))
+        self.addCleanup(lambda: delete_queue(consume))
         channel = await side.bridge.link.whenConnected()
         reconnects = side.bridge.link.health.reconnects
 
-        await rabbitmqctl("delete_queue", consume)
+        await delete_queue(consume)
 
         async def subscribed_again() -> bool:
-            listing = await rabbitmqctl("list_queues", "name", "consumers")
+            listing = await rabbitmqctl("list_queues", "-p", VHOST, "name", "consumers")
             return f"{consume}\t1" in listing
 
         for _ in range(100):
@@ -62,7 +71,7 @@ class BridgeTests(unittest.TestCase):
         tmp = Path(self.mktemp())
         tmp.mkdir(parents=True)
         queue = unique("health")
-        side = Side(tmp, unique("side"), f"amqp://guest:guest@127.0.0.1:{PORT}/", consume=queue, peer=queue)
+        side = Side(tmp, unique("side"), URL, consume=queue, peer=queue)
         report = side.bridge.report()
         self.assertEqual(report["up"], False)
         self.assertEqual(report["outbox"]["state"], "down")
@@ -70,7 +79,7 @@ class BridgeTests(unittest.TestCase):
         await side.send_batch(range(3))  # committed while the link is down
         side.bridge.startService()
         self.addCleanup(side.stop)
-        self.addCleanup(lambda: rabbitmqctl("delete_queue", queue))
+        self.addCleanup(lambda: delete_queue(queue))
         await side.bridge.link.whenConnected()
         await wait_for(lambda: side.bridge.report()["outbox"]["depth"] == 0, timeout=10)
         report = side.bridge.report()
@@ -81,12 +90,12 @@ class BridgeTests(unittest.TestCase):
         tmp.mkdir(parents=True)
         queue = unique("up")
         name = unique("side")
-        side = Side(tmp, name, f"amqp://guest:guest@127.0.0.1:{PORT}/", consume=queue, peer=queue)
+        side = Side(tmp, name, URL, consume=queue, peer=queue)
         seen: list[tuple[bool, bool]] = []
         side.bridge.when_up(lambda: seen.append((side.bridge.link.health.connected, side.bridge.report()["up"])))
         side.start()
         self.addCleanup(side.stop)
-        self.addCleanup(lambda: rabbitmqctl("delete_queue", queue))
+        self.addCleanup(lambda: delete_queue(queue))
         await side.bridge.link.whenConnected()
         self.assertEqual(seen, [(True, True)])
         # And again after the broker closes the connection.
@@ -99,13 +108,13 @@ class BridgeTests(unittest.TestCase):
         tmp.mkdir(parents=True)
         queue = unique("state")
         name = unique("side")
-        side = Side(tmp, name, f"amqp://guest:guest@127.0.0.1:{PORT}/", consume=queue, peer=queue)
+        side = Side(tmp, name, URL, consume=queue, peer=queue)
         state, since = side.bridge.link_state()
         self.assertEqual(state, "down")
         self.assertIsNotNone(since)
         side.start()
         self.addCleanup(side.stop)
-        self.addCleanup(lambda: rabbitmqctl("delete_queue", queue))
+        self.addCleanup(lambda: delete_queue(queue))
         await side.bridge.link.whenConnected()
         state, up_since = side.bridge.link_state()
         self.assertEqual(state, "up")

@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from relay.config import LinkConfig
@@ -27,7 +28,18 @@ from relay.link.envelope import Envelope
 from relay.metrics import Metrics
 from relay.testing.linkemu import LinkEmulator
 
-from ._broker import PORT, close_connections_named, rabbitmqctl, sleep, unique, wait_for
+from ._broker import (
+    PORT,
+    URL,
+    VHOST,
+    close_connections_named,
+    delete_queue,
+    sleep,
+    unique,
+    wait_for,
+)
+from ._privatebroker import VHOST as PRIVATE_VHOST
+from ._privatebroker import PrivateBroker
 
 EFFECTS = Schema(
     "test_effects",
@@ -92,18 +104,24 @@ class Side:
 class ExactlyOnceTests(unittest.TestCase):
     timeout = 240
 
-    async def _setUp(self) -> None:
+    async def _setUp(self, broker: PrivateBroker | None = None) -> None:
+        """
+        Two sides on the machine's broker (in the link tests' vhost), or on
+        C{broker}; the edge's connection goes through the link emulator.
+        """
         tmp = Path(self.mktemp())
         tmp.mkdir(parents=True)
         self.to_cloud, self.to_edge = unique("to-cloud"), unique("to-edge")
-        self.emulator = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{PORT}")
+        self.private = broker
+        port, vhost = (PORT, VHOST) if broker is None else (broker.port, PRIVATE_VHOST)
+        self.emulator = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{port}")
         await self.emulator.start()
         self.edge = Side(
-            tmp, unique("edge"), f"amqp://guest:guest@127.0.0.1:{self.emulator.port}/",
+            tmp, unique("edge"), f"amqp://guest:guest@127.0.0.1:{self.emulator.port}/{vhost}",
             consume=self.to_edge, peer=self.to_cloud,
         )
         self.cloud = Side(
-            tmp, unique("cloud"), f"amqp://guest:guest@127.0.0.1:{PORT}/",
+            tmp, unique("cloud"), f"amqp://guest:guest@127.0.0.1:{port}/{vhost}",
             consume=self.to_cloud, peer=self.to_edge,
         )
         self.edge.start()
@@ -114,9 +132,11 @@ class ExactlyOnceTests(unittest.TestCase):
         await self.edge.stop()
         await self.cloud.stop()
         await self.emulator.stop()
+        if self.private is not None:
+            return  # its node and its files are removed whole
         for queue in (self.to_cloud, self.to_edge):
             try:
-                await rabbitmqctl("delete_queue", queue)
+                await delete_queue(queue)
             except RuntimeError:
                 pass
 
@@ -207,19 +227,23 @@ class ExactlyOnceTests(unittest.TestCase):
             self.assertEqual(order, list(range(n)))
 
     async def test_broker_restart_mid_run(self) -> None:
-        await self._setUp()
+        # A node of the test's own: stopping the machine's broker would cut
+        # the connections of every other test running meanwhile.
+        broker = PrivateBroker()
+        await deferToThread(broker.start)
+        self.addCleanup(deferToThread, broker.stop)
+        await self._setUp(broker)
         n = 4000
         await self.edge.send_batch(range(0, n // 2))
         await self.cloud.send_batch(range(0, n // 2))
-        await rabbitmqctl("stop_app")
+        await deferToThread(broker.halt)
         try:
             # Committed while the broker is away: safe in the outbox.
             await self.edge.send_batch(range(n // 2, n))
             await self.cloud.send_batch(range(n // 2, n))
             await sleep(1.0)
         finally:
-            await rabbitmqctl("start_app")
-        await rabbitmqctl("await_startup")
+            await deferToThread(broker.start)
         await self._converge(n, timeout=120)
         self._assert_exactly_once(await self.edge.effects(), n)
         self._assert_exactly_once(await self.cloud.effects(), n)
@@ -236,7 +260,7 @@ class PoisonTests(unittest.TestCase):
         tmp = Path(self.mktemp())
         tmp.mkdir(parents=True)
         to_cloud, to_edge = unique("to-cloud"), unique("to-edge")
-        url = f"amqp://guest:guest@127.0.0.1:{PORT}/"
+        url = URL
         cloud = Side(tmp, unique("cloud"), url, consume=to_cloud, peer=to_edge)
         failures: list[int] = []
 
@@ -278,5 +302,5 @@ class PoisonTests(unittest.TestCase):
         await wait_for(lambda: cloud.bridge.inbox.dead_letters == 4, timeout=10)
         total, distinct, _ = await cloud.effects()
         self.assertEqual((total, distinct), (20, 20))
-        await rabbitmqctl("delete_queue", to_cloud)
-        await rabbitmqctl("delete_queue", to_edge)
+        await delete_queue(to_cloud)
+        await delete_queue(to_edge)

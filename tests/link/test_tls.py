@@ -1,6 +1,6 @@
 """
 amqps against a real RabbitMQ TLS listener on loopback (a private node,
-L{tests.link._tlsbroker}), with a CA of the test's own: the link connects
+L{tests.link._privatebroker}), with a CA of the test's own: the link connects
 when the broker's certificate names the host and is signed by a trusted
 authority, and otherwise refuses, says why, and keeps retrying (never
 falling back to plain AMQP).  The CA reaches the link from the
@@ -19,7 +19,7 @@ from relay.config import ConfigError, LinkConfig, load
 from relay.link.backoff import Backoff
 
 from ._broker import BrokerTestCase, wait_for, within
-from ._tlsbroker import WithTLSBroker, new_ca, pem
+from ._privatebroker import WithTLSBroker, new_ca, pem
 
 # Twisted's own TLS setup still hands pyOpenSSL objects to pyOpenSSL.
 pytestmark = pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")

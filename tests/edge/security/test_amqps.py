@@ -22,7 +22,7 @@ from relay.link.connection import LinkService
 from relay.link.envelope import TO_CLOUD
 from tests.edge.security.world import SecureEdge
 from tests.link._broker import sleep
-from tests.link._tlsbroker import WithTLSBroker, new_ca, pem
+from tests.link._privatebroker import WithTLSBroker, new_ca, pem
 
 pytestmark = pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
 

@@ -1,13 +1,17 @@
 """
-A RabbitMQ node of the tests' own with a TLS listener on loopback, for the
-amqps tests: the machine's broker (127.0.0.1:5672) has no TLS listener,
-and the tests must not reconfigure a broker other runs share.
+RabbitMQ nodes of the tests' own on loopback, for what the machine's broker
+(127.0.0.1:5672, shared with everything else running tests) must not be
+put through: a TLS listener (the amqps tests; the machine's broker has
+none, and the tests must not reconfigure a broker others share) and a
+restart (the link's exactly-once tests; stopping the shared broker would
+cut every other test's connections).
 
-The node runs from the installed RabbitMQ with its own node name, ports,
-database, logs and configuration under a temporary directory; its only
-listener is TLS, with a certificate for C{localhost} signed by a test CA
-made here; its only vhost is the tests' own (L{VHOST}).  It takes about ten
-seconds to start, so a test class starts one in C{setUpClass}.
+A node runs from the installed RabbitMQ with its own node name, ports,
+database, logs and configuration under a temporary directory; its one
+listener is plain AMQP or TLS (with a certificate for C{localhost} signed
+by a test CA made here); its only vhost is the tests' own (L{VHOST}).  It
+takes about ten seconds to start, so a test class starts one in
+C{setUpClass}.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-VHOST = "relay-test-tls"
+VHOST = "relay-test-private"
 
 _SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 
@@ -84,77 +88,94 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class TLSBroker:
+class PrivateBroker:
     """
-    A private RabbitMQ node whose one listener is amqps on loopback.
+    A private RabbitMQ node whose one listener is on loopback: amqps if
+    C{tls}, else plain amqp.
 
-    @ivar ca_pem: the test CA that signed the broker's certificate.
-    @ivar port: the TLS listener's port.
+    @ivar ca_pem: the test CA that signed the broker's certificate (TLS
+        only; else C{None}).
+    @ivar port: the listener's port.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tls: bool = False) -> None:
         if not _SERVER.exists():
             raise RuntimeError(f"{_SERVER} is missing: install RabbitMQ (make test does)")
-        self._dir = Path(tempfile.mkdtemp(prefix="relay-tls-broker-"))
-        ca, ca_key = new_ca()
-        key = ec.generate_private_key(ec.SECP256R1())
-        server = certificate("localhost", "relay test CA", key, ca_key, ca=False)
-        self.ca_pem = pem(ca)
-        (self._dir / "ca.pem").write_bytes(self.ca_pem)
-        (self._dir / "server.pem").write_bytes(pem(server))
-        (self._dir / "server.key").write_bytes(key_pem(key))
+        self.tls = tls
+        self._dir = Path(tempfile.mkdtemp(prefix="relay-private-broker-"))
         self.port = _free_port()
-        (self._dir / "rabbitmq.conf").write_text(
-            "listeners.tcp = none\n"
-            f"listeners.ssl.default = 127.0.0.1:{self.port}\n"
-            f"ssl_options.cacertfile = {self._dir / 'ca.pem'}\n"
-            f"ssl_options.certfile = {self._dir / 'server.pem'}\n"
-            f"ssl_options.keyfile = {self._dir / 'server.key'}\n"
-            "ssl_options.verify = verify_none\n"
-            f"default_vhost = {VHOST}\n"
-        )
+        self.ca_pem: bytes | None = None
+        if tls:
+            ca, ca_key = new_ca()
+            key = ec.generate_private_key(ec.SECP256R1())
+            server = certificate("localhost", "relay test CA", key, ca_key, ca=False)
+            self.ca_pem = pem(ca)
+            (self._dir / "ca.pem").write_bytes(self.ca_pem)
+            (self._dir / "server.pem").write_bytes(pem(server))
+            (self._dir / "server.key").write_bytes(key_pem(key))
+            listeners = (
+                "listeners.tcp = none\n"
+                f"listeners.ssl.default = 127.0.0.1:{self.port}\n"
+                f"ssl_options.cacertfile = {self._dir / 'ca.pem'}\n"
+                f"ssl_options.certfile = {self._dir / 'server.pem'}\n"
+                f"ssl_options.keyfile = {self._dir / 'server.key'}\n"
+                "ssl_options.verify = verify_none\n"
+            )
+        else:
+            listeners = f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+        (self._dir / "rabbitmq.conf").write_text(listeners + f"default_vhost = {VHOST}\n")
         (self._dir / "plugins").write_text("[].\n")
         (self._dir / "home").mkdir()
+        # The same name and database across a restart: what it held survives.
+        self._node = f"relay-private-{os.getpid()}-{self.port}@localhost"
+        self._dist_port = _free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     def url(self, host: str = "localhost") -> str:
-        return f"amqps://guest:guest@{host}:{self.port}/{VHOST}"
+        return f"{'amqps' if self.tls else 'amqp'}://guest:guest@{host}:{self.port}/{VHOST}"
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start the node and wait until its TLS listener completes a handshake."""
+        """Start the node and wait until its listener answers (a TLS handshake, if TLS)."""
         env = {
             **os.environ,
             "HOME": str(self._dir / "home"),
-            "RABBITMQ_NODENAME": f"relay-tls-{os.getpid()}-{self.port}@localhost",
-            "RABBITMQ_DIST_PORT": str(_free_port()),
+            "RABBITMQ_NODENAME": self._node,
+            "RABBITMQ_DIST_PORT": str(self._dist_port),
             "RABBITMQ_MNESIA_BASE": str(self._dir / "mnesia"),
             "RABBITMQ_LOG_BASE": str(self._dir / "log"),
             "RABBITMQ_CONFIG_FILE": str(self._dir / "rabbitmq.conf"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self._dir / "plugins"),
             "RABBITMQ_PID_FILE": str(self._dir / "pid"),
         }
-        with open(self._dir / "server.out", "wb") as out:
+        with open(self._dir / "server.out", "ab") as out:
             self._process = subprocess.Popen(
                 [str(_SERVER)], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-        context = ssl.create_default_context(cadata=self.ca_pem.decode())
+        context = ssl.create_default_context(cadata=self.ca_pem.decode()) if self.ca_pem else None
         deadline = time.monotonic() + timeout
         while True:
             if self._process.poll() is not None:
-                raise RuntimeError(f"the TLS broker exited: {self._output()}")
+                raise RuntimeError(f"the private broker exited: {self._output()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as raw:
-                    with context.wrap_socket(raw, server_hostname="localhost"):
-                        return
+                    if context is not None:
+                        with context.wrap_socket(raw, server_hostname="localhost"):
+                            return
+                    return
             except OSError:
                 if time.monotonic() > deadline:
                     output = self._output()
                     self.stop()
-                    raise RuntimeError(f"the TLS broker did not listen within {timeout}s: {output}") from None
+                    raise RuntimeError(f"the private broker did not listen within {timeout}s: {output}") from None
                 time.sleep(0.2)
 
     def stop(self) -> None:
         """Stop the node (all of its process group) and remove its files."""
+        self.halt()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def halt(self) -> None:
+        """Stop the node, keeping what it holds for the next L{start}."""
         if self._process is not None and self._process.poll() is None:
             os.killpg(self._process.pid, signal.SIGTERM)
             try:
@@ -163,7 +184,6 @@ class TLSBroker:
                 os.killpg(self._process.pid, signal.SIGKILL)
                 self._process.wait()
         self._process = None
-        shutil.rmtree(self._dir, ignore_errors=True)
 
     def _output(self) -> str:
         path = self._dir / "server.out"
@@ -172,15 +192,15 @@ class TLSBroker:
 
 class WithTLSBroker:
     """
-    A test case mix-in: one L{TLSBroker} for the whole class (C{broker}),
-    and CA files written for a test (L{ca_file}).
+    A test case mix-in: one TLS L{PrivateBroker} for the whole class
+    (C{broker}), and CA files written for a test (L{ca_file}).
     """
 
-    broker: TLSBroker
+    broker: PrivateBroker
 
     @classmethod
     def setUpClass(cls) -> None:
-        cls.broker = TLSBroker()
+        cls.broker = PrivateBroker(tls=True)
         cls.broker.start()
 
     @classmethod
