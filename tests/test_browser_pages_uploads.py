@@ -39,6 +39,19 @@ def throttle(world: World, tmp_path: Path) -> Iterator[Throttle]:  # noqa: F811
 
 
 @pytest.fixture
+def slow_throttle(world: World, tmp_path: Path) -> Iterator[Throttle]:  # noqa: F811
+    """
+    A link slow enough (6 MiB/s) that an upload is still going when a
+    person's click arrives, however loaded the machine.
+    """
+    emulator = Throttle(world.edge_url, tmp_path / "linkemu-slow.log", 6 << 20)
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as running:
         yield running
@@ -223,9 +236,12 @@ def test_a_file_that_cannot_be_restored_is_named_and_resumes_when_added_again(
 
 
 def test_an_upload_paused_and_resumed_by_its_button(
-    world: World, throttle: Throttle, playwright: Playwright, tmp_path: Path  # noqa: F811
+    world: World, slow_throttle: Throttle, playwright: Playwright, tmp_path: Path  # noqa: F811
 ) -> None:
-    size = 96 << 20
+    # At 6 MiB/s the upload has 8 s to go when the pause is clicked (at
+    # 20 MiB/s a loaded machine's click once came after its last byte).
+    throttle = slow_throttle
+    size = 64 << 20
     content = os.urandom(size)
     (tmp_path / "paused.bin").write_bytes(content)
     context, page = open_browser(playwright, tmp_path / "profile")
@@ -240,9 +256,15 @@ def test_an_upload_paused_and_resumed_by_its_button(
     item = page.locator("#upload-progress li[data-file='paused.bin']")
     item.locator("button", has_text="Pause").click()
     expect(item).to_have_attribute("data-state", "paused")
-    time.sleep(1.0)  # what was in flight lands
+    # What was in flight (in the sockets' buffers, the emulator's queue)
+    # still lands: until no byte went to the edge for a second.
+    sent, still_since, deadline = throttle.to_edge(), time.monotonic(), time.monotonic() + 20
+    while time.monotonic() - still_since < 1.0:
+        assert time.monotonic() < deadline, "bytes kept going to the edge after the pause"
+        time.sleep(0.1)
+        if (now := throttle.to_edge()) != sent:
+            sent, still_since = now, time.monotonic()
     held = edge_offset(world)
-    sent = throttle.to_edge()
     time.sleep(2.0)
     assert edge_offset(world) == held and throttle.to_edge() - sent < (1 << 20), "paused, yet it went on"
     assert held < size
