@@ -345,20 +345,32 @@ class CappedTusTarget(FakeTusTarget):
     the receiver at C{rate} bytes a second at most, all of them together
     at C{aggregate} (shared equally), and a PATCH first takes C{buffer}
     bytes at once, as socket buffers do.  The PATCH answers when its last
-    byte arrived.  L{peak} is the most PATCHes open at once.
+    byte arrived.  A PATCH open C{reset_after} seconds is reset (what
+    arrived is kept).  L{peak} is the most PATCHes open at once; L{times}
+    when each request came.
     """
 
     def __init__(self, clock: Any, rate: float, aggregate: float, buffer: int, token: str = "",
-                 step: float = 0.1) -> None:
+                 step: float = 0.1, reset_after: float | None = None) -> None:
         super().__init__(token)
         self._clock = clock
         self._rate, self._aggregate, self._buffer, self._step = rate, aggregate, buffer, step
+        self._reset_after = reset_after
         self._flows: list[_Flow] = []
         self._timer: Any = None
         self.peak = 0
+        self.times: list[tuple[float, str]] = []
+
+    def request(self, method: str, url: str, headers: Mapping[str, str],
+                body: IBodyProducer | None) -> Deferred[TusResponse]:
+        self.times.append((self._clock.seconds(), method))
+        return super().request(method, url, headers, body)
 
     def _patch(self, url: str, body: IBodyProducer) -> Deferred[TusResponse]:
         flow = _Flow(self.partials[url], body, self._buffer)
+        if self._reset_after is not None:
+            timer = self._clock.callLater(self._reset_after, flow.reset)
+            flow.answer.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
         self._flows.append(flow)
         self.peak = max(self.peak, len(self._flows))
         body.startProducing(flow).addCallbacks(flow.written, flow.failed)
@@ -416,3 +428,9 @@ class _Flow:
     def failed(self, failure: Failure) -> None:
         if not self.answer.called:
             self.answer.errback(failure)
+
+    def reset(self) -> None:
+        if not self.answer.called:
+            self.pending.clear()
+            self.body.stopProducing()
+            self.answer.errback(ConnectionResetError("reset by the link"))

@@ -9,9 +9,10 @@ S3 holds (everything below the offset but the part being filled): those
 are confirmed in the journal as they come.
 
 How many ranges are in flight follows what the link delivers
-(L{StreamCount}): it doubles while the bytes sent per window grow, steps
-back when they stop growing, and probes again now and then, within
-C{[min_streams, max_streams]}.  There are no copies of slow ranges: on a
+(L{StreamCount}): it starts wide (where the file before settled,
+L{StreamMemory}), doubles while the bytes the link takes per window grow,
+steps back when they stop growing, and probes up and down now and then,
+within C{[min_streams, max_streams]}.  There are no copies of slow ranges: on a
 link whose aggregate is the limit they would only take bandwidth from the
 others.
 """
@@ -44,6 +45,10 @@ from relay.tus.protocol import final_concat
 #: A PATCH whose body is all written may be silent this many times the
 #: stall timeout before it counts as stalled.
 DRAINING_STALL_FACTOR = 4
+
+#: A PATCH that ran this long before it broke proved the link works: the
+#: stream's backoff starts over.
+HEALTHY_PATCH = 2.0
 
 #: At most this many partial uploads per file (the final upload's
 #: Upload-Concat header lists them all).
@@ -402,6 +407,7 @@ class StreamSender:
         while not self._stopped:
             url, token = await self._access.get()
             member = f"{url}{r.first}"
+            patch_started: float | None = None
             try:
                 if offset is None:
                     if known:
@@ -424,6 +430,7 @@ class StreamSender:
                     await self._confirmed(r, offset)
                 if offset >= r.length:
                     return
+                patch_started = self._clock.seconds()
                 answer = await self._patch(member, token, r, offset)
             except (CancelledError, StagedCopyDamaged, TransferGone):
                 raise
@@ -433,6 +440,11 @@ class StreamSender:
                 else:
                     self.log.debug("upload {upload_id} range {first}: {error}", upload_id=self._upload_id,
                                    first=r.first, error=type(e).__name__)
+                if patch_started is not None and self._clock.seconds() - patch_started >= HEALTHY_PATCH:
+                    # A PATCH that carried bytes a while broke (a reset):
+                    # the link works, reconnect at once.  Without this a
+                    # range reset every 20 s waited up to 10 s each time.
+                    backoff.proven()
                 self._stats.resumes += 1
                 offset = None
                 known = True

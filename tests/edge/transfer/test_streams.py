@@ -236,3 +236,39 @@ class ThroughALink(SynchronousTestCase):
         self.assertEqual(self.stats.stalls, 0)
         self.assertEqual(self.stats.resumes, 0)
         self.assertEqual(self.stats.bytes_sent, 160 * 5000)
+
+    def test_a_range_reset_after_it_carried_bytes_reconnects_at_once(self) -> None:
+        # One 5,000-byte range at 500 bytes a second, its connection reset
+        # every 3 s: each reset costs at most the first backoff (0.5 s),
+        # not one doubling from there towards 10 s.
+        clock = reactor_for(self)
+        target = CappedTusTarget(clock, self.RATE, self.RATE, buffer=100, token="t", reset_after=3.0)
+
+        async def ask() -> None:
+            clock.callLater(0.3, access.authorized, "t", URL, 9000)
+
+        access = ReceiverAccess(clock, ask, request_timeout=30)
+        data = bytes(i % 251 for i in range(5000))
+        plan = [JournalPart(1, 0, 5000, base64.b64encode(hashlib.md5(data).digest()).decode(), False)]
+
+        def body(part: Part) -> PartBody:
+            blocks = iter([data[o:o + 50] for o in range(part.offset, part.offset + part.size, 50)])
+            return PartBody(clock, part.size, lambda: succeed(next(blocks, b"")), lambda: None)
+
+        async def confirm(first: int, last: int, upto: int) -> None:
+            pass
+
+        stats = StreamStats()
+        every = ranges(plan)
+        sender = StreamSender(clock, target, access, list(every), every, StreamCount(1, 1), body, confirm, stats)
+        d = Deferred.fromCoroutine(sender.run())
+        while not d.called and clock.seconds() < 600:
+            clock.advance(0.05)
+        self.assertEqual(self.successResultOf(d), "done")
+        self.assertEqual(bytes(target.partials[f"{URL}1"]), data)
+        self.assertGreaterEqual(stats.resumes, 3)
+        patches = [t for t, method in target.times if method == "PATCH"]
+        heads = [t for t, method in target.times if method == "HEAD"]
+        self.assertEqual(len(heads), stats.resumes)
+        for broke, head in zip([p + 3.0 for p in patches], heads, strict=False):
+            self.assertLessEqual(head - broke, 0.5 + 0.1)
