@@ -493,7 +493,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resets", type=lambda v: [float(x) for x in v.split(",")], default=[0.0, 20.0, 5.0],
                         help="the grid's mean seconds between resets per connection, 0 = none (default 0,20,5)")
     parser.add_argument("--max-streams", type=int, default=64, help="the tus path's most streams")
-    parser.add_argument("--start-streams", type=int, default=32, help="the tus path's first stream count")
+    parser.add_argument("--start-streams", type=int, default=64, help="the tus path's first stream count")
     parser.add_argument("--baseline-factor", type=float, default=3.0,
                         help="boto3 baselines may take this many times the faster relay path (grid)")
     parser.add_argument("--quick", action="store_true", help="a small grid run: 32 MiB unless --size says")

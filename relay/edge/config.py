@@ -123,7 +123,7 @@ class TransferSection:
     max_streams: int = 64
     #: The first file's streams (clamped to the bounds); later files
     #: start at the count the one before settled at.
-    start_streams: int = 32
+    start_streams: int = 64
     #: The receiver's address as this edge reaches it, up to C{/transfers/}
     #: (empty: the address the cloud hands out with each token).
     receiver_url: str = ""

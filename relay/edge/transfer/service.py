@@ -88,7 +88,7 @@ class TransferSettings:
     max_streams: int = 64
     #: The first file's stream count (later files start where the one
     #: before settled).
-    start_streams: int = 32
+    start_streams: int = 64
     #: The receiver as this edge reaches it (empty: as the cloud says).
     receiver_url: str = ""
     stream_stall_timeout: float = 15.0
