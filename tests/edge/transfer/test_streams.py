@@ -131,6 +131,34 @@ class Count(SynchronousTestCase):
         self.assertEqual(window(2000, 4), 4)
         self.assertEqual(window(2000, 3), 4)     # not all busy: no growth
 
+    def test_probes_down_and_keeps_fewer_that_carry_as_much(self) -> None:
+        count = StreamCount(4, 64, start=64)
+        sent = 0
+
+        def window(rate: float, busy: int) -> int:
+            nonlocal sent
+            sent += int(rate * 2)
+            return count.sample(sent, 2.0, busy)
+
+        for _ in range(3):
+            self.assertEqual(window(8000, 64), 64)   # steady at the bound
+        self.assertEqual(window(8000, 64), 48)       # the fourth: a probe down
+        self.assertEqual(count.settled, 64)          # on trial
+        self.assertEqual(window(8000, 64), 48)       # judged a window later ...
+        self.assertEqual(window(8000, 60), 48)       # ... and once those above 48 have ended
+        self.assertEqual(window(8000, 48), 48)       # as much with fewer: kept
+        self.assertEqual(count.settled, 48)
+        for _ in range(3):
+            window(8000, 48)
+        self.assertEqual(window(8000, 48), 60)       # the next probe goes up
+        window(8000, 60)
+        self.assertEqual(window(8100, 60), 48)       # no gain: back
+        for _ in range(3):
+            window(8000, 48)
+        self.assertEqual(window(8000, 48), 36)       # down again
+        window(8000, 48)
+        self.assertEqual(window(6000, 36), 48)       # fewer carried less: back to more
+
     def test_no_growth_without_a_measurement(self) -> None:
         count = StreamCount(2, 16)
         self.assertEqual(count.sample(0, 2.0, 2), 2)
