@@ -201,7 +201,8 @@ async def run_relay(args: argparse.Namespace, work: Path, s3: S3Server, source: 
         "edge": {"id": "bench", "listen": f"tcp:{port}:interface=127.0.0.1", "data_dir": str(work / "edge")},
         "link": {"url": vhost.url(amqp_link.port), "heartbeat": 5},
         "uploads": {"disk_reserve": 0},
-        "transfer": {"concurrency": args.concurrency, "mode": mode, "max_streams": args.max_streams},
+        "transfer": {"concurrency": args.concurrency, "mode": mode, "max_streams": args.max_streams,
+                     "start_streams": args.start_streams},
     })
     log = (work / "edge.log").open("ab")
     edge = subprocess.Popen(
@@ -214,6 +215,9 @@ async def run_relay(args: argparse.Namespace, work: Path, s3: S3Server, source: 
         started = time.monotonic()
         upload_id = await deferToThread(tus_upload, port, source, size)
         staged = time.monotonic()
+        assert cloud.process is not None
+        cpu_before = (cpu_seconds(edge.pid), cpu_seconds(cloud.process.pid), cpu_seconds(s3.process.pid),
+                      own_cpu_seconds(), os.getloadavg()[0])
         if not args.grid:
             rows.append(Row("the user's tus upload to the edge", "upload complete (loopback)", staged - started,
                             True, "what the user waits for"))
@@ -227,6 +231,12 @@ async def run_relay(args: argparse.Namespace, work: Path, s3: S3Server, source: 
                 break
             await sleep(0.2)
         seconds = time.monotonic() - staged
+        cpu = [after - before for after, before in zip(
+            (cpu_seconds(edge.pid), cpu_seconds(cloud.process.pid), cpu_seconds(s3.process.pid),
+             own_cpu_seconds()), cpu_before, strict=False)]
+        print(f"  CPU seconds over {seconds:.1f} s: edge {cpu[0]:.1f}, cloud (receiver) {cpu[1]:.1f}, "
+              f"S3 server {cpu[2]:.1f}, bench (link emulator) {cpu[3]:.1f}; load average "
+              f"{cpu_before[4]:.1f} before, {os.getloadavg()[0]:.1f} after", flush=True)
         job = job_view(work / "edge", upload_id)
         ok = done and await deferToThread(_object_sha256, s3, f"projects/{PROJECT}/files/{upload_id}") == sha256
         state = upload_view(work / "edge", upload_id)[0]
@@ -247,6 +257,21 @@ async def run_relay(args: argparse.Namespace, work: Path, s3: S3Server, source: 
         await s3_link.stop()
         await amqp_link.stop()
         await deferToThread(vhost.delete)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """This process's CPU time (the link emulator, mostly, while relay runs)."""
+    times = os.times()
+    return times.user + times.system
 
 
 def _object_sha256(s3: S3Server, key: str) -> str:
@@ -467,7 +492,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the grid's aggregate caps, MiB/s (default 2,4,16)")
     parser.add_argument("--resets", type=lambda v: [float(x) for x in v.split(",")], default=[0.0, 20.0, 5.0],
                         help="the grid's mean seconds between resets per connection, 0 = none (default 0,20,5)")
-    parser.add_argument("--max-streams", type=int, default=32, help="the tus path's most streams")
+    parser.add_argument("--max-streams", type=int, default=64, help="the tus path's most streams")
+    parser.add_argument("--start-streams", type=int, default=64, help="the tus path's first stream count")
     parser.add_argument("--baseline-factor", type=float, default=3.0,
                         help="boto3 baselines may take this many times the faster relay path (grid)")
     parser.add_argument("--quick", action="store_true", help="a small grid run: 32 MiB unless --size says")

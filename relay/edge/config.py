@@ -120,7 +120,10 @@ class TransferSection:
     #: Parallel streams per file on the tus path: the number follows what
     #: the link delivers, within these bounds.
     min_streams: int = 4
-    max_streams: int = 32
+    max_streams: int = 64
+    #: The first file's streams (clamped to the bounds); later files
+    #: start at the count the one before settled at.
+    start_streams: int = 64
     #: The receiver's address as this edge reaches it, up to C{/transfers/}
     #: (empty: the address the cloud hands out with each token).
     receiver_url: str = ""
@@ -132,6 +135,8 @@ class TransferSection:
         if not 1 <= self.min_streams <= self.max_streams <= 256:
             raise ValueError(f"transfer.min_streams, max_streams: expected 1 <= min <= max <= 256, "
                              f"got {self.min_streams} and {self.max_streams}")
+        if not 1 <= self.start_streams <= 256:
+            raise ValueError(f"transfer.start_streams: expected 1 to 256, got {self.start_streams}")
         if self.receiver_url and not self.receiver_url.startswith(("http://", "https://")):
             raise ValueError(f"transfer.receiver_url: expected empty or an http(s):// URL, got {self.receiver_url!r}")
         if self.stream_stall_timeout <= 0:

@@ -337,3 +337,100 @@ class FakeTusTarget:
 
         body.startProducing(Sink()).addCallbacks(done, lambda f: None if answer.called else answer.errback(f))
         return answer
+
+
+class CappedTusTarget(FakeTusTarget):
+    """
+    L{FakeTusTarget} behind a link with a clock: each PATCH's bytes reach
+    the receiver at C{rate} bytes a second at most, all of them together
+    at C{aggregate} (shared equally), and a PATCH first takes C{buffer}
+    bytes at once, as socket buffers do.  The PATCH answers when its last
+    byte arrived.  A PATCH open C{reset_after} seconds is reset (what
+    arrived is kept).  L{peak} is the most PATCHes open at once; L{times}
+    when each request came.
+    """
+
+    def __init__(self, clock: Any, rate: float, aggregate: float, buffer: int, token: str = "",
+                 step: float = 0.1, reset_after: float | None = None) -> None:
+        super().__init__(token)
+        self._clock = clock
+        self._rate, self._aggregate, self._buffer, self._step = rate, aggregate, buffer, step
+        self._reset_after = reset_after
+        self._flows: list[_Flow] = []
+        self._timer: Any = None
+        self.peak = 0
+        self.times: list[tuple[float, str]] = []
+
+    def request(self, method: str, url: str, headers: Mapping[str, str],
+                body: IBodyProducer | None) -> Deferred[TusResponse]:
+        self.times.append((self._clock.seconds(), method))
+        return super().request(method, url, headers, body)
+
+    def _patch(self, url: str, body: IBodyProducer) -> Deferred[TusResponse]:
+        flow = _Flow(self.partials[url], body, self._buffer)
+        if self._reset_after is not None:
+            timer = self._clock.callLater(self._reset_after, flow.reset)
+            flow.answer.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+        self._flows.append(flow)
+        self.peak = max(self.peak, len(self._flows))
+        body.startProducing(flow).addCallbacks(flow.written, flow.failed)
+        if self._timer is None:
+            self._timer = self._clock.callLater(self._step, self._drain)
+        return flow.answer
+
+    def _drain(self) -> None:
+        open_ = [f for f in self._flows if not f.answer.called]
+        if open_:
+            share = min(self._rate, self._aggregate / len(open_)) * self._step
+            for flow in open_:
+                flow.deliver(int(share))
+        self._flows = [f for f in self._flows if not f.answer.called]
+        self._timer = self._clock.callLater(self._step, self._drain) if self._flows else None
+
+
+class _Flow:
+    """One PATCH through L{CappedTusTarget}: what was written and not yet delivered."""
+
+    def __init__(self, target: bytearray, body: IBodyProducer, buffer: int) -> None:
+        self.target, self.body, self.buffer = target, body, buffer
+        self.pending = bytearray()
+        self.answer: Deferred[TusResponse] = Deferred()
+        self.paused = False
+        self.done = False
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.pending += data
+        if len(self.pending) > self.buffer and not self.paused:
+            self.paused = True
+            self.body.pauseProducing()  # type: ignore[attr-defined]
+
+    def deliver(self, amount: int) -> None:
+        taken = self.pending[:amount]
+        del self.pending[:amount]
+        self.target.extend(taken)
+        if self.paused and len(self.pending) <= self.buffer:
+            self.paused = False
+            self.body.resumeProducing()  # type: ignore[attr-defined]
+        if self.done and not self.pending and not self.answer.called:
+            self.answer.callback(TusResponse(204, len(self.target)))
+
+    def written(self, _: Any) -> None:
+        self.done = True
+        if not self.pending and not self.answer.called:
+            self.answer.callback(TusResponse(204, len(self.target)))
+
+    def failed(self, failure: Failure) -> None:
+        if not self.answer.called:
+            self.answer.errback(failure)
+
+    def reset(self) -> None:
+        if not self.answer.called:
+            self.pending.clear()
+            self.body.stopProducing()
+            self.answer.errback(ConnectionResetError("reset by the link"))

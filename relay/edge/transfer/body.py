@@ -25,7 +25,8 @@ from zope.interface import implementer
 
 from relay.edge.uploads.spool import SpoolCorrupt, SpoolFileGone
 
-#: How much is written at once when throttled (a pause costs at most this).
+#: How much is written at once (a pause costs at most this, and a slow
+#: connection shows progress at least this often).
 THROTTLED_SLICE = 64 * 1024
 
 
@@ -165,7 +166,9 @@ class PartBody:
 
     async def _write(self, block: bytes) -> None:
         assert self._consumer is not None
-        size = THROTTLED_SLICE if self._throttle is not None else len(block)
+        # In slices: a connection that drains slowly (many streams on a
+        # thin link) still shows progress before the stall timeout.
+        size = THROTTLED_SLICE
         for start in range(0, len(block), size):
             piece = block[start:start + size] if size < len(block) else block
             if self._throttle is not None:

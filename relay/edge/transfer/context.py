@@ -20,7 +20,7 @@ from relay.edge.transfer.body import PartBody
 from relay.edge.transfer.journal import Job
 from relay.edge.transfer.planner import Part
 from relay.edge.transfer.progress import TransferReports
-from relay.edge.transfer.streams import StreamStats
+from relay.edge.transfer.streams import StreamMemory, StreamStats
 from relay.edge.transfer.tus_client import ITusTarget
 from relay.edge.transfer.uploader import PartUploader
 from relay.edge.uploads.spool import Spool
@@ -75,6 +75,8 @@ class RunContext(Protocol):
     stream_stats: StreamStats
     #: Streams to the receiver at once, over all files (C{max_streams}).
     stream_slots: DeferredSemaphore
+    #: Where the next file's stream count starts.
+    stream_memory: StreamMemory
     blocking: Blocking
     #: Counters the runs add to (the stage's metrics).
     presign_requests: int

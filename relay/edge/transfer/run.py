@@ -373,9 +373,9 @@ class TransferRun:
                 raise Interrupted()
             service.reports.progressed(job, done)
 
+        count = StreamCount(settings.min_streams, settings.max_streams, start=service.stream_memory.start)
         sender = StreamSender(
-            self._clock, service.tus_target(), self._access, todo, every,
-            StreamCount(settings.min_streams, settings.max_streams),
+            self._clock, service.tus_target(), self._access, todo, every, count,
             lambda p: service.open_body(job.spool_id, p), confirm, service.stream_stats,
             stall_timeout=settings.stream_stall_timeout, resumed=self._resumed or bool(confirmed),
             upload_id=job.upload_id, slots=service.stream_slots,
@@ -399,6 +399,7 @@ class TransferRun:
         finally:
             self._streams = None
             self._resumed = True
+            service.stream_memory.remember(count)
         # The final upload queued the completion at the cloud; a
         # transfer.finish follows only if file.registered is late.
         now = self._clock.seconds()

@@ -42,7 +42,7 @@ from relay.edge.transfer.journal import Job, JobState
 from relay.edge.transfer.planner import MIN_PART_SIZE, Part
 from relay.edge.transfer.progress import TransferProgress, TransferReports
 from relay.edge.transfer.run import TransferRun
-from relay.edge.transfer.streams import StreamStats
+from relay.edge.transfer.streams import StreamMemory, StreamStats
 from relay.edge.transfer.tus_client import HTTPTusTarget, ITusTarget
 from relay.edge.transfer.uploader import HTTPPartTarget, IPartTarget, PartUploader, RetryPolicy
 from relay.edge.uploads.announcer import UploadAnnouncer
@@ -85,7 +85,10 @@ class TransferSettings:
     #: presigned part PUTs to S3.
     mode: str = "direct"
     min_streams: int = 4
-    max_streams: int = 32
+    max_streams: int = 64
+    #: The first file's stream count (later files start where the one
+    #: before settled).
+    start_streams: int = 64
     #: The receiver as this edge reaches it (empty: as the cloud says).
     receiver_url: str = ""
     stream_stall_timeout: float = 15.0
@@ -140,6 +143,7 @@ class TransferService(Service):
         self.stream_stats = StreamStats()
         #: The tus path's streams at once, over all files: the link is one.
         self.stream_slots = DeferredSemaphore(settings.max_streams)
+        self.stream_memory = StreamMemory(settings.start_streams)
         self.spool = spool
         self.store = store
         #: Takes a registered upload's spool file into the download cache
@@ -436,6 +440,7 @@ def build_transfers(
         mode=section.mode,
         min_streams=section.min_streams,
         max_streams=section.max_streams,
+        start_streams=section.start_streams,
         receiver_url=section.receiver_url,
         stream_stall_timeout=section.stream_stall_timeout,
     )

@@ -9,9 +9,10 @@ S3 holds (everything below the offset but the part being filled): those
 are confirmed in the journal as they come.
 
 How many ranges are in flight follows what the link delivers
-(L{StreamCount}): it doubles while the bytes sent per window grow, steps
-back when they stop growing, and probes again now and then, within
-C{[min_streams, max_streams]}.  There are no copies of slow ranges: on a
+(L{StreamCount}): it starts wide (where the file before settled,
+L{StreamMemory}), doubles while the bytes the link takes per window grow,
+steps back when they stop growing, and probes up and down now and then,
+within C{[min_streams, max_streams]}.  There are no copies of slow ranges: on a
 link whose aggregate is the limit they would only take bandwidth from the
 others.
 """
@@ -40,6 +41,14 @@ from relay.edge.transfer.tus_client import (
 )
 from relay.link.backoff import Backoff
 from relay.tus.protocol import final_concat
+
+#: A PATCH whose body is all written may be silent this many times the
+#: stall timeout before it counts as stalled.
+DRAINING_STALL_FACTOR = 4
+
+#: A PATCH that ran this long before it broke proved the link works: the
+#: stream's backoff starts over.
+HEALTHY_PATCH = 2.0
 
 #: At most this many partial uploads per file (the final upload's
 #: Upload-Concat header lists them all).
@@ -76,40 +85,100 @@ class TransferGone(Exception):
 
 class StreamCount:
     """
-    The number of streams: starts at C{low}; every C{window} seconds
-    L{sample} gets the bytes sent so far and decides.
+    The number of streams: starts at C{start} (clamped to C{[low, high]});
+    every C{window} seconds L{sample} gets the bytes sent so far and the
+    streams running, and decides.  It doubles while every stream is busy
+    and the rate grew by 25 % or more; every C{probe_every} steady windows
+    it probes, alternately up (+25 %) and down (-25 %).  A change is on
+    trial until it shows: C{judge_after} windows later (the sender counts
+    a stream's bytes only from the window after it was first seen, so the
+    window right after a growth shows the streams there before) and, for
+    fewer streams, once the streams above the new count have ended (they
+    end between ranges).  More streams that did not bring 10 % more, or
+    fewer that lost more than 10 %, go back to the count before.
     """
 
-    def __init__(self, low: int, high: int, probe_every: int = 4) -> None:
+    def __init__(self, low: int, high: int, probe_every: int = 4, *, start: int | None = None,
+                 judge_after: int = 1) -> None:
         self.low, self.high = low, high
-        self.limit = low
-        self._previous: tuple[int, float] | None = None  # (limit, rate) before the last growth
+        self.limit = min(high, max(low, start if start is not None else low))
+        self._judge_after = judge_after
+        self._wait = 0
+        self._trial: tuple[int, float] | None = None  # (limit, rate) before the change on trial
         self._last_rate = 0.0
         self._sent = 0
         self._steady = 0
         self._probe_every = probe_every
+        self._probe_up = True
+        #: Windows in which every stream was busy (the count was measured).
+        self.measured = 0
+
+    @property
+    def settled(self) -> int:
+        """The count the measurements support (not one still on trial)."""
+        return self._trial[0] if self._trial is not None else self.limit
 
     def sample(self, sent: int, seconds: float, busy: int) -> int:
         rate = (sent - self._sent) / seconds if seconds > 0 else 0.0
         self._sent = sent
-        if self._previous is not None:
-            limit, before = self._previous
-            self._previous = None
-            if rate < before * 1.1:
+        if busy >= self.limit:
+            self.measured += 1
+        if self._trial is not None:
+            if self._wait > 0 or busy > self.limit:
+                self._wait = max(0, self._wait - 1)
+                return self.limit  # the change has not shown yet
+            limit, before = self._trial
+            self._trial = None
+            self._steady = 0
+            if self.limit > limit and rate < before * 1.1:
                 # More streams did not bring more: back to fewer.
-                self.limit = max(self.low, limit)
-                self._steady = 0
+                self.limit = limit
+                self._last_rate = rate
+                return self.limit
+            if self.limit < limit:
+                if rate < before * 0.9:
+                    self.limit = limit  # fewer carried less: back to more
                 self._last_rate = rate
                 return self.limit
         self._steady += 1
-        grew = rate >= self._last_rate * 1.1
+        # A doubling needs a clear gain: the measurement is noisy.
+        grew = rate > 0 and rate >= self._last_rate * 1.25
         self._last_rate = rate
-        if busy >= self.limit and self.limit < self.high and (grew or self._steady >= self._probe_every):
-            self._previous = (self.limit, rate)
-            step = self.limit if grew else max(1, self.limit // 4)
-            self.limit = min(self.high, self.limit + step)
-            self._steady = 0
+        if busy != self.limit:
+            # Not all busy: nothing to learn about more.  More than the
+            # count: the streams above it are ending their ranges first.
+            return self.limit
+        if self.limit < self.high and grew:
+            self._change(self.limit * 2, rate)
+        elif self._steady >= self._probe_every:
+            up = self._probe_up and self.limit < self.high or self.limit <= self.low
+            self._probe_up = not up
+            step = max(1, self.limit // 4)
+            self._change(self.limit + step if up else self.limit - step, rate)
         return self.limit
+
+    def _change(self, limit: int, rate: float) -> None:
+        limit = min(self.high, max(self.low, limit))
+        if limit != self.limit:
+            self._trial = (self.limit, rate)
+            self._wait = self._judge_after
+            self.limit = limit
+        self._steady = 0
+
+
+class StreamMemory:
+    """
+    Where the next transfer's stream count starts: the count the last one
+    that measured the link settled at (files follow each other over the
+    same link), at first C{start}.
+    """
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+
+    def remember(self, count: StreamCount) -> None:
+        if count.measured >= 2:
+            self.start = count.settled
 
 
 class ReceiverAccess:
@@ -234,7 +303,12 @@ class StreamSender:
         self._workers: dict[int, Deferred[None]] = {}
         self._next_worker = 0
         self._in_flight: dict[int, PartBody] = {}
-        self._sent_done = 0
+        #: Bytes written by PATCHes after they were first seen, and what
+        #: each in flight had written when last seen.
+        self._steady_sent = 0
+        self._last_steady = 0
+        self._seen: dict[int, int] = {}
+        self._bursts: dict[int, int] = {}
         self._confirmed_end: dict[int, int] = {}
         self._error: BaseException | None = None
         self._done: Deferred[None] = Deferred()
@@ -245,7 +319,7 @@ class StreamSender:
 
     async def run(self) -> str:
         self._spawn()
-        self._timer = self._clock.callLater(self._window, self._tick)
+        self._timer = self._clock.callLater(self._window / 2, self._first_look)
         try:
             if self._workers:
                 await self._done
@@ -264,11 +338,31 @@ class StreamSender:
         for d in list(self._workers.values()):
             d.cancel()
 
-    def _sent(self) -> int:
-        return self._sent_done + sum(b.sent for b in self._in_flight.values())
+    def _look(self) -> None:
+        """Count the bytes each PATCH wrote since it was last seen."""
+        for key, body in self._in_flight.items():
+            if key in self._seen:
+                self._steady_sent += body.sent - self._seen[key]
+            else:
+                self._bursts[key] = body.sent
+            self._seen[key] = body.sent
+
+    def _first_look(self) -> None:
+        self._look()
+        self._timer = self._clock.callLater(self._window, self._tick)
 
     def _tick(self) -> None:
-        self._count.sample(self._sent(), self._window, len(self._workers))
+        # A PATCH's first bytes fill the buffers on the way at the speed of
+        # the machine (on the emulated link over a MiB): its bytes count
+        # from when it was first seen, and those first ones once it is
+        # answered (they have arrived then), not when they were written.
+        self._look()
+        before, busy = self._count.limit, len(self._workers)
+        rate = (self._steady_sent - self._last_steady) / self._window
+        self._last_steady = self._steady_sent
+        if self._count.sample(self._steady_sent, self._window, busy) != before:
+            self.log.info("upload {upload_id}: {limit} streams ({busy} busy, {rate:.0f} KiB/s)",
+                          upload_id=self._upload_id, limit=self._count.limit, busy=busy, rate=rate / 1024)
         self._spawn()
         self._timer = self._clock.callLater(self._window, self._tick)
 
@@ -313,6 +407,7 @@ class StreamSender:
         while not self._stopped:
             url, token = await self._access.get()
             member = f"{url}{r.first}"
+            patch_started: float | None = None
             try:
                 if offset is None:
                     if known:
@@ -335,6 +430,7 @@ class StreamSender:
                     await self._confirmed(r, offset)
                 if offset >= r.length:
                     return
+                patch_started = self._clock.seconds()
                 answer = await self._patch(member, token, r, offset)
             except (CancelledError, StagedCopyDamaged, TransferGone):
                 raise
@@ -344,6 +440,11 @@ class StreamSender:
                 else:
                     self.log.debug("upload {upload_id} range {first}: {error}", upload_id=self._upload_id,
                                    first=r.first, error=type(e).__name__)
+                if patch_started is not None and self._clock.seconds() - patch_started >= HEALTHY_PATCH:
+                    # A PATCH that carried bytes a while broke (a reset):
+                    # the link works, reconnect at once.  Without this a
+                    # range reset every 20 s waited up to 10 s each time.
+                    backoff.proven()
                 self._stats.resumes += 1
                 offset = None
                 known = True
@@ -395,15 +496,22 @@ class StreamSender:
         stalled = [False]
 
         def watch() -> None:
-            if self._clock.seconds() - body.last_progress >= self._stall_timeout:
+            # Once the body is written, the buffers on the way (over a MiB)
+            # drain at the stream's share of the link with no progress to
+            # see: on a thin link shared by many streams that takes longer.
+            limit = self._stall_timeout * (DRAINING_STALL_FACTOR if body.sent >= body.length else 1)
+            if self._clock.seconds() - body.last_progress >= limit:
                 stalled[0] = True
                 d.cancel()
             else:
                 watchdog[0] = self._clock.callLater(1.0, watch)
 
         watchdog = [self._clock.callLater(1.0, watch)]
+        answered = False
         try:
-            return await d
+            answer = await d
+            answered = True
+            return answer
         except Exception as e:
             if body.damage is not None:
                 raise StagedCopyDamaged(f"range {r.first}: {body.damage}") from e
@@ -415,7 +523,12 @@ class StreamSender:
             raise
         finally:
             del self._in_flight[key]
-            self._sent_done += body.sent
+            if key in self._seen:
+                self._steady_sent += body.sent - self._seen.pop(key)
+            burst = self._bursts.pop(key, 0)
+            if answered:
+                # The bytes it wrote at once have arrived by now.
+                self._steady_sent += burst
             self._stats.bytes_sent += body.sent
             if watchdog[0].active():
                 watchdog[0].cancel()

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import treq
+from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from relay.testing.linkemu import LinkProfile
@@ -81,6 +82,36 @@ class MotoTusTests(Base):
         written = [int(n) for n in _UPLOAD_PART.findall(self.server.log_path.read_bytes()[log_mark:])]
         parts = sum(-(-size // (5 * MiB)) for size in (64 * MiB, 50 * MiB + 777))
         self.assertEqual(len(written), parts, "every part written once")
+        self.assertEqual(world.edge_metrics()["relay_transfer_stream_resent_confirmed"], 0)
+
+    async def test_every_range_in_flight_at_once_on_a_shared_link(self) -> None:
+        """
+        50 MiB (10 ranges of a 5 MiB part) through a 4 MiB/s link of
+        256 KiB/s per connection that resets each connection every 10 s:
+        the streams start wide (C{start_streams}), so every range is in
+        flight within moments of the first connection (a ramp doubling
+        from 4 every 2 s would take 4 s), the file arrives byte-identical
+        and no more than its bytes (and headers) cross the link.
+        """
+        world = self.world(
+            receiver=True,
+            s3_link=LinkProfile(latency_ms=50, aggregate_bytes_per_s=4 * MiB, rate_bytes_per_s=256 * 1024,
+                                reset_mean_s=10),
+            amqp_link=LinkProfile(latency_ms=50),
+        )
+        await world.start()
+        size = 50 * MiB
+        upload_id, sha256 = world.stage(size, seed=14)
+        world.edge.start()
+        await world.wait_for("the first connection to the receiver",
+                             lambda: world.s3_link.counters.connections_accepted > 0, 60)
+        first = reactor.seconds()
+        await world.wait_for("every range in flight", lambda: len(world.s3_link.connections) >= 10, 30)
+        self.assertLess(reactor.seconds() - first, 3.0)
+        await world.wait_done([upload_id], 120)
+        await self.check_arrived(world, {upload_id: sha256})
+        self.assertGreater(world.s3_link.counters.resets_injected, 0)
+        self.assertLess(world.s3_link.counters.bytes_to_upstream, size * 1.02)
         self.assertEqual(world.edge_metrics()["relay_transfer_stream_resent_confirmed"], 0)
 
     async def test_edge_kill_9_sends_only_what_the_receiver_lacks(self) -> None:
