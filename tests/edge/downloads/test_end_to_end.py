@@ -380,7 +380,9 @@ class ResumingClients(DownloadWorld):
         # B's fetch from S3 meets resets too.
         world.s3_link.set_profile(LinkProfile(rate_bytes_per_s=16 << 20, reset_mean_s=2.0))
         cutter = LinkEmulator(reactor, "tcp:0:interface=127.0.0.1", f"tcp:127.0.0.1:{port}",
-                              LinkProfile(rate_bytes_per_s=12 << 20))
+                              # All connections together: aria2c's eight must not finish
+                              # between two resets.
+                              LinkProfile(rate_bytes_per_s=12 << 20, aggregate_bytes_per_s=12 << 20))
         await cutter.start()
         self.addCleanup(cutter.stop)
         cutting = LoopingCall(cutter.reset_all)
