@@ -74,6 +74,22 @@ PASSWORD = "a person's password"
 DESIGN = ROOT / "tests" / "cloud" / "jobs" / "counter.v"
 reactor: Any = _reactor
 
+#: Where a page load's time went (ms), read in the page once it shows its
+#: data: from the navigation's start to the page's own answer, to its scripts
+#: run (DOMContentLoaded), to its first and last API answer; and each API
+#: call's wait for its answer (request sent to first byte: on loopback, the
+#: edge's time), and the longest any call waited to be sent (a connection).
+PHASES = """() => {
+  const [nav] = performance.getEntriesByType('navigation');
+  const api = performance.getEntriesByType('resource').filter((r) => r.name.includes('/api/v1/'));
+  const phases = { page: nav.responseEnd, scripts: nav.domContentLoadedEventStart,
+                   'api sent': Math.min(...api.map((r) => r.startTime)),
+                   'api answered': Math.max(...api.map((r) => r.responseEnd)),
+                   'api queued': Math.max(...api.map((r) => r.requestStart - r.startTime)) };
+  for (const r of api) phases[new URL(r.name).pathname.slice(8).replace(/[0-9a-f]{32}/, '<id>')] = r.responseStart - r.requestStart;
+  return phases;
+}"""
+
 
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
@@ -151,7 +167,7 @@ class Layout:
         edge_port = free_port()
         edge_config = write_config(self.root / "edge.toml", {
             "edge": {"id": f"bench-{self.name}", "listen": f"tcp:{edge_port}:interface=127.0.0.1",
-                     "data_dir": str(self.root / "edge"), "web_dir": str(ROOT / "web")},
+                     "data_dir": str(self.root / "edge"), "web_dir": str(self.args.web_dir)},
             "link": {"url": amqp_url},
         })
         env = {k: v for k, v in os.environ.items() if k != "RELAY_CONFIG"}
@@ -261,6 +277,7 @@ class Person:
         self.journey = journey
         self.url = layout.person_url
         self.auth = {"Authorization": f"Bearer {layout.api_key}"}
+        self.phases: list[dict[str, float]] = []
 
     def measured(self, name: str, action: Callable[[], Any], attempts: int = 5, *, timed: bool = False) -> Any:
         """
@@ -342,6 +359,10 @@ class Person:
         for name, route, ready in pages:
             for _ in range(self.args.page_loads):
                 self.measured(name, lambda route=route, ready=ready: self._load(page, route, ready), timed=True)
+            if self.args.pages_only:
+                self._say_where_the_time_went(name)
+        if self.args.pages_only:
+            return
         files = self._files()
         upload_ids = self._upload(files, project)
         stored_at = self._until_in_cloud(context.request, project, upload_ids, files)
@@ -377,7 +398,19 @@ class Person:
         page.goto(self.url + route, wait_until="commit", timeout=60_000)
         shown = page.wait_for_function("(selector) => document.querySelector(selector) ? performance.now() : false",
                                        arg=ready, polling="raf", timeout=60_000)
-        return float(shown.json_value()) / 1000
+        seconds = float(shown.json_value()) / 1000
+        if self.args.pages_only:
+            self.phases.append({**page.evaluate(PHASES), "shown": seconds * 1000})
+        return seconds
+
+    def _say_where_the_time_went(self, name: str) -> None:
+        """The page loads' phases (medians, ms since the navigation's start), for work on the pages."""
+        loads, self.phases = self.phases, []
+        if not loads:
+            return
+        keys = list(dict.fromkeys(key for load in loads for key in load))
+        parts = ", ".join(f"{key} {statistics.median(load.get(key, 0.0) for load in loads):.1f}" for key in keys)
+        say(f"  {self.layout.name}: {name}, medians in ms from the navigation's start: {parts}")
 
     @dataclass
     class File:
@@ -631,6 +664,10 @@ def main() -> int:
     add("--max-mib", type=float, default=100.0)
     add("--total-mib", type=float, default=400.0)
     add("--page-loads", type=int, default=20)
+    add("--pages-only", action="store_true",
+        help="log in and load the pages, nothing else, saying where each page load's time went (work on the pages)")
+    add("--web-dir", type=Path, default=ROOT / "web",
+        help="the edge's front end (another version of web/, to compare the pages)")
     add("--upload-limit", type=int, default=5, help="files uploading at once (Uppy's default)")
     add("--timeout", type=float, default=900.0, help="seconds a step may take before the run fails")
     add("--plots", type=Path, default=None, help="where to write the PNG plots (default: none)")

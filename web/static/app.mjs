@@ -9,7 +9,7 @@
 import { api, h, prefetch, reason, setCsrfToken, whenUnauthenticated } from './lib.mjs';
 import * as events from './events.mjs';
 import { startStatus, stopStatus } from './status.mjs';
-import { startUploads } from './uploads.mjs';
+import { resumeUnfinishedUploads, startUploadsSoon } from './uploads.mjs';
 import * as projects from './pages/projects.mjs';
 import * as project from './pages/project.mjs';
 import * as jobNew from './pages/job-new.mjs';
@@ -71,7 +71,12 @@ async function enter(who, token) {
   $('#workspace').hidden = false;
   events.start();
   startStatus();
-  if (!who.must_change_password) startUploads();
+  if (!who.must_change_password) {
+    // Uploads to resume load Uppy at once; otherwise it waits until the
+    // page has drawn its data (context.shown), or a few seconds at most.
+    resumeUnfinishedUploads();
+    setTimeout(context.shown, 3000);
+  }
   // The page's own data, the navigation and the notices at once: on a
   // slow link each round trip waited for is one the person waits for.
   route();
@@ -83,6 +88,8 @@ const context = {
   get user() { return user; },
   refreshNav: () => loadNav(),
   announce(message) { $('#announce').textContent = message; },
+  /** The page shows its data: what can wait until then (Uppy's bundle) starts after this frame. */
+  shown() { if (user !== null && !user.must_change_password) startUploadsSoon(); },
   /** The session changed (a new password in place): start again from /me. */
   async restart(message) {
     const me = await api('GET', 'me');
