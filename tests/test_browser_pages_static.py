@@ -55,12 +55,13 @@ def test_no_module_builds_markup_from_strings_or_reaches_elsewhere() -> None:
             assert forbidden not in source, (name, forbidden)
     page = (WEB / "templates" / "index.html").read_text()
     assert "<script>" not in page and "http" not in page.replace('lang="en"', "")
-    assert re.findall(r"<script[^>]*>", page) == ['<script type="module" src="/static/app.mjs">']
+    assert re.findall(r"<script[^>]*>", page) == [
+        '<script type="module" src="/static/prefetch.mjs" async>', '<script type="module" src="/static/app.mjs">']
     # Every module the page imports is preloaded at once (no waterfall of
     # imports); Uppy's bundle and style are not in the page at all: the page
     # draws its data without parsing them (uploads.mjs loads them later).
     preloaded = set(re.findall(r'<link rel="modulepreload" href="/static/([^"]+)">', page))
-    assert preloaded == set(MODULES) - {"app.mjs"}
+    assert preloaded == set(MODULES) - {"app.mjs", "prefetch.mjs"}
     assert "vendor/uppy" not in page
     [loaded_later] = [m for m in MODULES if "vendor/uppy.min.mjs" in (WEB / "static" / m).read_text()]
     assert loaded_later == "uploads.mjs"

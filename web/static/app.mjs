@@ -6,7 +6,8 @@
 // Routes (the URL's hash): #/projects, #/projects/<id>,
 // #/projects/<id>/jobs/new, #/jobs/<id>, #/account.
 
-import { api, h, prefetch, reason, setCsrfToken, whenUnauthenticated } from './lib.mjs';
+import './prefetch.mjs';  // first: the page's API calls are on their way while the rest runs
+import { api, h, reason, setCsrfToken, whenUnauthenticated } from './lib.mjs';
 import * as events from './events.mjs';
 import { startStatus, stopStatus } from './status.mjs';
 import { resumeUnfinishedUploads, startUploadsSoon } from './uploads.mjs';
@@ -170,10 +171,7 @@ $('#nav-toggle').addEventListener('click', () => {
 });
 window.addEventListener('hashchange', () => { route(); $('#main').focus({ preventScroll: true }); });
 
-// What the page shown will ask for, asked at once with who is logged in.
-const shown = /^#\/projects\/([0-9a-f]{32})$/.exec(location.hash);
-prefetch('status', 'projects', 'notices',
-  ...(shown ? [`projects/${shown[1]}`, `files?project=${shown[1]}`, 'uploads', `jobs?project=${shown[1]}`] : []));
+// Who is logged in: asked for with the page's data (prefetch.mjs).
 const me = await api('GET', 'me');
 if (me.ok) await enter(me.body.user, me.body.csrf_token);
 else showLogin();
