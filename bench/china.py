@@ -75,14 +75,17 @@ DESIGN = ROOT / "tests" / "cloud" / "jobs" / "counter.v"
 reactor: Any = _reactor
 
 #: Where a page load's time went (ms), read in the page once it shows its
-#: data: from the navigation's start to the page's own answer, to its scripts
-#: run (DOMContentLoaded), to its first and last API answer; and each API
+#: data: from the navigation's start to the page's own answer, to its first
+#: module asked for and its last one read (from the browser's cache), to its
+#: scripts run (DOMContentLoaded), to its first and last API answer; and each API
 #: call's wait for its answer (request sent to first byte: on loopback, the
 #: edge's time), and the longest any call waited to be sent (a connection).
 PHASES = """() => {
   const [nav] = performance.getEntriesByType('navigation');
   const api = performance.getEntriesByType('resource').filter((r) => r.name.includes('/api/v1/'));
-  const phases = { page: nav.responseEnd, scripts: nav.domContentLoadedEventStart,
+  const modules = performance.getEntriesByType('resource').filter((r) => r.name.endsWith('.mjs') && !r.name.includes('/vendor/'));
+  const phases = { page: nav.responseEnd, 'modules asked': Math.min(...modules.map((r) => r.startTime)),
+                   'modules read': Math.max(...modules.map((r) => r.responseEnd)), scripts: nav.domContentLoadedEventStart,
                    'api sent': Math.min(...api.map((r) => r.startTime)),
                    'api answered': Math.max(...api.map((r) => r.responseEnd)),
                    'api queued': Math.max(...api.map((r) => r.requestStart - r.startTime)) };

@@ -6,6 +6,11 @@
 
 import { prefetch } from './lib.mjs';
 
+// In the order they are needed: a browser sends six at a time to the edge
+// (HTTP/1.1), and a project's page asks for eight. Who is logged in and the
+// page's own data first, the navigation next; the status bar and the
+// notices can wait for a free connection.
 const shown = /^#\/projects\/([0-9a-f]{32})$/.exec(location.hash);
-prefetch('me', 'status', 'projects', 'notices',
-  ...(shown ? [`projects/${shown[1]}`, `files?project=${shown[1]}`, 'uploads', `jobs?project=${shown[1]}`] : []));
+prefetch('me',
+  ...(shown ? [`projects/${shown[1]}`, `files?project=${shown[1]}`, 'uploads', `jobs?project=${shown[1]}`] : []),
+  'projects', 'status', 'notices');
