@@ -5,6 +5,7 @@ and without.
     .venv/bin/python bench/china.py                # the full run, both layouts (about 12 min)
     .venv/bin/python bench/china.py --quick        # small files, fewer page loads (about 3 min)
     .venv/bin/python bench/china.py --layouts relay --total-mib 100 --plots /tmp/plots
+    .venv/bin/python bench/china.py --pages-only --layouts relay   # the page loads only, where their time went
 
 Each layout is a world of its own: RabbitMQ (a vhost of the run's), moto's
 S3 server, C{relay-cloud} (also the job worker, with the example job kinds
