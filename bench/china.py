@@ -3,7 +3,7 @@ The whole journey of a person behind the emulated China link, with relay
 and without.
 
     .venv/bin/python bench/china.py                # the full run, both layouts (about 12 min)
-    .venv/bin/python bench/china.py --quick        # small files, fewer page loads (about 3 min)
+    .venv/bin/python bench/china.py --quick        # 6 files, 64 MiB, 10 loads of each page (about 3 min)
     .venv/bin/python bench/china.py --layouts relay --total-mib 100 --plots /tmp/plots
     .venv/bin/python bench/china.py --pages-only --layouts relay   # the page loads only, where their time went
 
@@ -654,7 +654,7 @@ def plots(journeys: dict[str, Journey], directory: Path) -> list[Path]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--quick", action="store_true", help="4 files of 1-8 MiB (16 MiB), 5 page loads each")
+    add("--quick", action="store_true", help="6 files of 2-24 MiB (64 MiB), 10 page loads each (about 3 min)")
     add("--layouts", default="relay,before")
     add("--seed", type=int, default=1)
     add("--rtt-ms", type=float, default=300.0)
@@ -678,7 +678,7 @@ def main() -> int:
     add("--dir", default=tempfile.gettempdir())
     args = parser.parse_args()
     if args.quick:
-        args.files, args.min_mib, args.max_mib, args.total_mib, args.page_loads = 4, 1.0, 8.0, 16.0, 5
+        args.files, args.min_mib, args.max_mib, args.total_mib, args.page_loads = 6, 2.0, 24.0, 64.0, 10
     layouts = args.layouts.split(",")
     print(f"layouts: {', '.join(layouts)}; {args.files} files of {args.min_mib:g}-{args.max_mib:g} MiB "
           f"({args.total_mib:g} MiB) and a Verilog design, {args.page_loads} loads of each page, "
