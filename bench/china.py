@@ -3,7 +3,7 @@ The whole journey of a person behind the emulated China link, with relay
 and without.
 
     .venv/bin/python bench/china.py                # the full run, both layouts (about 12 min)
-    .venv/bin/python bench/china.py --quick        # 6 files, 64 MiB, 10 loads of each page (about 3 min)
+    .venv/bin/python bench/china.py --quick        # 6 files, 64 MiB, 10 loads of each page (about 2.5 min)
     .venv/bin/python bench/china.py --layouts relay --total-mib 100 --plots /tmp/plots
     .venv/bin/python bench/china.py --pages-only --layouts relay   # the page loads only, where their time went
 
@@ -654,7 +654,7 @@ def plots(journeys: dict[str, Journey], directory: Path) -> list[Path]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--quick", action="store_true", help="6 files of 2-24 MiB (64 MiB), 10 page loads each (about 3 min)")
+    add("--quick", action="store_true", help="6 files of 2-24 MiB (64 MiB), 10 page loads each (about 2.5 min)")
     add("--layouts", default="relay,before")
     add("--seed", type=int, default=1)
     add("--rtt-ms", type=float, default=300.0)
