@@ -3,8 +3,9 @@ The whole journey of a person behind the emulated China link, with relay
 and without.
 
     .venv/bin/python bench/china.py                # the full run, both layouts (about 12 min)
-    .venv/bin/python bench/china.py --quick        # small files, fewer page loads (about 3 min)
+    .venv/bin/python bench/china.py --quick        # 6 files, 64 MiB, 10 loads of each page (about 2.5 min)
     .venv/bin/python bench/china.py --layouts relay --total-mib 100 --plots /tmp/plots
+    .venv/bin/python bench/china.py --pages-only --layouts relay   # the page loads only, where their time went
 
 Each layout is a world of its own: RabbitMQ (a vhost of the run's), moto's
 S3 server, C{relay-cloud} (also the job worker, with the example job kinds
@@ -73,6 +74,25 @@ CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "a person's password"
 DESIGN = ROOT / "tests" / "cloud" / "jobs" / "counter.v"
 reactor: Any = _reactor
+
+#: Where a page load's time went (ms), read in the page once it shows its
+#: data: from the navigation's start to the page's own answer, to its first
+#: module asked for and its last one read (from the browser's cache), to its
+#: scripts run (DOMContentLoaded), to its first and last API answer; and each API
+#: call's wait for its answer (request sent to first byte: on loopback, the
+#: edge's time), and the longest any call waited to be sent (a connection).
+PHASES = """() => {
+  const [nav] = performance.getEntriesByType('navigation');
+  const api = performance.getEntriesByType('resource').filter((r) => r.name.includes('/api/v1/'));
+  const modules = performance.getEntriesByType('resource').filter((r) => r.name.endsWith('.mjs') && !r.name.includes('/vendor/'));
+  const phases = { page: nav.responseEnd, 'modules asked': Math.min(...modules.map((r) => r.startTime)),
+                   'modules read': Math.max(...modules.map((r) => r.responseEnd)), scripts: nav.domContentLoadedEventStart,
+                   'api sent': Math.min(...api.map((r) => r.startTime)),
+                   'api answered': Math.max(...api.map((r) => r.responseEnd)),
+                   'api queued': Math.max(...api.map((r) => r.requestStart - r.startTime)) };
+  for (const r of api) phases[new URL(r.name).pathname.slice(8).replace(/[0-9a-f]{32}/, '<id>')] = r.responseStart - r.requestStart;
+  return phases;
+}"""
 
 
 def say(text: str) -> None:
@@ -151,7 +171,7 @@ class Layout:
         edge_port = free_port()
         edge_config = write_config(self.root / "edge.toml", {
             "edge": {"id": f"bench-{self.name}", "listen": f"tcp:{edge_port}:interface=127.0.0.1",
-                     "data_dir": str(self.root / "edge"), "web_dir": str(ROOT / "web")},
+                     "data_dir": str(self.root / "edge"), "web_dir": str(self.args.web_dir)},
             "link": {"url": amqp_url},
         })
         env = {k: v for k, v in os.environ.items() if k != "RELAY_CONFIG"}
@@ -261,6 +281,7 @@ class Person:
         self.journey = journey
         self.url = layout.person_url
         self.auth = {"Authorization": f"Bearer {layout.api_key}"}
+        self.phases: list[dict[str, float]] = []
 
     def measured(self, name: str, action: Callable[[], Any], attempts: int = 5, *, timed: bool = False) -> Any:
         """
@@ -342,6 +363,10 @@ class Person:
         for name, route, ready in pages:
             for _ in range(self.args.page_loads):
                 self.measured(name, lambda route=route, ready=ready: self._load(page, route, ready), timed=True)
+            if self.args.pages_only:
+                self._say_where_the_time_went(name)
+        if self.args.pages_only:
+            return
         files = self._files()
         upload_ids = self._upload(files, project)
         stored_at = self._until_in_cloud(context.request, project, upload_ids, files)
@@ -377,7 +402,19 @@ class Person:
         page.goto(self.url + route, wait_until="commit", timeout=60_000)
         shown = page.wait_for_function("(selector) => document.querySelector(selector) ? performance.now() : false",
                                        arg=ready, polling="raf", timeout=60_000)
-        return float(shown.json_value()) / 1000
+        seconds = float(shown.json_value()) / 1000
+        if self.args.pages_only:
+            self.phases.append({**page.evaluate(PHASES), "shown": seconds * 1000})
+        return seconds
+
+    def _say_where_the_time_went(self, name: str) -> None:
+        """The page loads' phases (medians, ms since the navigation's start), for work on the pages."""
+        loads, self.phases = self.phases, []
+        if not loads:
+            return
+        keys = list(dict.fromkeys(key for load in loads for key in load))
+        parts = ", ".join(f"{key} {statistics.median(load.get(key, 0.0) for load in loads):.1f}" for key in keys)
+        say(f"  {self.layout.name}: {name}, medians in ms from the navigation's start: {parts}")
 
     @dataclass
     class File:
@@ -617,7 +654,7 @@ def plots(journeys: dict[str, Journey], directory: Path) -> list[Path]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--quick", action="store_true", help="4 files of 1-8 MiB (16 MiB), 5 page loads each")
+    add("--quick", action="store_true", help="6 files of 2-24 MiB (64 MiB), 10 page loads each (about 2.5 min)")
     add("--layouts", default="relay,before")
     add("--seed", type=int, default=1)
     add("--rtt-ms", type=float, default=300.0)
@@ -631,13 +668,17 @@ def main() -> int:
     add("--max-mib", type=float, default=100.0)
     add("--total-mib", type=float, default=400.0)
     add("--page-loads", type=int, default=20)
+    add("--pages-only", action="store_true",
+        help="log in and load the pages, nothing else, saying where each page load's time went (work on the pages)")
+    add("--web-dir", type=Path, default=ROOT / "web",
+        help="the edge's front end (another version of web/, to compare the pages)")
     add("--upload-limit", type=int, default=5, help="files uploading at once (Uppy's default)")
     add("--timeout", type=float, default=900.0, help="seconds a step may take before the run fails")
     add("--plots", type=Path, default=None, help="where to write the PNG plots (default: none)")
     add("--dir", default=tempfile.gettempdir())
     args = parser.parse_args()
     if args.quick:
-        args.files, args.min_mib, args.max_mib, args.total_mib, args.page_loads = 4, 1.0, 8.0, 16.0, 5
+        args.files, args.min_mib, args.max_mib, args.total_mib, args.page_loads = 6, 2.0, 24.0, 64.0, 10
     layouts = args.layouts.split(",")
     print(f"layouts: {', '.join(layouts)}; {args.files} files of {args.min_mib:g}-{args.max_mib:g} MiB "
           f"({args.total_mib:g} MiB) and a Verilog design, {args.page_loads} loads of each page, "

@@ -22,6 +22,8 @@ from .conftest import ROOT
 
 WEB = ROOT / "web"
 IMPORT = re.compile(r"""(?:^|\n)\s*import\s[^;]*?from\s+['"]([^'"]+)['"]""")
+#: import('...') and a module's own URL's neighbours (new URL('...', import.meta.url)).
+LATER = re.compile(r"""(?:\bimport\(|new URL\()\s*['"]([^'"]+)['"]|const BUNDLE = ['"]([^'"]+)['"]""")
 
 
 def test_every_import_of_every_module_is_served() -> None:
@@ -29,7 +31,8 @@ def test_every_import_of_every_module_is_served() -> None:
     for name in MODULES:
         source = (WEB / "static" / name).read_text()
         folder = name.rsplit("/", 1)[0] if "/" in name else ""
-        for target in IMPORT.findall(source):
+        later = [a or b for a, b in LATER.findall(source)]
+        for target in IMPORT.findall(source) + later:
             assert target.startswith("./") or target.startswith("../"), (name, target)
             parts = [p for p in (folder.split("/") if folder else [])]
             for part in target.split("/"):
@@ -52,10 +55,18 @@ def test_no_module_builds_markup_from_strings_or_reaches_elsewhere() -> None:
             assert forbidden not in source, (name, forbidden)
     page = (WEB / "templates" / "index.html").read_text()
     assert "<script>" not in page and "http" not in page.replace('lang="en"', "")
-    assert re.findall(r"<script[^>]*>", page) == ['<script type="module" src="/static/app.mjs">']
-    # Every module the page imports is preloaded at once (no waterfall of imports).
+    assert re.findall(r"<script[^>]*>", page) == [
+        '<script type="module" src="/static/prefetch.mjs" async>', '<script type="module" src="/static/app.mjs">']
+    # Every module the page imports is preloaded at once (no waterfall of
+    # imports); Uppy's bundle and style are not in the page at all: the page
+    # draws its data without parsing them (uploads.mjs loads them later).
     preloaded = set(re.findall(r'<link rel="modulepreload" href="/static/([^"]+)">', page))
-    assert preloaded == {*MODULES, "vendor/uppy.min.mjs"} - {"app.mjs"}
+    assert preloaded == set(MODULES) - {"app.mjs", "prefetch.mjs"}
+    assert "vendor/uppy" not in page
+    [loaded_later] = [m for m in MODULES if "vendor/uppy.min.mjs" in (WEB / "static" / m).read_text()]
+    assert loaded_later == "uploads.mjs"
+    uploads = (WEB / "static" / "uploads.mjs").read_text()
+    assert not IMPORT.search(uploads.replace("./lib.mjs", "")), "uploads.mjs imports Uppy's bundle only when needed"
 
 
 def test_each_module_is_there_and_typed_as_javascript() -> None:

@@ -308,3 +308,72 @@ def test_an_upload_outlives_an_edge_restart_and_the_page_says_the_edge_is_away(
         assert time.monotonic() < deadline, "never reached the cloud"
         time.sleep(0.2)
     assert stored[0]["sha256"] == hashlib.sha256(content).hexdigest()
+
+
+#: Run in every page before its scripts: when it first drew a page's data
+#: (the rows of the project list or of a project's members), by its clock.
+DRAWN = """
+window.relayDrawnAt = null;
+const look = () => {
+  if (document.querySelector('#projects tbody tr[data-project], #members tbody tr')) window.relayDrawnAt = performance.now();
+  else requestAnimationFrame(look);
+};
+requestAnimationFrame(look);
+"""
+
+#: When the page asked for Uppy's bundle and style (ms by its clock), if it has.
+ASKED = """() => ['vendor/uppy.min.mjs', 'vendor/uppy.min.css'].map((name) =>
+  performance.getEntriesByType('resource').find((r) => r.name.endsWith(name))?.startTime ?? null)"""
+
+
+def test_uppy_waits_for_the_page_unless_an_upload_is_to_resume(
+    world: World, throttle: Throttle, playwright: Playwright, tmp_path: Path  # noqa: F811
+) -> None:
+    size = 96 << 20
+    content = os.urandom(size)
+    (tmp_path / "later.bin").write_bytes(content)
+    base = f"http://127.0.0.1:{throttle.port}"
+    context, page = open_browser(playwright, tmp_path / "profile")
+    context.add_init_script(DRAWN)
+
+    def loaded_after_the_data(route: str) -> list[float]:
+        """A full page load of C{route}: when Uppy was asked for, in ms after the data was drawn."""
+        page.goto("about:blank")
+        page.goto(base + route)
+        page.wait_for_function("() => window.relayUploads?.loaded && window.relayDrawnAt !== null")
+        drawn = page.evaluate("window.relayDrawnAt")
+        asked = page.evaluate(ASKED)
+        assert None not in asked, asked
+        return [at - drawn for at in asked]
+
+    page.goto(base + "/")
+    page.fill("#login-form input[name=name]", "alice")
+    page.fill("#login-form input[name=password]", PASSWORDS["alice"])
+    page.click("#login-form button[type=submit]")
+    expect(page.locator("#projects tbody tr[data-project]").first).to_be_visible()
+    # Nothing to resume: the bundle and its style are asked for after the
+    # page has drawn its data, on the project list and on a project.
+    assert all(after > 0 for after in loaded_after_the_data("/#/projects"))
+    project = page.locator("#projects tbody tr[data-project]").first.get_attribute("data-project")
+    assert all(after > 0 for after in loaded_after_the_data(f"/#/projects/{project}"))
+    assert page.evaluate("localStorage.getItem('relay.uploads_unfinished')") is None
+
+    page.locator("#dashboard input[type=file]").first.set_input_files(str(tmp_path / "later.bin"))
+    page.click(".uppy-StatusBar-actionBtn--upload")
+    at_reload = wait_for_offset(world, 16 << 20)
+    assert page.evaluate("localStorage.getItem('relay.uploads_unfinished')") == "1"
+    # A reload onto the project list mid-upload: Uppy is asked for at once,
+    # before the data is drawn, and Golden Retriever resumes the upload
+    # there (no upload area on the page).
+    assert all(after < 0 for after in loaded_after_the_data("/#/projects"))
+    wait_for_offset(world, at_reload + (4 << 20))
+    wait_for_offset(world, size, timeout=60)
+    page.wait_for_function("() => localStorage.getItem('relay.uploads_unfinished') === null")
+    # Done: the next load waits for the page again.
+    assert all(after > 0 for after in loaded_after_the_data("/#/projects"))
+    context.close()
+    deadline = time.monotonic() + 30
+    while not (stored := world.cloud_db("SELECT sha256 FROM files WHERE name = 'later.bin'")):
+        assert time.monotonic() < deadline, "never reached the cloud"
+        time.sleep(0.2)
+    assert stored[0]["sha256"] == hashlib.sha256(content).hexdigest()

@@ -6,10 +6,11 @@
 // Routes (the URL's hash): #/projects, #/projects/<id>,
 // #/projects/<id>/jobs/new, #/jobs/<id>, #/account.
 
-import { api, h, prefetch, reason, setCsrfToken, whenUnauthenticated } from './lib.mjs';
+import './prefetch.mjs';  // first: the page's API calls are on their way while the rest runs
+import { api, h, reason, setCsrfToken, whenUnauthenticated } from './lib.mjs';
 import * as events from './events.mjs';
 import { startStatus, stopStatus } from './status.mjs';
-import { startUploads } from './uploads.mjs';
+import { resumeUnfinishedUploads, startUploadsSoon } from './uploads.mjs';
 import * as projects from './pages/projects.mjs';
 import * as project from './pages/project.mjs';
 import * as jobNew from './pages/job-new.mjs';
@@ -71,7 +72,12 @@ async function enter(who, token) {
   $('#workspace').hidden = false;
   events.start();
   startStatus();
-  if (!who.must_change_password) startUploads();
+  if (!who.must_change_password) {
+    // Uploads to resume load Uppy at once; otherwise it waits until the
+    // page has drawn its data (context.shown), or a few seconds at most.
+    resumeUnfinishedUploads();
+    setTimeout(context.shown, 3000);
+  }
   // The page's own data, the navigation and the notices at once: on a
   // slow link each round trip waited for is one the person waits for.
   route();
@@ -83,6 +89,8 @@ const context = {
   get user() { return user; },
   refreshNav: () => loadNav(),
   announce(message) { $('#announce').textContent = message; },
+  /** The page shows its data: what can wait until then (Uppy's bundle) starts after this frame. */
+  shown() { if (user !== null && !user.must_change_password) startUploadsSoon(); },
   /** The session changed (a new password in place): start again from /me. */
   async restart(message) {
     const me = await api('GET', 'me');
@@ -163,10 +171,7 @@ $('#nav-toggle').addEventListener('click', () => {
 });
 window.addEventListener('hashchange', () => { route(); $('#main').focus({ preventScroll: true }); });
 
-// What the page shown will ask for, asked at once with who is logged in.
-const shown = /^#\/projects\/([0-9a-f]{32})$/.exec(location.hash);
-prefetch('status', 'projects', 'notices',
-  ...(shown ? [`projects/${shown[1]}`, `files?project=${shown[1]}`, 'uploads', `jobs?project=${shown[1]}`] : []));
+// Who is logged in: asked for with the page's data (prefetch.mjs).
 const me = await api('GET', 'me');
 if (me.ok) await enter(me.body.user, me.body.csrf_token);
 else showLogin();

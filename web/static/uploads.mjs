@@ -2,8 +2,13 @@
 // Dashboard moves into the project page shown), tus to the edge, Golden
 // Retriever to survive a reload or a closed browser, the page's own stall
 // detection, and retries without a final give-up while the edge answers.
+//
+// Uppy's bundle (about 600 KB of script, 130 KB of style) is loaded only
+// when it is needed, never before a page has drawn its data: at once when
+// uploads are unfinished (Golden Retriever has them to resume), when the
+// person reaches for the upload area or drops files on it, and otherwise
+// just after the page shown has drawn its data (`startUploadsSoon`).
 
-import { Uppy, Dashboard, Tus, GoldenRetriever } from './vendor/uppy.min.mjs';
 import { API, getCsrfToken, h, size, duration } from './lib.mjs';
 
 //: No progress for this long while uploading: abort, ask the edge for the offset, go on.
@@ -11,12 +16,20 @@ import { API, getCsrfToken, h, size, duration } from './lib.mjs';
 const STALL_MS = Math.max(1000, Number(localStorage.getItem('relay.stall_ms')) || 30000);
 //: tus-js-client's own retries, each a fresh HEAD for the offset then PATCH.
 const RETRY_DELAYS = [0, 1000, 3000, 5000, 10000, 20000, 30000];
+//: Set while this browser has uploads Golden Retriever would resume after a reload.
+const UNFINISHED = 'relay.uploads_unfinished';
+const BUNDLE = './vendor/uppy.min.mjs';
+const STYLE = new URL('./vendor/uppy.min.css', import.meta.url).href;
 
 let uppy = null;
+let loading = null;  // the promise of the Uppy, once asked for
 let panel = null;
+let waiting = null;  // what the upload area shows until Uppy is there
 let currentProject = null;
+const handlers = new Set();  // [kind, handler] pairs the pages asked for, on the Uppy once it is there
+const dropped = [];  // files dropped before Uppy was there: [file, project]
 const tracking = new Map();  // file id -> {last, bytes, speed, since, retrying}
-export const counters = { stalls: 0, retries: 0, restored: 0, ghosts: [] };
+export const counters = { stalls: 0, retries: 0, restored: 0, ghosts: [], loaded: false };
 window.relayUploads = counters;  // what the browser tests read
 
 function setProgress(file, bytes) {
@@ -45,7 +58,7 @@ function retryable(error) {
   return status === 0 || status >= 500 || [408, 409, 423, 429].includes(status);
 }
 
-function make() {
+function make({ Uppy, Dashboard, Tus, GoldenRetriever }) {
   const instance = new Uppy({ id: 'relay-uploads', autoProceed: false })
     .use(Dashboard, {
       inline: true, target: panel, height: 340, width: '100%',
@@ -124,6 +137,13 @@ function make() {
     }
     renderList();
   }, 5000);
+
+  // Whether a reload must load Uppy at once (for Golden Retriever to resume).
+  const remember = () => {
+    if (instance.getFiles().some((f) => !f.progress.uploadComplete)) localStorage.setItem(UNFINISHED, '1');
+    else localStorage.removeItem(UNFINISHED);
+  };
+  for (const kind of ['file-added', 'file-removed', 'upload-success', 'complete', 'restored', 'cancel-all']) instance.on(kind, remember);
   return instance;
 }
 
@@ -165,25 +185,103 @@ function renderList() {
   list.replaceChildren(...(summary ? [summary] : []), h('ul', {}, rows));
 }
 
-export function startUploads() {
-  if (uppy !== null) return uppy;
-  panel = h('div', { id: 'dashboard' });
-  uppy = make();
+function stylesheet(href) {
+  return new Promise((resolve, reject) => {
+    const link = h('link', { rel: 'stylesheet', href });
+    link.addEventListener('load', resolve);
+    link.addEventListener('error', () => reject(new Error('the upload area\'s style did not load')));
+    // Before the page's own style, as it was in the page's head: app.css has the last word.
+    document.head.insertBefore(link, document.head.querySelector('link[rel=stylesheet]'));
+  });
+}
+
+function showWaiting(message, kind = 'muted') {
+  waiting.textContent = message;
+  waiting.className = kind;
+  // Only a failure is announced: the loading line is gone in a moment.
+  if (kind === 'error') waiting.setAttribute('role', 'alert'); else waiting.removeAttribute('role');
+  waiting.hidden = false;
+}
+
+async function load() {
+  const [bundle] = await Promise.all([import(BUNDLE), stylesheet(STYLE)]);
+  uppy = make(bundle);
+  counters.loaded = true;
+  waiting.hidden = true;
+  for (const [kind, handler] of handlers) uppy.on(kind, handler);
+  for (const [file, project] of dropped.splice(0)) {
+    try {
+      uppy.addFile({ name: file.name, type: file.type, data: file, source: 'drop', meta: { project } });
+    } catch (error) {
+      showWaiting(`${file.name}: ${error.message}`, 'error');  // Uppy's own refusal (a duplicate, say)
+    }
+  }
+  renderGhosts();
+  renderList();
   return uppy;
+}
+
+function panels() {
+  if (panel !== null) return;
+  panel = h('div', { id: 'dashboard' });
+  waiting = h('p', { class: 'muted' });
+  waiting.hidden = true;
+}
+
+/** Load Uppy now (once); resolves to it. */
+export function startUploads() {
+  panels();
+  if (loading === null) {
+    loading = load().catch((error) => {
+      loading = null;  // asked for again on the next occasion
+      showWaiting(`The upload area could not be loaded (${error.message}); reload the page to try again.`, 'error');
+      throw error;
+    });
+  }
+  return loading;
+}
+
+/**
+ * Load Uppy at once if this browser has unfinished uploads: Golden
+ * Retriever resumes them as soon as it is there.
+ */
+export function resumeUnfinishedUploads() {
+  if (localStorage.getItem(UNFINISHED) !== null) startUploads().catch(() => {});
+}
+
+/** Load Uppy just after the page's next frame (a page shows its data first). */
+export function startUploadsSoon() {
+  if (loading !== null) return;
+  requestAnimationFrame(() => setTimeout(() => { startUploads().catch(() => {}); }, 0));
 }
 
 /** Put the upload area in `container`, for files into `projectId`. */
 export function mountUploader(container, projectId) {
-  startUploads();
+  panels();
   currentProject = projectId;
-  container.replaceChildren(panel, h('div', { id: 'upload-ghosts' }), h('div', { id: 'upload-progress', 'aria-live': 'off' }));
+  if (uppy === null) {
+    showWaiting('The upload area is loading…');
+    // The person reaching for it, or dropping files on it: at once.
+    const now = () => { startUploads().catch(() => {}); };
+    for (const kind of ['pointerenter', 'focusin', 'dragenter']) container.addEventListener(kind, now, { once: true });
+    container.addEventListener('dragover', (event) => { if (uppy === null) event.preventDefault(); });
+    container.addEventListener('drop', (event) => {
+      if (uppy !== null) return;
+      event.preventDefault();
+      for (const file of event.dataTransfer?.files ?? []) dropped.push([file, projectId]);
+      if (dropped.length) showWaiting(`${dropped.length} ${dropped.length === 1 ? 'file' : 'files'} dropped; the upload area is loading…`);
+      now();
+    });
+  }
+  container.replaceChildren(waiting, panel, h('div', { id: 'upload-ghosts' }), h('div', { id: 'upload-progress', 'aria-live': 'off' }));
   renderGhosts();
   renderList();
 }
 
-/** The uploader's events, for the page that shows files. */
+/** The uploader's events, for the page that shows files (also before Uppy is loaded). */
 export function onUploadEvent(kind, handler) {
-  startUploads();
-  uppy.on(kind, handler);
-  return () => uppy.off(kind, handler);
+  const entry = [kind, handler];
+  handlers.add(entry);
+  uppy?.on(kind, handler);
+  return () => { handlers.delete(entry); uppy?.off(kind, handler); };
 }

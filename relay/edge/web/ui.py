@@ -34,7 +34,7 @@ log = Logger()
 
 #: The page's own ES modules (no build step: the browser loads each).
 MODULES = (
-    "app.mjs", "lib.mjs", "events.mjs", "status.mjs", "uploads.mjs",
+    "app.mjs", "prefetch.mjs", "lib.mjs", "events.mjs", "status.mjs", "uploads.mjs",
     "pages/projects.mjs", "pages/project.mjs", "pages/job-new.mjs", "pages/job.mjs", "pages/account.mjs",
 )
 

@@ -100,7 +100,7 @@ export function render(container, _params, context, { firstPassword = false } = 
     if (!list.length) replaceRows(keys, [h('tr', {}, h('td', { colspan: '4' }, 'No API keys.'))]);
   }
 
-  loadKeys();
+  loadKeys().finally(context.shown);
   const refresh = debounced(loadKeys);
   const off = ['replica.changed', 'command.applied', 'command.rejected'].map((kind) => on(kind, refresh));
   return () => { if (waiting !== null) clearInterval(waiting); off.forEach((unsubscribe) => unsubscribe()); };

@@ -113,5 +113,5 @@ export function render(container, [projectId], context) {
         h('span', { class: 'muted' }, size(f.size))))
       : [h('p', { class: 'muted' }, 'This project has no files in the cloud yet.')]));
     showKind();
-  })();
+  })().finally(context.shown);
 }

@@ -156,7 +156,7 @@ export function render(container, [jobId], context) {
     if (!(job.results ?? []).length) results.append(h('li', { class: 'muted' }, FINAL.has(job.state) ? 'No results.' : 'Not yet.'));
   }
 
-  load();
+  load().finally(context.shown);
   tail.fetch();
   const refresh = debounced(load, 300);
   const off = [

@@ -22,6 +22,8 @@ export function render(container, [projectId], context) {
   const members = h('tbody');
   const jobs = h('tbody');
   const uploader = h('div', { class: 'uploader' });
+  const uploadSection = h('section', { 'aria-labelledby': 'upload-title', id: 'upload-section' },
+    h('h2', { id: 'upload-title' }, 'Upload into this project'), uploader);
   const newJob = h('a', { href: `#/projects/${projectId}/jobs/new`, class: 'button', id: 'new-job' }, 'New job');
   const memberForm = h('form', { id: 'add-member', class: 'inline' },
     h('label', {}, 'Name ', h('input', { name: 'name', required: true, autocomplete: 'off' })),
@@ -34,7 +36,7 @@ export function render(container, [projectId], context) {
     title, summary, error,
     h('section', { 'aria-labelledby': 'files-title' }, h('h2', { id: 'files-title' }, 'Files'),
       h('table', { id: 'files' }, head('Name', 'Size', 'State', 'Here', 'Uploaded by', ''), files)),
-    h('section', { 'aria-labelledby': 'upload-title', id: 'upload-section' }, h('h2', { id: 'upload-title' }, 'Upload into this project'), uploader),
+    uploadSection,
     h('section', { 'aria-labelledby': 'jobs-title' }, h('h2', { id: 'jobs-title' }, 'Jobs'), newJob,
       h('table', { id: 'jobs' }, head('Job', 'State', 'Progress', 'Submitted', 'By'), jobs)),
     h('section', { 'aria-labelledby': 'members-title' }, h('h2', { id: 'members-title' }, 'Members'),
@@ -176,13 +178,14 @@ export function render(container, [projectId], context) {
     memberForm.hidden = project.role !== 'owner';
     const canWrite = project.role === 'owner' || project.role === 'member';
     newJob.hidden = !canWrite;
-    container.querySelector('#upload-section').hidden = !canWrite;
+    // (Its own element: an answer may come after the person left the page.)
+    uploadSection.hidden = !canWrite;
     const jobRows = jobList.ok ? jobList.body.jobs ?? [] : project.jobs ?? [];
     replaceRows(jobs, jobRows.length ? jobRows.map(jobRow) : [h('tr', {}, h('td', { colspan: '5' }, 'No jobs yet.'))]);
   }
 
   mountUploader(uploader, projectId);
-  load();
+  load().finally(context.shown);
   const refresh = debounced(load, 400);
   const off = ['replica.changed', 'command.applied', 'command.rejected', 'reset', 'upload.state', 'upload.progress',
     'transfer.progress', 'upload.removed', 'file.cache', 'job.state', 'job.progress'].map((kind) => on(kind, refresh));

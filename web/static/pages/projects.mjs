@@ -79,7 +79,7 @@ export function render(container, _params, context) {
       : [h('tr', {}, h('td', { colspan: '6' }, 'No projects yet.'))]);
   }
 
-  load();
+  load().finally(context.shown);
   const refresh = debounced(load);
   const off = ['replica.changed', 'command.applied', 'command.rejected', 'reset'].map((kind) => on(kind, refresh));
   return () => off.forEach((unsubscribe) => unsubscribe());
