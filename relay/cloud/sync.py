@@ -112,7 +112,24 @@ SCHEMA = Schema(
             logged_at REAL NOT NULL
         );
         """,
+        # How far each edge was sent, apart from sync_edges: the jobs'
+        # writers read sync_edges (the active edges), and on PostgreSQL a
+        # publisher that updated a row they read made them abort.
+        """
+        CREATE TABLE sync_sent (
+            edge TEXT PRIMARY KEY,
+            sent_upto BIGINT NOT NULL
+        );
+        INSERT INTO sync_sent (edge, sent_upto) SELECT edge, sent_upto FROM sync_edges;
+        """,
     ],
+)
+
+#: Each edge's progress: C{sync_sent}'s, else the head when it was first
+#: seen (C{sync_edges.sent_upto}).
+_EDGES = (
+    "SELECT e.edge, COALESCE(s.sent_upto, e.sent_upto) AS sent_upto, e.first_seen, e.last_seen, e.snapshots, "
+    "e.ranges FROM sync_edges e LEFT JOIN sync_sent s ON s.edge = e.edge"
 )
 
 #: Events numbered per statement batch by L{sequence}.
@@ -262,6 +279,14 @@ def prune(conn: Any, keep: int) -> int:
     return cut
 
 
+def _sent(conn: Any, edge: str, upto: int) -> None:
+    conn.execute(
+        "INSERT INTO sync_sent (edge, sent_upto) VALUES (?, ?) "
+        "ON CONFLICT (edge) DO UPDATE SET sent_upto = excluded.sent_upto",
+        (edge, upto),
+    )
+
+
 def _batches(items: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     batch: list[dict[str, Any]] = []
     size = 0
@@ -314,14 +339,14 @@ class SyncPublisher:
         now_head = head(conn)
         since = self._clock.seconds() - self._inactive_after
         edges = conn.execute(
-            "SELECT edge, sent_upto FROM sync_edges WHERE sent_upto < ? AND last_seen >= ? ORDER BY edge",
+            f"SELECT edge, sent_upto FROM ({_EDGES}) e WHERE sent_upto < ? AND last_seen >= ? ORDER BY edge",
             (now_head, since),
         ).fetchall()
         messages = 0
         for edge, sent in edges:
             upto = min(now_head, int(sent) + self._max_per_run)
             messages += send_events(self._outbox, conn, edge, events(conn, int(sent), upto), now_head)
-            conn.execute("UPDATE sync_edges SET sent_upto = ? WHERE edge = ?", (upto, edge))
+            _sent(conn, edge, upto)
         return messages
 
 
@@ -381,7 +406,7 @@ class SyncResponder:
         if sent_upto is not None:
             # Everything up to here reaches the edge through this answer;
             # the publisher carries on from it.
-            conn.execute("UPDATE sync_edges SET sent_upto = ? WHERE edge = ?", (sent_upto, edge))
+            _sent(conn, edge, sent_upto)
 
     def _send_range(self, conn: Any, edge: str, after: int, upto: int) -> None:
         conn.execute("UPDATE sync_edges SET ranges = ranges + 1 WHERE edge = ?", (edge,))
@@ -469,7 +494,7 @@ def edges(conn: Any) -> list[dict[str, Any]]:
     """
     The edges the cloud knows, for operators.
     """
-    return [dict(row) for row in conn.execute("SELECT * FROM sync_edges ORDER BY edge")]
+    return [dict(row) for row in conn.execute(f"{_EDGES} ORDER BY e.edge")]
 
 
 class SyncPublishing(TimerService):
@@ -500,9 +525,8 @@ class SyncPublishing(TimerService):
 
     async def _tick(self) -> None:
         try:
-            # Numbering is a transaction of its own: one that also wrote
-            # sync_edges (which the jobs' writers read) would conflict, on
-            # PostgreSQL, with every writer whose pending events it read.
+            # Numbering is a short transaction of its own, which conflicts
+            # only with other processes' numbering (the counter row).
             await self._db.run(sequence)
             if await self._db.run(self._publisher.publish):
                 self._outbox.wake()

@@ -118,3 +118,46 @@ def test_a_command_answer_is_found_by_its_number_before_and_after_its_event_is_p
     assert seq == event["seq"]
     assert snapshot_outcomes(cloud, event["seq"] - 1, []) == [answer]
     assert snapshot_outcomes(cloud, event["seq"], []) == []
+
+
+
+def applied(cloud: CloudSide, conn: Any) -> str:
+    command_id = new_id()
+    cloud.log.append(conn, COMMAND_APPLIED, {"command_id": command_id, "edge": "e1"}, command_id)
+    return command_id
+
+
+def test_a_writer_that_read_the_active_edges_survives_numbering_and_publishing(
+    pg_cloud: CloudSide, postgresql_dsn: str,
+) -> None:
+    """
+    A job's live log and its finish read the active edges and log events.
+    Meanwhile one process numbers events (it read the pending events, not
+    the writer's) and another records how far it sent the edges, committing
+    first.  Had the writer read what that record changed, the writer would
+    be the pivot between the two on PostgreSQL, and aborted.
+    """
+    hello = Envelope(type="sync.hello", source="edge:e1", time=0.0,
+                     body={"edge": "e1", "applied": 0, "pending": [], "snapshot": True})
+    pg_cloud.run(pg_cloud.responder.on_hello, hello)
+    pg_cloud.add_user("alice", "a long password")
+    pg_cloud.run(sync.sequence)
+    pg_cloud.run(lambda c: applied(pg_cloud, c))  # pending, for the numbering below
+    writer, numbering = open_connection(postgresql_dsn), open_connection(postgresql_dsn)
+    try:
+        writer.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+        assert sync.active_edges(writer, 0.0) == ["e1"]
+        mine = applied(pg_cloud, writer)
+        numbering.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+        assert sync.sequence(numbering) == 4
+        # Another process publishes what was numbered before, and commits.
+        assert pg_cloud.run(pg_cloud.publisher.publish) == 1
+        numbering.execute("COMMIT")
+        writer.execute("COMMIT")
+    finally:
+        writer.close()
+        numbering.close()
+    assert pg_cloud.publish() == 1, "events 4 and 5, to e1"
+    assert [e["sent_upto"] for e in pg_cloud.run(sync.edges)] == [5]
+    last = pg_cloud.run(sync.events, 4, 5)
+    assert [(e["seq"], e["command_id"]) for e in last] == [(5, mine)]
