@@ -567,7 +567,8 @@ def _pending(
     The next rows to publish; with C{mine} (this process's owner, and the
     time before which another's messages are taken over), only those.
     """
-    owned, args = "", [after, now]
+    owned = ""
+    args: list[Any] = [after, now]
     if mine is not None:
         owned = " AND (owner IS NULL OR owner = ? OR created < ?)"
         args += list(mine)
