@@ -15,8 +15,10 @@ counted). Every job must succeed exactly once: the side file has one line
 per run, which is checked. Beside the rate: the CPU time per job of relay's
 processes and moto (the workers with their shepherds and commands, the
 dispatcher, the edge; not PostgreSQL or RabbitMQ) while the jobs ran, and
-how many cores that kept busy: on a machine shared with other work, a row
-whose cores busy approach what is free is bound by the CPU, not by relay.
+how many cores that kept busy, and how many cores the whole machine kept
+busy meanwhile (PostgreSQL, RabbitMQ and any other work included): a row
+whose machine busy approaches the cores there are is bound by the CPU, not
+by relay.
 And where a slot's time goes: the median run (the registry's start to end
 of a job: fetching inputs, the command, storing results and the log) and
 what a slot spends per job outside runs (taking the next delivery,
@@ -59,9 +61,11 @@ def run(workers: int, jobs: int, slots: int, directory: Path) -> dict[str, objec
                 processes = [w.process.pid for w in [*world.workers, world.dispatcher, world.edge]
                              if w.process is not None] + [s3.process.pid]
                 cpu_before = sum(_cpu(pid) for pid in processes)
+                machine_before, wall_before = _machine(), time.monotonic()
                 world.wait_for("every job finished", lambda: _count(dsn, "succeeded") + _count(dsn, "failed")
                                == jobs, 60 + jobs * 2)
                 cpu = sum(_cpu(pid) for pid in processes) - cpu_before
+                machine = (_machine() - machine_before) / (time.monotonic() - wall_before)
                 rows = registry_rows(dsn, "SELECT min(started_at) AS first, max(finished_at) AS last, "
                                           "count(*) AS n FROM jobs WHERE state = 'succeeded'")
                 span = float(rows[0]["last"]) - float(rows[0]["first"])
@@ -76,6 +80,7 @@ def run(workers: int, jobs: int, slots: int, directory: Path) -> dict[str, objec
                     "lost": sum(1 for tag in tags if tag not in runs),
                     "spread": "/".join(str(per_worker[name]) for name in sorted(per_worker)),
                     "cpu_ms": cpu / jobs * 1000, "cores": cpu / span if span > 0 else None,
+                    "machine": machine,
                     "run_ms": runs_ms[len(runs_ms) // 2],
                     # A slot's time per job that is not the run itself.
                     "outside_ms": span * 1000 * workers * slots / jobs - sum(runs_ms) / len(runs_ms),
@@ -96,6 +101,17 @@ def _cpu(pid: int) -> float:
     return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def _machine() -> float:
+    """
+    CPU seconds the whole machine spent busy (every process: PostgreSQL,
+    RabbitMQ and other work too), from C{/proc/stat}.
+    """
+    with open("/proc/stat") as f:
+        fields = [int(value) for value in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def _count(dsn: str, state: str) -> int:
     return int(registry_rows(dsn, "SELECT count(*) AS n FROM jobs WHERE state = ?", (state,))[0]["n"])
 
@@ -103,7 +119,7 @@ def _count(dsn: str, state: str) -> int:
 def table(results: list[dict[str, object]]) -> str:
     base = next((r["per_minute"] for r in results if r["workers"] == 1), None)
     header = ["workers", "slots", "jobs", "succeeded", "seconds", "jobs/min", "vs 1 worker", "runs per worker",
-              "duplicates", "lost", "CPU ms/job", "cores busy", "run ms", "outside ms"]
+              "duplicates", "lost", "CPU ms/job", "cores busy", "machine busy", "run ms", "outside ms"]
     rows = [header]
     for r in results:
         rate = r["per_minute"]
@@ -112,6 +128,7 @@ def table(results: list[dict[str, object]]) -> str:
                      f"{r['seconds']:.1f}", f"{rate:.0f}" if isinstance(rate, float) else "-", ratio,
                      str(r["spread"]), str(r["duplicates"]), str(r["lost"]), f"{r['cpu_ms']:.0f}",
                      f"{r['cores']:.2f}" if isinstance(r["cores"], float) else "-",
+                     f"{r['machine']:.2f}",
                      f"{r['run_ms']:.0f}", f"{r['outside_ms']:.0f}"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
