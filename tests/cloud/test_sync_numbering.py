@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
 
 from relay.cloud import sync
-from relay.db import open_connection
+from relay.cloud.registry import schema as registry_schema
+from relay.db import connect, migrate, open_connection
 from relay.link.envelope import Envelope
 from relay.replication import COMMAND_APPLIED
 from relay.testing.registry import CloudSide
@@ -161,3 +163,32 @@ def test_a_writer_that_read_the_active_edges_survives_numbering_and_publishing(
     assert [e["sent_upto"] for e in pg_cloud.run(sync.edges)] == [5]
     last = pg_cloud.run(sync.events, 4, 5)
     assert [(e["seq"], e["command_id"]) for e in last] == [(5, mine)]
+
+
+def test_an_existing_log_carries_on_after_the_migration(tmp_path: Path, clock: Clock) -> None:
+    """
+    A registry from before: its numbered events and commands stay as they
+    are, the publisher's progress moves to sync_sent, and new events are
+    numbered after the old head.
+    """
+    conn = connect(tmp_path / "cloud.db")
+    migrate(conn, registry_schema.SCHEMA)
+    migrate(conn, sync.SCHEMA, upto=1)
+    conn.execute("UPDATE sync_counter SET value = 7 WHERE name = 'head'")
+    conn.execute("INSERT INTO sync_log (seq, kind, data, command_id, logged_at) VALUES "
+                 "(7, 'command.applied', '{}', 'old', 0)")
+    conn.execute("INSERT INTO commands (command_id, edge, type, user_id, status, seq, decided_at) "
+                 "VALUES ('old', 'e1', 'project.create', 'u', 'applied', 7, 0)")
+    conn.execute("INSERT INTO sync_edges (edge, sent_upto, first_seen, last_seen) VALUES ('e1', 6, 0, 0)")
+    conn.close()
+    cloud = CloudSide(tmp_path / "cloud.db", clock)
+    try:
+        assert [(e["edge"], e["sent_upto"]) for e in cloud.run(sync.edges)] == [("e1", 6)]
+        assert [tuple(r) for r in cloud.run(lambda c: c.execute("SELECT edge, sent_upto FROM sync_sent").fetchall())] == [
+            ("e1", 6)]
+        cloud.add_user("alice", "a long password")
+        assert cloud.run(sync.sequence) == 10
+        assert [e["seq"] for e in cloud.run(sync.events, 0, 10**9)] == [7, 8, 9, 10]
+        assert [o["command_id"] for o in snapshot_outcomes(cloud, 6, [])] == ["old"]
+    finally:
+        cloud.close()
