@@ -153,12 +153,12 @@ class CloudCommands:
         except Refused as refusal:
             conn.execute("ROLLBACK TO SAVEPOINT command")
             conn.execute("RELEASE SAVEPOINT command")
-            seq = self._registry.log.append(
+            self._registry.log.append(
                 conn, COMMAND_REJECTED,
                 {"command_id": command_id, "edge": edge, "reason": refusal.reason, "code": refusal.code},
                 command_id,
             )
-            self._record(conn, command_id, edge, message.type, body, "rejected", seq, refusal)
+            self._record(conn, command_id, edge, message.type, body, "rejected", refusal)
             self._audited("command.refused", message.type, edge, body, reason=refusal.reason, code=refusal.code)
             self.log.info(
                 "{type} {id} from {edge} refused: {reason}",
@@ -166,8 +166,8 @@ class CloudCommands:
             )
             return
         conn.execute("RELEASE SAVEPOINT command")
-        seq = self._registry.log.append(conn, COMMAND_APPLIED, {"command_id": command_id, "edge": edge}, command_id)
-        self._record(conn, command_id, edge, message.type, body, "applied", seq, None)
+        self._registry.log.append(conn, COMMAND_APPLIED, {"command_id": command_id, "edge": edge}, command_id)
+        self._record(conn, command_id, edge, message.type, body, "applied", None)
         self._audited("command.applied", message.type, edge, body)
 
     def _audited(self, event: str, type: str, edge: str, body: dict[str, Any], **more: Any) -> None:
@@ -181,14 +181,15 @@ class CloudCommands:
 
     def _record(
         self, conn: Any, command_id: str, edge: str, type: str, body: dict[str, Any], status: str,
-        seq: int, refusal: Refused | None,
+        refusal: Refused | None,
     ) -> None:
+        # seq 0: the outcome event, numbered after the commit, says where it
+        # is (L{relay.cloud.sync._outcomes}).
         conn.execute(
             "INSERT INTO commands (command_id, edge, type, user_id, status, reason, code, seq, decided_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
-            "(SELECT logged_at FROM sync_log WHERE seq = ?))",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
             (command_id, edge, type, body["actor"]["user_id"], status,
-             refusal and refusal.reason, refusal and refusal.code, seq, seq),
+             refusal and refusal.reason, refusal and refusal.code, self._registry.log.now()),
         )
 
     # -- the commands ----------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -35,6 +36,9 @@ from relay.threads import Threads
 R = TypeVar("R")
 
 _COMPONENT = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")
+#: Files up to this size are stored with one PutObject (L{S3Objects.put_file});
+#: larger ones in parts, by boto3's transfer manager (its threshold too).
+SINGLE_PUT_MAX = 8 << 20
 #: The metadata key (x-amz-meta-sha256) holding the whole object's sha256.
 SHA256_METADATA = "sha256"
 
@@ -424,6 +428,16 @@ class S3Objects(Service):
 
     def put_file(self, path: Path, key: str, content_type: str) -> Deferred[None]:
         def work() -> None:
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size <= SINGLE_PUT_MAX:
+                    # One request, with its Content-MD5: a job's log and
+                    # small results (boto3's transfer manager costs several
+                    # times the CPU for these).
+                    data = f.read()
+                    md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+                    self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentMD5=md5,
+                                            ContentType=content_type)
+                    return
             # Classic transfer path (multipart past 8 MiB); CRT ignores
             # endpoint_url.
             self._client.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": content_type})

@@ -1,14 +1,31 @@
 """
 The registry's event log, and how edges are kept up to date from it.
 
-Every change to the registry appends an event to C{sync_log} in the same
-transaction (L{EventLog}); events are numbered 1, 2, 3 ... without gaps, in
-commit order (the counter row serialises writers).  Every edge replicates
-the whole registry, so one numbering serves them all: an edge's position is
-the last event it applied, and it asks for what it lacks by number.
+Every change to the registry appends an event in the same transaction
+(L{EventLog}), unnumbered, to C{sync_pending}.  L{sequence} numbers the
+events committed so far, 1, 2, 3 ... without gaps, and moves them to
+C{sync_log}.  Every edge replicates the whole registry, so one numbering
+serves them all: an edge's position is the last event it applied, and it
+asks for what it lacks by number.
 
-  - L{SyncPublisher} (on a timer) sends each active edge the events it has
-    not been sent yet, in C{sync.events} messages of at most 500 events.
+Why the number is given after the commit, not in the writer's transaction:
+a counter row that every writer updates serialises all the registry's
+writers across processes, each holding the row from its first event until
+its commit (its fsync included), and on PostgreSQL (serializable) a writer
+that waited for the row is aborted and runs again.  Jobs on several workers
+commit a few events each, so that counter was what their runs queued on.
+Pending events carry an identity (C{id}) drawn when they are inserted;
+L{sequence} numbers the committed ones in that order.  That keeps every
+order an edge can observe: a transaction that changed a row another had
+changed, or read what another wrote, started after that one committed, so
+its events' ids are higher, and it cannot be visible to L{sequence} without
+the other.  Events of transactions that are still open when L{sequence}
+runs (with lower ids) are numbered by a later run, after the ones numbered
+now: they are independent of them.
+
+  - L{SyncPublisher} (on a timer) numbers the pending events, then sends
+    each active edge the events it has not been sent yet, in C{sync.events}
+    messages of at most 500 events.
   - L{SyncResponder} answers an edge's C{sync.hello} (a fresh edge gets a
     snapshot; a known one the events after its position) and C{sync.range}
     (a gap it noticed).  An edge whose position is older than the pruned
@@ -84,8 +101,39 @@ SCHEMA = Schema(
             ranges BIGINT NOT NULL DEFAULT 0
         );
         """,
+        # Events wait here, unnumbered, until L{sequence} numbers them (in
+        # the order of their ids) into sync_log.
+        """
+        CREATE TABLE sync_pending (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            data TEXT NOT NULL,
+            command_id TEXT,
+            logged_at REAL NOT NULL
+        );
+        """,
+        # How far each edge was sent, apart from sync_edges: the jobs'
+        # writers read sync_edges (the active edges), and on PostgreSQL a
+        # publisher that updated a row they read made them abort.
+        """
+        CREATE TABLE sync_sent (
+            edge TEXT PRIMARY KEY,
+            sent_upto BIGINT NOT NULL
+        );
+        INSERT INTO sync_sent (edge, sent_upto) SELECT edge, sent_upto FROM sync_edges;
+        """,
     ],
 )
+
+#: Each edge's progress: C{sync_sent}'s, else the head when it was first
+#: seen (C{sync_edges.sent_upto}).
+_EDGES = (
+    "SELECT e.edge, COALESCE(s.sent_upto, e.sent_upto) AS sent_upto, e.first_seen, e.last_seen, e.snapshots, "
+    "e.ranges FROM sync_edges e LEFT JOIN sync_sent s ON s.edge = e.edge"
+)
+
+#: Events numbered per statement batch by L{sequence}.
+SEQUENCE_BATCH = 1000
 
 #: Keep one C{sync.events} message well under the broker's comfortable
 #: size (REFERENCE: stay well under 1 MiB).
@@ -110,9 +158,17 @@ class EventLog:
             kind: Draft202012Validator(schema) for kind, schema in event_data_schemas().items()
         }
 
+    def now(self) -> float:
+        """
+        The time events are logged at.
+        """
+        return self._clock.seconds()
+
     def append(self, conn: Any, kind: str, data: dict[str, Any], command_id: str | None = None) -> int:
         """
-        Log one event; return its number.
+        Log one event, to be numbered by L{sequence} once committed; return
+        its pending id (not its number).  Nothing here is shared with other
+        writers but the table it inserts into.
 
         @raise InvalidEvent: C{data} does not match the kind's schema.
         """
@@ -124,14 +180,10 @@ class EventLog:
             where = "/".join(str(p) for p in error.absolute_path) or "data"
             raise InvalidEvent(f"{kind}: {where}: {error.message}")
         row = conn.execute(
-            "UPDATE sync_counter SET value = value + 1 WHERE name = 'head' RETURNING value"
+            "INSERT INTO sync_pending (kind, data, command_id, logged_at) VALUES (?, ?, ?, ?) RETURNING id",
+            (kind, encode_json(data), command_id, self._clock.seconds()),
         ).fetchone()
-        seq = int(row[0])
-        conn.execute(
-            "INSERT INTO sync_log (seq, kind, data, command_id, logged_at) VALUES (?, ?, ?, ?, ?)",
-            (seq, kind, encode_json(data), command_id, self._clock.seconds()),
-        )
-        return seq
+        return int(row[0])
 
     def put(self, conn: Any, table: Table, key: tuple[Any, ...], command_id: str | None = None) -> int:
         """
@@ -150,7 +202,42 @@ class EventLog:
 
 
 def head(conn: Any) -> int:
+    """
+    The last numbered event (events still pending are not counted: see
+    L{sequence}).
+    """
     return int(conn.execute("SELECT value FROM sync_counter WHERE name = 'head'").fetchone()[0])
+
+
+def sequence(conn: Any) -> int:
+    """
+    Number the pending events this transaction sees, in the order of their
+    ids, after the head; return the new head.
+
+    Only this updates the counter row: concurrent runs (publishers of
+    several processes) conflict with each other, not with the registry's
+    writers, and on PostgreSQL the loser runs again and finds nothing left.
+    """
+    last = head(conn)
+    while True:
+        rows = conn.execute(
+            "SELECT id, kind, data, command_id, logged_at FROM sync_pending ORDER BY id LIMIT ?",
+            (SEQUENCE_BATCH,),
+        ).fetchall()
+        if not rows:
+            return last
+        first = last + 1
+        last = int(conn.execute(
+            "UPDATE sync_counter SET value = value + ? WHERE name = 'head' RETURNING value", (len(rows),)
+        ).fetchone()[0])
+        assert last == first + len(rows) - 1
+        conn.executemany(
+            "INSERT INTO sync_log (seq, kind, data, command_id, logged_at) VALUES (?, ?, ?, ?, ?)",
+            [(first + i, row[1], row[2], row[3], row[4]) for i, row in enumerate(rows)],
+        )
+        conn.executemany("DELETE FROM sync_pending WHERE id = ?", [(row[0],) for row in rows])
+        if len(rows) < SEQUENCE_BATCH:
+            return last
 
 
 def horizon(conn: Any) -> int:
@@ -175,12 +262,29 @@ def prune(conn: Any, keep: int) -> int:
     Forget all but the last C{keep} events; edges further behind get a
     snapshot.  Returns the new horizon.
     """
-    cut = head(conn) - keep
+    cut = sequence(conn) - keep
     if cut <= horizon(conn):
         return horizon(conn)
+    # A command's outcome is found by its event while that is in the log;
+    # the commands whose outcome events go keep their number themselves.
+    conn.execute(
+        f"UPDATE commands SET seq = (SELECT l.seq FROM sync_log l WHERE l.command_id = commands.command_id "
+        f"AND l.kind IN {_OUTCOME_KINDS} AND l.seq <= ?) "
+        f"WHERE seq = 0 AND command_id IN (SELECT command_id FROM sync_log WHERE seq <= ? AND kind IN "
+        f"{_OUTCOME_KINDS})",
+        (cut, cut),
+    )
     conn.execute("DELETE FROM sync_log WHERE seq <= ?", (cut,))
     conn.execute("UPDATE sync_counter SET value = ? WHERE name = 'horizon'", (cut,))
     return cut
+
+
+def _sent(conn: Any, edge: str, upto: int) -> None:
+    conn.execute(
+        "INSERT INTO sync_sent (edge, sent_upto) VALUES (?, ?) "
+        "ON CONFLICT (edge) DO UPDATE SET sent_upto = excluded.sent_upto",
+        (edge, upto),
+    )
 
 
 def _batches(items: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
@@ -230,18 +334,19 @@ class SyncPublisher:
     def publish(self, conn: Any) -> int:
         """
         One round, in one transaction; returns how many messages were put.
+        Only numbered events are sent: L{sequence} first.
         """
         now_head = head(conn)
         since = self._clock.seconds() - self._inactive_after
         edges = conn.execute(
-            "SELECT edge, sent_upto FROM sync_edges WHERE sent_upto < ? AND last_seen >= ? ORDER BY edge",
+            f"SELECT edge, sent_upto FROM ({_EDGES}) e WHERE sent_upto < ? AND last_seen >= ? ORDER BY edge",
             (now_head, since),
         ).fetchall()
         messages = 0
         for edge, sent in edges:
             upto = min(now_head, int(sent) + self._max_per_run)
             messages += send_events(self._outbox, conn, edge, events(conn, int(sent), upto), now_head)
-            conn.execute("UPDATE sync_edges SET sent_upto = ? WHERE edge = ?", (upto, edge))
+            _sent(conn, edge, upto)
         return messages
 
 
@@ -301,7 +406,7 @@ class SyncResponder:
         if sent_upto is not None:
             # Everything up to here reaches the edge through this answer;
             # the publisher carries on from it.
-            conn.execute("UPDATE sync_edges SET sent_upto = ? WHERE edge = ?", (sent_upto, edge))
+            _sent(conn, edge, sent_upto)
 
     def _send_range(self, conn: Any, edge: str, after: int, upto: int) -> None:
         conn.execute("UPDATE sync_edges SET ranges = ranges + 1 WHERE edge = ?", (edge,))
@@ -319,7 +424,9 @@ class SyncResponder:
         (the edge's position), and those named in C{pending}.
         """
         snapshot_id = uuid.uuid4().hex
-        upto = head(conn)
+        # Everything this transaction sees is in the snapshot: so is its
+        # number.
+        upto = sequence(conn)
         parts: list[dict[str, list[dict[str, Any]]]] = [{}]
         count = 0
         for table in TABLES:
@@ -348,18 +455,32 @@ class SyncResponder:
         return snapshot_id
 
 
+#: The kinds of the events that answer an edge's command.
+_OUTCOME_KINDS = "('command.applied', 'command.rejected')"
+
+
 def _outcomes(conn: Any, edge: str, after: int, upto: int, pending: list[str]) -> list[dict[str, Any]]:
+    """
+    The answers to C{edge}'s commands numbered after C{after} up to
+    C{upto}, and to those named in C{pending} up to C{upto}.  A command's
+    number is its outcome event's in the log (C{commands.seq} is 0 then),
+    or C{commands.seq} once that event was pruned (or for commands answered
+    before events were numbered after their commit).
+    """
+    numbered = (
+        "SELECT c.command_id, c.status, c.reason, c.code, c.edge, "
+        "CASE WHEN c.seq > 0 THEN c.seq ELSE l.seq END AS seq FROM commands c "
+        f"LEFT JOIN sync_log l ON l.command_id = c.command_id AND l.kind IN {_OUTCOME_KINDS} AND c.seq = 0"
+    )
     rows = {
         row[0]: row
         for row in conn.execute(
-            "SELECT command_id, status, reason, code FROM commands WHERE edge = ? AND seq > ? AND seq <= ?",
-            (edge, after, upto),
+            f"SELECT * FROM ({numbered}) n WHERE n.edge = ? AND n.seq > ? AND n.seq <= ?", (edge, after, upto),
         )
     }
     for command_id in pending:
         row = conn.execute(
-            "SELECT command_id, status, reason, code FROM commands WHERE command_id = ? AND seq <= ?",
-            (command_id, upto),
+            f"SELECT * FROM ({numbered}) n WHERE n.command_id = ? AND n.seq <= ?", (command_id, upto),
         ).fetchone()
         if row is not None:
             rows[command_id] = row
@@ -373,7 +494,7 @@ def edges(conn: Any) -> list[dict[str, Any]]:
     """
     The edges the cloud knows, for operators.
     """
-    return [dict(row) for row in conn.execute("SELECT * FROM sync_edges ORDER BY edge")]
+    return [dict(row) for row in conn.execute(f"{_EDGES} ORDER BY e.edge")]
 
 
 class SyncPublishing(TimerService):
@@ -404,6 +525,9 @@ class SyncPublishing(TimerService):
 
     async def _tick(self) -> None:
         try:
+            # Numbering is a short transaction of its own, which conflicts
+            # only with other processes' numbering (the counter row).
+            await self._db.run(sequence)
             if await self._db.run(self._publisher.publish):
                 self._outbox.wake()
             if self._clock.seconds() - self._pruned_at >= self._prune_every:

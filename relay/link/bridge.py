@@ -33,6 +33,9 @@ from relay.metrics import Metrics
 #: Seconds between the outbox's rescans on a database several processes
 #: write (L{Outbox}'s C{rescan_after}).
 SHARED_RESCAN = 5.0
+#: Seconds after which a process publishes another's message on such a
+#: database (L{Outbox}'s C{takeover_after}).
+SHARED_TAKEOVER = 10.0
 
 
 class ILinkEnd(Interface):
@@ -149,6 +152,7 @@ class Bridge(MultiService):
             declare_destinations=declare_destinations, on_confirmed=self._progress,
             # Several cloud processes share a PostgreSQL outbox.
             rescan_after=SHARED_RESCAN if db.dialect == "postgresql" else None,
+            takeover_after=SHARED_TAKEOVER if db.dialect == "postgresql" else None,
         )
         self.inbox = Inbox(db, reactor, catalogue, metrics, queue=consume, on_applied=self.outbox.wake)
         self.link = LinkService(

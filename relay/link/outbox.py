@@ -23,6 +23,7 @@ said C{connection.blocked}: publishing waits).
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,8 @@ SCHEMA = Schema(
         """,
         # Binary payloads (small-file chunks) beside the JSON envelope.
         "ALTER TABLE outbox ADD COLUMN payload BLOB;",
+        # The process that put the message, on a database several share.
+        "ALTER TABLE outbox ADD COLUMN owner TEXT;",
     ],
 )
 
@@ -136,6 +139,12 @@ class Outbox:
         several processes write (the cloud's PostgreSQL): a row is numbered
         when inserted but seen when committed, so the cursor may pass a row
         of this process that commits after another's higher-numbered one.
+    @param takeover_after: on a database several processes write, publish
+        only this process's messages (and those of no process), and another
+        process's once it is this many seconds old: that process is gone or
+        cut off from the broker.  Every process publishing every message
+        cost each message a second publish, a second delivery the receiver
+        threw away, and deletes that conflicted.  C{None}: all messages.
     @param declare_destinations: declare each destination (exchange, queue,
         binding) before the first message to it on a connection.  The cloud
         does, so that an edge's queue exists before the edge ever connected;
@@ -159,8 +168,11 @@ class Outbox:
         on_confirmed: Callable[[], object] | None = None,
         bundle: int = BUNDLE_MESSAGES,
         rescan_after: float | None = None,
+        takeover_after: float | None = None,
     ) -> None:
         self._db = db
+        self._owner = f"{source}/{uuid.uuid4().hex}"
+        self._takeover_after = takeover_after
         self._reactor = reactor
         self._source = source
         self._window = window
@@ -232,8 +244,8 @@ class Outbox:
             stream=stream, seq=seq, payload=payload,
         )
         conn.execute(
-            "INSERT INTO outbox (id, queue, type, body, created, payload) VALUES (?, ?, ?, ?, ?, ?)",
-            (message.id, to, type, message.to_bytes(), message.time, payload),
+            "INSERT INTO outbox (id, queue, type, body, created, payload, owner) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (message.id, to, type, message.to_bytes(), message.time, payload, self._owner),
         )
         return message
 
@@ -318,7 +330,9 @@ class Outbox:
         """
         channel = self._channel
         assert channel is not None
-        rows = await self._db.read(_pending, self._cursor, self._batch, self._reactor.seconds())
+        now = self._reactor.seconds()
+        mine = None if self._takeover_after is None else (self._owner, now - self._takeover_after)
+        rows = await self._db.read(_pending, self._cursor, self._batch, now, mine)
         if len(rows) < self._batch:
             # Caught up: a good moment to count what is left.
             self._count_soon()
@@ -546,13 +560,24 @@ class Outbox:
 _Row = tuple[int, str, str, bytes, bytes | None]
 
 
-def _pending(conn: sqlite3.Connection, after: int, limit: int, now: float) -> list[_Row]:
+def _pending(
+    conn: sqlite3.Connection, after: int, limit: int, now: float, mine: tuple[str, float] | None = None
+) -> list[_Row]:
+    """
+    The next rows to publish; with C{mine} (this process's owner, and the
+    time before which another's messages are taken over), only those.
+    """
+    owned = ""
+    args: list[Any] = [after, now]
+    if mine is not None:
+        owned = " AND (owner IS NULL OR owner = ? OR created < ?)"
+        args += list(mine)
     return [
         (row[0], row[1], row[2], bytes(row[3]), None if row[4] is None else bytes(row[4]))
         for row in conn.execute(
-            "SELECT position, id, queue, body, payload FROM outbox "
-            "WHERE position > ? AND not_before <= ? ORDER BY position LIMIT ?",
-            (after, now, limit),
+            f"SELECT position, id, queue, body, payload FROM outbox "
+            f"WHERE position > ? AND not_before <= ?{owned} ORDER BY position LIMIT ?",
+            (*args, limit),
         )
     ]
 

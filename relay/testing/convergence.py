@@ -172,7 +172,10 @@ class CloudNode:
         return await self.db.run(dump)
 
     async def head(self) -> int:
-        return await self.db.run(sync.head)
+        """
+        The log's head once every committed event is numbered.
+        """
+        return await self.db.run(sync.sequence)
 
     def drop(self) -> None:
         self.bridge.link.drop("the test drops the cloud's link")

@@ -108,6 +108,10 @@ class CloudSide:
         return self.db.run_now(work, *args)
 
     def publish(self) -> int:
+        """
+        One round of the publishing timer: number, then send.
+        """
+        self.db.run_now(sync.sequence)
         return int(self.db.run_now(self.publisher.publish))
 
     def publish_kinds(self, *entries: CatalogueEntry) -> int:

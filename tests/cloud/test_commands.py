@@ -116,13 +116,14 @@ def test_refused_with_a_reason_and_nothing_changes(setting: Setting, who: str, v
         if names is not None and name not in names:
             continue
         before = cloud.dump()
-        head = cloud.run(sync.head)
+        head = cloud.run(sync.sequence)
         command_id = setting.send(type, setting.actor(who, via), **fields)
         status, reason = setting.outcome(command_id)
         assert status == "rejected", f"{name} by {who} via {via} was applied"
         assert reason, f"{name} by {who}: no reason"
         assert cloud.dump() == before, f"{name} by {who} changed the registry"
         # Exactly one event: the refusal, for the edge to show.
+        cloud.run(sync.sequence)
         (event,) = cloud.run(sync.events, head, head + 10)
         assert event["kind"] == "command.rejected"
         assert event["data"] == {"command_id": command_id, "edge": "shanghai-1", "reason": reason,
@@ -199,6 +200,7 @@ def test_a_command_is_applied_once(setting: Setting) -> None:
     for _ in range(2):
         s.cloud.inbox.deliver(Envelope(type="project.create", source="edge:e1", time=0.0, body=body))
     assert [p["name"] for p in s.cloud.dump()["projects"]].count("Twice") == 1
+    s.cloud.run(sync.sequence)
     answers = [e for e in s.cloud.run(sync.events, 0, 10**9) if e["command_id"] == body["command_id"]]
     assert [e["kind"] for e in answers] == ["project.put", "member.put", "command.applied"]
 

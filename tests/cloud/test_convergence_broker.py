@@ -430,6 +430,6 @@ def test_offline_edge_catches_up_by_range(vhost: str, tmp_path: Path) -> None:
 
 
 async def _sent_upto_head(cloud: CloudNode, edge_id: str) -> str | None:
-    sent = await cloud.run(lambda c: c.execute("SELECT sent_upto FROM sync_edges WHERE edge = ?", (edge_id,)).fetchone()[0])
+    sent = await cloud.run(lambda c: c.execute("SELECT sent_upto FROM sync_sent WHERE edge = ?", (edge_id,)).fetchone()[0])
     head = await cloud.head()
     return None if sent == head else f"sent up to {sent} of {head}"

@@ -64,6 +64,7 @@ def test_a_command_through_the_real_inbox_and_outbox(tmp_path: Path) -> None:
     })
     assert _receive(inbox, command) == "applied"
     assert "Apollo" in [p["name"] for p in db.run_now(the_registry.projects)]
+    db.run_now(sync.sequence)
     db.run_now(component.publisher.publish)
     queued = db.run_now(lambda c: c.execute("SELECT queue, type FROM outbox ORDER BY position").fetchall())
     assert [tuple(r) for r in queued] == [(to_edge("e1"), "sync.snapshot"), (to_edge("e1"), "sync.events")]

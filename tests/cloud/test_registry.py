@@ -20,6 +20,10 @@ from relay.testing.registry import CloudSide
 
 
 def log(cloud: CloudSide) -> list[tuple[int, str, dict[str, Any]]]:
+    """
+    The numbered events, after numbering those committed.
+    """
+    cloud.run(sync.sequence)
     return [(e["seq"], e["kind"], e["data"]) for e in cloud.run(sync.events, 0, 10**9)]
 
 

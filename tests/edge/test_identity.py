@@ -64,7 +64,7 @@ class IdentityTests(SynchronousTestCase):
         applied = self.edge.db.run_now(lambda c: c.execute("SELECT applied FROM replica_sync").fetchone()[0])
         if applied == 0:
             self.edge.db.run_now(lambda c: c.execute("UPDATE replica_sync SET synced = 1"))
-        head = self.cloud.run(sync.head)
+        head = self.cloud.run(sync.sequence)
         if head > applied:
             events = self.cloud.run(sync.events, applied, head)
             self.edge.inbox.deliver(

@@ -46,9 +46,10 @@ def edge(tmp_path: Path, clock: Clock) -> Iterator[EdgeSide]:
 
 
 def events_message(cloud: CloudSide, after: int, upto: int, head: int | None = None) -> Envelope:
+    numbered = cloud.run(sync.sequence)
     events = cloud.run(sync.events, after, upto)
     return Envelope(type="sync.events", source="cloud", time=0.0,
-                    body={"events": events, "head": head if head is not None else cloud.run(sync.head)})
+                    body={"events": events, "head": head if head is not None else numbered})
 
 
 def snapshot_messages(cloud: CloudSide, edge_id: str = "e1", pending: list[str] = ()) -> list[Envelope]:  # type: ignore[assignment]
@@ -179,7 +180,7 @@ def test_project_delete_cascades(cloud: CloudSide, edge: EdgeSide) -> None:
     cloud.run(lambda c: cloud.registry.put_file(c, project, "f", 1))
     cloud.run(cloud.registry.submit_job, project, user["id"], "render", {}, [])
     cloud.run(cloud.registry.delete_project, project)
-    edge.inbox.deliver(events_message(cloud, 0, cloud.run(sync.head)))
+    edge.inbox.deliver(events_message(cloud, 0, cloud.run(sync.sequence)))
     assert edge.dump() == cloud.dump()
     assert edge.dump()["files"] == [] and edge.dump()["jobs"] == []
 
@@ -209,7 +210,7 @@ class Commands:
             assert message.type != "sync.range"
             self.cloud.inbox.deliver(message)
         applied = self.edge.db.run_now(position).applied
-        self.edge.inbox.deliver(events_message(self.cloud, applied, self.cloud.run(sync.head)))
+        self.edge.inbox.deliver(events_message(self.cloud, applied, self.cloud.run(sync.sequence)))
 
 
 @pytest.fixture
@@ -259,7 +260,7 @@ def test_refused_by_the_cloud_becomes_a_notice(commands: Commands) -> None:
     """
     c = commands
     c.cloud.run(c.cloud.registry.set_member, c.project, c.bob["id"], "member")
-    c.edge.inbox.deliver(events_message(c.cloud, c.cloud.run(sync.head) - 1, c.cloud.run(sync.head)))
+    c.edge.inbox.deliver(events_message(c.cloud, c.cloud.run(sync.sequence) - 1, c.cloud.run(sync.sequence)))
     c.cloud.run(c.cloud.registry.set_member, c.project, c.bob["id"], "viewer")  # not yet at the edge
     bob = c.principal(c.bob)
     command_id = c.edge.issue(bob, "job.submit", project_id=c.project, kind="render")
@@ -288,7 +289,7 @@ def test_refused_at_the_edge_sends_nothing(commands: Commands) -> None:
 def test_commands_carry_the_api_key(commands: Commands) -> None:
     c = commands
     key = c.cloud.run(c.cloud.registry.create_key, c.alice["id"], "ci")
-    c.edge.inbox.deliver(events_message(c.cloud, c.cloud.run(sync.head) - 1, c.cloud.run(sync.head)))
+    c.edge.inbox.deliver(events_message(c.cloud, c.cloud.run(sync.sequence) - 1, c.cloud.run(sync.sequence)))
     principal = Principal(c.alice["id"], "alice", "key", key_id=key.key_id)
     c.edge.issue(principal, "project.create", name="Via key")
     (message,) = sent(c.edge)

@@ -379,3 +379,29 @@ class SharedOutboxTests(SynchronousTestCase):
         channel = self.late_commit(pump)
         self.clock.advance(60)
         self.assertEqual(channel.numbers(), [2])
+
+    def test_another_process_message_is_published_by_it_or_taken_over_when_old(self) -> None:
+        ours = Outbox(self.db, self.clock, Metrics(), source="cloud", rescan_after=5.0,  # type: ignore[arg-type]
+                      takeover_after=10.0)
+        theirs = Outbox(self.db, self.clock, Metrics(), source="cloud", rescan_after=5.0,  # type: ignore[arg-type]
+                        takeover_after=10.0)
+        ours_channel, theirs_channel = FakeChannel(), FakeChannel()
+        ours.attach(ours_channel)  # type: ignore[arg-type]
+        self.db.run_now(lambda c: theirs.put(c, "t", {"n": 1}, to="relay.jobs"))
+        self.db.run_now(lambda c: ours.put(c, "t", {"n": 2}, to="relay.jobs"))
+        ours.wake()
+        self.assertEqual(ours_channel.numbers(), [2], "only its own while the other's is young")
+        for _ in range(2):  # rescans, 5 and 10 s later
+            self.clock.advance(5)
+            self.assertEqual(ours_channel.numbers(), [2])
+        # The other process never published it (gone, or cut off): once it
+        # is older than 10 s, the next rescan takes it over.
+        self.clock.advance(5)
+        self.assertEqual(ours_channel.numbers(), [2, 1])
+        ours_channel.on_ack(2, True)
+        ours.stop()
+        # A process alive publishes its own at once.
+        self.db.run_now(lambda c: theirs.put(c, "t", {"n": 3}, to="relay.jobs"))
+        theirs.attach(theirs_channel)  # type: ignore[arg-type]
+        self.assertEqual(theirs_channel.numbers(), [3])
+        theirs.stop()

@@ -1,5 +1,5 @@
 """
-C{python -I -S shepherd.py SPEC} (L{command_line}): runs one job's command
+C{python -I -S -c LAUNCH SPEC} (L{command_line}, which imports this file): runs one job's command
 and makes sure that, when it ends, nothing it started is left.
 
 The shepherd is the worker's child and the command's parent.  It makes
@@ -74,7 +74,18 @@ def command_line(spec: dict[str, Any]) -> list[str]:
     working directory can change which shepherd runs, and relay need not
     be installed) and without site-packages (C{-S}).
     """
-    return [sys.executable, "-I", "-S", __file__, marshal.dumps(spec).hex()]
+    return [sys.executable, "-I", "-S", "-c", _LAUNCH, marshal.dumps(spec).hex()]
+
+
+#: Imports this file as the module C{shepherd} from its own directory (put
+#: last on C{sys.path}, after the standard library) and runs it: a module
+#: imported, unlike a script, is read from its cached bytecode, which the
+#: worker's own import of this module wrote, instead of being compiled for
+#: every job.
+_LAUNCH = (
+    f"import sys; sys.path.append({os.path.dirname(os.path.abspath(__file__))!r}); import shepherd; "
+    "sys.exit(shepherd.main(sys.argv[1:]))"
+)
 
 
 def descendants(root: int) -> set[int]:
@@ -118,26 +129,47 @@ def reap() -> dict[int, int]:
         done[pid] = status
 
 
+def childless(reaped: dict[int, int]) -> bool:
+    """
+    Collect every child that has ended into C{reaped}; whether no child at
+    all is left.  Then no descendant is left either: the shepherd is a
+    subreaper, so a process below it whose parent ended is re-parented to
+    it (before that parent's own end can be collected), and every
+    descendant's line of parents ends at a child of the shepherd.
+    """
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if pid == 0:
+            return False
+        reaped[pid] = status
+
+
 def kill_all(grace: float, reaped: dict[int, int]) -> None:
     """
     SIGTERM to every descendant, then SIGKILL to what is left after
     C{grace} seconds, scanning again until nothing is left.  Children
-    reaped on the way are added to C{reaped}.
+    reaped on the way are added to C{reaped}.  With no child left (a
+    command that left nothing behind) nothing is scanned.
     """
     me = os.getpid()
+    if childless(reaped):
+        return
     for pid in descendants(me):
         _signal(pid, signal.SIGTERM)
         _signal(pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        reaped.update(reap())
-        if not descendants(me):
+        if childless(reaped) or not descendants(me):
             return
         time.sleep(0.02)
     while True:
         # Reap before scanning: a pid is signalled only while it is still
         # ours (an unreaped child of ours cannot be reused).
-        reaped.update(reap())
+        if childless(reaped):
+            return
         left = descendants(me)
         if not left:
             return

@@ -67,8 +67,8 @@ def catch_up(edge: EdgeSide, cloud: CloudSide) -> None:
 
 def events_since(cloud: CloudSide, after: int) -> Envelope:
     return Envelope(type="sync.events", source="cloud", time=0.0,
-                    body={"events": cloud.run(sync.events, after, cloud.run(sync.head)),
-                          "head": cloud.run(sync.head)})
+                    body={"events": cloud.run(sync.events, after, cloud.run(sync.sequence)),
+                          "head": cloud.run(sync.sequence)})
 
 
 def shown(edge: EdgeSide) -> dict[str, Any]:
@@ -88,11 +88,11 @@ def test_the_entry_has_what_the_edge_checks_and_nothing_of_the_command() -> None
 def test_publishing_logs_only_what_changed(cloud: CloudSide) -> None:
     kinds = {"synth": SYNTH, "checksum": CHECKSUM}
     assert cloud.publish_kinds(*entries(kinds)) == 2
-    head = cloud.run(sync.head)
+    head = cloud.run(sync.sequence)
     assert [e["kind"] for e in cloud.run(sync.events, 0, head)] == ["job_kind.put", "job_kind.put"]
     # A restart with the same configuration: nothing to tell anyone.
     assert cloud.publish_kinds(*entries(kinds)) == 0
-    assert cloud.run(sync.head) == head
+    assert cloud.run(sync.sequence) == head
     # The same kind written differently (an int timeout, a tuple) is the same.
     same = JobKind(command=CHECKSUM.command, description="Checksums.", min_inputs=1, timeout=3600)  # type: ignore[arg-type]
     assert cloud.publish_kinds(*entries({"synth": SYNTH, "checksum": same})) == 0
@@ -108,7 +108,7 @@ def test_events_bring_the_catalogue_and_its_changes_to_the_edge(cloud: CloudSide
     # The configuration changes: checksum removed, synth's schema changed.
     stricter = JobKind(command=SYNTH.command, description="Synthesis, top required.", min_inputs=1,
                        parameters={**SYNTH.parameters, "required": ["top"]})
-    applied = cloud.run(sync.head)
+    applied = cloud.run(sync.sequence)
     assert cloud.publish_kinds(*entries({"synth": stricter})) == 2
     edge.inbox.deliver(events_since(cloud, applied))
     assert list(shown(edge)) == ["synth"]

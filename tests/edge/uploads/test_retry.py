@@ -67,7 +67,7 @@ class RetryRouteTests(SynchronousTestCase):
         self.alice = cloud.add_user("alice", "alice's password")["id"]
         cloud.add_user("bob", "bob's password")
         self.key = cloud.run(cloud.registry.create_key, self.alice, "tool").token
-        head = cloud.run(sync.head)
+        head = cloud.run(sync.sequence)
         self.edge.db.run_now(lambda c: c.execute("UPDATE replica_sync SET synced = 1"))
         self.edge.inbox.deliver(Envelope("sync.events", "cloud", 0.0,
                                          {"events": cloud.run(sync.events, 0, head), "head": head}))
