@@ -114,21 +114,6 @@ def descendants(root: int) -> set[int]:
     return found
 
 
-def reap() -> dict[int, int]:
-    """
-    Collect every child that has ended: C{{pid: wait status}}.
-    """
-    done: dict[int, int] = {}
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return done
-        if pid == 0:
-            return done
-        done[pid] = status
-
-
 def childless(reaped: dict[int, int]) -> bool:
     """
     Collect every child that has ended into C{reaped}; whether no child at
@@ -261,7 +246,7 @@ def main(args: list[str]) -> int:
     stopped = False
     while command not in reaped:
         received = signal.sigtimedwait(_STOPS | {signal.SIGCHLD}, 0.25 if lease else 1.0)
-        reaped.update(reap())
+        childless(reaped)
         if received is not None and received.si_signo in _STOPS and command not in reaped:
             stopped = True
             break
