@@ -72,6 +72,14 @@ def edge_offset(deployed: World) -> int:
     return int(rows[0]["offset"]) if rows else 0
 
 
+def sign_in(page: Page, base: str) -> None:
+    """Alice logs in on the page at C{base} (the throttled edge), without waiting for what follows."""
+    page.goto(base + "/")
+    page.fill("#login-form input[name=name]", "alice")
+    page.fill("#login-form input[name=password]", PASSWORDS["alice"])
+    page.click("#login-form button[type=submit]")
+
+
 def wait_for_offset(deployed: World, at_least: int, timeout: float = 30) -> int:
     deadline = time.monotonic() + timeout
     while (offset := edge_offset(deployed)) < at_least:
@@ -88,10 +96,7 @@ def test_a_reload_and_a_browser_restart_mid_upload_resume_it(
     big.write_bytes(content)
     base = f"http://127.0.0.1:{throttle.port}"
     context, page = open_browser(playwright, tmp_path / "profile")
-    page.goto(base + "/")
-    page.fill("#login-form input[name=name]", "alice")
-    page.fill("#login-form input[name=password]", PASSWORDS["alice"])
-    page.click("#login-form button[type=submit]")
+    sign_in(page, base)
     page.locator("#nav-projects a").first.click()
     page.locator("#dashboard input[type=file]").first.set_input_files(str(big))
     page.click(".uppy-StatusBar-actionBtn--upload")
@@ -147,10 +152,7 @@ def test_a_stalled_upload_is_aborted_and_resumed_from_the_edges_offset(
     base = f"http://127.0.0.1:{throttle.port}"
     context, page = open_browser(playwright, tmp_path / "profile")
     context.add_init_script("localStorage.setItem('relay.stall_ms', '3000')")
-    page.goto(base + "/")
-    page.fill("#login-form input[name=name]", "alice")
-    page.fill("#login-form input[name=password]", PASSWORDS["alice"])
-    page.click("#login-form button[type=submit]")
+    sign_in(page, base)
     page.locator("#nav-projects a").first.click()
     page.locator("#dashboard input[type=file]").first.set_input_files(str(tmp_path / "stalled.bin"))
     page.click(".uppy-StatusBar-actionBtn--upload")
@@ -203,10 +205,7 @@ def test_a_file_that_cannot_be_restored_is_named_and_resumes_when_added_again(
     lost.write_bytes(content)
     base = f"http://127.0.0.1:{throttle.port}"
     context, page = open_browser(playwright, tmp_path / "profile")
-    page.goto(base + "/")
-    page.fill("#login-form input[name=name]", "alice")
-    page.fill("#login-form input[name=password]", PASSWORDS["alice"])
-    page.click("#login-form button[type=submit]")
+    sign_in(page, base)
     page.locator("#nav-projects a").first.click()
     page.locator("#dashboard input[type=file]").first.set_input_files(str(lost))
     page.click(".uppy-StatusBar-actionBtn--upload")
@@ -245,10 +244,7 @@ def test_an_upload_paused_and_resumed_by_its_button(
     content = os.urandom(size)
     (tmp_path / "paused.bin").write_bytes(content)
     context, page = open_browser(playwright, tmp_path / "profile")
-    page.goto(f"http://127.0.0.1:{throttle.port}/")
-    page.fill("#login-form input[name=name]", "alice")
-    page.fill("#login-form input[name=password]", PASSWORDS["alice"])
-    page.click("#login-form button[type=submit]")
+    sign_in(page, f"http://127.0.0.1:{throttle.port}")
     page.locator("#nav-projects a").first.click()
     page.locator("#dashboard input[type=file]").first.set_input_files(str(tmp_path / "paused.bin"))
     page.click(".uppy-StatusBar-actionBtn--upload")
@@ -282,10 +278,7 @@ def test_an_upload_outlives_an_edge_restart_and_the_page_says_the_edge_is_away(
     content = os.urandom(size)
     (tmp_path / "restart.bin").write_bytes(content)
     context, page = open_browser(playwright, tmp_path / "profile")
-    page.goto(f"http://127.0.0.1:{throttle.port}/")
-    page.fill("#login-form input[name=name]", "alice")
-    page.fill("#login-form input[name=password]", PASSWORDS["alice"])
-    page.click("#login-form button[type=submit]")
+    sign_in(page, f"http://127.0.0.1:{throttle.port}")
     page.locator("#nav-projects a").first.click()
     page.locator("#dashboard input[type=file]").first.set_input_files(str(tmp_path / "restart.bin"))
     page.click(".uppy-StatusBar-actionBtn--upload")
@@ -346,10 +339,7 @@ def test_uppy_waits_for_the_page_unless_an_upload_is_to_resume(
         assert None not in asked, asked
         return [at - drawn for at in asked]
 
-    page.goto(base + "/")
-    page.fill("#login-form input[name=name]", "alice")
-    page.fill("#login-form input[name=password]", PASSWORDS["alice"])
-    page.click("#login-form button[type=submit]")
+    sign_in(page, base)
     expect(page.locator("#projects tbody tr[data-project]").first).to_be_visible()
     # Nothing to resume: the bundle and its style are asked for after the
     # page has drawn its data, on the project list and on a project.
